@@ -1,0 +1,84 @@
+//! Platform adapters for herald: the [`Adapter`] trait every platform
+//! implements, the error classes that tell the daemon what to do after a
+//! failed attempt, and one module per platform.
+//!
+//! This crate knows nothing of the store, the scheduler or cron: an adapter
+//! turns a post's content into what its platform accepts ([`Adapter::render`])
+//! and publishes one rendered post ([`Adapter::publish`]). Retries, backoff,
+//! rate limits and the audit log belong to the daemon.
+
+pub mod content;
+pub mod error;
+pub mod http;
+pub mod registry;
+pub mod secret;
+pub mod webhook;
+
+use std::future::Future;
+use std::pin::Pin;
+
+pub use content::{ContentProblem, PostContent, Rendered};
+pub use error::{DeliveryError, ErrorClass, PlatformAnswer};
+pub use registry::{AccountSettings, BuildError, Platform};
+pub use secret::Secret;
+
+/// A boxed future, so that [`Adapter`] stays object-safe (`Arc<dyn Adapter>`).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// One attempt to publish one delivery.
+#[derive(Debug, Clone)]
+pub struct PublishRequest<'a> {
+    /// The delivery id; also the idempotency key sent to platforms that accept one.
+    pub delivery_id: &'a str,
+    pub post_id: &'a str,
+    pub account_id: &'a str,
+    /// The occurrence this delivery belongs to (RFC 3339, UTC).
+    pub occurrence: &'a str,
+    /// 1 for the first attempt.
+    pub attempt: u32,
+    /// True when an earlier attempt may have reached the platform (a crash
+    /// while in flight, or a timeout after the request was sent). Adapters
+    /// use it to treat "duplicate content" answers as evidence of success.
+    pub uncertain: bool,
+    pub content: &'a Rendered,
+}
+
+/// What the platform answered to a successful publish.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Receipt {
+    /// The platform's id of the published item, when it gives one.
+    pub remote_id: Option<String>,
+    /// The public URL of the published item, when there is one.
+    pub url: Option<String>,
+    /// The HTTP status and platform code/message of the final answer.
+    pub answer: PlatformAnswer,
+}
+
+/// One platform account, ready to publish.
+///
+/// Implementations hold their HTTP client and settings; they are shared by
+/// every delivery of the account (`Arc<dyn Adapter>`), so `publish` may run
+/// concurrently when the account's concurrency allows it.
+pub trait Adapter: Send + Sync {
+    /// The platform this adapter speaks to.
+    fn platform(&self) -> Platform;
+
+    /// Render a post's content the way this platform will receive it, or say
+    /// why the platform would refuse it. Pure: no network, used by `check`.
+    fn render(&self, content: &PostContent) -> Result<Rendered, Vec<ContentProblem>>;
+
+    /// Publish one rendered post.
+    fn publish<'a>(&'a self, request: PublishRequest<'a>) -> BoxFuture<'a, Result<Receipt, DeliveryError>>;
+
+    /// Obtain fresh credentials after the platform said they expired. The
+    /// daemon calls this at most once per attempt, then publishes once more.
+    /// Platforms without refreshable credentials answer a permanent error.
+    fn refresh_credentials(&self) -> BoxFuture<'_, Result<(), DeliveryError>> {
+        Box::pin(async {
+            Err(DeliveryError::permanent(
+                PlatformAnswer::default(),
+                "credentials expired and this platform cannot refresh them",
+            ))
+        })
+    }
+}

@@ -1,0 +1,119 @@
+//! The registry: which platforms exist, how an account's settings are read,
+//! and how an adapter is built from them. The daemon goes through this module
+//! and the [`Adapter`] trait only; it has no platform logic of its own.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Adapter, webhook};
+
+/// The platforms herald can publish to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Platform {
+    Webhook,
+}
+
+impl Platform {
+    /// Every platform, in the order documentation lists them.
+    pub const ALL: &'static [Platform] = &[Platform::Webhook];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Platform::Webhook => "webhook",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Platform> {
+        Self::ALL.iter().copied().find(|p| p.name() == name)
+    }
+
+    /// The account settings of this platform that hold secrets. The daemon
+    /// resolves `{ env | file | credential }` forms for these keys and warns
+    /// about inline values.
+    pub fn secret_fields(self) -> &'static [&'static str] {
+        match self {
+            Platform::Webhook => webhook::SECRET_FIELDS,
+        }
+    }
+
+    /// A sensible default rate limit for accounts of this platform, as
+    /// (requests, per window); `None` means unlimited unless configured.
+    pub fn default_rate(self) -> Option<(u32, Duration)> {
+        match self {
+            Platform::Webhook => None,
+        }
+    }
+
+    /// Whether this platform's adapter is experimental (shown by `check`).
+    pub fn experimental(self) -> bool {
+        false
+    }
+}
+
+impl fmt::Display for Platform {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The platform-specific settings of one account, as read from its
+/// `[accounts.<id>]` table (without the keys the daemon owns: `platform`,
+/// `rate`, `concurrency`, `timeout`, `connect_timeout`).
+#[derive(Debug, Clone)]
+pub enum AccountSettings {
+    Webhook(webhook::Settings),
+}
+
+impl AccountSettings {
+    /// Read the settings of `platform` from a deserializer (the account's
+    /// table). Unknown keys are errors.
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(
+        platform: Platform,
+        deserializer: D,
+    ) -> Result<Self, D::Error> {
+        Ok(match platform {
+            Platform::Webhook => AccountSettings::Webhook(webhook::Settings::deserialize(deserializer)?),
+        })
+    }
+
+    pub fn platform(&self) -> Platform {
+        match self {
+            AccountSettings::Webhook(_) => Platform::Webhook,
+        }
+    }
+}
+
+/// Per-request network limits, common to every platform.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpOptions {
+    /// Time allowed to establish a connection.
+    pub connect_timeout: Duration,
+    /// Time allowed for a whole request, from sending to the end of the answer.
+    pub timeout: Duration,
+}
+
+impl Default for HttpOptions {
+    fn default() -> Self {
+        Self { connect_timeout: Duration::from_secs(10), timeout: Duration::from_secs(30) }
+    }
+}
+
+/// Why an adapter could not be built from its settings.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("invalid setting `{field}`: {message}")]
+    InvalidSetting { field: &'static str, message: String },
+    #[error("could not create the HTTP client: {0}")]
+    Http(#[from] reqwest::Error),
+}
+
+/// Build the adapter for one account.
+pub fn build(settings: &AccountSettings, http: HttpOptions) -> Result<Arc<dyn Adapter>, BuildError> {
+    Ok(match settings {
+        AccountSettings::Webhook(s) => Arc::new(webhook::WebhookAdapter::new(s.clone(), http)?),
+    })
+}

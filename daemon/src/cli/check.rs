@@ -1,0 +1,198 @@
+//! `herald check`: validate a config and show the plan.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::ExitCode;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use super::CheckFormat;
+use crate::config::{self, Config, Diagnostic, Post};
+use crate::occurrences::render;
+
+#[derive(Serialize)]
+struct Report<'a> {
+    ok: bool,
+    errors: Vec<&'a Diagnostic>,
+    warnings: Vec<&'a Diagnostic>,
+    accounts: Vec<AccountView>,
+    posts: Vec<PostPlan>,
+}
+
+#[derive(Serialize)]
+struct AccountView {
+    id: String,
+    platform: String,
+    experimental: bool,
+    rate: Option<String>,
+    concurrency: u32,
+}
+
+#[derive(Serialize)]
+struct PostPlan {
+    id: String,
+    file: String,
+    line: usize,
+    schedule: String,
+    time_zone: String,
+    misfire: String,
+    grace: String,
+    targets: Vec<String>,
+    upcoming: Vec<Occurrence>,
+    /// The exact content per platform (and per account where it differs).
+    rendered: Vec<RenderedView>,
+}
+
+#[derive(Serialize)]
+struct Occurrence {
+    utc: String,
+    local: String,
+}
+
+#[derive(Serialize)]
+struct RenderedView {
+    platform: String,
+    accounts: Vec<String>,
+    title: Option<String>,
+    text: String,
+    link: Option<String>,
+    images: Vec<String>,
+    characters: usize,
+}
+
+pub fn run(path: &Path, upcoming: usize, format: CheckFormat) -> anyhow::Result<ExitCode> {
+    let outcome = config::load(path);
+    let now = Utc::now();
+    let (accounts, posts) = match &outcome.config {
+        Some(config) => (accounts(config), plans(config, now, upcoming)),
+        None => (Vec::new(), Vec::new()),
+    };
+    let report = Report {
+        ok: outcome.config.is_some(),
+        errors: outcome.errors().collect(),
+        warnings: outcome.warnings().collect(),
+        accounts,
+        posts,
+    };
+    match format {
+        CheckFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        CheckFormat::Text => print_text(&report, outcome.config.as_ref()),
+    }
+    Ok(if report.ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn accounts(config: &Config) -> Vec<AccountView> {
+    config
+        .accounts
+        .values()
+        .map(|a| AccountView {
+            id: a.id.clone(),
+            platform: a.platform.to_string(),
+            experimental: a.platform.experimental(),
+            rate: a.rate.map(|r| r.to_string()),
+            concurrency: a.concurrency,
+        })
+        .collect()
+}
+
+fn plans(config: &Config, now: DateTime<Utc>, upcoming: usize) -> Vec<PostPlan> {
+    config.posts.values().map(|post| plan(config, post, now, upcoming)).collect()
+}
+
+fn plan(config: &Config, post: &Post, now: DateTime<Utc>, upcoming: usize) -> PostPlan {
+    let tz = post.schedule.tz;
+    let occurrences = match post.schedule.recurrence {
+        crate::schedule::Recurrence::Once(at) => vec![at],
+        crate::schedule::Recurrence::Cron(_) => post.schedule.upcoming(now, upcoming),
+    };
+    let upcoming = occurrences
+        .into_iter()
+        .map(|t| Occurrence {
+            utc: t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            local: t.with_timezone(&tz).format("%Y-%m-%d %H:%M:%S %Z (%a)").to_string(),
+        })
+        .collect();
+    let mut rendered: BTreeMap<(String, String), RenderedView> = BTreeMap::new();
+    for id in &post.targets {
+        let Some(account) = config.accounts.get(id) else { continue };
+        let Ok((hash, r)) = render(post, account) else { continue };
+        let view = rendered.entry((account.platform.to_string(), hash)).or_insert_with(|| RenderedView {
+            platform: account.platform.to_string(),
+            accounts: Vec::new(),
+            characters: r.text.chars().count(),
+            title: r.title,
+            text: r.text,
+            link: r.link,
+            images: r.images,
+        });
+        view.accounts.push(id.clone());
+    }
+    PostPlan {
+        id: post.id.clone(),
+        file: post.file.display().to_string(),
+        line: post.line,
+        schedule: post.schedule.describe(),
+        time_zone: tz.to_string(),
+        misfire: post.misfire.to_string(),
+        grace: humantime::format_duration(post.grace).to_string(),
+        targets: post.targets.clone(),
+        upcoming,
+        rendered: rendered.into_values().collect(),
+    }
+}
+
+fn print_text(report: &Report, config: Option<&Config>) {
+    for d in report.errors.iter().chain(&report.warnings) {
+        eprintln!("{d}");
+    }
+    let Some(config) = config else {
+        eprintln!(
+            "\n{} error(s), {} warning(s): the config is refused; nothing is scheduled",
+            report.errors.len(),
+            report.warnings.len()
+        );
+        return;
+    };
+    println!(
+        "config OK: {} account(s), {} group(s), {} post(s); {} warning(s)",
+        config.accounts.len(),
+        config.groups.len(),
+        config.posts.len(),
+        report.warnings.len()
+    );
+    for a in report.accounts.iter().filter(|a| a.experimental) {
+        println!("note: account `{}` uses the experimental {} adapter", a.id, a.platform);
+    }
+    for post in &report.posts {
+        println!();
+        println!("post {}  ({}:{})", post.id, post.file, post.line);
+        println!("  schedule: {}; misfire {} within {}", post.schedule, post.misfire, post.grace);
+        println!("  targets:  {} account(s): {}", post.targets.len(), abbreviate(&post.targets, 8));
+        for o in &post.upcoming {
+            println!("  at {}   = {}", o.local, o.utc);
+        }
+        if post.upcoming.is_empty() {
+            println!("  no upcoming occurrence");
+        }
+        for r in &post.rendered {
+            println!("  {} text ({} characters) for {}:", r.platform, r.characters, abbreviate(&r.accounts, 4));
+            if let Some(title) = &r.title {
+                println!("    | title: {title}");
+            }
+            for line in r.text.lines() {
+                println!("    | {line}");
+            }
+            if let Some(link) = &r.link {
+                println!("    | link: {link}");
+            }
+            for image in &r.images {
+                println!("    | image: {image}");
+            }
+        }
+    }
+}
+
+fn abbreviate(items: &[String], n: usize) -> String {
+    if items.len() <= n { items.join(", ") } else { format!("{}, and {} more", items[..n].join(", "), items.len() - n) }
+}

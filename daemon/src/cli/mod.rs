@@ -1,0 +1,198 @@
+//! The `herald` command line: argument parsing and the commands.
+
+mod check;
+mod inspect;
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::logging::{self, LogFormat};
+
+const DEFAULT_CONFIG: &str = "/etc/herald/herald.toml";
+
+#[derive(Parser)]
+#[command(
+    name = "herald",
+    version,
+    about = "Publish scheduled warning and education posts to many social accounts, on time, with an audit log.",
+    long_about = "herald keeps a persistent schedule of posts written in TOML and publishes each one, at its time, \
+to many accounts on several platforms, retrying when a platform fails and recording every attempt in an \
+append-only audit log.\n\nStart with `herald demo`, then `herald check --config config.example.toml`."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone)]
+struct ConfigArg {
+    /// The main config file.
+    #[arg(long, short, env = "HERALD_CONFIG", default_value = DEFAULT_CONFIG)]
+    config: PathBuf,
+}
+
+#[derive(clap::Args, Clone)]
+struct StateArgs {
+    /// The main config file; its [daemon] state_dir is used (no secrets are read).
+    #[arg(long, short, env = "HERALD_CONFIG", default_value = DEFAULT_CONFIG)]
+    config: PathBuf,
+    /// The state directory, instead of reading it from the config.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon: publish every post at its time until stopped (SIGTERM).
+    Run {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Log format; JSON is chosen automatically under systemd.
+        #[arg(long, value_enum)]
+        log_format: Option<LogFormat>,
+    },
+    /// Check a config and show what it will publish, where and when. Exits 1 on errors.
+    Check {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// How many upcoming occurrences of each post to list.
+        #[arg(long, default_value_t = 3)]
+        upcoming: usize,
+        #[arg(long, value_enum, default_value_t = CheckFormat::Text)]
+        format: CheckFormat,
+    },
+    /// Show deliveries by state, the next one due, and failed deliveries with their reasons.
+    Status {
+        #[command(flatten)]
+        state: StateArgs,
+        /// How many failed deliveries to list.
+        #[arg(long, default_value_t = 20)]
+        failed: usize,
+    },
+    /// Read the audit log: every state change of every delivery.
+    Log {
+        #[command(flatten)]
+        state: StateArgs,
+        /// Only this post (`*` matches any characters).
+        #[arg(long)]
+        post: Option<String>,
+        /// Only this account (`*` matches any characters, e.g. "wuhan-*").
+        #[arg(long)]
+        account: Option<String>,
+        /// Only this platform (webhook, weibo, wechat, ...).
+        #[arg(long)]
+        platform: Option<String>,
+        /// Only these events (delivered, failed, attempt, retry_scheduled, cancelled, skipped, ...); repeatable.
+        #[arg(long = "event", value_name = "EVENT")]
+        events: Vec<String>,
+        /// Only one delivery.
+        #[arg(long)]
+        delivery: Option<String>,
+        /// From this time on (RFC 3339, or a date such as 2026-03-01, UTC).
+        #[arg(long)]
+        since: Option<String>,
+        /// Before this time (RFC 3339, or a date such as 2026-04-01, UTC).
+        #[arg(long)]
+        until: Option<String>,
+        #[arg(long, value_enum, default_value_t = LogOutput::Table)]
+        format: LogOutput,
+        /// Print the exact content sent under this content hash, instead of records.
+        #[arg(long, value_name = "HASH")]
+        content: Option<String>,
+    },
+    /// Send a failed (or skipped) delivery again, or every failed delivery of a post.
+    Retry {
+        #[command(flatten)]
+        state: StateArgs,
+        /// The delivery id (from `herald status` or `herald log`).
+        delivery: Option<String>,
+        /// Every failed delivery of this post.
+        #[arg(long, conflicts_with = "delivery")]
+        post: Option<String>,
+    },
+    /// Cancel a pending delivery, or every pending delivery of a post.
+    Cancel {
+        #[command(flatten)]
+        state: StateArgs,
+        /// The delivery id.
+        delivery: Option<String>,
+        /// Every pending delivery of this post.
+        #[arg(long, conflicts_with = "delivery")]
+        post: Option<String>,
+    },
+    /// Run herald against local emulators for a minute: posts due in seconds, one failure retried.
+    Demo,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CheckFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogOutput {
+    Table,
+    Json,
+    Csv,
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("herald: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run { config, log_format } => {
+            logging::init(log_format, "info");
+            runtime()?.block_on(crate::service::run(&config.config))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check { config, upcoming, format } => check::run(&config.config, upcoming, format),
+        Command::Status { state, failed } => inspect::status(&state.location()?, failed),
+        Command::Log { state, post, account, platform, events, delivery, since, until, format, content } => {
+            let location = state.location()?;
+            if let Some(hash) = content {
+                return inspect::content(&location, &hash);
+            }
+            let query = inspect::query(post, account, platform, events, delivery, since, until)?;
+            inspect::log(&location, &query, format)
+        }
+        Command::Retry { state, delivery, post } => inspect::retry(&state.location()?, delivery, post),
+        Command::Cancel { state, delivery, post } => inspect::cancel(&state.location()?, delivery, post),
+        Command::Demo => {
+            logging::init(None, "info,herald::scheduler=info");
+            runtime()?.block_on(crate::demo::run())?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+impl StateArgs {
+    fn location(&self) -> anyhow::Result<(PathBuf, u64)> {
+        match &self.state_dir {
+            Some(dir) => Ok((dir.clone(), 64)),
+            None => crate::config::state_location(&self.config).map_err(anyhow::Error::msg),
+        }
+    }
+}
+
+/// Print audit records as the `herald log` table.
+pub fn print_table(records: &[crate::model::AuditRecord], out: &mut impl std::io::Write) -> std::io::Result<()> {
+    output::table(records, out)
+}

@@ -1,0 +1,966 @@
+//! Reading the config: the main file, its includes, every section, and the
+//! cross-checks between them. All findings are collected before answering.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use herald_adapters::registry::{self, HttpOptions};
+use herald_adapters::{AccountSettings, Platform, PostContent};
+use serde::Deserialize;
+use serde::de::IntoDeserializer;
+use serde_spanned::Spanned;
+use toml_edit::{Item, Table};
+
+use super::diag::{Diagnostics, SourceFile};
+use super::secrets::{self, Resolved};
+use super::values::{Misfire, Rate, TimeValue, parse_duration};
+use super::{Account, Config, ContentOverride, DaemonSettings, Diagnostic, Post, RetryPolicy};
+use crate::schedule::{CronExpr, Recurrence, Schedule};
+
+/// The result of reading a config: the config when it has no errors, and
+/// every error and warning found.
+pub struct LoadOutcome {
+    pub config: Option<Config>,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl LoadOutcome {
+    pub fn errors(&self) -> impl Iterator<Item = &Diagnostic> {
+        self.diagnostics.iter().filter(|d| d.is_error())
+    }
+
+    pub fn warnings(&self) -> impl Iterator<Item = &Diagnostic> {
+        self.diagnostics.iter().filter(|d| !d.is_error())
+    }
+}
+
+/// Read and check the config at `path`, judging `at` times against now.
+pub fn load(path: &Path) -> LoadOutcome {
+    load_at(path, Utc::now())
+}
+
+/// Read and check the config at `path`, judging `at` times against `now`.
+pub fn load_at(path: &Path, now: DateTime<Utc>) -> LoadOutcome {
+    let mut loader = Loader { diags: Diagnostics::default(), now, ..Loader::default() };
+    let config = loader.run(path);
+    let mut diagnostics = loader.diags.items;
+    diagnostics.sort_by(|a, b| (a.severity, &a.file, a.line, a.column).cmp(&(b.severity, &b.file, b.line, b.column)));
+    let config = if diagnostics.iter().any(Diagnostic::is_error) { None } else { config };
+    LoadOutcome { config, diagnostics }
+}
+
+const MAIN_KEYS: &[&str] = &["daemon", "retry", "accounts", "groups", "posts"];
+const INCLUDED_KEYS: &[&str] = &["accounts", "groups", "posts"];
+const ACCOUNT_KEYS_OWNED_BY_DAEMON: &[&str] = &["platform", "rate", "concurrency", "timeout", "connect_timeout"];
+const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
+
+#[derive(Default)]
+struct Loader {
+    diags: Diagnostics,
+    now: DateTime<Utc>,
+    files: Vec<SourceFile>,
+    accounts: BTreeMap<String, (Account, usize, Range<usize>)>,
+    groups: BTreeMap<String, (Vec<Spanned<String>>, usize, Range<usize>)>,
+    raw_posts: Vec<(RawPost, usize, Range<usize>, BTreeMap<String, Range<usize>>)>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDaemon {
+    state_dir: Option<Spanned<String>>,
+    time_zone: Option<Spanned<String>>,
+    include: Option<Vec<Spanned<String>>>,
+    concurrency: Option<Spanned<i64>>,
+    cache_mb: Option<Spanned<i64>>,
+    shutdown_deadline: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetry {
+    max_attempts: Option<Spanned<i64>>,
+    initial_backoff: Option<Spanned<String>>,
+    max_backoff: Option<Spanned<String>>,
+    multiplier: Option<Spanned<f64>>,
+    jitter: Option<Spanned<f64>>,
+    max_retry_after: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPost {
+    id: Spanned<String>,
+    title: Option<String>,
+    body: Option<String>,
+    link: Option<String>,
+    images: Option<Vec<String>>,
+    targets: Spanned<Vec<Spanned<String>>>,
+    at: Option<Spanned<TimeValue>>,
+    cron: Option<Spanned<String>>,
+    time_zone: Option<Spanned<String>>,
+    start: Option<Spanned<TimeValue>>,
+    until: Option<Spanned<TimeValue>>,
+    misfire: Option<Misfire>,
+    grace: Option<Spanned<String>>,
+    overrides: Option<BTreeMap<String, RawOverride>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOverride {
+    title: Option<String>,
+    body: Option<String>,
+    link: Option<String>,
+    images: Option<Vec<String>>,
+}
+
+fn span_of<T>(s: &Spanned<T>) -> Option<Range<usize>> {
+    Some(s.span())
+}
+
+/// Deserialize one item of a document, keeping spans for error messages.
+fn from_item<T: serde::de::DeserializeOwned>(item: Item) -> Result<T, toml_edit::de::Error> {
+    let value = match item {
+        Item::Value(v) => v,
+        Item::Table(t) => toml_edit::Value::InlineTable(t.into_inline_table()),
+        Item::ArrayOfTables(a) => toml_edit::Value::Array(a.into_array()),
+        Item::None => return Err(<toml_edit::de::Error as serde::de::Error>::custom("missing value")),
+    };
+    T::deserialize(value.into_deserializer())
+}
+
+fn describe_de_error(e: &toml_edit::de::Error) -> String {
+    let message = e.message().trim().to_string();
+    if let Some(field) = message.strip_prefix("unknown field `").and_then(|m| m.split('`').next()) {
+        let expected = message.split_once("expected ").map(|(_, rest)| rest).unwrap_or("");
+        return format!("unknown key `{field}`; expected {expected}");
+    }
+    message
+}
+
+impl Loader {
+    fn run(&mut self, path: &Path) -> Option<Config> {
+        let main = self.read_file(path)?;
+        let doc = self.parse(main)?;
+        let root = doc.into_table();
+        let main_idx = 0;
+        for (key, _) in root.iter() {
+            if !MAIN_KEYS.contains(&key) {
+                let span = root.key(key).and_then(|k| k.span());
+                self.diags.error(
+                    &self.files[main_idx],
+                    span,
+                    format!("unknown section `{key}`; expected one of {}", MAIN_KEYS.join(", ")),
+                );
+            }
+        }
+        let mut root = root;
+        let daemon = self.daemon_settings(main_idx, root.remove("daemon"));
+        let retry = self.retry_policy(main_idx, root.remove("retry"));
+        self.sections(main_idx, &mut root);
+
+        if let Some(daemon) = &daemon {
+            for pattern in &daemon.include {
+                self.include(main_idx, pattern);
+            }
+        }
+        let daemon = daemon?;
+        let groups = self.expand_groups();
+        let posts = self.posts(&daemon, &groups);
+        let retry = retry?;
+        if self.diags.has_errors() {
+            return None;
+        }
+        Some(Config {
+            path: path.to_path_buf(),
+            daemon,
+            retry,
+            accounts: std::mem::take(&mut self.accounts).into_iter().map(|(id, (a, _, _))| (id, a)).collect(),
+            groups,
+            posts,
+        })
+    }
+
+    fn read_file(&mut self, path: &Path) -> Option<usize> {
+        let meta = match std::fs::metadata(path) {
+            Ok(meta) => meta,
+            Err(e) => {
+                self.diags.file_error(path, format!("cannot read the config file: {e}"));
+                return None;
+            }
+        };
+        if meta.len() > MAX_FILE_BYTES {
+            self.diags.file_error(
+                path,
+                format!("the file is {} bytes; config files are limited to {MAX_FILE_BYTES} bytes", meta.len()),
+            );
+            return None;
+        }
+        let bytes = match std::fs::read(path) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                self.diags.file_error(path, format!("cannot read the config file: {e}"));
+                return None;
+            }
+        };
+        match String::from_utf8(bytes) {
+            Ok(text) => {
+                self.files.push(SourceFile::new(path.to_path_buf(), text));
+                Some(self.files.len() - 1)
+            }
+            Err(e) => {
+                let valid = e.utf8_error().valid_up_to();
+                let prefix = String::from_utf8_lossy(&e.as_bytes()[..valid]).into_owned();
+                let file = SourceFile::new(path.to_path_buf(), prefix);
+                self.diags.error(&file, Some(valid..valid), "the file is not valid UTF-8; save it as UTF-8");
+                None
+            }
+        }
+    }
+
+    fn parse(&mut self, idx: usize) -> Option<toml_edit::Document<String>> {
+        match toml_edit::Document::parse(self.files[idx].text.clone()) {
+            Ok(doc) => Some(doc),
+            Err(e) => {
+                let message = e.message().trim().replace('\n', " ");
+                self.diags.error(&self.files[idx], e.span(), format!("TOML syntax error: {message}"));
+                None
+            }
+        }
+    }
+
+    fn de_error(&mut self, idx: usize, fallback: Option<Range<usize>>, context: &str, e: &toml_edit::de::Error) {
+        let span = e.span().or(fallback);
+        self.diags.error(&self.files[idx], span, format!("{context}: {}", describe_de_error(e)));
+    }
+
+    fn daemon_settings(&mut self, idx: usize, item: Option<Item>) -> Option<DaemonSettings> {
+        let span = item.as_ref().and_then(Item::span);
+        let raw: RawDaemon = match item {
+            None => {
+                self.diags.error(&self.files[idx], None, "missing [daemon] section; it needs at least `state_dir`");
+                return None;
+            }
+            Some(item) => match from_item(item) {
+                Ok(raw) => raw,
+                Err(e) => {
+                    self.de_error(idx, span, "in [daemon]", &e);
+                    return None;
+                }
+            },
+        };
+        let file = &self.files[idx];
+        let mut ok = true;
+        let state_dir = match raw.state_dir {
+            Some(dir) if !dir.get_ref().trim().is_empty() => file.dir().join(dir.get_ref()),
+            Some(dir) => {
+                self.diags.error(file, span_of(&dir), "`state_dir` is empty; give a folder herald may write to");
+                ok = false;
+                PathBuf::new()
+            }
+            None => {
+                self.diags.error(
+                    file,
+                    span.clone(),
+                    "[daemon] needs `state_dir`, the folder where herald keeps its state",
+                );
+                ok = false;
+                PathBuf::new()
+            }
+        };
+        let time_zone = match raw.time_zone {
+            Some(tz) => match parse_tz(tz.get_ref()) {
+                Ok(tz) => tz,
+                Err(msg) => {
+                    self.diags.error(file, span_of(&tz), msg);
+                    ok = false;
+                    Tz::UTC
+                }
+            },
+            None => Tz::UTC,
+        };
+        let concurrency = match raw.concurrency {
+            Some(c) if (1..=10_000).contains(c.get_ref()) => *c.get_ref() as usize,
+            Some(c) => {
+                self.diags.error(file, span_of(&c), format!("`concurrency` is {}; expected 1 to 10000", c.get_ref()));
+                ok = false;
+                1
+            }
+            None => 64,
+        };
+        let cache_mb = match raw.cache_mb {
+            Some(c) if (1..=65_536).contains(c.get_ref()) => *c.get_ref() as u64,
+            Some(c) => {
+                self.diags.error(file, span_of(&c), format!("`cache_mb` is {}; expected 1 to 65536", c.get_ref()));
+                ok = false;
+                1
+            }
+            None => 64,
+        };
+        let shutdown_deadline = self.duration(idx, raw.shutdown_deadline.as_ref(), Duration::from_secs(30), &mut ok);
+        let include = raw.include.unwrap_or_default().into_iter().map(Spanned::into_inner).collect();
+        ok.then_some(DaemonSettings { state_dir, time_zone, include, concurrency, cache_mb, shutdown_deadline })
+    }
+
+    fn duration(&mut self, idx: usize, value: Option<&Spanned<String>>, default: Duration, ok: &mut bool) -> Duration {
+        match value {
+            None => default,
+            Some(v) => match parse_duration(v.get_ref()) {
+                Ok(d) => d,
+                Err(msg) => {
+                    self.diags.error(&self.files[idx], span_of(v), msg);
+                    *ok = false;
+                    default
+                }
+            },
+        }
+    }
+
+    fn retry_policy(&mut self, idx: usize, item: Option<Item>) -> Option<RetryPolicy> {
+        let defaults = RetryPolicy::default();
+        let Some(item) = item else { return Some(defaults) };
+        let span = item.span();
+        let raw: RawRetry = match from_item(item) {
+            Ok(raw) => raw,
+            Err(e) => {
+                self.de_error(idx, span, "in [retry]", &e);
+                return None;
+            }
+        };
+        let mut ok = true;
+        let max_attempts = match raw.max_attempts {
+            Some(n) if (1..=100).contains(n.get_ref()) => *n.get_ref() as u32,
+            Some(n) => {
+                let msg = format!("`max_attempts` is {}; expected 1 to 100 (1 means no retry)", n.get_ref());
+                self.diags.error(&self.files[idx], span_of(&n), msg);
+                ok = false;
+                1
+            }
+            None => defaults.max_attempts,
+        };
+        let initial_backoff = self.duration(idx, raw.initial_backoff.as_ref(), defaults.initial_backoff, &mut ok);
+        let max_backoff = self.duration(idx, raw.max_backoff.as_ref(), defaults.max_backoff, &mut ok);
+        let max_retry_after = self.duration(idx, raw.max_retry_after.as_ref(), defaults.max_retry_after, &mut ok);
+        let file = &self.files[idx];
+        if initial_backoff.is_zero() {
+            let at = raw.initial_backoff.as_ref().and_then(span_of);
+            self.diags.error(file, at, "`initial_backoff` must be longer than zero");
+            ok = false;
+        }
+        if max_backoff < initial_backoff {
+            let at = raw.max_backoff.as_ref().and_then(span_of).or(span.clone());
+            self.diags.error(file, at, "`max_backoff` is shorter than `initial_backoff`");
+            ok = false;
+        }
+        let multiplier = match raw.multiplier {
+            Some(m) if (1.0..=10.0).contains(m.get_ref()) => *m.get_ref(),
+            Some(m) => {
+                self.diags.error(file, span_of(&m), format!("`multiplier` is {}; expected 1.0 to 10.0", m.get_ref()));
+                ok = false;
+                1.0
+            }
+            None => defaults.multiplier,
+        };
+        let jitter = match raw.jitter {
+            Some(j) if (0.0..=1.0).contains(j.get_ref()) => *j.get_ref(),
+            Some(j) => {
+                self.diags.error(file, span_of(&j), format!("`jitter` is {}; expected 0.0 to 1.0", j.get_ref()));
+                ok = false;
+                0.0
+            }
+            None => defaults.jitter,
+        };
+        ok.then_some(RetryPolicy { max_attempts, initial_backoff, max_backoff, multiplier, jitter, max_retry_after })
+    }
+
+    /// Read the sections a file of posts may hold: accounts, groups, posts.
+    fn sections(&mut self, idx: usize, root: &mut Table) {
+        if let Some(item) = root.remove("accounts") {
+            match item {
+                Item::Table(table) => {
+                    for (key, item) in table.into_iter() {
+                        self.account(idx, key, item);
+                    }
+                }
+                other => {
+                    self.diags.error(&self.files[idx], other.span(), "`accounts` must be a table of [accounts.<id>]")
+                }
+            }
+        }
+        if let Some(item) = root.remove("groups") {
+            match item.as_table_like() {
+                Some(table) => {
+                    for (name, members) in table.iter() {
+                        let span = table.key(name).and_then(|k| k.span()).or_else(|| members.span());
+                        match from_item::<Vec<Spanned<String>>>(members.clone()) {
+                            Ok(list) => self.add_group(idx, name, list, span.unwrap_or(0..0)),
+                            Err(e) => self.de_error(idx, span, &format!("group `{name}`"), &e),
+                        }
+                    }
+                }
+                None => {
+                    self.diags.error(&self.files[idx], item.span(), "`groups` must be a table of name = [accounts]")
+                }
+            }
+        }
+        if let Some(item) = root.remove("posts") {
+            match item {
+                Item::ArrayOfTables(array) => {
+                    for table in array.into_iter() {
+                        self.raw_post(idx, table);
+                    }
+                }
+                other => {
+                    self.diags.error(&self.files[idx], other.span(), "`posts` must be written as [[posts]] tables")
+                }
+            }
+        }
+    }
+
+    fn add_group(&mut self, idx: usize, name: &str, members: Vec<Spanned<String>>, span: Range<usize>) {
+        if let Some((_, other, _)) = self.groups.get(name) {
+            let other = self.files[*other].path.display().to_string();
+            self.diags.error(&self.files[idx], Some(span), format!("group `{name}` is already defined in {other}"));
+            return;
+        }
+        self.groups.insert(name.to_string(), (members, idx, span));
+    }
+
+    fn account(&mut self, idx: usize, id: String, item: Item) {
+        let file_dir = self.files[idx].dir().to_path_buf();
+        let header = item.span();
+        let Item::Table(mut table) = item else {
+            self.diags.error(&self.files[idx], header, format!("account `{id}` must be a table [accounts.{id}]"));
+            return;
+        };
+        let span = header.unwrap_or(0..0);
+        if !valid_id(&id) {
+            self.diags.error(&self.files[idx], Some(span.clone()), format!("account id `{id}` {ID_RULE}"));
+        }
+        if let Some((_, other, _)) = self.accounts.get(&id) {
+            let other = self.files[*other].path.display().to_string();
+            self.diags.error(&self.files[idx], Some(span), format!("account `{id}` is already defined in {other}"));
+            return;
+        }
+        let platform = match table.get("platform").map(|i| (i.as_str(), i.span())) {
+            None => {
+                let names: Vec<_> = Platform::ALL.iter().map(|p| p.name()).collect();
+                let msg = format!("account `{id}` needs `platform`, one of {}", names.join(", "));
+                self.diags.error(&self.files[idx], Some(span), msg);
+                return;
+            }
+            Some((Some(name), at)) => match Platform::parse(name) {
+                Some(p) => p,
+                None => {
+                    let names: Vec<_> = Platform::ALL.iter().map(|p| p.name()).collect();
+                    let msg = format!("unknown platform `{name}`; expected one of {}", names.join(", "));
+                    self.diags.error(&self.files[idx], at, msg);
+                    return;
+                }
+            },
+            Some((None, at)) => {
+                self.diags.error(&self.files[idx], at, "`platform` must be a string");
+                return;
+            }
+        };
+        let mut ok = true;
+        let take_str = |table: &mut Table, key: &str, diags: &mut Diagnostics, file: &SourceFile, ok: &mut bool| {
+            let item = table.remove(key)?;
+            match item.as_str() {
+                Some(s) => Some((s.to_string(), item.span())),
+                None => {
+                    diags.error(file, item.span(), format!("`{key}` must be a string"));
+                    *ok = false;
+                    None
+                }
+            }
+        };
+        let file = &self.files[idx];
+        let rate = match take_str(&mut table, "rate", &mut self.diags, file, &mut ok) {
+            Some((text, at)) => match Rate::parse(&text) {
+                Ok(rate) => Some(rate),
+                Err(msg) => {
+                    self.diags.error(file, at, msg);
+                    ok = false;
+                    None
+                }
+            },
+            None => platform.default_rate().map(|(count, per)| Rate { count, per }),
+        };
+        let concurrency = match table.remove("concurrency") {
+            None => 1,
+            Some(item) => match item.as_integer() {
+                Some(n) if (1..=1000).contains(&n) => n as u32,
+                _ => {
+                    self.diags.error(file, item.span(), "`concurrency` must be a whole number from 1 to 1000");
+                    ok = false;
+                    1
+                }
+            },
+        };
+        let mut http = HttpOptions::default();
+        for key in ["timeout", "connect_timeout"] {
+            if let Some((text, at)) = take_str(&mut table, key, &mut self.diags, file, &mut ok) {
+                match parse_duration(&text) {
+                    Ok(d) if !d.is_zero() => {
+                        if key == "timeout" {
+                            http.timeout = d;
+                        } else {
+                            http.connect_timeout = d;
+                        }
+                    }
+                    Ok(_) => {
+                        self.diags.error(file, at, format!("`{key}` must be longer than zero"));
+                        ok = false;
+                    }
+                    Err(msg) => {
+                        self.diags.error(file, at, msg);
+                        ok = false;
+                    }
+                }
+            }
+        }
+        table.remove("platform");
+        for key in platform.secret_fields() {
+            let Some(item) = table.get_mut(key) else { continue };
+            let at = item.span();
+            match secrets::resolve(key, item, &file_dir) {
+                Ok(Resolved::Value(value)) => secrets::replace(item, value),
+                Ok(Resolved::Inline(value)) => {
+                    let msg = format!(
+                        "account `{id}`: `{key}` is written inline; prefer {{ env = \"VAR\" }}, {{ file = \"path\" }} \
+                         or {{ credential = \"name\" }} so the secret stays out of the config file"
+                    );
+                    self.diags.warning(file, at, msg);
+                    secrets::replace(item, value);
+                }
+                Err(msg) => {
+                    self.diags.error(file, at, format!("account `{id}`: {msg}"));
+                    ok = false;
+                    secrets::replace(item, String::new());
+                }
+            }
+        }
+        let value = toml_edit::Value::InlineTable(table.into_inline_table());
+        let settings = match AccountSettings::deserialize(platform, value.into_deserializer()) {
+            Ok(s) => s,
+            Err(e) => {
+                let mut msg = describe_de_error(&e);
+                if msg.starts_with("unknown key") {
+                    msg.push_str(&format!(
+                        " (or one of {}, which herald reads for every account)",
+                        ACCOUNT_KEYS_OWNED_BY_DAEMON.join(", ")
+                    ));
+                }
+                self.diags.error(file, e.span().or(Some(span)), format!("account `{id}` ({platform}): {msg}"));
+                return;
+            }
+        };
+        if !ok {
+            return;
+        }
+        let adapter = match registry::build(&settings, http) {
+            Ok(a) => a,
+            Err(e) => {
+                self.diags.error(file, Some(span), format!("account `{id}` ({platform}): {e}"));
+                return;
+            }
+        };
+        if platform.experimental() {
+            let msg =
+                format!("account `{id}`: the {platform} adapter is experimental; read the README before relying on it");
+            self.diags.warning(file, Some(span.clone()), msg);
+        }
+        let account = Account { id: id.clone(), platform, settings, adapter, rate, concurrency, http };
+        self.accounts.insert(id, (account, idx, span));
+    }
+
+    fn raw_post(&mut self, idx: usize, table: Table) {
+        let span = table.span().unwrap_or(0..0);
+        let mut override_spans = BTreeMap::new();
+        if let Some(overrides) = table.get("overrides").and_then(Item::as_table_like) {
+            for (name, item) in overrides.iter() {
+                let at = overrides.key(name).and_then(|k| k.span()).or_else(|| item.span()).unwrap_or(span.clone());
+                override_spans.insert(name.to_string(), at);
+            }
+        }
+        match from_item::<RawPost>(Item::Table(table)) {
+            Ok(raw) => self.raw_posts.push((raw, idx, span, override_spans)),
+            Err(e) => self.de_error(idx, Some(span), "in [[posts]]", &e),
+        }
+    }
+
+    fn include(&mut self, main_idx: usize, pattern: &str) {
+        let base = self.files[main_idx].dir().to_path_buf();
+        let full = base.join(pattern);
+        let full_text = full.to_string_lossy().into_owned();
+        let paths = match glob::glob(&full_text) {
+            Ok(paths) => paths,
+            Err(e) => {
+                let msg = format!("include pattern `{pattern}` is not a valid glob: {e}");
+                self.diags.error(&self.files[main_idx], None, msg);
+                return;
+            }
+        };
+        let mut seen: HashSet<PathBuf> = self.files.iter().filter_map(|f| f.path.canonicalize().ok()).collect();
+        let mut matched = 0;
+        for entry in paths {
+            let path = match entry {
+                Ok(p) => p,
+                Err(e) => {
+                    self.diags.file_error(e.path(), format!("cannot read included file: {}", e.error()));
+                    continue;
+                }
+            };
+            matched += 1;
+            if !seen.insert(path.canonicalize().unwrap_or_else(|_| path.clone())) {
+                continue;
+            }
+            let Some(idx) = self.read_file(&path) else { continue };
+            let Some(doc) = self.parse(idx) else { continue };
+            let mut root = doc.into_table();
+            let keys: Vec<String> = root.iter().map(|(k, _)| k.to_string()).collect();
+            for key in keys {
+                if !INCLUDED_KEYS.contains(&key.as_str()) {
+                    let at = root.key(&key).and_then(|k| k.span());
+                    let msg = if MAIN_KEYS.contains(&key.as_str()) {
+                        format!("[{key}] may only be set in the main config file, not in an included file")
+                    } else {
+                        format!("unknown section `{key}`; an included file may hold {}", INCLUDED_KEYS.join(", "))
+                    };
+                    self.diags.error(&self.files[idx], at, msg);
+                }
+            }
+            self.sections(idx, &mut root);
+        }
+        if matched == 0 {
+            let msg = format!("include pattern `{pattern}` matches no file");
+            self.diags.warning(&self.files[main_idx], None, msg);
+        }
+    }
+
+    /// Expand groups into sorted account lists, reporting unknown members and cycles.
+    fn expand_groups(&mut self) -> BTreeMap<String, Vec<String>> {
+        let mut out = BTreeMap::new();
+        let names: Vec<String> = self.groups.keys().cloned().collect();
+        for name in names {
+            let (_, idx, span) = &self.groups[&name];
+            if self.accounts.contains_key(&name) {
+                let msg = format!("group `{name}` has the same name as an account; rename one of them");
+                self.diags.error(&self.files[*idx], Some(span.clone()), msg);
+                continue;
+            }
+            let mut members = BTreeSet::new();
+            let mut path = vec![name.clone()];
+            self.expand_into(&name, &mut members, &mut path);
+            out.insert(name, members.into_iter().collect());
+        }
+        out
+    }
+
+    fn expand_into(&mut self, group: &str, out: &mut BTreeSet<String>, path: &mut Vec<String>) {
+        let Some((members, idx, _)) = self.groups.get(group).cloned() else { return };
+        for member in members {
+            let name = member.get_ref();
+            if self.accounts.contains_key(name) {
+                out.insert(name.clone());
+            } else if self.groups.contains_key(name) {
+                if path.contains(name) {
+                    let msg = format!("groups include each other in a circle: {} -> {name}", path.join(" -> "));
+                    self.diags.error(&self.files[idx], span_of(&member), msg);
+                    continue;
+                }
+                path.push(name.clone());
+                self.expand_into(name, out, path);
+                path.pop();
+            } else if path.len() == 1 {
+                let msg = format!("group `{group}` lists `{name}`, which is neither an account nor a group");
+                self.diags.error(&self.files[idx], span_of(&member), msg);
+            }
+        }
+    }
+
+    fn posts(&mut self, daemon: &DaemonSettings, groups: &BTreeMap<String, Vec<String>>) -> BTreeMap<String, Post> {
+        let mut posts: BTreeMap<String, Post> = BTreeMap::new();
+        let mut defined_at: BTreeMap<String, (usize, Range<usize>)> = BTreeMap::new();
+        for (raw, idx, span, override_spans) in std::mem::take(&mut self.raw_posts) {
+            let id = raw.id.get_ref().clone();
+            if let Some((other_idx, other_span)) = defined_at.get(&id) {
+                let other = &self.files[*other_idx];
+                let (line, _) = other.line_col(other_span.start);
+                let msg = format!(
+                    "post id `{id}` is already used at {}:{line}; post ids must be unique",
+                    other.path.display()
+                );
+                self.diags.error(&self.files[idx], span_of(&raw.id), msg);
+                continue;
+            }
+            defined_at.insert(id.clone(), (idx, span.clone()));
+            if let Some(post) = self.post(raw, idx, span, override_spans, daemon, groups) {
+                posts.insert(id, post);
+            }
+        }
+        posts
+    }
+
+    fn post(
+        &mut self,
+        raw: RawPost,
+        idx: usize,
+        span: Range<usize>,
+        override_spans: BTreeMap<String, Range<usize>>,
+        daemon: &DaemonSettings,
+        groups: &BTreeMap<String, Vec<String>>,
+    ) -> Option<Post> {
+        let id = raw.id.get_ref().clone();
+        let file = &self.files[idx];
+        let dir = file.dir().to_path_buf();
+        let mut ok = true;
+        if !valid_id(&id) {
+            self.diags.error(file, span_of(&raw.id), format!("post id `{id}` {ID_RULE}"));
+            ok = false;
+        }
+        let tz = match &raw.time_zone {
+            Some(tz) => match parse_tz(tz.get_ref()) {
+                Ok(tz) => tz,
+                Err(msg) => {
+                    self.diags.error(file, span_of(tz), msg);
+                    return None;
+                }
+            },
+            None => daemon.time_zone,
+        };
+        let resolve = |value: &Option<Spanned<TimeValue>>, diags: &mut Diagnostics, ok: &mut bool| {
+            let v = value.as_ref()?;
+            match v.get_ref().resolve(&tz) {
+                Ok(t) => Some(t),
+                Err(msg) => {
+                    diags.error(file, span_of(v), msg);
+                    *ok = false;
+                    None
+                }
+            }
+        };
+        let start = resolve(&raw.start, &mut self.diags, &mut ok);
+        let until = resolve(&raw.until, &mut self.diags, &mut ok);
+        let at = resolve(&raw.at, &mut self.diags, &mut ok);
+        let recurrence = match (&raw.at, &raw.cron) {
+            (Some(_), Some(cron)) => {
+                self.diags.error(file, span_of(cron), format!("post `{id}` has both `at` and `cron`; give one"));
+                return None;
+            }
+            (None, None) => {
+                let msg = format!(
+                    "post `{id}` has no schedule; add `at = 2026-12-01T09:00:00+08:00` (once) or `cron = \"0 9 * * 1\"` (recurring)"
+                );
+                self.diags.error(file, Some(span.clone()), msg);
+                return None;
+            }
+            (Some(_), None) => {
+                for (name, bound) in [("start", &raw.start), ("until", &raw.until)] {
+                    if let Some(b) = bound {
+                        let msg = format!("`{name}` applies to `cron` schedules; a post with `at` happens once");
+                        self.diags.error(file, span_of(b), msg);
+                        ok = false;
+                    }
+                }
+                Recurrence::Once(at?)
+            }
+            (None, Some(cron)) => match CronExpr::parse(cron.get_ref()) {
+                Ok(expr) => Recurrence::Cron(expr),
+                Err(e) => {
+                    // Point at the offending part: the string starts one byte after its quote.
+                    let at = cron.span().start + 1 + byte_offset(cron.get_ref(), e.offset);
+                    self.diags.error(file, Some(at..at), format!("bad cron expression `{}`: {e}", cron.get_ref()));
+                    return None;
+                }
+            },
+        };
+        if let (Some(s), Some(u)) = (start, until)
+            && u < s
+        {
+            self.diags.error(file, raw.until.as_ref().and_then(span_of), "`until` is before `start`");
+            ok = false;
+        }
+        let grace = match &raw.grace {
+            None => Duration::from_secs(3600),
+            Some(g) => match parse_duration(g.get_ref()) {
+                Ok(d) => d,
+                Err(msg) => {
+                    self.diags.error(file, span_of(g), msg);
+                    ok = false;
+                    Duration::ZERO
+                }
+            },
+        };
+        let misfire = raw.misfire.unwrap_or_default();
+        let schedule = Schedule { recurrence, tz, start, until };
+
+        // Targets.
+        let mut targets = BTreeSet::new();
+        if raw.targets.get_ref().is_empty() {
+            self.diags.error(
+                file,
+                span_of(&raw.targets),
+                format!("post `{id}` has no targets; name accounts or groups"),
+            );
+            ok = false;
+        }
+        for target in raw.targets.get_ref() {
+            let name = target.get_ref();
+            if let Some((account, _, _)) = self.accounts.get(name) {
+                targets.insert(account.id.clone());
+            } else if let Some(members) = groups.get(name) {
+                targets.extend(members.iter().cloned());
+            } else {
+                let mut msg = format!("target `{name}` is neither an account nor a group");
+                if let Some(close) = closest(name, self.accounts.keys().chain(groups.keys())) {
+                    msg.push_str(&format!("; did you mean `{close}`?"));
+                }
+                self.diags.error(file, span_of(target), msg);
+                ok = false;
+            }
+        }
+
+        // Content.
+        let resolve_images =
+            |images: Vec<String>| images.into_iter().map(|p| dir.join(p).to_string_lossy().into_owned()).collect();
+        let content = PostContent {
+            title: raw.title,
+            body: raw.body.unwrap_or_default(),
+            link: raw.link,
+            images: resolve_images(raw.images.unwrap_or_default()),
+        };
+        let mut overrides = BTreeMap::new();
+        for (name, o) in raw.overrides.unwrap_or_default() {
+            match Platform::parse(&name) {
+                Some(p) => {
+                    let images = o.images.map(resolve_images);
+                    overrides.insert(p, ContentOverride { title: o.title, body: o.body, link: o.link, images });
+                }
+                None => {
+                    let names: Vec<_> = Platform::ALL.iter().map(|p| p.name()).collect();
+                    let msg = format!("`overrides.{name}`: unknown platform; expected one of {}", names.join(", "));
+                    self.diags.error(file, override_spans.get(&name).cloned(), msg);
+                    ok = false;
+                }
+            }
+        }
+        let (line, _) = file.line_col(span.start);
+        let mut post = Post {
+            id: id.clone(),
+            content,
+            overrides,
+            targets: targets.into_iter().collect(),
+            schedule,
+            misfire,
+            grace,
+            file: file.path.clone(),
+            line,
+            hash: String::new(),
+        };
+        post.compute_hash();
+
+        // What each platform would say of the content.
+        let mut refused: BTreeMap<(Platform, String), Vec<String>> = BTreeMap::new();
+        for account_id in &post.targets {
+            let Some((account, _, _)) = self.accounts.get(account_id) else { continue };
+            if let Err(problems) = account.adapter.render(&post.content_for(account.platform)) {
+                for p in problems {
+                    refused.entry((account.platform, p.to_string())).or_default().push(account_id.clone());
+                }
+            }
+        }
+        for ((platform, problem), accounts) in refused {
+            let msg = format!("post `{id}` would be refused by {platform} ({}): {problem}", list_accounts(&accounts));
+            self.diags.error(file, Some(span.clone()), msg);
+            ok = false;
+        }
+
+        if let Recurrence::Once(at) = post.schedule.recurrence
+            && at <= self.now
+        {
+            let late = (self.now - at).to_std().unwrap_or_default();
+            let what = match post.misfire {
+                Misfire::Skip => "it will be skipped (misfire = \"skip\") and recorded in the audit log".to_string(),
+                _ if late <= post.grace => format!(
+                    "if not yet published, it goes out as soon as herald runs, until the grace window of {} ends",
+                    humantime::format_duration(post.grace)
+                ),
+                _ => format!(
+                    "it is past its grace window of {}, so it will be skipped and recorded in the audit log",
+                    humantime::format_duration(post.grace)
+                ),
+            };
+            let msg = format!("post `{id}`: `at` {} is already past; {what}", at.to_rfc3339());
+            self.diags.warning(file, raw.at.as_ref().and_then(span_of), msg);
+        } else if post.schedule.next_after(self.now).is_none() && post.schedule.is_recurring() {
+            let msg = format!("post `{id}`: the schedule has no occurrence after now (check `until`)");
+            self.diags.warning(file, Some(span.clone()), msg);
+        }
+        ok.then_some(post)
+    }
+}
+
+const ID_RULE: &str = "must be 1 to 64 characters of letters, digits, '-', '_' or '.'";
+
+fn valid_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+fn parse_tz(name: &str) -> Result<Tz, String> {
+    name.parse::<Tz>()
+        .map_err(|_| format!("unknown time zone `{name}`; expected an IANA name such as \"Asia/Shanghai\" or \"UTC\""))
+}
+
+fn byte_offset(text: &str, char_offset: usize) -> usize {
+    text.char_indices().nth(char_offset).map_or(text.len(), |(i, _)| i)
+}
+
+fn list_accounts(accounts: &[String]) -> String {
+    match accounts.len() {
+        0..=3 => accounts.join(", "),
+        n => format!("{}, and {} more", accounts[..3].join(", "), n - 3),
+    }
+}
+
+/// The known name closest to a misspelt one, if one is close enough.
+fn closest<'a>(name: &str, known: impl Iterator<Item = &'a String>) -> Option<&'a String> {
+    known.map(|k| (edit_distance(name, k), k)).filter(|(d, _)| *d <= 2).min_by_key(|(d, _)| *d).map(|(_, k)| k)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+/// Read only `[daemon] state_dir` and `cache_mb` from the main config file,
+/// for commands that inspect the store (`status`, `log`, `retry`, `cancel`)
+/// and must work without the accounts' secrets.
+pub fn state_location(path: &Path) -> Result<(PathBuf, u64), String> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read the config file: {e}", path.display()))?;
+    let doc = toml_edit::Document::parse(text).map_err(|e| format!("{}: {}", path.display(), e.message().trim()))?;
+    let daemon = doc.get("daemon").and_then(Item::as_table_like);
+    let state_dir = daemon
+        .and_then(|d| d.get("state_dir"))
+        .and_then(Item::as_str)
+        .ok_or_else(|| format!("{}: [daemon] state_dir is missing", path.display()))?;
+    let cache_mb = daemon.and_then(|d| d.get("cache_mb")).and_then(Item::as_integer).unwrap_or(64).clamp(1, 65_536);
+    let dir = path.parent().unwrap_or(Path::new(".")).join(state_dir);
+    Ok((dir, cache_mb as u64))
+}

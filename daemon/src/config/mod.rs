@@ -1,0 +1,174 @@
+//! The configuration: what staff and operators write in TOML, checked and
+//! turned into typed values. [`load`] reads the main file and its includes
+//! and reports every problem at once, each with file, line and column.
+
+mod diag;
+mod load;
+mod secrets;
+mod values;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono_tz::Tz;
+use herald_adapters::registry::HttpOptions;
+use herald_adapters::{AccountSettings, Adapter, Platform, PostContent};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+pub use diag::{Diagnostic, Severity};
+pub use load::{LoadOutcome, load, load_at, state_location};
+pub use values::{Misfire, Rate, TimeValue, parse_duration};
+
+use crate::schedule::Schedule;
+
+/// A complete, valid configuration.
+#[derive(Clone)]
+pub struct Config {
+    /// The main config file.
+    pub path: PathBuf,
+    pub daemon: DaemonSettings,
+    pub retry: RetryPolicy,
+    pub accounts: BTreeMap<String, Account>,
+    pub groups: BTreeMap<String, Vec<String>>,
+    pub posts: BTreeMap<String, Post>,
+}
+
+/// `[daemon]`: where state lives and how the daemon behaves.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DaemonSettings {
+    pub state_dir: PathBuf,
+    /// The time zone of posts that do not name their own.
+    pub time_zone: Tz,
+    /// Include patterns as written, resolved against the main file's folder.
+    pub include: Vec<String>,
+    /// At most this many deliveries in flight at once, over all accounts.
+    pub concurrency: usize,
+    /// The bound of the store's page cache, in MiB.
+    pub cache_mb: u64,
+    /// How long `herald run` waits for in-flight deliveries when asked to stop.
+    pub shutdown_deadline: Duration,
+}
+
+/// `[retry]`: how failed attempts are retried.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicy {
+    pub max_attempts: u32,
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+    pub multiplier: f64,
+    /// Each delay is spread by up to this fraction either way (0.2 = ±20%).
+    pub jitter: f64,
+    /// A platform's Retry-After is honoured up to this long.
+    pub max_retry_after: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 8,
+            initial_backoff: Duration::from_secs(30),
+            max_backoff: Duration::from_secs(30 * 60),
+            multiplier: 2.0,
+            jitter: 0.2,
+            max_retry_after: Duration::from_secs(6 * 3600),
+        }
+    }
+}
+
+/// `[accounts.<id>]`: one destination.
+#[derive(Clone)]
+pub struct Account {
+    pub id: String,
+    pub platform: Platform,
+    pub settings: AccountSettings,
+    pub adapter: Arc<dyn Adapter>,
+    pub rate: Option<Rate>,
+    pub concurrency: u32,
+    pub http: HttpOptions,
+}
+
+/// Content fields a post replaces for one platform (`[posts.overrides.<platform>]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ContentOverride {
+    pub title: Option<String>,
+    pub body: Option<String>,
+    pub link: Option<String>,
+    pub images: Option<Vec<String>>,
+}
+
+/// One post: what to publish, where, and when.
+#[derive(Debug, Clone)]
+pub struct Post {
+    pub id: String,
+    pub content: PostContent,
+    pub overrides: BTreeMap<Platform, ContentOverride>,
+    /// The accounts this post goes to, groups expanded, sorted, without repeats.
+    pub targets: Vec<String>,
+    pub schedule: Schedule,
+    pub misfire: Misfire,
+    pub grace: Duration,
+    /// Where the post is defined, for messages.
+    pub file: PathBuf,
+    pub line: usize,
+    /// A digest of everything that defines the post: two configs that give a
+    /// post the same hash schedule it identically.
+    pub hash: String,
+}
+
+impl Post {
+    /// The content for one platform, with that platform's overrides applied.
+    pub fn content_for(&self, platform: Platform) -> PostContent {
+        let mut content = self.content.clone();
+        if let Some(o) = self.overrides.get(&platform) {
+            if o.title.is_some() {
+                content.title.clone_from(&o.title);
+            }
+            if let Some(body) = &o.body {
+                content.body.clone_from(body);
+            }
+            if o.link.is_some() {
+                content.link.clone_from(&o.link);
+            }
+            if let Some(images) = &o.images {
+                content.images.clone_from(images);
+            }
+        }
+        content
+    }
+
+    fn compute_hash(&mut self) {
+        #[derive(Serialize)]
+        struct Definition<'a> {
+            content: &'a PostContent,
+            overrides: &'a BTreeMap<Platform, ContentOverride>,
+            targets: &'a [String],
+            schedule: String,
+            misfire: Misfire,
+            grace_ms: u128,
+        }
+        let definition = Definition {
+            content: &self.content,
+            overrides: &self.overrides,
+            targets: &self.targets,
+            schedule: self.schedule.canonical(),
+            misfire: self.misfire,
+            grace_ms: self.grace.as_millis(),
+        };
+        let json = serde_json::to_vec(&definition).unwrap_or_default();
+        self.hash = hex::encode(&Sha256::digest(&json)[..16]);
+    }
+}
+
+impl std::fmt::Debug for Account {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Account")
+            .field("id", &self.id)
+            .field("platform", &self.platform)
+            .field("rate", &self.rate)
+            .field("concurrency", &self.concurrency)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,61 @@
+//! Credentials in the config: `{ env = "VAR" }`, `{ file = "path" }`,
+//! `{ credential = "name" }` (systemd's `$CREDENTIALS_DIRECTORY`) or, with a
+//! warning, an inline string. Values are read here and never printed.
+
+use std::path::Path;
+
+use toml_edit::{Item, Value};
+
+/// A secret setting after resolution.
+pub enum Resolved {
+    Value(String),
+    /// An inline secret: accepted, but `check` warns.
+    Inline(String),
+}
+
+/// Read the secret an account setting points at. Errors say what is missing,
+/// never the value.
+pub fn resolve(key: &str, item: &Item, config_dir: &Path) -> Result<Resolved, String> {
+    let form = "expected { env = \"VAR\" }, { file = \"path\" }, { credential = \"name\" } or a string";
+    if let Some(s) = item.as_str() {
+        return Ok(Resolved::Inline(s.to_string()));
+    }
+    let table = item.as_table_like().ok_or_else(|| format!("`{key}` must name where the secret is; {form}"))?;
+    let entries: Vec<(&str, &Item)> = table.iter().collect();
+    let [(kind, value)] = entries.as_slice() else {
+        return Err(format!("`{key}` must have exactly one of env, file or credential; {form}"));
+    };
+    let name = value.as_str().ok_or_else(|| format!("`{key}.{kind}` must be a string"))?;
+    let text = match *kind {
+        "env" => std::env::var(name)
+            .map_err(|_| format!("`{key}` comes from environment variable {name}, which is not set"))?,
+        "file" => {
+            let path = config_dir.join(name);
+            std::fs::read_to_string(&path)
+                .map_err(|e| format!("`{key}` comes from file {}, which cannot be read: {e}", path.display()))?
+        }
+        "credential" => {
+            let dir = std::env::var_os("CREDENTIALS_DIRECTORY").ok_or_else(|| {
+                format!(
+                    "`{key}` comes from systemd credential `{name}`, but $CREDENTIALS_DIRECTORY is not set \
+                     (set LoadCredential={name}:... in the unit, or use {{ env }} or {{ file }} outside systemd)"
+                )
+            })?;
+            let path = Path::new(&dir).join(name);
+            std::fs::read_to_string(&path)
+                .map_err(|e| format!("`{key}` comes from systemd credential `{name}`, which cannot be read: {e}"))?
+        }
+        other => return Err(format!("`{key}` has an unknown source `{other}`; {form}")),
+    };
+    let text = text.trim_end_matches(['\n', '\r']).to_string();
+    if text.is_empty() {
+        return Err(format!("`{key}` is empty ({kind} `{name}`)"));
+    }
+    Ok(Resolved::Value(text))
+}
+
+/// Replace a secret setting's item by its resolved value, so the platform's
+/// settings type reads a plain string.
+pub fn replace(item: &mut Item, value: String) {
+    *item = Item::Value(Value::from(value));
+}

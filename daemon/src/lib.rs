@@ -1,0 +1,19 @@
+//! herald: a daemon that publishes scheduled public-warning and education
+//! posts to many social accounts, retrying when a platform fails and
+//! recording every attempt in an append-only audit log.
+//!
+//! Data flow: [`config`] (TOML, checked) -> [`reconcile`] (config into the
+//! store) -> [`store`] (sled) -> [`scheduler`] (due index, gates, retries) ->
+//! adapters (`herald-adapters`) -> audit log (in the store).
+
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod logging;
+pub mod model;
+pub mod occurrences;
+pub mod reconcile;
+pub mod schedule;
+pub mod scheduler;
+pub mod service;
+pub mod store;

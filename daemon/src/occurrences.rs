@@ -1,0 +1,248 @@
+//! Turning a post's occurrences into deliveries: the next occurrence of every
+//! post is materialized as pending deliveries (one per target account), and
+//! occurrences missed while herald was down are settled by the post's
+//! misfire policy. Both reconcile and the scheduler's timers come here.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use herald_adapters::Rendered;
+use sha2::{Digest, Sha256};
+
+use crate::config::{Account, Config, Misfire, Post};
+use crate::model::{AuditRecord, Delivery, DeliveryId, Event, Millis, State, from_millis, to_millis};
+use crate::store::{Changes, PostRecord, Result, Store};
+
+/// An occurrence handled within this long of its time is on time; later than
+/// that (herald was down, or the host was suspended) it is *missed* and the
+/// misfire policy decides.
+pub const ON_TIME: Duration = Duration::from_secs(60);
+
+/// Safety bound on how many missed occurrences of one post are walked.
+const MAX_MISSED_WALK: usize = 100_000;
+
+/// What becomes of one occurrence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    OnTime,
+    /// Missed, but published now.
+    Late(String),
+    /// Missed and not published; recorded as skipped.
+    Skip(String),
+}
+
+/// Decide the fate of the occurrences `past` (all at or before `now`, in
+/// order) under the post's misfire policy.
+pub fn verdicts(post: &Post, past: &[DateTime<Utc>], now: DateTime<Utc>) -> Vec<Verdict> {
+    let on_time = chrono::Duration::from_std(ON_TIME).unwrap_or_default();
+    let grace = chrono::Duration::from_std(post.grace).unwrap_or(chrono::Duration::MAX);
+    let grace_text = humantime::format_duration(post.grace);
+    let last = past.len().saturating_sub(1);
+    past.iter()
+        .enumerate()
+        .map(|(i, &t)| {
+            let late = now - t;
+            if late <= on_time {
+                Verdict::OnTime
+            } else if post.misfire == Misfire::Skip {
+                Verdict::Skip("missed while herald was not running (misfire = skip)".into())
+            } else if late > grace {
+                Verdict::Skip(format!(
+                    "missed while herald was not running, by more than the grace window of {grace_text}"
+                ))
+            } else if post.misfire == Misfire::Latest && i != last {
+                Verdict::Skip(
+                    "missed while herald was not running; a later occurrence is published instead (misfire = latest)"
+                        .into(),
+                )
+            } else {
+                Verdict::Late(format!(
+                    "missed while herald was not running; published late (misfire = {})",
+                    post.misfire
+                ))
+            }
+        })
+        .collect()
+}
+
+/// Render a post for one account: the exact content and its hash.
+pub fn render(post: &Post, account: &Account) -> std::result::Result<(String, Rendered), String> {
+    match account.adapter.render(&post.content_for(account.platform)) {
+        Ok(rendered) => Ok((content_hash(&rendered), rendered)),
+        Err(problems) => {
+            let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+            Err(format!("content refused by {}: {}", account.platform, text.join("; ")))
+        }
+    }
+}
+
+pub fn content_hash(rendered: &Rendered) -> String {
+    let json = serde_json::to_vec(rendered).unwrap_or_default();
+    hex::encode(&Sha256::digest(&json)[..16])
+}
+
+/// Collects the changes of one step, with the content it references.
+pub struct Builder<'a> {
+    pub store: &'a dyn Store,
+    pub config: &'a Config,
+    pub now: DateTime<Utc>,
+    pub changes: Changes,
+    /// Bring cancelled deliveries back when their occurrence is scheduled
+    /// again (a reconcile of a new or changed post), rather than leaving them
+    /// cancelled (a timer: `herald cancel` must hold).
+    pub revive_cancelled: bool,
+    contents: HashSet<String>,
+}
+
+impl<'a> Builder<'a> {
+    pub fn new(store: &'a dyn Store, config: &'a Config, now: DateTime<Utc>) -> Self {
+        Builder { store, config, now, changes: Changes::default(), revive_cancelled: false, contents: HashSet::new() }
+    }
+
+    pub fn record(&mut self, delivery: Delivery, event: Event) {
+        let record = AuditRecord::of(&delivery, event, self.now);
+        self.changes.deliveries.push((delivery, record));
+    }
+
+    fn remember_content(&mut self, hash: &str, rendered: Rendered) -> Result<()> {
+        if self.contents.insert(hash.to_string()) && !self.store.has_content(hash)? {
+            self.changes.contents.push((hash.to_string(), rendered));
+        }
+        Ok(())
+    }
+
+    /// The content hash for `post` on `account`, storing the content if new.
+    pub fn content_for(&mut self, post: &Post, account: &Account) -> Result<std::result::Result<String, String>> {
+        match render(post, account) {
+            Ok((hash, rendered)) => {
+                self.remember_content(&hash, rendered)?;
+                Ok(Ok(hash))
+            }
+            Err(reason) => Ok(Err(reason)),
+        }
+    }
+
+    /// Make sure occurrence `t` of `post` has its deliveries, settled by `verdict`.
+    /// Returns how many deliveries were created or revived.
+    pub fn ensure_occurrence(&mut self, post: &Post, t: DateTime<Utc>, verdict: &Verdict) -> Result<usize> {
+        let occurrence = to_millis(t);
+        let existing: std::collections::HashMap<DeliveryId, Delivery> =
+            self.store.deliveries_of_occurrence(&post.id, occurrence)?.into_iter().map(|d| (d.id, d)).collect();
+        let mut created = 0;
+        let now = to_millis(self.now);
+        for account_id in &post.targets {
+            let Some(account) = self.config.accounts.get(account_id) else { continue };
+            let id = DeliveryId::derive(&post.id, occurrence, account_id);
+            match existing.get(&id) {
+                Some(d) if d.state == State::Pending && d.attempt == 0 => {
+                    // Already scheduled: settle it if it was missed.
+                    let mut d = d.clone();
+                    match verdict {
+                        Verdict::OnTime => continue,
+                        Verdict::Late(reason) => {
+                            d.reason = Some(reason.clone());
+                            d.updated = now;
+                            self.record(d, Event::Late);
+                        }
+                        Verdict::Skip(reason) => {
+                            d.state = State::Skipped;
+                            d.reason = Some(reason.clone());
+                            d.updated = now;
+                            self.record(d, Event::Skipped);
+                        }
+                    }
+                }
+                Some(d)
+                    if self.revive_cancelled && d.state == State::Cancelled && !matches!(verdict, Verdict::Skip(_)) =>
+                {
+                    let mut d = d.clone();
+                    d.state = State::Pending;
+                    d.due = occurrence.max(now);
+                    d.reason = Some("scheduled again: the post targets this occurrence and account again".into());
+                    d.updated = now;
+                    self.record(d, Event::Requeued);
+                    created += 1;
+                }
+                Some(_) => {}
+                None => {
+                    let content = self.content_for(post, account)?;
+                    let mut d = Delivery {
+                        id,
+                        post_id: post.id.clone(),
+                        account: account_id.clone(),
+                        platform: account.platform,
+                        occurrence,
+                        state: State::Pending,
+                        attempt: 0,
+                        due: occurrence,
+                        content_hash: String::new(),
+                        uncertain: false,
+                        reason: None,
+                        remote_id: None,
+                        url: None,
+                        updated: now,
+                    };
+                    let event = match (&content, verdict) {
+                        (Err(reason), _) => {
+                            d.state = State::Failed;
+                            d.reason = Some(reason.clone());
+                            Event::Failed
+                        }
+                        (Ok(_), Verdict::OnTime) => Event::Scheduled,
+                        (Ok(_), Verdict::Late(reason)) => {
+                            d.due = now;
+                            d.reason = Some(reason.clone());
+                            Event::Late
+                        }
+                        (Ok(_), Verdict::Skip(reason)) => {
+                            d.state = State::Skipped;
+                            d.reason = Some(reason.clone());
+                            Event::Skipped
+                        }
+                    };
+                    if let Ok(hash) = content {
+                        d.content_hash = hash;
+                    }
+                    self.record(d, event);
+                    created += 1;
+                }
+            }
+        }
+        Ok(created)
+    }
+
+    /// Schedule `post` from occurrence `first` on: every occurrence up to now
+    /// is settled by the misfire policy, and the first future one gets
+    /// pending deliveries and the post's timer.
+    pub fn schedule_from(&mut self, post: &Post, first: Option<DateTime<Utc>>, hash: &str) -> Result<usize> {
+        let mut past = Vec::new();
+        let mut next = first;
+        while let Some(t) = next {
+            if t > self.now || past.len() >= MAX_MISSED_WALK {
+                break;
+            }
+            past.push(t);
+            next = post.schedule.next_after(t);
+        }
+        let future = next.filter(|t| *t > self.now);
+        let mut created = 0;
+        for (t, verdict) in past.iter().zip(verdicts(post, &past, self.now)) {
+            created += self.ensure_occurrence(post, *t, &verdict)?;
+        }
+        if let Some(t) = future {
+            created += self.ensure_occurrence(post, t, &Verdict::OnTime)?;
+        }
+        let current = future.or(past.last().copied()).map(to_millis);
+        let record = PostRecord { hash: hash.to_string(), current, timer: future.map(to_millis) };
+        self.changes.posts.push((post.id.clone(), Some(record)));
+        Ok(created)
+    }
+
+    /// The post's timer fired: occurrence `t` is due. Settle it (and any
+    /// missed after it, when the timer itself fired late) and schedule the
+    /// next one.
+    pub fn advance(&mut self, post: &Post, t: Millis) -> Result<usize> {
+        self.schedule_from(post, Some(from_millis(t)), &post.hash.clone())
+    }
+}

@@ -1,0 +1,464 @@
+//! The scheduler: sleeps until the earliest due delivery or post timer,
+//! dispatches through per-account gates and a global concurrency limit, and
+//! records every outcome. It is the only writer of the store while herald
+//! runs, which keeps the audit log's sequence gapless.
+//!
+//! [`Scheduler::tick`] does one round of work and returns what it did, so
+//! tests can drive the loop a step at a time; [`Scheduler::run`] is the loop.
+
+mod attempt;
+pub mod backoff;
+mod gates;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use herald_adapters::{ErrorClass, PlatformAnswer};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
+
+pub use attempt::Finished;
+use gates::{Blocked, Gates};
+
+use crate::config::Config;
+use crate::model::{AuditRecord, Delivery, DeliveryId, Event, Millis, State, from_millis, to_millis};
+use crate::occurrences::Builder;
+use crate::reconcile::{self, Summary};
+use crate::store::{Changes, DueKey, Result, Store};
+
+/// How many due keys one scan of the due index reads.
+const SCAN: usize = 1_000;
+/// The longest the loop sleeps without looking around.
+const MAX_SLEEP: Duration = Duration::from_secs(30);
+
+/// Messages to a running scheduler.
+pub enum Control {
+    /// Apply a new, already validated config; answers what changed.
+    Reload(Arc<Config>, oneshot::Sender<Result<Summary>>),
+    /// Stop dispatching, wait for in-flight deliveries up to the deadline, return.
+    Shutdown,
+}
+
+/// What one tick did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Tick {
+    pub timers_fired: usize,
+    pub scheduled: usize,
+    pub dispatched: usize,
+}
+
+pub struct Scheduler {
+    store: Arc<dyn Store>,
+    config: Arc<Config>,
+    gates: Gates,
+    /// Due deliveries waiting for their account's gate, per account.
+    ready: HashMap<String, VecDeque<DueKey>>,
+    queued: HashSet<DeliveryId>,
+    /// The last due key read; the next scan starts after it.
+    cursor: Option<DueKey>,
+    running: JoinSet<Finished>,
+    running_ids: HashMap<tokio::task::Id, Delivery>,
+    /// Source of randomness for jitter.
+    rng: fastrand::Rng,
+}
+
+impl Scheduler {
+    pub fn new(store: Arc<dyn Store>, config: Arc<Config>) -> Self {
+        let mut gates = Gates::default();
+        gates.update(&config);
+        Scheduler {
+            store,
+            config,
+            gates,
+            ready: HashMap::new(),
+            queued: HashSet::new(),
+            cursor: None,
+            running: JoinSet::new(),
+            running_ids: HashMap::new(),
+            rng: fastrand::Rng::new(),
+        }
+    }
+
+    pub fn config(&self) -> &Arc<Config> {
+        &self.config
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.running.len()
+    }
+
+    /// Write changes, and rescan the due index if they put a pending
+    /// delivery behind the cursor.
+    fn apply(&mut self, changes: Changes) -> Result<Vec<AuditRecord>> {
+        if let Some(cursor) = &self.cursor
+            && changes.deliveries.iter().any(|(d, _)| d.state == State::Pending && d.due <= cursor.due)
+        {
+            self.cursor = None;
+        }
+        self.store.apply(changes)
+    }
+
+    /// Start-up: deliveries found in flight were interrupted by a crash or a
+    /// kill. They become pending again, keeping their idempotency key, and
+    /// are marked uncertain so adapters look before re-posting.
+    pub fn recover(&mut self, now: DateTime<Utc>) -> Result<usize> {
+        let found = self.store.in_flight()?;
+        let count = found.len();
+        let mut changes = Changes::default();
+        for mut d in found {
+            d.updated = to_millis(now);
+            d.uncertain = true;
+            if d.attempt >= self.config.retry.max_attempts {
+                d.state = State::Failed;
+                d.reason = Some(format!(
+                    "herald stopped while attempt {} (the last allowed) was in flight; the platform may or may not \
+                     have published it: check the account, then `herald retry` if it is missing",
+                    d.attempt
+                ));
+                let record = AuditRecord::of(&d, Event::Failed, now);
+                changes.deliveries.push((d, record));
+            } else {
+                d.state = State::Pending;
+                d.due = to_millis(now);
+                d.reason = Some(
+                    "herald stopped while this delivery was in flight; retrying with the same idempotency key".into(),
+                );
+                let record = AuditRecord::of(&d, Event::Recovered, now);
+                changes.deliveries.push((d, record));
+            }
+        }
+        self.apply(changes)?;
+        self.store.flush()?;
+        if count > 0 {
+            tracing::warn!(deliveries = count, "recovered deliveries that were in flight when herald stopped");
+        }
+        Ok(count)
+    }
+
+    /// Apply a config: reconcile the store with it and use its accounts from now on.
+    pub fn reconcile(&mut self, config: Arc<Config>, now: DateTime<Utc>) -> Result<Summary> {
+        let summary = reconcile::reconcile(self.store.as_ref(), &config, now)?;
+        self.gates.update(&config);
+        self.config = config;
+        self.cursor = None;
+        Ok(summary)
+    }
+
+    /// One round: fire due post timers, pick up due deliveries, start what
+    /// the gates allow.
+    pub fn tick(&mut self, now: DateTime<Utc>) -> Result<Tick> {
+        let mut tick = Tick::default();
+        let now_ms = to_millis(now);
+
+        // Post timers: schedule the following occurrences.
+        let timers = self.store.timers_due(now_ms)?;
+        if !timers.is_empty() {
+            let config = Arc::clone(&self.config);
+            let mut b = Builder::new(self.store.as_ref(), &config, now);
+            for (t, post_id) in &timers {
+                match config.posts.get(post_id) {
+                    Some(post) => tick.scheduled += b.advance(post, *t)?,
+                    None => b.changes.posts.push((post_id.clone(), None)),
+                }
+                tick.timers_fired += 1;
+            }
+            let changes = std::mem::take(&mut b.changes);
+            drop(b);
+            self.apply(changes)?;
+        }
+
+        // Due deliveries into the per-account queues.
+        loop {
+            let keys = self.store.due(self.cursor.as_ref(), now_ms, SCAN)?;
+            let full = keys.len() == SCAN;
+            for key in keys {
+                self.cursor = Some(key.clone());
+                if self.queued.insert(key.id) {
+                    self.ready.entry(key.account.clone()).or_default().push_back(key);
+                }
+            }
+            if !full {
+                break;
+            }
+        }
+
+        tick.dispatched = self.dispatch(now)?;
+        Ok(tick)
+    }
+
+    /// Start every delivery the gates allow; the in-flight transitions are
+    /// made durable (one flush for the batch) before any request is sent.
+    fn dispatch(&mut self, now: DateTime<Utc>) -> Result<usize> {
+        let now_ms = to_millis(now);
+        let mut free = self.config.daemon.concurrency.saturating_sub(self.running.len());
+        let mut starting: Vec<Delivery> = Vec::new();
+        let mut accounts: Vec<(Millis, String)> =
+            self.ready.iter().filter_map(|(a, q)| q.front().map(|k| (k.due, a.clone()))).collect();
+        accounts.sort();
+        let mut progress = true;
+        while free > 0 && progress {
+            progress = false;
+            for (_, account) in &accounts {
+                if free == 0 {
+                    break;
+                }
+                let Some(gate) = self.gates.get(account) else {
+                    // Not in the config (a reconcile cancels these); leave them.
+                    continue;
+                };
+                if gate.check(now_ms).is_err() {
+                    continue;
+                }
+                let Some(queue) = self.ready.get_mut(account) else { continue };
+                while let Some(key) = queue.pop_front() {
+                    self.queued.remove(&key.id);
+                    let Some(mut d) = self.store.delivery(key.id)? else { continue };
+                    if d.state != State::Pending || d.due != key.due {
+                        continue; // changed since it was queued
+                    }
+                    d.state = State::InFlight;
+                    d.attempt += 1;
+                    d.updated = now_ms;
+                    gate.start(now_ms);
+                    starting.push(d);
+                    free -= 1;
+                    progress = true;
+                    break;
+                }
+            }
+        }
+        self.ready.retain(|_, q| !q.is_empty());
+        if starting.is_empty() {
+            return Ok(0);
+        }
+        let mut changes = Changes::default();
+        for d in &starting {
+            let record = AuditRecord::of(d, Event::Attempt, now);
+            changes.deliveries.push((d.clone(), record));
+        }
+        self.apply(changes)?;
+        self.store.flush()?;
+        let count = starting.len();
+        for d in starting {
+            self.spawn(d, now)?;
+        }
+        Ok(count)
+    }
+
+    fn spawn(&mut self, d: Delivery, now: DateTime<Utc>) -> Result<()> {
+        let account = self.config.accounts.get(&d.account).cloned();
+        let content = self.store.content(&d.content_hash)?;
+        let (Some(account), Some(content)) = (account, content) else {
+            let reason = "the account or the content of this delivery is missing from the config or the store";
+            let finished = Finished {
+                result: Err(herald_adapters::DeliveryError::permanent(PlatformAnswer::default(), reason)),
+                delivery: d,
+                latency: Duration::ZERO,
+                refreshed: false,
+            };
+            return self.record(vec![finished], now);
+        };
+        tracing::debug!(delivery = %d.id, post = %d.post_id, account = %d.account, attempt = d.attempt, "attempt started");
+        let limit = account.http.timeout * 2 + account.http.connect_timeout + Duration::from_secs(5);
+        let delivery = d.clone();
+        let handle = self.running.spawn(attempt::run(account.adapter, d, content, limit));
+        self.running_ids.insert(handle.id(), delivery);
+        Ok(())
+    }
+
+    /// Record the outcomes of finished attempts, in one write and one flush.
+    pub fn record(&mut self, batch: Vec<Finished>, now: DateTime<Utc>) -> Result<()> {
+        let mut changes = Changes::default();
+        for f in batch {
+            let mut d = f.delivery;
+            if let Some(gate) = self.gates.get(&d.account) {
+                gate.finish();
+            }
+            d.updated = to_millis(now);
+            if f.refreshed {
+                let record = AuditRecord::of(&d, Event::CredentialsRefreshed, now);
+                changes.deliveries.push((d.clone(), record));
+            }
+            let latency = Some(f.latency.as_millis() as u64);
+            let (event, answer) = match f.result {
+                Ok(receipt) => {
+                    d.state = State::Delivered;
+                    d.remote_id = receipt.remote_id;
+                    d.url = receipt.url;
+                    d.reason = None;
+                    tracing::info!(delivery = %d.id, post = %d.post_id, account = %d.account, platform = %d.platform,
+                        url = d.url.as_deref().unwrap_or(""), latency_ms = f.latency.as_millis() as u64, "delivered");
+                    (Event::Delivered, receipt.answer)
+                }
+                Err(e) => {
+                    d.uncertain = d.uncertain || e.maybe_sent;
+                    let retry = &self.config.retry;
+                    let exhausted = d.attempt >= retry.max_attempts;
+                    let reason = describe(&e);
+                    let event = match e.class {
+                        ErrorClass::Permanent | ErrorClass::CredentialsExpired => {
+                            d.state = State::Failed;
+                            d.reason = Some(reason);
+                            Event::Failed
+                        }
+                        _ if exhausted => {
+                            d.state = State::Failed;
+                            d.reason = Some(format!("gave up after {} attempts; last error: {reason}", d.attempt));
+                            Event::Failed
+                        }
+                        ErrorClass::RateLimited { retry_after } => {
+                            let wait = match retry_after {
+                                Some(w) => w.min(retry.max_retry_after),
+                                None => backoff::delay(retry, d.attempt, self.rng.f64()),
+                            };
+                            d.state = State::Pending;
+                            d.due = to_millis(now) + wait.as_millis() as Millis;
+                            d.reason = Some(reason);
+                            if let Some(gate) = self.gates.get(&d.account) {
+                                gate.pause_until(d.due);
+                            }
+                            tracing::warn!(account = %d.account, platform = %d.platform, until = %from_millis(d.due).to_rfc3339(),
+                                "rate limited; account paused");
+                            Event::RetryScheduled
+                        }
+                        ErrorClass::Transient => {
+                            let wait = backoff::delay(retry, d.attempt, self.rng.f64());
+                            d.state = State::Pending;
+                            d.due = to_millis(now) + wait.as_millis() as Millis;
+                            d.reason = Some(reason);
+                            Event::RetryScheduled
+                        }
+                    };
+                    if d.state == State::Failed {
+                        tracing::error!(delivery = %d.id, post = %d.post_id, account = %d.account, platform = %d.platform,
+                            reason = d.reason.as_deref().unwrap_or(""), "delivery failed");
+                    } else {
+                        tracing::warn!(delivery = %d.id, post = %d.post_id, account = %d.account, platform = %d.platform,
+                            attempt = d.attempt, reason = d.reason.as_deref().unwrap_or(""), "attempt failed; will retry");
+                    }
+                    (event, e.answer)
+                }
+            };
+            let mut record = AuditRecord::of(&d, event, now);
+            record.answer = answer;
+            record.latency_ms = latency;
+            changes.deliveries.push((d, record));
+        }
+        self.apply(changes)?;
+        self.store.flush()
+    }
+
+    /// When the loop should look again: the next timer, the next due
+    /// delivery, or the end of a gate's wait, whichever is first.
+    pub fn next_wake(&mut self, now: DateTime<Utc>) -> Result<Option<Millis>> {
+        let now_ms = to_millis(now);
+        let mut wake = [self.store.next_timer()?, self.store.next_due_after(now_ms)?].into_iter().flatten().min();
+        for account in self.ready.keys() {
+            if let Some(gate) = self.gates.get(account)
+                && let Err(Blocked::Until(t)) = gate.check(now_ms)
+            {
+                wake = Some(wake.map_or(t, |w| w.min(t)));
+            }
+        }
+        Ok(wake)
+    }
+
+    /// Wait for one attempt to finish (with any others already done) and record them.
+    async fn collect(&mut self) -> Result<()> {
+        let Some(first) = self.running.join_next_with_id().await else { return Ok(()) };
+        let mut batch = vec![first];
+        while let Some(more) = self.running.try_join_next_with_id() {
+            batch.push(more);
+        }
+        let mut finished = Vec::with_capacity(batch.len());
+        for result in batch {
+            match result {
+                Ok((id, f)) => {
+                    self.running_ids.remove(&id);
+                    finished.push(f);
+                }
+                Err(e) => {
+                    // The attempt's task panicked: retry the delivery like a transient error.
+                    if let Some(delivery) = self.running_ids.remove(&e.id()) {
+                        finished.push(Finished {
+                            delivery,
+                            result: Err(herald_adapters::DeliveryError::transient(
+                                PlatformAnswer::default(),
+                                "internal error during the attempt",
+                            )
+                            .maybe_sent()),
+                            latency: Duration::ZERO,
+                            refreshed: false,
+                        });
+                    }
+                }
+            }
+        }
+        self.record(finished, Utc::now())
+    }
+
+    /// The loop: runs until [`Control::Shutdown`] (or the control channel
+    /// closes), then lets in-flight deliveries finish up to the deadline.
+    pub async fn run(mut self, mut control: mpsc::Receiver<Control>) -> Result<()> {
+        loop {
+            let now = Utc::now();
+            self.tick(now)?;
+            let wake = self.next_wake(now)?;
+            let sleep = match wake {
+                Some(t) => Duration::from_millis((t - to_millis(now)).max(0) as u64).min(MAX_SLEEP),
+                None => MAX_SLEEP,
+            };
+            tokio::select! {
+                result = self.collect(), if !self.running.is_empty() => result?,
+                _ = tokio::time::sleep(sleep) => {}
+                message = control.recv() => match message {
+                    Some(Control::Reload(config, reply)) => {
+                        let result = self.reconcile(config, Utc::now());
+                        let _ = reply.send(result);
+                    }
+                    Some(Control::Shutdown) | None => return self.drain().await,
+                },
+            }
+        }
+    }
+
+    /// Stop starting deliveries; wait for those in flight up to the deadline.
+    /// Any still unfinished stay `in_flight` in the store and are recovered
+    /// on the next start.
+    async fn drain(mut self) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + self.config.daemon.shutdown_deadline;
+        tracing::info!(in_flight = self.running.len(), "stopping: waiting for deliveries in flight");
+        while !self.running.is_empty() {
+            match tokio::time::timeout_at(deadline, self.collect()).await {
+                Ok(result) => result?,
+                Err(_) => {
+                    tracing::warn!(
+                        in_flight = self.running.len(),
+                        "shutdown deadline reached; unfinished deliveries will be recovered at the next start"
+                    );
+                    self.running.abort_all();
+                    break;
+                }
+            }
+        }
+        self.store.flush()
+    }
+}
+
+/// A reason for people: the adapter's words plus the platform's code.
+fn describe(e: &herald_adapters::DeliveryError) -> String {
+    let mut text = e.reason.clone();
+    let mut extra = Vec::new();
+    if let Some(status) = e.answer.status {
+        extra.push(format!("HTTP {status}"));
+    }
+    if let Some(code) = &e.answer.code {
+        extra.push(format!("code {code}"));
+    }
+    if !extra.is_empty() {
+        text.push_str(&format!(" ({})", extra.join(", ")));
+    }
+    text
+}

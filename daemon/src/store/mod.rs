@@ -1,0 +1,193 @@
+//! Persistent state behind one narrow interface: deliveries, the ordered due
+//! index, post records and their timers, rendered content, the append-only
+//! audit log, and metadata. [`Store`] is what the rest of herald sees; sled
+//! ([`sled_store::SledStore`]) is the one backend today.
+
+mod keys;
+pub mod sled_store;
+
+use std::collections::BTreeMap;
+
+use herald_adapters::Rendered;
+use serde::{Deserialize, Serialize};
+
+use crate::model::{AuditRecord, Delivery, DeliveryId, Millis, State};
+
+pub use sled_store::SledStore;
+
+/// The schema version this build writes. A store with a newer one is refused.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Errors of the store. None of them is a panic: a broken disk or a store
+/// written by another version ends in one of these.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "the state directory {dir} is in use by another herald process (lock {lock} is held); \
+         stop that process, or use a different state_dir"
+    )]
+    Locked { dir: String, lock: String },
+    #[error("cannot use the state directory {dir}: {source}")]
+    Dir { dir: String, source: std::io::Error },
+    #[error(
+        "the state directory {dir} was written by a newer herald (schema {found}, this build knows {known}); \
+         upgrade herald, or restore a backup made by this version"
+    )]
+    NewerSchema { dir: String, found: u32, known: u32 },
+    #[error("the store is damaged: {0}")]
+    Corrupt(String),
+    #[error("storage error: {0}")]
+    Backend(String),
+}
+
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> Self {
+        match e {
+            sled::Error::Corruption { .. } => StoreError::Corrupt(e.to_string()),
+            other => StoreError::Backend(other.to_string()),
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// What the store remembers of a post between runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PostRecord {
+    /// The definition hash last applied.
+    pub hash: String,
+    /// The latest occurrence that has deliveries.
+    pub current: Option<Millis>,
+    /// When the timer fires to schedule the occurrence after `current`.
+    pub timer: Option<Millis>,
+}
+
+/// One atomic set of changes. Either all of it is stored, with its audit
+/// records, or none of it.
+#[derive(Debug, Default)]
+pub struct Changes {
+    /// New states of deliveries, each with the audit record of its change.
+    /// The store keeps the due, in-flight and per-post indexes in step.
+    pub deliveries: Vec<(Delivery, AuditRecord)>,
+    /// Post records to write (`Some`) or remove (`None`); timers follow them.
+    pub posts: Vec<(String, Option<PostRecord>)>,
+    /// Rendered content by hash (written once).
+    pub contents: Vec<(String, Rendered)>,
+    /// Small metadata values to write.
+    pub meta: Vec<(String, Vec<u8>)>,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        self.deliveries.is_empty() && self.posts.is_empty() && self.contents.is_empty() && self.meta.is_empty()
+    }
+}
+
+/// A filter for reading the audit log.
+#[derive(Debug, Clone, Default)]
+pub struct AuditQuery {
+    pub post: Option<String>,
+    pub account: Option<String>,
+    pub platform: Option<String>,
+    pub events: Vec<crate::model::Event>,
+    pub delivery: Option<DeliveryId>,
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    pub until: Option<chrono::DateTime<chrono::Utc>>,
+    pub after_seq: Option<u64>,
+    pub limit: Option<usize>,
+}
+
+impl AuditQuery {
+    pub fn matches(&self, r: &AuditRecord) -> bool {
+        self.post.as_ref().is_none_or(|p| wildcard_match(p, &r.post))
+            && self.account.as_ref().is_none_or(|a| wildcard_match(a, &r.account))
+            && self.platform.as_ref().is_none_or(|p| r.platform.name() == p)
+            && (self.events.is_empty() || self.events.contains(&r.event))
+            && self.delivery.is_none_or(|d| r.delivery == d)
+            && self.since.is_none_or(|t| r.time >= t)
+            && self.until.is_none_or(|t| r.time < t)
+    }
+}
+
+/// The storage interface. Reads may run concurrently; writes are applied
+/// one set at a time, in the order they are given.
+pub trait Store: Send + Sync {
+    fn delivery(&self, id: DeliveryId) -> Result<Option<Delivery>>;
+    /// Every delivery of a post, in occurrence order.
+    fn deliveries_of_post(&self, post: &str) -> Result<Vec<Delivery>>;
+    /// The deliveries of one occurrence of a post.
+    fn deliveries_of_occurrence(&self, post: &str, occurrence: Millis) -> Result<Vec<Delivery>>;
+    /// Pending deliveries due at or before `until`, in due order, starting
+    /// after `after` (a key returned earlier), at most `limit`.
+    fn due(&self, after: Option<&DueKey>, until: Millis, limit: usize) -> Result<Vec<DueKey>>;
+    /// The earliest due time of a pending delivery strictly after `after`.
+    fn next_due_after(&self, after: Millis) -> Result<Option<Millis>>;
+    /// Deliveries in flight (after a crash: those to recover).
+    fn in_flight(&self) -> Result<Vec<Delivery>>;
+    /// Every delivery in a given state (for `status`, `retry`).
+    fn deliveries_in_state(&self, state: State, limit: usize) -> Result<Vec<Delivery>>;
+    fn post(&self, id: &str) -> Result<Option<PostRecord>>;
+    fn post_ids(&self) -> Result<Vec<String>>;
+    /// Posts whose timer fires at or before `until`, earliest first.
+    fn timers_due(&self, until: Millis) -> Result<Vec<(Millis, String)>>;
+    fn next_timer(&self) -> Result<Option<Millis>>;
+    fn content(&self, hash: &str) -> Result<Option<Rendered>>;
+    /// A small metadata value written through [`Changes::meta`].
+    fn meta(&self, key: &str) -> Result<Option<Vec<u8>>>;
+    fn has_content(&self, hash: &str) -> Result<bool>;
+    /// Apply one atomic set of changes; returns the audit records as stored
+    /// (with their sequence numbers).
+    fn apply(&self, changes: Changes) -> Result<Vec<AuditRecord>>;
+    /// Make everything applied so far durable (fsync). Concurrent callers
+    /// share one flush (group commit).
+    fn flush(&self) -> Result<()>;
+    /// Audit records matching a query, in sequence order.
+    fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>>;
+    /// How many deliveries are in each state.
+    fn counts(&self) -> Result<BTreeMap<State, u64>>;
+}
+
+/// A pending delivery in the due index.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DueKey {
+    pub due: Millis,
+    pub id: DeliveryId,
+    pub account: String,
+}
+
+/// Match `value` against a pattern where `*` stands for any run of characters
+/// (`wuhan-*` matches every Wuhan account).
+pub fn wildcard_match(pattern: &str, value: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == value;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !value.starts_with(first) || value.len() < first.len() + last.len() || !value.ends_with(last) {
+        return false;
+    }
+    let mut rest = &value[first.len()..value.len() - last.len()];
+    for part in &parts[1..parts.len() - 1] {
+        match rest.find(part) {
+            Some(i) => rest = &rest[i + part.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::wildcard_match;
+
+    #[test]
+    fn wildcards_match_runs_of_characters() {
+        assert!(wildcard_match("wuhan-*", "wuhan-weibo"));
+        assert!(!wildcard_match("wuhan-*", "xi-an-weibo"));
+        assert!(wildcard_match("*-weibo", "wuhan-weibo"));
+        assert!(wildcard_match("*han*ei*", "wuhan-weibo"));
+        assert!(wildcard_match("wuhan-weibo", "wuhan-weibo"));
+        assert!(!wildcard_match("wuhan", "wuhan-weibo"));
+        assert!(!wildcard_match("ab*ba", "aba"));
+    }
+}

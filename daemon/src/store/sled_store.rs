@@ -1,0 +1,433 @@
+//! The sled backend of [`Store`].
+//!
+//! Durability: sled writes its buffers every 500 ms on its own; herald calls
+//! [`Store::flush`] (an fsync) before any request leaves the host and after
+//! recording outcomes. Flushes are shared: a caller whose writes were already
+//! covered by a flush that started after them returns at once (group commit).
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use herald_adapters::Rendered;
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
+
+use super::keys;
+use super::{AuditQuery, Changes, DueKey, PostRecord, Result, SCHEMA_VERSION, Store, StoreError};
+use crate::model::{AuditRecord, Delivery, DeliveryId, Millis, State};
+
+const LOCK_FILE: &str = "herald.lock";
+const DB_DIR: &str = "db";
+const SCHEMA_KEY: &[u8] = b"schema_version";
+
+pub struct SledStore {
+    db: sled::Db,
+    deliveries: sled::Tree,
+    due: sled::Tree,
+    by_post: sled::Tree,
+    in_flight: sled::Tree,
+    posts: sled::Tree,
+    timers: sled::Tree,
+    audit: sled::Tree,
+    content: sled::Tree,
+    meta: sled::Tree,
+    /// Serialises writers, so audit sequence numbers have no gaps.
+    write_lock: Mutex<u64>,
+    writes: AtomicU64,
+    flushed: AtomicU64,
+    flush_lock: Mutex<()>,
+    _lock: File,
+    dir: PathBuf,
+}
+
+fn dir_error(dir: &Path, source: std::io::Error) -> StoreError {
+    StoreError::Dir { dir: dir.display().to_string(), source }
+}
+
+fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("{what}: {e}"))
+}
+
+fn decode<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| corrupt(what, e))
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+fn count_key(state: State) -> Vec<u8> {
+    format!("count/{}", state.name()).into_bytes()
+}
+
+impl SledStore {
+    /// Open (or create) the store in `dir`, holding its lock for as long as
+    /// the store lives. `cache_mb` bounds sled's page cache.
+    pub fn open(dir: &Path, cache_mb: u64) -> Result<SledStore> {
+        std::fs::create_dir_all(dir).map_err(|e| dir_error(dir, e))?;
+        let lock_path = dir.join(LOCK_FILE);
+        let lock =
+            File::options().create(true).truncate(false).write(true).open(&lock_path).map_err(|e| dir_error(dir, e))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(StoreError::Locked {
+                    dir: dir.display().to_string(),
+                    lock: lock_path.display().to_string(),
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(dir_error(dir, e)),
+        }
+        let db_path = dir.join(DB_DIR);
+        let fresh = !db_path.exists();
+        let db = sled::Config::new()
+            .path(&db_path)
+            .cache_capacity(cache_mb.saturating_mul(1024 * 1024))
+            .flush_every_ms(Some(500))
+            .open()
+            .map_err(|e| match e {
+                sled::Error::Io(io) => dir_error(&db_path, io),
+                other => StoreError::from(other),
+            })?;
+        let tree = |name: &str| db.open_tree(name);
+        let meta = tree("meta")?;
+        match meta.get(SCHEMA_KEY)? {
+            Some(v) => {
+                let found =
+                    u32::from_be_bytes(v.as_ref().try_into().map_err(|_| corrupt("schema version", "bad length"))?);
+                if found > SCHEMA_VERSION {
+                    return Err(StoreError::NewerSchema {
+                        dir: dir.display().to_string(),
+                        found,
+                        known: SCHEMA_VERSION,
+                    });
+                }
+            }
+            None if fresh || db.tree_names().len() <= 2 => {
+                meta.insert(SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes())?;
+                db.flush()?;
+            }
+            None => return Err(StoreError::Corrupt("the schema version is missing".into())),
+        }
+        let audit = tree("audit")?;
+        let last_seq = match audit.last()? {
+            Some((k, _)) => u64::from_be_bytes(k.as_ref().try_into().map_err(|_| corrupt("audit key", "bad length"))?),
+            None => 0,
+        };
+        Ok(SledStore {
+            deliveries: tree("deliveries")?,
+            due: tree("due")?,
+            by_post: tree("by_post")?,
+            in_flight: tree("in_flight")?,
+            posts: tree("posts")?,
+            timers: tree("timers")?,
+            content: tree("content")?,
+            audit,
+            meta,
+            db,
+            write_lock: Mutex::new(last_seq),
+            writes: AtomicU64::new(0),
+            flushed: AtomicU64::new(0),
+            flush_lock: Mutex::new(()),
+            _lock: lock,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Bytes the store takes on disk.
+    pub fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+}
+
+type Abort = ConflictableTransactionError<StoreError>;
+
+fn tx_get<T: serde::de::DeserializeOwned>(
+    tree: &TransactionalTree,
+    key: &[u8],
+    what: &str,
+) -> std::result::Result<Option<T>, Abort> {
+    match tree.get(key)? {
+        Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| Abort::Abort(corrupt(what, e))),
+        None => Ok(None),
+    }
+}
+
+fn tx_add_count(meta: &TransactionalTree, state: State, delta: i64) -> std::result::Result<(), Abort> {
+    let key = count_key(state);
+    let current = match meta.get(&key)? {
+        Some(v) => i64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8])),
+        None => 0,
+    };
+    meta.insert(key, &(current + delta).to_be_bytes())?;
+    Ok(())
+}
+
+impl Store for SledStore {
+    fn delivery(&self, id: DeliveryId) -> Result<Option<Delivery>> {
+        self.deliveries.get(id.0)?.map(|b| decode("delivery", &b)).transpose()
+    }
+
+    fn deliveries_of_post(&self, post: &str) -> Result<Vec<Delivery>> {
+        let mut out = Vec::new();
+        for entry in self.by_post.scan_prefix(keys::by_post_prefix(post)) {
+            let (k, _) = entry?;
+            let id = keys::read_by_post_id(&k).ok_or_else(|| corrupt("post index", "short key"))?;
+            if let Some(d) = self.delivery(id)? {
+                out.push(d);
+            }
+        }
+        Ok(out)
+    }
+
+    fn deliveries_of_occurrence(&self, post: &str, occurrence: Millis) -> Result<Vec<Delivery>> {
+        let mut prefix = keys::by_post_prefix(post);
+        prefix.extend_from_slice(&keys::millis(occurrence));
+        let mut out = Vec::new();
+        for entry in self.by_post.scan_prefix(prefix) {
+            let (k, _) = entry?;
+            let id = keys::read_by_post_id(&k).ok_or_else(|| corrupt("post index", "short key"))?;
+            if let Some(d) = self.delivery(id)? {
+                out.push(d);
+            }
+        }
+        Ok(out)
+    }
+
+    fn due(&self, after: Option<&DueKey>, until: Millis, limit: usize) -> Result<Vec<DueKey>> {
+        let end = keys::millis(until.saturating_add(1));
+        let range = match after {
+            Some(k) => {
+                let mut start = keys::due(k.due, &k.id);
+                start.push(0);
+                self.due.range(start..end.to_vec())
+            }
+            None => self.due.range(..end.to_vec()),
+        };
+        let mut out = Vec::new();
+        for entry in range.take(limit) {
+            let (k, v) = entry?;
+            let (due, id) = keys::read_due(&k).ok_or_else(|| corrupt("due index", "short key"))?;
+            let account = String::from_utf8(v.to_vec()).map_err(|e| corrupt("due index", e))?;
+            out.push(DueKey { due, id, account });
+        }
+        Ok(out)
+    }
+
+    fn next_due_after(&self, after: Millis) -> Result<Option<Millis>> {
+        let start = keys::millis(after.saturating_add(1));
+        match self.due.range(start.to_vec()..).next() {
+            Some(entry) => Ok(keys::read_millis(&entry?.0)),
+            None => Ok(None),
+        }
+    }
+
+    fn in_flight(&self) -> Result<Vec<Delivery>> {
+        let mut out = Vec::new();
+        for entry in self.in_flight.iter() {
+            let (k, _) = entry?;
+            let id: [u8; 16] = k.as_ref().try_into().map_err(|_| corrupt("in-flight index", "bad key"))?;
+            if let Some(d) = self.delivery(DeliveryId(id))? {
+                out.push(d);
+            }
+        }
+        Ok(out)
+    }
+
+    fn deliveries_in_state(&self, state: State, limit: usize) -> Result<Vec<Delivery>> {
+        if state == State::InFlight {
+            return self.in_flight();
+        }
+        let mut out = Vec::new();
+        for entry in self.deliveries.iter() {
+            let (_, v) = entry?;
+            let d: Delivery = decode("delivery", &v)?;
+            if d.state == state {
+                out.push(d);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn post(&self, id: &str) -> Result<Option<PostRecord>> {
+        self.posts.get(id.as_bytes())?.map(|b| decode("post record", &b)).transpose()
+    }
+
+    fn post_ids(&self) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for key in self.posts.iter().keys() {
+            out.push(String::from_utf8(key?.to_vec()).map_err(|e| corrupt("post id", e))?);
+        }
+        Ok(out)
+    }
+
+    fn timers_due(&self, until: Millis) -> Result<Vec<(Millis, String)>> {
+        let end = keys::millis(until.saturating_add(1));
+        let mut out = Vec::new();
+        for key in self.timers.range(..end.to_vec()).keys() {
+            out.push(keys::read_timer(&key?).ok_or_else(|| corrupt("timer index", "bad key"))?);
+        }
+        Ok(out)
+    }
+
+    fn next_timer(&self) -> Result<Option<Millis>> {
+        match self.timers.first()? {
+            Some((k, _)) => Ok(keys::read_millis(&k)),
+            None => Ok(None),
+        }
+    }
+
+    fn content(&self, hash: &str) -> Result<Option<Rendered>> {
+        self.content.get(hash.as_bytes())?.map(|b| decode("content", &b)).transpose()
+    }
+
+    fn meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.meta.get(format!("user/{key}"))?.map(|v| v.to_vec()))
+    }
+
+    fn has_content(&self, hash: &str) -> Result<bool> {
+        Ok(self.content.contains_key(hash.as_bytes())?)
+    }
+
+    fn apply(&self, changes: Changes) -> Result<Vec<AuditRecord>> {
+        if changes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut seq = self.write_lock.lock().map_err(|_| StoreError::Backend("a writer panicked".into()))?;
+        let first_seq = *seq + 1;
+        let trees = (
+            &self.deliveries,
+            &self.due,
+            &self.by_post,
+            &self.in_flight,
+            &self.posts,
+            &self.timers,
+            &self.audit,
+            &self.content,
+            &self.meta,
+        );
+        let result = trees.transaction(|(deliveries, due, by_post, in_flight, posts, timers, audit, content, meta)| {
+            let mut next_seq = first_seq;
+            let mut stored = Vec::with_capacity(changes.deliveries.len());
+            for (hash, rendered) in &changes.contents {
+                if content.get(hash.as_bytes())?.is_none() {
+                    content.insert(hash.as_bytes(), encode(rendered))?;
+                }
+            }
+            for (key, value) in &changes.meta {
+                meta.insert(format!("user/{key}").as_bytes(), value.as_slice())?;
+            }
+            for (id, record) in &changes.posts {
+                let old: Option<PostRecord> = tx_get(posts, id.as_bytes(), "post record")?;
+                if let Some(t) = old.as_ref().and_then(|o| o.timer) {
+                    timers.remove(keys::timer(t, id))?;
+                }
+                match record {
+                    Some(r) => {
+                        posts.insert(id.as_bytes(), encode(r))?;
+                        if let Some(t) = r.timer {
+                            timers.insert(keys::timer(t, id), &[])?;
+                        }
+                    }
+                    None => {
+                        posts.remove(id.as_bytes())?;
+                    }
+                }
+            }
+            for (delivery, record) in &changes.deliveries {
+                let id = delivery.id;
+                let old: Option<Delivery> = tx_get(deliveries, &id.0, "delivery")?;
+                match &old {
+                    Some(old) => {
+                        if old.state == State::Pending {
+                            due.remove(keys::due(old.due, &id))?;
+                        }
+                        if old.state == State::InFlight {
+                            in_flight.remove(&id.0)?;
+                        }
+                        tx_add_count(meta, old.state, -1)?;
+                    }
+                    None => {
+                        by_post.insert(keys::by_post(&delivery.post_id, delivery.occurrence, &id), &[])?;
+                    }
+                }
+                match delivery.state {
+                    State::Pending => {
+                        due.insert(keys::due(delivery.due, &id), delivery.account.as_bytes())?;
+                    }
+                    State::InFlight => {
+                        in_flight.insert(&id.0, &[])?;
+                    }
+                    _ => {}
+                }
+                tx_add_count(meta, delivery.state, 1)?;
+                deliveries.insert(&id.0, encode(delivery))?;
+                let mut record = record.clone();
+                record.seq = next_seq;
+                next_seq += 1;
+                audit.insert(&record.seq.to_be_bytes(), encode(&record))?;
+                stored.push(record);
+            }
+            Ok(stored)
+        });
+        match result {
+            Ok(stored) => {
+                *seq += stored.len() as u64;
+                self.writes.fetch_add(1, Ordering::SeqCst);
+                Ok(stored)
+            }
+            Err(TransactionError::Abort(e)) => Err(e),
+            Err(TransactionError::Storage(e)) => Err(e.into()),
+        }
+    }
+
+    fn flush(&self) -> Result<()> {
+        let wanted = self.writes.load(Ordering::SeqCst);
+        let _guard = self.flush_lock.lock().map_err(|_| StoreError::Backend("a flusher panicked".into()))?;
+        if self.flushed.load(Ordering::SeqCst) >= wanted {
+            return Ok(());
+        }
+        let covering = self.writes.load(Ordering::SeqCst);
+        self.db.flush()?;
+        self.flushed.fetch_max(covering, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>> {
+        let start = query.after_seq.map_or(0, |s| s + 1);
+        let mut out = Vec::new();
+        for entry in self.audit.range(start.to_be_bytes()..) {
+            let (_, v) = entry?;
+            let record: AuditRecord = decode("audit record", &v)?;
+            if query.matches(&record) {
+                out.push(record);
+                if query.limit.is_some_and(|l| out.len() >= l) {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn counts(&self) -> Result<BTreeMap<State, u64>> {
+        let mut out = BTreeMap::new();
+        for state in State::ALL {
+            let n = match self.meta.get(count_key(state))? {
+                Some(v) => i64::from_be_bytes(v.as_ref().try_into().map_err(|_| corrupt("counter", "bad length"))?),
+                None => 0,
+            };
+            out.insert(state, n.max(0) as u64);
+        }
+        Ok(out)
+    }
+}
