@@ -97,7 +97,10 @@ fn accounts(config: &Config) -> Vec<AccountView> {
 }
 
 fn plans(config: &Config, now: DateTime<Utc>, upcoming: usize) -> Vec<PostPlan> {
-    config.posts.values().map(|post| plan(config, post, now, upcoming)).collect()
+    let mut plans: Vec<PostPlan> = config.posts.values().map(|post| plan(config, post, now, upcoming)).collect();
+    // In the order they go out: the earliest next occurrence first.
+    plans.sort_by(|a, b| (a.upcoming.first().map(|o| &o.utc), &a.id).cmp(&(b.upcoming.first().map(|o| &o.utc), &b.id)));
+    plans
 }
 
 fn plan(config: &Config, post: &Post, now: DateTime<Utc>, upcoming: usize) -> PostPlan {

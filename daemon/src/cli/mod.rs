@@ -176,7 +176,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Retry { state, delivery, post } => inspect::retry(&state.location()?, delivery, post),
         Command::Cancel { state, delivery, post } => inspect::cancel(&state.location()?, delivery, post),
         Command::Demo => {
-            logging::init(None, "info,herald::scheduler=info");
+            logging::init(None, "info,herald_sandbox=warn");
             runtime()?.block_on(crate::demo::run())?;
             Ok(ExitCode::SUCCESS)
         }

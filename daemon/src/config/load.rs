@@ -64,8 +64,28 @@ struct Loader {
     now: DateTime<Utc>,
     files: Vec<SourceFile>,
     accounts: BTreeMap<String, (Account, usize, Range<usize>)>,
-    groups: BTreeMap<String, (Vec<Spanned<String>>, usize, Range<usize>)>,
-    raw_posts: Vec<(RawPost, usize, Range<usize>, BTreeMap<String, Range<usize>>)>,
+    groups: BTreeMap<String, GroupDef>,
+    /// Every account id written, including those whose settings have errors
+    /// (so a reference to them is not reported a second time).
+    declared: BTreeSet<String>,
+    raw_posts: Vec<PostDef>,
+}
+
+/// A group as written: its members, and the file index and span defining it.
+#[derive(Clone)]
+struct GroupDef {
+    members: Vec<Spanned<String>>,
+    file: usize,
+    span: Range<usize>,
+}
+
+/// A post as written, before checks.
+struct PostDef {
+    raw: RawPost,
+    file: usize,
+    span: Range<usize>,
+    /// Where each `overrides.<platform>` key is.
+    override_spans: BTreeMap<String, Range<usize>>,
 }
 
 #[derive(Deserialize)]
@@ -159,18 +179,20 @@ impl Loader {
             }
         }
         let mut root = root;
+        // Includes are read even when [daemon] has other errors, so that
+        // every file is checked in one go.
+        let include = root.get("daemon").and_then(|d| d.get("include")).map(include_patterns).unwrap_or_default();
+        let time_zone = root.get("daemon").and_then(|d| d.get("time_zone")).and_then(Item::as_str).and_then(|s| parse_tz(s).ok());
         let daemon = self.daemon_settings(main_idx, root.remove("daemon"));
         let retry = self.retry_policy(main_idx, root.remove("retry"));
         self.sections(main_idx, &mut root);
-
-        if let Some(daemon) = &daemon {
-            for pattern in &daemon.include {
-                self.include(main_idx, pattern);
-            }
+        for pattern in &include {
+            self.include(main_idx, pattern);
         }
-        let daemon = daemon?;
         let groups = self.expand_groups();
-        let posts = self.posts(&daemon, &groups);
+        let default_tz = daemon.as_ref().map(|d| d.time_zone).or(time_zone).unwrap_or(Tz::UTC);
+        let posts = self.posts(default_tz, &groups);
+        let daemon = daemon?;
         let retry = retry?;
         if self.diags.has_errors() {
             return None;
@@ -422,12 +444,12 @@ impl Loader {
     }
 
     fn add_group(&mut self, idx: usize, name: &str, members: Vec<Spanned<String>>, span: Range<usize>) {
-        if let Some((_, other, _)) = self.groups.get(name) {
+        if let Some(GroupDef { file: other, .. }) = self.groups.get(name) {
             let other = self.files[*other].path.display().to_string();
             self.diags.error(&self.files[idx], Some(span), format!("group `{name}` is already defined in {other}"));
             return;
         }
-        self.groups.insert(name.to_string(), (members, idx, span));
+        self.groups.insert(name.to_string(), GroupDef { members, file: idx, span });
     }
 
     fn account(&mut self, idx: usize, id: String, item: Item) {
@@ -438,6 +460,7 @@ impl Loader {
             return;
         };
         let span = header.unwrap_or(0..0);
+        self.declared.insert(id.clone());
         if !valid_id(&id) {
             self.diags.error(&self.files[idx], Some(span.clone()), format!("account id `{id}` {ID_RULE}"));
         }
@@ -589,7 +612,7 @@ impl Loader {
             }
         }
         match from_item::<RawPost>(Item::Table(table)) {
-            Ok(raw) => self.raw_posts.push((raw, idx, span, override_spans)),
+            Ok(raw) => self.raw_posts.push(PostDef { raw, file: idx, span, override_spans }),
             Err(e) => self.de_error(idx, Some(span), "in [[posts]]", &e),
         }
     }
@@ -648,7 +671,7 @@ impl Loader {
         let mut out = BTreeMap::new();
         let names: Vec<String> = self.groups.keys().cloned().collect();
         for name in names {
-            let (_, idx, span) = &self.groups[&name];
+            let GroupDef { file: idx, span, .. } = &self.groups[&name];
             if self.accounts.contains_key(&name) {
                 let msg = format!("group `{name}` has the same name as an account; rename one of them");
                 self.diags.error(&self.files[*idx], Some(span.clone()), msg);
@@ -663,7 +686,7 @@ impl Loader {
     }
 
     fn expand_into(&mut self, group: &str, out: &mut BTreeSet<String>, path: &mut Vec<String>) {
-        let Some((members, idx, _)) = self.groups.get(group).cloned() else { return };
+        let Some(GroupDef { members, file: idx, .. }) = self.groups.get(group).cloned() else { return };
         for member in members {
             let name = member.get_ref();
             if self.accounts.contains_key(name) {
@@ -677,17 +700,17 @@ impl Loader {
                 path.push(name.clone());
                 self.expand_into(name, out, path);
                 path.pop();
-            } else if path.len() == 1 {
+            } else if path.len() == 1 && !self.declared.contains(name) {
                 let msg = format!("group `{group}` lists `{name}`, which is neither an account nor a group");
                 self.diags.error(&self.files[idx], span_of(&member), msg);
             }
         }
     }
 
-    fn posts(&mut self, daemon: &DaemonSettings, groups: &BTreeMap<String, Vec<String>>) -> BTreeMap<String, Post> {
+    fn posts(&mut self, default_tz: Tz, groups: &BTreeMap<String, Vec<String>>) -> BTreeMap<String, Post> {
         let mut posts: BTreeMap<String, Post> = BTreeMap::new();
         let mut defined_at: BTreeMap<String, (usize, Range<usize>)> = BTreeMap::new();
-        for (raw, idx, span, override_spans) in std::mem::take(&mut self.raw_posts) {
+        for PostDef { raw, file: idx, span, override_spans } in std::mem::take(&mut self.raw_posts) {
             let id = raw.id.get_ref().clone();
             if let Some((other_idx, other_span)) = defined_at.get(&id) {
                 let other = &self.files[*other_idx];
@@ -700,7 +723,7 @@ impl Loader {
                 continue;
             }
             defined_at.insert(id.clone(), (idx, span.clone()));
-            if let Some(post) = self.post(raw, idx, span, override_spans, daemon, groups) {
+            if let Some(post) = self.post(raw, idx, span, override_spans, default_tz, groups) {
                 posts.insert(id, post);
             }
         }
@@ -713,7 +736,7 @@ impl Loader {
         idx: usize,
         span: Range<usize>,
         override_spans: BTreeMap<String, Range<usize>>,
-        daemon: &DaemonSettings,
+        default_tz: Tz,
         groups: &BTreeMap<String, Vec<String>>,
     ) -> Option<Post> {
         let id = raw.id.get_ref().clone();
@@ -732,7 +755,7 @@ impl Loader {
                     return None;
                 }
             },
-            None => daemon.time_zone,
+            None => default_tz,
         };
         let resolve = |value: &Option<Spanned<TimeValue>>, diags: &mut Diagnostics, ok: &mut bool| {
             let v = value.as_ref()?;
@@ -816,6 +839,8 @@ impl Loader {
                 targets.insert(account.id.clone());
             } else if let Some(members) = groups.get(name) {
                 targets.extend(members.iter().cloned());
+            } else if self.declared.contains(name) || self.groups.contains_key(name) {
+                ok = false; // the account or group itself has errors, reported there
             } else {
                 let mut msg = format!("target `{name}` is neither an account nor a group");
                 if let Some(close) = closest(name, self.accounts.keys().chain(groups.keys())) {
@@ -904,6 +929,12 @@ impl Loader {
         }
         ok.then_some(post)
     }
+}
+
+/// The include patterns of `[daemon]`, read leniently (errors are reported
+/// when [daemon] itself is checked).
+fn include_patterns(item: &Item) -> Vec<String> {
+    item.as_array().map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect()).unwrap_or_default()
 }
 
 const ID_RULE: &str = "must be 1 to 64 characters of letters, digits, '-', '_' or '.'";

@@ -40,9 +40,7 @@ pub async fn run(adapter: Arc<dyn Adapter>, delivery: Delivery, content: Rendere
         let first = adapter.publish(request.clone()).await;
         match first {
             Err(e) if e.class == ErrorClass::CredentialsExpired => {
-                if let Err(refresh_error) = adapter.refresh_credentials().await {
-                    return Err(refresh_error);
-                }
+                adapter.refresh_credentials().await?;
                 refreshed = true;
                 match adapter.publish(request.clone()).await {
                     Err(again) if again.class == ErrorClass::CredentialsExpired => Err(DeliveryError {
