@@ -12,6 +12,7 @@ pub mod error;
 pub mod http;
 pub mod registry;
 pub mod secret;
+pub mod services;
 pub mod webhook;
 
 use std::future::Future;
@@ -21,6 +22,7 @@ pub use content::{ContentProblem, PostContent, Rendered};
 pub use error::{DeliveryError, ErrorClass, PlatformAnswer};
 pub use registry::{AccountSettings, BuildError, Platform};
 pub use secret::Secret;
+pub use services::{CredentialCache, MemoryCache, Services};
 
 /// A boxed future, so that [`Adapter`] stays object-safe (`Arc<dyn Adapter>`).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -54,6 +56,15 @@ pub struct Receipt {
     pub answer: PlatformAnswer,
 }
 
+/// What a harmless authenticated call told about an account (`herald check --probe`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Probe {
+    /// What was checked, for people (e.g. "token fetched", "credentials accepted").
+    pub detail: String,
+    /// When the credentials stop working, when the platform or config says.
+    pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
 /// One platform account, ready to publish.
 ///
 /// Implementations hold their HTTP client and settings; they are shared by
@@ -69,6 +80,24 @@ pub trait Adapter: Send + Sync {
 
     /// Publish one rendered post.
     fn publish<'a>(&'a self, request: PublishRequest<'a>) -> BoxFuture<'a, Result<Receipt, DeliveryError>>;
+
+    /// Look on the platform for a delivery whose earlier attempt may have
+    /// gone through (`request.uncertain`), matched by its idempotency key or
+    /// content. `Ok(Some(receipt))` means it is there and must not be sent
+    /// again; `Ok(None)` means it is not (or the platform cannot tell), so
+    /// the daemon publishes.
+    fn lookup<'a>(&'a self, request: PublishRequest<'a>) -> BoxFuture<'a, Result<Option<Receipt>, DeliveryError>> {
+        let _ = request;
+        Box::pin(async { Ok(None) })
+    }
+
+    /// Make one harmless authenticated call (no publishing) to show the
+    /// account's credentials work.
+    fn probe(&self) -> BoxFuture<'_, Result<Probe, DeliveryError>> {
+        Box::pin(async {
+            Ok(Probe { detail: "this platform has no harmless authenticated call".into(), expires_at: None })
+        })
+    }
 
     /// Obtain fresh credentials after the platform said they expired. The
     /// daemon calls this at most once per attempt, then publishes once more.

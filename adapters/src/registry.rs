@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Adapter, webhook};
+use crate::{Adapter, Services, webhook};
 
 /// The platforms herald can publish to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -112,7 +112,12 @@ pub enum BuildError {
 }
 
 /// Build the adapter for one account.
-pub fn build(settings: &AccountSettings, http: HttpOptions) -> Result<Arc<dyn Adapter>, BuildError> {
+pub fn build(
+    settings: &AccountSettings,
+    http: HttpOptions,
+    services: &Services,
+) -> Result<Arc<dyn Adapter>, BuildError> {
+    let _ = services;
     Ok(match settings {
         AccountSettings::Webhook(s) => Arc::new(webhook::WebhookAdapter::new(s.clone(), http)?),
     })

@@ -291,7 +291,7 @@ async fn the_registry_builds_a_working_adapter_from_account_settings() {
     let table = json!({ "url": receiver.url(), "secret": SECRET });
     let settings = AccountSettings::deserialize(Platform::Webhook, table).unwrap();
     assert_eq!(settings.platform(), Platform::Webhook);
-    let adapter = registry::build(&settings, quick()).unwrap();
+    let adapter = registry::build(&settings, quick(), &herald_adapters::Services::in_memory("test")).unwrap();
     assert_eq!(adapter.platform(), Platform::Webhook);
 
     let receipt = adapter.publish(Delivery::new("d-registry").request()).await.unwrap();

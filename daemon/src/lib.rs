@@ -8,6 +8,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod credentials;
 pub mod demo;
 pub mod logging;
 pub mod model;

@@ -11,6 +11,7 @@ use chrono::Utc;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{self, Config};
+use crate::credentials::StoreCache;
 use crate::scheduler::{Control, Scheduler};
 use crate::store::{SledStore, Store};
 
@@ -24,11 +25,13 @@ pub struct Daemon {
 impl Daemon {
     /// Open the store, recover interrupted deliveries, apply the config and
     /// start the scheduler. Returns once herald is ready.
-    pub fn start(config: Config) -> anyhow::Result<Daemon> {
+    pub fn start(mut config: Config) -> anyhow::Result<Daemon> {
         let dir = config.daemon.state_dir.clone();
         let store = Arc::new(SledStore::open(&dir, config.daemon.cache_mb)?);
+        let shared: Arc<dyn Store> = Arc::clone(&store) as Arc<dyn Store>;
+        config.bind(|account| StoreCache::services(&shared, account)).map_err(anyhow::Error::msg)?;
         let config = Arc::new(config);
-        let mut scheduler = Scheduler::new(Arc::clone(&store) as Arc<dyn Store>, Arc::clone(&config));
+        let mut scheduler = Scheduler::new(Arc::clone(&shared), Arc::clone(&config));
         let now = Utc::now();
         let recovered = scheduler.recover(now).context("recovering deliveries that were in flight")?;
         let summary = scheduler.reconcile(config, now).context("applying the config to the store")?;
@@ -39,7 +42,9 @@ impl Daemon {
     }
 
     /// Apply a new, valid config; answers what changed.
-    pub async fn reload(&self, config: Config) -> anyhow::Result<crate::reconcile::Summary> {
+    pub async fn reload(&self, mut config: Config) -> anyhow::Result<crate::reconcile::Summary> {
+        let shared: Arc<dyn Store> = Arc::clone(&self.store) as Arc<dyn Store>;
+        config.bind(|account| StoreCache::services(&shared, account)).map_err(anyhow::Error::msg)?;
         let (tx, rx) = oneshot::channel();
         self.control
             .send(Control::Reload(Arc::new(config), tx))

@@ -9,7 +9,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use herald_adapters::registry::{self, HttpOptions};
-use herald_adapters::{AccountSettings, Platform, PostContent};
+use herald_adapters::{AccountSettings, Platform, PostContent, Services};
 use serde::Deserialize;
 use serde::de::IntoDeserializer;
 use serde_spanned::Spanned;
@@ -182,7 +182,8 @@ impl Loader {
         // Includes are read even when [daemon] has other errors, so that
         // every file is checked in one go.
         let include = root.get("daemon").and_then(|d| d.get("include")).map(include_patterns).unwrap_or_default();
-        let time_zone = root.get("daemon").and_then(|d| d.get("time_zone")).and_then(Item::as_str).and_then(|s| parse_tz(s).ok());
+        let time_zone =
+            root.get("daemon").and_then(|d| d.get("time_zone")).and_then(Item::as_str).and_then(|s| parse_tz(s).ok());
         let daemon = self.daemon_settings(main_idx, root.remove("daemon"));
         let retry = self.retry_policy(main_idx, root.remove("retry"));
         self.sections(main_idx, &mut root);
@@ -586,7 +587,7 @@ impl Loader {
         if !ok {
             return;
         }
-        let adapter = match registry::build(&settings, http) {
+        let adapter = match registry::build(&settings, http, &Services::in_memory(&id)) {
             Ok(a) => a,
             Err(e) => {
                 self.diags.error(file, Some(span), format!("account `{id}` ({platform}): {e}"));

@@ -162,6 +162,19 @@ impl Post {
     }
 }
 
+impl Config {
+    /// Rebuild every account's adapter with `services` (the daemon lends its
+    /// store as the credential cache). The loader builds adapters with an
+    /// in-memory cache, which is all `check` needs.
+    pub fn bind(&mut self, services: impl Fn(&str) -> herald_adapters::Services) -> Result<(), String> {
+        for account in self.accounts.values_mut() {
+            account.adapter = herald_adapters::registry::build(&account.settings, account.http, &services(&account.id))
+                .map_err(|e| format!("account `{}`: {e}", account.id))?;
+        }
+        Ok(())
+    }
+}
+
 impl std::fmt::Debug for Account {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Account")

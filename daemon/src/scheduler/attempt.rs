@@ -17,6 +17,9 @@ pub struct Finished {
     pub latency: Duration,
     /// Credentials were refreshed during the attempt.
     pub refreshed: bool,
+    /// The delivery was uncertain and the platform showed it was already
+    /// published: nothing was sent.
+    pub found: bool,
 }
 
 /// Publish `content` for `delivery`; refresh credentials and publish once
@@ -36,7 +39,15 @@ pub async fn run(adapter: Arc<dyn Adapter>, delivery: Delivery, content: Rendere
         content: &content,
     };
     let mut refreshed = false;
+    let mut found = false;
     let work = async {
+        if request.uncertain {
+            // An earlier attempt may have gone through: look before re-sending.
+            if let Some(receipt) = adapter.lookup(request.clone()).await? {
+                found = true;
+                return Ok(receipt);
+            }
+        }
         let first = adapter.publish(request.clone()).await;
         match first {
             Err(e) if e.class == ErrorClass::CredentialsExpired => {
@@ -62,5 +73,5 @@ pub async fn run(adapter: Arc<dyn Adapter>, delivery: Delivery, content: Rendere
         )
         .maybe_sent()),
     };
-    Finished { delivery, result, latency: started.elapsed(), refreshed }
+    Finished { delivery, result, latency: started.elapsed(), refreshed, found }
 }

@@ -257,6 +257,7 @@ impl Scheduler {
                 delivery: d,
                 latency: Duration::ZERO,
                 refreshed: false,
+                found: false,
             };
             return self.record(vec![finished], now);
         };
@@ -287,7 +288,10 @@ impl Scheduler {
                     d.state = State::Delivered;
                     d.remote_id = receipt.remote_id;
                     d.url = receipt.url;
-                    d.reason = None;
+                    d.reason = f.found.then(|| {
+                        "an earlier attempt had already published it (found on the platform); not sent again"
+                            .to_string()
+                    });
                     tracing::info!(delivery = %d.id, post = %d.post_id, account = %d.account, platform = %d.platform,
                         url = d.url.as_deref().unwrap_or(""), latency_ms = f.latency.as_millis() as u64, "delivered");
                     (Event::Delivered, receipt.answer)
@@ -391,6 +395,7 @@ impl Scheduler {
                             .maybe_sent()),
                             latency: Duration::ZERO,
                             refreshed: false,
+                            found: false,
                         });
                     }
                 }
