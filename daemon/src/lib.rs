@@ -18,3 +18,5 @@ pub mod schedule;
 pub mod scheduler;
 pub mod service;
 pub mod store;
+#[cfg(test)]
+mod testkit;

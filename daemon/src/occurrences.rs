@@ -246,3 +246,116 @@ impl<'a> Builder<'a> {
         self.schedule_from(post, Some(from_millis(t)), &post.hash.clone())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reconcile::reconcile;
+    use crate::store::SledStore;
+    use crate::testkit::{config, utc};
+
+    fn setup(schedule: &str, misfire: &str, grace: &str, now: DateTime<Utc>) -> (tempfile::TempDir, Config, SledStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            r#"
+[daemon]
+state_dir = "state"
+time_zone = "Asia/Shanghai"
+
+[accounts.wuhan]
+platform = "webhook"
+url = "http://127.0.0.1:9/wuhan"
+
+[[posts]]
+id = "p"
+body = "stay safe"
+targets = ["wuhan"]
+{schedule}
+misfire = "{misfire}"
+grace = "{grace}"
+"#
+        );
+        let cfg = config(dir.path(), &text, now);
+        let store = SledStore::open(&dir.path().join("state"), 8).unwrap();
+        reconcile(&store, &cfg, now).unwrap();
+        (dir, cfg, store)
+    }
+
+    /// Fire the post's timer as the scheduler would, at `now`.
+    fn fire_timer(store: &SledStore, cfg: &Config, now: DateTime<Utc>) {
+        let timers = store.timers_due(to_millis(now)).unwrap();
+        assert_eq!(timers.len(), 1, "one timer should be due");
+        let mut b = Builder::new(store, cfg, now);
+        b.advance(&cfg.posts["p"], timers[0].0).unwrap();
+        let changes = std::mem::take(&mut b.changes);
+        store.apply(changes).unwrap();
+    }
+
+    /// (local hour, state) of every delivery, in occurrence order.
+    fn hours(store: &SledStore) -> Vec<(String, State)> {
+        let tz: chrono_tz::Tz = "Asia/Shanghai".parse().unwrap();
+        store
+            .deliveries_of_post("p")
+            .unwrap()
+            .iter()
+            .map(|d| (from_millis(d.occurrence).with_timezone(&tz).format("%d %H:%M").to_string(), d.state))
+            .collect()
+    }
+
+    #[test]
+    fn on_time_the_next_occurrence_is_scheduled() {
+        let (_dir, cfg, store) = setup("cron = \"0 * * * *\"", "latest", "3h", utc("2026-12-01T00:30:00Z"));
+        fire_timer(&store, &cfg, utc("2026-12-01T01:00:00.200Z"));
+        assert_eq!(hours(&store), vec![("01 09:00".into(), State::Pending), ("01 10:00".into(), State::Pending)]);
+    }
+
+    #[test]
+    fn misfire_latest_publishes_only_the_most_recent_missed_occurrence() {
+        let (_dir, cfg, store) = setup("cron = \"0 * * * *\"", "latest", "3h", utc("2026-12-01T00:30:00Z"));
+        // herald was down from before 09:00 until 12:30 local.
+        fire_timer(&store, &cfg, utc("2026-12-01T04:30:00Z"));
+        assert_eq!(
+            hours(&store),
+            vec![
+                ("01 09:00".into(), State::Skipped),
+                ("01 10:00".into(), State::Skipped),
+                ("01 11:00".into(), State::Skipped),
+                ("01 12:00".into(), State::Pending),
+                ("01 13:00".into(), State::Pending),
+            ]
+        );
+        let late = store.deliveries_of_post("p").unwrap()[3].clone();
+        assert_eq!(late.due, to_millis(utc("2026-12-01T04:30:00Z")), "published now, not at its old time");
+        assert!(late.reason.unwrap().contains("published late"));
+    }
+
+    #[test]
+    fn misfire_all_publishes_every_missed_occurrence_within_grace() {
+        let (_dir, cfg, store) = setup("cron = \"0 * * * *\"", "all", "3h", utc("2026-12-01T00:30:00Z"));
+        fire_timer(&store, &cfg, utc("2026-12-01T04:30:00Z"));
+        let states: Vec<State> = hours(&store).into_iter().map(|(_, s)| s).collect();
+        // 09:00 is 3h30 late, beyond the grace window; 10, 11 and 12 go out late; 13:00 is next.
+        assert_eq!(states, vec![State::Skipped, State::Pending, State::Pending, State::Pending, State::Pending]);
+    }
+
+    #[test]
+    fn misfire_skip_records_every_missed_occurrence_as_skipped() {
+        let (_dir, cfg, store) = setup("cron = \"0 * * * *\"", "skip", "3h", utc("2026-12-01T00:30:00Z"));
+        fire_timer(&store, &cfg, utc("2026-12-01T02:30:00Z"));
+        let states: Vec<State> = hours(&store).into_iter().map(|(_, s)| s).collect();
+        assert_eq!(states, vec![State::Skipped, State::Skipped, State::Pending]);
+        let skipped =
+            store.audit(&crate::store::AuditQuery { events: vec![Event::Skipped], ..Default::default() }).unwrap();
+        assert_eq!(skipped.len(), 2, "each missed occurrence is in the audit log");
+        assert!(skipped[0].reason.as_deref().unwrap().contains("misfire = skip"));
+    }
+
+    #[test]
+    fn a_one_shot_post_past_its_grace_is_skipped_within_it_is_late() {
+        let now = utc("2026-12-01T02:00:00Z");
+        let (_dir, _cfg, store) = setup("at = 2026-12-01T09:30:00+08:00", "latest", "1h", now);
+        assert_eq!(store.deliveries_of_post("p").unwrap()[0].state, State::Pending, "30 minutes late, within 1h");
+        let (_dir, _cfg, store) = setup("at = 2026-12-01T08:00:00+08:00", "latest", "1h", now);
+        assert_eq!(store.deliveries_of_post("p").unwrap()[0].state, State::Skipped, "2 hours late, beyond 1h");
+    }
+}

@@ -167,3 +167,137 @@ fn replace_pending(b: &mut Builder, post: &Post, summary: &mut Summary) -> Resul
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{DeliveryId, Event};
+    use crate::store::{AuditQuery, SledStore};
+    use crate::testkit::{config, utc};
+
+    const HEAD: &str = r#"
+[daemon]
+state_dir = "state"
+time_zone = "Asia/Shanghai"
+
+[accounts.wuhan]
+platform = "webhook"
+url = "http://127.0.0.1:9/wuhan"
+
+[accounts.xian]
+platform = "webhook"
+url = "http://127.0.0.1:9/xian"
+"#;
+
+    fn post(id: &str, schedule: &str, body: &str, targets: &str) -> String {
+        format!("\n[[posts]]\nid = \"{id}\"\nbody = \"{body}\"\ntargets = {targets}\n{schedule}\n")
+    }
+
+    fn events(store: &SledStore) -> Vec<(Event, String, String)> {
+        store.audit(&AuditQuery::default()).unwrap().into_iter().map(|r| (r.event, r.post, r.account)).collect()
+    }
+
+    #[test]
+    fn applying_the_same_config_twice_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = utc("2026-12-01T00:00:00Z");
+        let text = format!(
+            "{HEAD}{}{}",
+            post("once", "at = 2026-12-02T09:00:00+08:00", "hello", "[\"wuhan\", \"xian\"]"),
+            post("weekly", "cron = \"0 9 * * 1\"", "weekly", "[\"wuhan\"]")
+        );
+        let cfg = config(dir.path(), &text, now);
+        let store = SledStore::open(&dir.path().join("state"), 8).unwrap();
+        let first = reconcile(&store, &cfg, now).unwrap();
+        assert_eq!(first.posts_added, 2);
+        assert_eq!(first.deliveries_scheduled, 3);
+        let records = store.audit(&AuditQuery::default()).unwrap().len();
+        let second = reconcile(&store, &cfg, now).unwrap();
+        assert!(second.is_empty(), "{second}");
+        assert_eq!(store.audit(&AuditQuery::default()).unwrap().len(), records);
+        // The weekly post has exactly its next occurrence materialized: Monday 7 Dec 09:00 CST.
+        let weekly = store.deliveries_of_post("weekly").unwrap();
+        assert_eq!(weekly.len(), 1);
+        assert_eq!(crate::model::from_millis(weekly[0].occurrence), utc("2026-12-07T01:00:00Z"));
+    }
+
+    #[test]
+    fn a_changed_post_replaces_content_and_cancels_what_no_longer_belongs() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = utc("2026-12-01T00:00:00Z");
+        let at = "at = 2026-12-02T09:00:00+08:00";
+        let a = config(dir.path(), &format!("{HEAD}{}", post("p", at, "old text", "[\"wuhan\", \"xian\"]")), now);
+        let store = SledStore::open(&dir.path().join("state"), 8).unwrap();
+        reconcile(&store, &a, now).unwrap();
+        let b = config(dir.path(), &format!("{HEAD}{}", post("p", at, "new text", "[\"wuhan\"]")), now);
+        let summary = reconcile(&store, &b, now).unwrap();
+        assert_eq!((summary.posts_changed, summary.deliveries_replaced, summary.deliveries_cancelled), (1, 1, 1));
+        let occurrence = crate::model::to_millis(utc("2026-12-02T01:00:00Z"));
+        let wuhan = store.delivery(DeliveryId::derive("p", occurrence, "wuhan")).unwrap().unwrap();
+        let xian = store.delivery(DeliveryId::derive("p", occurrence, "xian")).unwrap().unwrap();
+        assert_eq!(wuhan.state, State::Pending);
+        assert_eq!(store.content(&wuhan.content_hash).unwrap().unwrap().text, "new text");
+        assert_eq!(xian.state, State::Cancelled);
+        assert!(xian.reason.unwrap().contains("no longer targets"));
+    }
+
+    #[test]
+    fn a_removed_post_cancels_pending_but_never_touches_delivered_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = utc("2026-12-01T00:00:00Z");
+        let text = format!("{HEAD}{}", post("p", "at = 2026-12-02T09:00:00+08:00", "x", "[\"wuhan\", \"xian\"]"));
+        let cfg = config(dir.path(), &text, now);
+        let store = SledStore::open(&dir.path().join("state"), 8).unwrap();
+        reconcile(&store, &cfg, now).unwrap();
+        // Pretend the wuhan delivery went out.
+        let occurrence = crate::model::to_millis(utc("2026-12-02T01:00:00Z"));
+        let mut wuhan = store.delivery(DeliveryId::derive("p", occurrence, "wuhan")).unwrap().unwrap();
+        wuhan.state = State::Delivered;
+        let record = crate::model::AuditRecord::of(&wuhan, Event::Delivered, now);
+        store.apply(crate::store::Changes { deliveries: vec![(wuhan, record)], ..Default::default() }).unwrap();
+
+        let empty = config(dir.path(), HEAD, now);
+        let summary = reconcile(&store, &empty, now).unwrap();
+        assert_eq!((summary.posts_removed, summary.deliveries_cancelled), (1, 1));
+        let states: Vec<State> = store.deliveries_of_post("p").unwrap().iter().map(|d| d.state).collect();
+        assert!(states.contains(&State::Delivered) && states.contains(&State::Cancelled), "{states:?}");
+        let last = events(&store).pop().unwrap();
+        assert_eq!(last, (Event::Cancelled, "p".into(), "xian".into()));
+    }
+
+    #[test]
+    fn reconcile_order_does_not_matter_a_then_b_equals_b() {
+        let now = utc("2026-12-01T00:00:00Z");
+        let a_text = format!(
+            "{HEAD}{}{}",
+            post("p", "at = 2026-12-02T09:00:00+08:00", "a", "[\"wuhan\", \"xian\"]"),
+            post("q", "cron = \"30 8 * * *\"", "q", "[\"xian\"]")
+        );
+        let b_text = format!(
+            "{HEAD}{}{}",
+            post("p", "at = 2026-12-02T09:00:00+08:00", "b", "[\"wuhan\"]"),
+            post("r", "cron = \"0 20 * * 5\"", "r", "[\"wuhan\"]")
+        );
+        let pending = |store: &SledStore| {
+            let mut keys: Vec<(String, i64, String)> = store
+                .due(None, i64::MAX, usize::MAX)
+                .unwrap()
+                .into_iter()
+                .map(|k| {
+                    let d = store.delivery(k.id).unwrap().unwrap();
+                    (d.post_id, d.due, store.content(&d.content_hash).unwrap().unwrap().text)
+                })
+                .collect();
+            keys.sort();
+            keys
+        };
+        let one = tempfile::tempdir().unwrap();
+        let store = SledStore::open(&one.path().join("state"), 8).unwrap();
+        reconcile(&store, &config(one.path(), &a_text, now), now).unwrap();
+        reconcile(&store, &config(one.path(), &b_text, now), now).unwrap();
+        let two = tempfile::tempdir().unwrap();
+        let direct = SledStore::open(&two.path().join("state"), 8).unwrap();
+        reconcile(&direct, &config(two.path(), &b_text, now), now).unwrap();
+        assert_eq!(pending(&store), pending(&direct));
+    }
+}

@@ -365,8 +365,13 @@ impl Loader {
             }
             None => defaults.max_attempts,
         };
-        let initial_backoff = self.duration(idx, raw.initial_backoff.as_ref(), defaults.initial_backoff, &mut ok);
-        let max_backoff = self.duration(idx, raw.max_backoff.as_ref(), defaults.max_backoff, &mut ok);
+        // Compare the backoffs only when both parsed: a default standing in
+        // for a bad value would give a second, misleading error.
+        let mut backoffs_ok = true;
+        let initial_backoff =
+            self.duration(idx, raw.initial_backoff.as_ref(), defaults.initial_backoff, &mut backoffs_ok);
+        let max_backoff = self.duration(idx, raw.max_backoff.as_ref(), defaults.max_backoff, &mut backoffs_ok);
+        ok &= backoffs_ok;
         let max_retry_after = self.duration(idx, raw.max_retry_after.as_ref(), defaults.max_retry_after, &mut ok);
         let file = &self.files[idx];
         if initial_backoff.is_zero() {
@@ -374,7 +379,7 @@ impl Loader {
             self.diags.error(file, at, "`initial_backoff` must be longer than zero");
             ok = false;
         }
-        if max_backoff < initial_backoff {
+        if backoffs_ok && max_backoff < initial_backoff {
             let at = raw.max_backoff.as_ref().and_then(span_of).or(span.clone());
             self.diags.error(file, at, "`max_backoff` is shorter than `initial_backoff`");
             ok = false;
@@ -844,7 +849,7 @@ impl Loader {
                 ok = false; // the account or group itself has errors, reported there
             } else {
                 let mut msg = format!("target `{name}` is neither an account nor a group");
-                if let Some(close) = closest(name, self.accounts.keys().chain(groups.keys())) {
+                if let Some(close) = closest(name, self.declared.iter().chain(self.groups.keys())) {
                     msg.push_str(&format!("; did you mean `{close}`?"));
                 }
                 self.diags.error(file, span_of(target), msg);
@@ -914,12 +919,16 @@ impl Loader {
             let what = match post.misfire {
                 Misfire::Skip => "it will be skipped (misfire = \"skip\") and recorded in the audit log".to_string(),
                 _ if late <= post.grace => format!(
-                    "if not yet published, it goes out as soon as herald runs, until the grace window of {} ends",
+                    "if not yet published, it goes out as soon as herald runs (misfire = \"{}\"), until the grace \
+                     window of {} ends",
+                    post.misfire,
                     humantime::format_duration(post.grace)
                 ),
                 _ => format!(
-                    "it is past its grace window of {}, so it will be skipped and recorded in the audit log",
-                    humantime::format_duration(post.grace)
+                    "it is past its grace window of {} (misfire = \"{}\"), so it will be skipped and recorded in \
+                     the audit log",
+                    humantime::format_duration(post.grace),
+                    post.misfire
                 ),
             };
             let msg = format!("post `{id}`: `at` {} is already past; {what}", at.to_rfc3339());
@@ -995,4 +1004,156 @@ pub fn state_location(path: &Path) -> Result<(PathBuf, u64), String> {
     let cache_mb = daemon.and_then(|d| d.get("cache_mb")).and_then(Item::as_integer).unwrap_or(64).clamp(1, 65_536);
     let dir = path.parent().unwrap_or(Path::new(".")).join(state_dir);
     Ok((dir, cache_mb as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit::utc;
+
+    fn check(files: &[(&str, &str)]) -> LoadOutcome {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text) in files {
+            let path = dir.path().join(name);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        }
+        let outcome = load_at(&dir.path().join(files[0].0), utc("2026-12-01T00:00:00Z"));
+        // Keep paths short in assertions.
+        let mut outcome = outcome;
+        for d in &mut outcome.diagnostics {
+            d.file = d.file.strip_prefix(dir.path()).map(Path::to_path_buf).unwrap_or(d.file.clone());
+        }
+        outcome
+    }
+
+    fn lines(outcome: &LoadOutcome) -> Vec<String> {
+        outcome.diagnostics.iter().map(ToString::to_string).collect()
+    }
+
+    const HEAD: &str =
+        "[daemon]\nstate_dir = \"s\"\n\n[accounts.wuhan]\nplatform = \"webhook\"\nurl = \"http://127.0.0.1:9/\"\n";
+
+    #[test]
+    fn every_error_names_file_line_column_and_all_are_reported() {
+        let main = format!(
+            "{HEAD}include = [\"posts.d/*.toml\"]\n\n[[posts]]\nid = \"a\"\nbody = \"x\"\ntargets = [\"wuhn\"]\nat = 2027-01-01T00:00:00Z\n"
+        );
+        // `include` after [accounts.wuhan] belongs to the account: an unknown key there.
+        let outcome = check(&[
+            ("herald.toml", &main),
+            ("posts.d/a.toml", "[[posts]]\nid = \"a\"\nbody = \"y\"\ntargets = [\"wuhan\"]\ncron = \"61 * * * *\"\n"),
+        ]);
+        let text = lines(&outcome).join("\n");
+        assert!(outcome.config.is_none());
+        assert!(text.contains("herald.toml:7:1: error: account `wuhan` (webhook): unknown key `include`"), "{text}");
+        assert!(
+            text.contains(
+                "herald.toml:12:12: error: target `wuhn` is neither an account nor a group; did you mean `wuhan`?"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn errors_across_included_files_come_together() {
+        let main = "[daemon]\nstate_dir = \"s\"\ninclude = [\"posts.d/*.toml\"]\n\n[accounts.wuhan]\nplatform = \"webhook\"\nurl = \"http://127.0.0.1:9/\"\n\n[[posts]]\nid = \"a\"\nbody = \"x\"\ntargets = [\"wuhan\"]\nat = 2027-01-01T00:00:00Z\n";
+        let outcome = check(&[
+            ("herald.toml", main),
+            ("posts.d/a.toml", "[[posts]]\nid = \"a\"\nbody = \"y\"\ntargets = [\"wuhan\"]\ncron = \"61 * * * *\"\n"),
+            (
+                "posts.d/b.toml",
+                "[[posts]]\nid = \"b\"\nbody = \"y\"\ntargets = [\"wuhan\"]\ncron = \"0 9 * * mon-fri\"\ntime_zone = \"Asia/Shangai\"\n",
+            ),
+        ]);
+        let text = lines(&outcome).join("\n");
+        assert!(text.contains("posts.d/a.toml:2:6: error: post id `a` is already used at"), "{text}");
+        assert!(text.contains("posts.d/b.toml:6:13: error: unknown time zone `Asia/Shangai`"), "{text}");
+        assert_eq!(outcome.errors().count(), 2, "{text}");
+    }
+
+    #[test]
+    fn syntax_errors_and_invalid_utf8_point_at_the_place() {
+        let outcome = check(&[("herald.toml", "[daemon]\nstate_dir = \"s\nx = 1\n")]);
+        let text = lines(&outcome).join("\n");
+        assert!(text.starts_with("herald.toml:2:"), "{text}");
+        assert!(text.contains("TOML syntax error"), "{text}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, b"[daemon]\nstate_dir = \"caf\xe9\"\n").unwrap();
+        let outcome = load_at(&path, utc("2026-12-01T00:00:00Z"));
+        let d = &outcome.diagnostics[0];
+        assert_eq!((d.line, d.column), (2, 17));
+        assert!(d.message.contains("not valid UTF-8"));
+    }
+
+    #[test]
+    fn a_bad_cron_expression_points_into_the_expression() {
+        let outcome = check(&[(
+            "herald.toml",
+            &format!("{HEAD}\n[[posts]]\nid = \"a\"\nbody = \"x\"\ntargets = [\"wuhan\"]\ncron = \"0 9 * * 8\"\n"),
+        )]);
+        let text = lines(&outcome).join("\n");
+        assert!(text.contains("herald.toml:12:17: error: bad cron expression `0 9 * * 8`: day-of-week"), "{text}");
+    }
+
+    #[test]
+    fn secrets_from_missing_sources_are_errors_and_inline_secrets_warnings() {
+        let text = "[daemon]\nstate_dir = \"s\"\n\n[accounts.a]\nplatform = \"webhook\"\nurl = \"http://127.0.0.1:9/\"\nsecret = { env = \"HERALD_TEST_UNSET_VARIABLE\" }\n\n[accounts.b]\nplatform = \"webhook\"\nurl = \"http://127.0.0.1:9/\"\nsecret = \"inline-hunter2\"\n\n[accounts.c]\nplatform = \"webhook\"\nurl = \"http://127.0.0.1:9/\"\nsecret = { file = \"missing.key\" }\n";
+        let outcome = check(&[("herald.toml", text)]);
+        let text = lines(&outcome).join("\n");
+        assert!(text.contains("herald.toml:7:10: error: account `a`: `secret` comes from environment variable HERALD_TEST_UNSET_VARIABLE, which is not set"), "{text}");
+        assert!(text.contains("herald.toml:12:10: warning: account `b`: `secret` is written inline"), "{text}");
+        assert!(text.contains("herald.toml:17:10: error: account `c`: `secret` comes from file"), "{text}");
+        assert!(!text.contains("inline-hunter2"), "a secret must never be echoed: {text}");
+    }
+
+    #[test]
+    fn a_past_one_shot_time_warns_with_what_the_misfire_policy_will_do() {
+        let outcome = check(&[(
+            "herald.toml",
+            &format!("{HEAD}\n[[posts]]\nid = \"a\"\nbody = \"x\"\ntargets = [\"wuhan\"]\nat = 2026-11-30T23:30:00Z\n"),
+        )]);
+        assert!(outcome.config.is_some());
+        let text = lines(&outcome).join("\n");
+        assert!(
+            text.contains("herald.toml:12:6: warning: post `a`: `at` 2026-11-30T23:30:00+00:00 is already past"),
+            "{text}"
+        );
+        assert!(text.contains("grace window of 1h"), "{text}");
+    }
+
+    #[test]
+    fn absurd_values_are_refused_with_the_expected_range() {
+        let text = "[daemon]\nstate_dir = \"s\"\nconcurrency = 0\n\n[retry]\nmax_attempts = 0\ninitial_backoff = \"0s\"\nmultiplier = 0.5\njitter = 2.0\n";
+        let text = lines(&check(&[("herald.toml", text)])).join("\n");
+        for expected in [
+            "herald.toml:3:15: error: `concurrency` is 0; expected 1 to 10000",
+            "herald.toml:6:16: error: `max_attempts` is 0; expected 1 to 100",
+            "herald.toml:7:19: error: `initial_backoff` must be longer than zero",
+            "herald.toml:8:14: error: `multiplier` is 0.5; expected 1.0 to 10.0",
+            "herald.toml:9:10: error: `jitter` is 2; expected 0.0 to 1.0",
+        ] {
+            assert!(text.contains(expected), "missing `{expected}` in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn groups_expand_through_groups_and_circles_are_errors() {
+        let text = format!(
+            "{HEAD}\n[accounts.xian]\nplatform = \"webhook\"\nurl = \"http://127.0.0.1:9/\"\n\n[groups]\ncentral = [\"wuhan\"]\nall = [\"central\", \"xian\"]\nloop-a = [\"loop-b\"]\nloop-b = [\"loop-a\"]\n"
+        );
+        let outcome = check(&[("herald.toml", &text)]);
+        let text = lines(&outcome).join("\n");
+        assert!(text.contains("groups include each other in a circle"), "{text}");
+        let ok = check(&[(
+            "herald.toml",
+            &format!(
+                "{HEAD}\n[accounts.xian]\nplatform = \"webhook\"\nurl = \"http://127.0.0.1:9/\"\n\n[groups]\ncentral = [\"wuhan\"]\nall = [\"central\", \"xian\"]\n\n[[posts]]\nid = \"p\"\nbody = \"x\"\ntargets = [\"all\"]\ncron = \"@daily\"\n"
+            ),
+        )]);
+        let config = ok.config.expect("valid");
+        assert_eq!(config.posts["p"].targets, vec!["wuhan".to_string(), "xian".to_string()]);
+    }
 }

@@ -431,3 +431,111 @@ impl Store for SledStore {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Event, from_millis};
+    use herald_adapters::Platform;
+
+    fn delivery(n: u8, state: State, due: Millis) -> Delivery {
+        Delivery {
+            id: DeliveryId([n; 16]),
+            post_id: format!("post-{}", n % 2),
+            account: "wuhan".into(),
+            platform: Platform::Webhook,
+            occurrence: due,
+            state,
+            attempt: 0,
+            due,
+            content_hash: "h".into(),
+            uncertain: false,
+            reason: None,
+            remote_id: None,
+            url: None,
+            updated: 0,
+        }
+    }
+
+    fn put(store: &SledStore, d: &Delivery, event: Event) -> Vec<AuditRecord> {
+        let record = AuditRecord::of(d, event, from_millis(0));
+        store.apply(Changes { deliveries: vec![(d.clone(), record)], ..Changes::default() }).unwrap()
+    }
+
+    #[test]
+    fn the_due_index_follows_each_state_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), 8).unwrap();
+        for (n, due) in [(1u8, 3_000), (2, 1_000), (3, 2_000)] {
+            put(&store, &delivery(n, State::Pending, due), Event::Scheduled);
+        }
+        let due: Vec<Millis> = store.due(None, 2_500, 10).unwrap().iter().map(|k| k.due).collect();
+        assert_eq!(due, vec![1_000, 2_000]);
+        let mut d = delivery(2, State::InFlight, 1_000);
+        d.attempt = 1;
+        put(&store, &d, Event::Attempt);
+        assert_eq!(store.due(None, i64::MAX, 10).unwrap().len(), 2);
+        assert_eq!(store.in_flight().unwrap().len(), 1);
+        d.state = State::Pending;
+        d.due = 5_000;
+        put(&store, &d, Event::RetryScheduled);
+        assert_eq!(store.in_flight().unwrap().len(), 0);
+        assert_eq!(store.next_due_after(3_000).unwrap(), Some(5_000));
+        let counts = store.counts().unwrap();
+        assert_eq!((counts[&State::Pending], counts[&State::InFlight]), (3, 0));
+        assert_eq!(store.deliveries_of_post("post-0").unwrap().len(), 1);
+        assert_eq!(store.deliveries_of_post("post-1").unwrap().len(), 2);
+    }
+
+    #[test]
+    fn audit_sequence_numbers_have_no_gaps_across_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SledStore::open(dir.path(), 8).unwrap();
+            for n in 0..5 {
+                put(&store, &delivery(n, State::Pending, 1), Event::Scheduled);
+            }
+            store.flush().unwrap();
+        }
+        let store = SledStore::open(dir.path(), 8).unwrap();
+        let stored = put(&store, &delivery(9, State::Pending, 1), Event::Scheduled);
+        assert_eq!(stored[0].seq, 6);
+        let seqs: Vec<u64> = store.audit(&AuditQuery::default()).unwrap().iter().map(|r| r.seq).collect();
+        assert_eq!(seqs, vec![1, 2, 3, 4, 5, 6]);
+    }
+
+    #[test]
+    fn a_second_opener_gets_a_clear_error_naming_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = SledStore::open(dir.path(), 8).unwrap();
+        let err = SledStore::open(dir.path(), 8).err().expect("the second open must fail");
+        let text = err.to_string();
+        assert!(matches!(err, StoreError::Locked { .. }));
+        assert!(text.contains("herald.lock") && text.contains("another herald process"), "{text}");
+    }
+
+    #[test]
+    fn a_store_from_a_newer_herald_is_refused_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SledStore::open(dir.path(), 8).unwrap();
+            store.meta.insert(SCHEMA_KEY, &(SCHEMA_VERSION + 1).to_be_bytes()).unwrap();
+            store.db.flush().unwrap();
+        }
+        let err = SledStore::open(dir.path(), 8).err().expect("a newer schema must be refused");
+        assert!(err.to_string().contains("newer herald"), "{err}");
+        let db = sled::open(dir.path().join(DB_DIR)).unwrap();
+        let version = db.open_tree("meta").unwrap().get(SCHEMA_KEY).unwrap().unwrap();
+        assert_eq!(version.as_ref(), &(SCHEMA_VERSION + 1).to_be_bytes());
+    }
+
+    #[test]
+    fn an_unwritable_state_directory_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("not-a-dir");
+        std::fs::write(&file, "x").unwrap();
+        let err = SledStore::open(&file.join("state"), 8).err().expect("must fail");
+        assert!(matches!(err, StoreError::Dir { .. }), "{err}");
+        assert!(err.to_string().contains("cannot use the state directory"), "{err}");
+    }
+}
