@@ -86,7 +86,7 @@ at = "{second}"
     let outcome = config::load(&path);
     let errors: Vec<String> = outcome.errors().map(ToString::to_string).collect();
     let config = outcome.config.ok_or_else(|| anyhow::anyhow!("the demo config is invalid:\n{}", errors.join("\n")))?;
-    let daemon = Daemon::start(config)?;
+    let daemon = Daemon::start(config, std::sync::Arc::new(crate::notify::Notifier::disabled()))?;
     let store = std::sync::Arc::clone(&daemon.store);
     let started = tokio::time::Instant::now();
     loop {

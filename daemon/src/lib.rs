@@ -8,11 +8,15 @@
 
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod credentials;
 pub mod demo;
 pub mod logging;
+pub mod metrics;
 pub mod model;
+pub mod notify;
 pub mod occurrences;
+pub mod operations;
 pub mod reconcile;
 pub mod schedule;
 pub mod scheduler;

@@ -20,7 +20,7 @@ const ACCOUNTS_META: &str = "accounts_hash";
 const BATCH: usize = 2_000;
 
 /// What a reconcile changed.
-#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Summary {
     pub posts_added: usize,
     pub posts_changed: usize,

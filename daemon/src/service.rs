@@ -1,7 +1,7 @@
 //! `herald run`: load the config, open the store, recover, reconcile, then
-//! run the scheduler until asked to stop. SIGHUP reloads the config (a bad
-//! one is refused and the running one kept); SIGTERM and SIGINT stop
-//! gracefully.
+//! run the scheduler until asked to stop. SIGHUP (or `herald reload`)
+//! reloads the config: a bad one is refused and the running one kept.
+//! SIGTERM and SIGINT stop gracefully. systemd is told about each step.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,40 +11,38 @@ use chrono::Utc;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{self, Config};
+use crate::control::{self, ControlServer, ReloadView, Reloader};
 use crate::credentials::StoreCache;
+use crate::metrics::Metrics;
+use crate::notify::Notifier;
+use crate::reconcile::Summary;
 use crate::scheduler::{Control, Scheduler};
 use crate::store::{SledStore, Store};
 
 /// A daemon running inside this process (for `herald run`, the demo and tests).
 pub struct Daemon {
     pub store: Arc<SledStore>,
+    pub metrics: Arc<Metrics>,
     control: mpsc::Sender<Control>,
     task: tokio::task::JoinHandle<crate::store::Result<()>>,
+    reloader: Arc<FileReloader>,
+    notifier: Arc<Notifier>,
+    _control_server: ControlServer,
+    metrics_server: Option<tokio::task::JoinHandle<()>>,
 }
 
-impl Daemon {
-    /// Open the store, recover interrupted deliveries, apply the config and
-    /// start the scheduler. Returns once herald is ready.
-    pub fn start(mut config: Config) -> anyhow::Result<Daemon> {
-        let dir = config.daemon.state_dir.clone();
-        let store = Arc::new(SledStore::open(&dir, config.daemon.cache_mb)?);
-        let shared: Arc<dyn Store> = Arc::clone(&store) as Arc<dyn Store>;
-        config.bind(|account| StoreCache::services(&shared, account)).map_err(anyhow::Error::msg)?;
-        let config = Arc::new(config);
-        let mut scheduler = Scheduler::new(Arc::clone(&shared), Arc::clone(&config));
-        let now = Utc::now();
-        let recovered = scheduler.recover(now).context("recovering deliveries that were in flight")?;
-        let summary = scheduler.reconcile(config, now).context("applying the config to the store")?;
-        tracing::info!(recovered, %summary, state_dir = %dir.display(), "herald is ready");
-        let (control, rx) = mpsc::channel(8);
-        let task = tokio::spawn(scheduler.run(rx));
-        Ok(Daemon { store, control, task })
-    }
+/// Reloads the config file and hands a valid one to the scheduler.
+pub struct FileReloader {
+    path: PathBuf,
+    store: Arc<dyn Store>,
+    control: mpsc::Sender<Control>,
+    notifier: Arc<Notifier>,
+}
 
-    /// Apply a new, valid config; answers what changed.
-    pub async fn reload(&self, mut config: Config) -> anyhow::Result<crate::reconcile::Summary> {
-        let shared: Arc<dyn Store> = Arc::clone(&self.store) as Arc<dyn Store>;
-        config.bind(|account| StoreCache::services(&shared, account)).map_err(anyhow::Error::msg)?;
+impl FileReloader {
+    async fn apply(&self, mut config: Config) -> anyhow::Result<Summary> {
+        let store = Arc::clone(&self.store);
+        config.bind(|account| StoreCache::services(&store, account)).map_err(anyhow::Error::msg)?;
         let (tx, rx) = oneshot::channel();
         self.control
             .send(Control::Reload(Arc::new(config), tx))
@@ -53,9 +51,105 @@ impl Daemon {
         Ok(rx.await.map_err(|_| anyhow::anyhow!("the scheduler has stopped"))??)
     }
 
+    /// Read, check and apply the config file; log what happened.
+    pub async fn reload_file(&self) -> ReloadView {
+        self.notifier.reloading();
+        tracing::info!(config = %self.path.display(), "reloading the config");
+        let outcome = config::load(&self.path);
+        let view = match outcome.config {
+            Some(config) => match self.apply(config).await {
+                Ok(summary) => {
+                    tracing::info!(%summary, "config reloaded");
+                    ReloadView { applied: true, summary: Some(summary), errors: Vec::new() }
+                }
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "reload failed; the running config stays");
+                    ReloadView { applied: false, summary: None, errors: vec![format!("{e:#}")] }
+                }
+            },
+            None => {
+                let errors: Vec<String> = outcome.errors().map(ToString::to_string).collect();
+                for d in outcome.errors() {
+                    tracing::error!(file = %d.file.display(), line = d.line, column = d.column, "{}", d.message);
+                }
+                tracing::error!(errors = errors.len(), "the new config has errors; keeping the running config");
+                ReloadView { applied: false, summary: None, errors }
+            }
+        };
+        self.notifier.ready();
+        view
+    }
+}
+
+impl Reloader for FileReloader {
+    fn reload(&self) -> std::pin::Pin<Box<dyn Future<Output = ReloadView> + Send + '_>> {
+        Box::pin(self.reload_file())
+    }
+}
+
+impl Daemon {
+    /// Open the store, recover interrupted deliveries, apply the config,
+    /// start the scheduler, the control socket and (if configured) metrics.
+    /// Returns once herald is ready. Must run inside a tokio runtime.
+    pub fn start(mut config: Config, notifier: Arc<Notifier>) -> anyhow::Result<Daemon> {
+        let dir = config.daemon.state_dir.clone();
+        let store = Arc::new(SledStore::open(&dir, config.daemon.cache_mb)?);
+        let shared: Arc<dyn Store> = Arc::clone(&store) as Arc<dyn Store>;
+        config.bind(|account| StoreCache::services(&shared, account)).map_err(anyhow::Error::msg)?;
+        let config = Arc::new(config);
+        let metrics = Arc::new(Metrics::default());
+        let mut scheduler = Scheduler::new(Arc::clone(&shared), Arc::clone(&config))
+            .observed_by(Arc::clone(&notifier), Arc::clone(&metrics));
+        let now = Utc::now();
+        let recovered = scheduler.recover(now).context("recovering deliveries that were in flight")?;
+        let summary = scheduler.reconcile(Arc::clone(&config), now).context("applying the config to the store")?;
+        let (control, rx) = mpsc::channel(8);
+        let reloader = Arc::new(FileReloader {
+            path: config.path.clone(),
+            store: Arc::clone(&shared),
+            control: control.clone(),
+            notifier: Arc::clone(&notifier),
+        });
+        let socket = config.daemon.socket_path();
+        let control_server = control::serve(
+            &socket,
+            config.daemon.socket_group.as_deref(),
+            Arc::clone(&shared),
+            control.clone(),
+            Arc::clone(&reloader) as Arc<dyn Reloader>,
+            config.daemon.time_zone,
+        )?;
+        let metrics_server = match config.daemon.metrics_listen {
+            Some(addr) => Some(serve_metrics(addr, Arc::clone(&metrics), Arc::clone(&shared))?),
+            None => None,
+        };
+        let task = tokio::spawn(scheduler.run(rx));
+        tracing::info!(recovered, %summary, state_dir = %dir.display(), socket = %socket.display(), "herald is ready");
+        notifier.ready();
+        Ok(Daemon {
+            store,
+            metrics,
+            control,
+            task,
+            reloader,
+            notifier,
+            _control_server: control_server,
+            metrics_server,
+        })
+    }
+
+    /// Apply a new, valid config; answers what changed.
+    pub async fn reload(&self, config: Config) -> anyhow::Result<Summary> {
+        self.reloader.apply(config).await
+    }
+
     /// Stop: no new deliveries; in-flight ones finish up to the deadline.
     pub async fn stop(self) -> anyhow::Result<()> {
+        self.notifier.stopping();
         let _ = self.control.send(Control::Shutdown).await;
+        if let Some(server) = &self.metrics_server {
+            server.abort();
+        }
         self.task.await.context("the scheduler task failed")??;
         Ok(())
     }
@@ -66,12 +160,27 @@ impl Daemon {
     }
 }
 
-/// Print a config's findings to stderr; true when it has errors.
-pub fn report(outcome: &config::LoadOutcome) -> bool {
-    for d in &outcome.diagnostics {
-        eprintln!("{d}");
-    }
-    outcome.config.is_none()
+fn serve_metrics(
+    addr: std::net::SocketAddr,
+    metrics: Arc<Metrics>,
+    store: Arc<dyn Store>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let listener = std::net::TcpListener::bind(addr).with_context(|| format!("binding metrics_listen {addr}"))?;
+    listener.set_nonblocking(true)?;
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let body = metrics.render(store.as_ref());
+            async move { ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], body) }
+        }),
+    );
+    tracing::info!(%addr, "metrics listening");
+    Ok(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "the metrics endpoint stopped");
+        }
+    }))
 }
 
 /// `herald run --config FILE`.
@@ -87,48 +196,32 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
     let Some(config) = outcome.config else {
         anyhow::bail!("the config {} has errors; herald did not start", path.display());
     };
-    let daemon = Daemon::start(config)?;
-    wait_for_signals(&daemon, path.to_path_buf()).await?;
+    let daemon = Daemon::start(config, Arc::new(Notifier::from_env()))?;
+    wait_for_signals(&daemon).await?;
     tracing::info!("stopping");
     daemon.stop().await?;
     tracing::info!("stopped cleanly");
     Ok(())
 }
 
-async fn wait_for_signals(daemon: &Daemon, path: PathBuf) -> anyhow::Result<()> {
+async fn wait_for_signals(daemon: &Daemon) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hangup = signal(SignalKind::hangup())?;
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut watchdog = tokio::time::interval(std::time::Duration::from_secs(1));
+    let mut health = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
         tokio::select! {
-            _ = hangup.recv() => reload(daemon, &path).await,
+            _ = hangup.recv() => {
+                daemon.reloader.reload_file().await;
+            }
             _ = terminate.recv() => return Ok(()),
             _ = interrupt.recv() => return Ok(()),
-            _ = watchdog.tick() => {
+            _ = health.tick() => {
                 if daemon.is_finished() {
                     anyhow::bail!("the scheduler stopped unexpectedly");
                 }
             }
-        }
-    }
-}
-
-/// Reload on SIGHUP: a config with errors is refused and the running one kept.
-async fn reload(daemon: &Daemon, path: &Path) {
-    tracing::info!(config = %path.display(), "reloading the config");
-    let outcome = config::load(path);
-    match outcome.config {
-        Some(config) => match daemon.reload(config).await {
-            Ok(summary) => tracing::info!(%summary, "config reloaded"),
-            Err(e) => tracing::error!(error = %format!("{e:#}"), "reload failed; the running config stays"),
-        },
-        None => {
-            for d in outcome.errors() {
-                tracing::error!(file = %d.file.display(), line = d.line, column = d.column, "{}", d.message);
-            }
-            tracing::error!("the new config has errors; keeping the running config");
         }
     }
 }

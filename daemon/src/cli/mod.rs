@@ -3,6 +3,7 @@
 mod check;
 mod inspect;
 mod output;
+mod source;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -36,7 +37,8 @@ struct ConfigArg {
 
 #[derive(clap::Args, Clone)]
 struct StateArgs {
-    /// The main config file; its [daemon] state_dir is used (no secrets are read).
+    /// The main config file; its [daemon] section says where the daemon's
+    /// control socket and state are (no secrets are read).
     #[arg(long, short, env = "HERALD_CONFIG", default_value = DEFAULT_CONFIG)]
     config: PathBuf,
     /// The state directory, instead of reading it from the config.
@@ -113,6 +115,19 @@ enum Command {
         #[arg(long, conflicts_with = "delivery")]
         post: Option<String>,
     },
+    /// List pending deliveries in the order they are due (the plan).
+    Upcoming {
+        #[command(flatten)]
+        state: StateArgs,
+        /// How many to list.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Ask the running daemon to re-read its config (like SIGHUP); a config with errors is refused.
+    Reload {
+        #[command(flatten)]
+        state: StateArgs,
+    },
     /// Cancel a pending delivery, or every pending delivery of a post.
     Cancel {
         #[command(flatten)]
@@ -159,22 +174,34 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run { config, log_format } => {
-            logging::init(log_format, "info");
+            let level =
+                crate::config::peek(&config.config).ok().and_then(|p| p.log_level).unwrap_or_else(|| "info".into());
+            logging::init(log_format, &level);
             runtime()?.block_on(crate::service::run(&config.config))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { config, upcoming, format } => check::run(&config.config, upcoming, format),
-        Command::Status { state, failed } => inspect::status(&state.location()?, failed),
+        Command::Status { state, failed } => inspect::status(&state.source()?, failed),
         Command::Log { state, post, account, platform, events, delivery, since, until, format, content } => {
-            let location = state.location()?;
+            let source = state.source()?;
             if let Some(hash) = content {
-                return inspect::content(&location, &hash);
+                return inspect::content(&source, &hash);
             }
-            let query = inspect::query(post, account, platform, events, delivery, since, until)?;
-            inspect::log(&location, &query, format)
+            let events = (!events.is_empty()).then(|| events.join(","));
+            let params = crate::control::LogParams { post, account, platform, events, delivery, since, until };
+            inspect::log(&source, &params, format)
         }
-        Command::Retry { state, delivery, post } => inspect::retry(&state.location()?, delivery, post),
-        Command::Cancel { state, delivery, post } => inspect::cancel(&state.location()?, delivery, post),
+        Command::Upcoming { state, limit } => {
+            let tz = state.peek()?.time_zone;
+            inspect::upcoming(&state.source()?, limit, tz)
+        }
+        Command::Reload { state } => inspect::reload(&state.source()?),
+        Command::Retry { state, delivery, post } => {
+            inspect::retry(&state.source()?, crate::operations::Selection { delivery, post })
+        }
+        Command::Cancel { state, delivery, post } => {
+            inspect::cancel(&state.source()?, crate::operations::Selection { delivery, post })
+        }
         Command::Demo => {
             logging::init(None, "info,herald_sandbox=warn");
             runtime()?.block_on(crate::demo::run())?;
@@ -184,11 +211,26 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
 }
 
 impl StateArgs {
-    fn location(&self) -> anyhow::Result<(PathBuf, u64)> {
-        match &self.state_dir {
-            Some(dir) => Ok((dir.clone(), 64)),
-            None => crate::config::state_location(&self.config).map_err(anyhow::Error::msg),
+    fn peek(&self) -> anyhow::Result<crate::config::Peek> {
+        let mut peek = match crate::config::peek(&self.config) {
+            Ok(peek) => peek,
+            Err(e) if self.state_dir.is_none() => return Err(anyhow::Error::msg(e)),
+            Err(_) => crate::config::Peek {
+                state_dir: PathBuf::new(),
+                cache_mb: 64,
+                control_socket: None,
+                time_zone: chrono_tz::Tz::UTC,
+                log_level: None,
+            },
+        };
+        if let Some(dir) = &self.state_dir {
+            peek.state_dir = dir.clone();
         }
+        Ok(peek)
+    }
+
+    fn source(&self) -> anyhow::Result<source::Source> {
+        source::Source::open(self.peek()?)
     }
 }
 

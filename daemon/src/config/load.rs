@@ -97,6 +97,10 @@ struct RawDaemon {
     concurrency: Option<Spanned<i64>>,
     cache_mb: Option<Spanned<i64>>,
     shutdown_deadline: Option<Spanned<String>>,
+    control_socket: Option<String>,
+    socket_group: Option<String>,
+    metrics_listen: Option<Spanned<String>>,
+    log_level: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -326,7 +330,47 @@ impl Loader {
         };
         let shutdown_deadline = self.duration(idx, raw.shutdown_deadline.as_ref(), Duration::from_secs(30), &mut ok);
         let include = raw.include.unwrap_or_default().into_iter().map(Spanned::into_inner).collect();
-        ok.then_some(DaemonSettings { state_dir, time_zone, include, concurrency, cache_mb, shutdown_deadline })
+        let file = &self.files[idx];
+        let metrics_listen = match &raw.metrics_listen {
+            Some(addr) => match addr.get_ref().parse::<std::net::SocketAddr>() {
+                Ok(a) => Some(a),
+                Err(_) => {
+                    let msg = format!(
+                        "`metrics_listen` is `{}`; expected an address and port such as \"127.0.0.1:9464\"",
+                        addr.get_ref()
+                    );
+                    self.diags.error(file, span_of(addr), msg);
+                    ok = false;
+                    None
+                }
+            },
+            None => None,
+        };
+        let log_level = match raw.log_level {
+            Some(level) if ["error", "warn", "info", "debug", "trace"].contains(&level.get_ref().as_str()) => {
+                Some(level.into_inner())
+            }
+            Some(level) => {
+                let msg = format!("`log_level` is `{}`; expected error, warn, info, debug or trace", level.get_ref());
+                self.diags.error(file, span_of(&level), msg);
+                ok = false;
+                None
+            }
+            None => None,
+        };
+        let control_socket = raw.control_socket.map(|p| file.dir().join(p));
+        ok.then_some(DaemonSettings {
+            state_dir,
+            time_zone,
+            include,
+            concurrency,
+            cache_mb,
+            shutdown_deadline,
+            control_socket,
+            socket_group: raw.socket_group,
+            metrics_listen,
+            log_level,
+        })
     }
 
     fn duration(&mut self, idx: usize, value: Option<&Spanned<String>>, default: Duration, ok: &mut bool) -> Duration {
@@ -989,21 +1033,36 @@ fn edit_distance(a: &str, b: &str) -> usize {
     row[b.len()]
 }
 
-/// Read only `[daemon] state_dir` and `cache_mb` from the main config file,
-/// for commands that inspect the store (`status`, `log`, `retry`, `cancel`)
-/// and must work without the accounts' secrets.
-pub fn state_location(path: &Path) -> Result<(PathBuf, u64), String> {
+/// What the inspecting commands (`status`, `log`, `retry`, `cancel`,
+/// `reload`, `upcoming`) need from the main config file: read leniently,
+/// without the accounts' secrets.
+#[derive(Debug, Clone)]
+pub struct Peek {
+    pub state_dir: PathBuf,
+    pub cache_mb: u64,
+    pub control_socket: Option<PathBuf>,
+    pub time_zone: Tz,
+    pub log_level: Option<String>,
+}
+
+/// Read [`Peek`] from the main config file.
+pub fn peek(path: &Path) -> Result<Peek, String> {
     let text =
         std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read the config file: {e}", path.display()))?;
     let doc = toml_edit::Document::parse(text).map_err(|e| format!("{}: {}", path.display(), e.message().trim()))?;
     let daemon = doc.get("daemon").and_then(Item::as_table_like);
-    let state_dir = daemon
-        .and_then(|d| d.get("state_dir"))
+    let get = |key: &str| daemon.and_then(|d| d.get(key));
+    let base = path.parent().unwrap_or(Path::new("."));
+    let state_dir = get("state_dir")
         .and_then(Item::as_str)
         .ok_or_else(|| format!("{}: [daemon] state_dir is missing", path.display()))?;
-    let cache_mb = daemon.and_then(|d| d.get("cache_mb")).and_then(Item::as_integer).unwrap_or(64).clamp(1, 65_536);
-    let dir = path.parent().unwrap_or(Path::new(".")).join(state_dir);
-    Ok((dir, cache_mb as u64))
+    Ok(Peek {
+        state_dir: base.join(state_dir),
+        cache_mb: get("cache_mb").and_then(Item::as_integer).unwrap_or(64).clamp(1, 65_536) as u64,
+        control_socket: get("control_socket").and_then(Item::as_str).map(|p| base.join(p)),
+        time_zone: get("time_zone").and_then(Item::as_str).and_then(|s| parse_tz(s).ok()).unwrap_or(Tz::UTC),
+        log_level: get("log_level").and_then(Item::as_str).map(str::to_string),
+    })
 }
 
 #[cfg(test)]

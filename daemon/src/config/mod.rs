@@ -19,7 +19,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 pub use diag::{Diagnostic, Severity};
-pub use load::{LoadOutcome, load, load_at, state_location};
+pub use load::{LoadOutcome, Peek, load, load_at, peek};
 pub use values::{Misfire, Rate, TimeValue, parse_duration};
 
 use crate::schedule::Schedule;
@@ -50,6 +50,32 @@ pub struct DaemonSettings {
     pub cache_mb: u64,
     /// How long `herald run` waits for in-flight deliveries when asked to stop.
     pub shutdown_deadline: Duration,
+    /// The control socket; by default `$RUNTIME_DIRECTORY/herald.sock` under
+    /// systemd, else `<state_dir>/herald.sock`.
+    pub control_socket: Option<PathBuf>,
+    /// The group that may use the control socket (mode 0660).
+    pub socket_group: Option<String>,
+    /// Where to serve Prometheus metrics (`/metrics`), if anywhere.
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// The log level unless RUST_LOG is set (`error`, `warn`, `info`, `debug`, `trace`).
+    pub log_level: Option<String>,
+}
+
+impl DaemonSettings {
+    /// Where the control socket lives.
+    pub fn socket_path(&self) -> PathBuf {
+        if let Some(path) = &self.control_socket {
+            return path.clone();
+        }
+        match std::env::var_os("RUNTIME_DIRECTORY") {
+            // systemd may pass several directories separated by ':'; the first is ours.
+            Some(dirs) => {
+                let dirs = dirs.to_string_lossy().into_owned();
+                PathBuf::from(dirs.split(':').next().unwrap_or(&dirs)).join("herald.sock")
+            }
+            None => self.state_dir.join("herald.sock"),
+        }
+    }
 }
 
 /// `[retry]`: how failed attempts are retried.

@@ -23,8 +23,11 @@ pub use attempt::Finished;
 use gates::{Blocked, Gates};
 
 use crate::config::Config;
+use crate::metrics::{Metrics, outcome};
 use crate::model::{AuditRecord, Delivery, DeliveryId, Event, Millis, State, from_millis, to_millis};
+use crate::notify::Notifier;
 use crate::occurrences::Builder;
+use crate::operations::{self, OperationError, Selection};
 use crate::reconcile::{self, Summary};
 use crate::store::{Changes, DueKey, Result, Store};
 
@@ -37,6 +40,10 @@ const MAX_SLEEP: Duration = Duration::from_secs(30);
 pub enum Control {
     /// Apply a new, already validated config; answers what changed.
     Reload(Arc<Config>, oneshot::Sender<Result<Summary>>),
+    /// Retry failed deliveries (`herald retry` through the control socket).
+    Retry(Selection, oneshot::Sender<std::result::Result<usize, OperationError>>),
+    /// Cancel pending deliveries (`herald cancel` through the control socket).
+    Cancel(Selection, oneshot::Sender<std::result::Result<usize, OperationError>>),
     /// Stop dispatching, wait for in-flight deliveries up to the deadline, return.
     Shutdown,
 }
@@ -62,6 +69,9 @@ pub struct Scheduler {
     running_ids: HashMap<tokio::task::Id, Delivery>,
     /// Source of randomness for jitter.
     rng: fastrand::Rng,
+    notifier: Arc<Notifier>,
+    metrics: Arc<Metrics>,
+    last_status: Option<std::time::Instant>,
 }
 
 impl Scheduler {
@@ -78,7 +88,17 @@ impl Scheduler {
             running: JoinSet::new(),
             running_ids: HashMap::new(),
             rng: fastrand::Rng::new(),
+            notifier: Arc::new(Notifier::disabled()),
+            metrics: Arc::new(Metrics::default()),
+            last_status: None,
         }
+    }
+
+    /// Report to systemd and to the metrics endpoint.
+    pub fn observed_by(mut self, notifier: Arc<Notifier>, metrics: Arc<Metrics>) -> Self {
+        self.notifier = notifier;
+        self.metrics = metrics;
+        self
     }
 
     pub fn config(&self) -> &Arc<Config> {
@@ -242,6 +262,8 @@ impl Scheduler {
         self.store.flush()?;
         let count = starting.len();
         for d in starting {
+            let late = (now_ms - d.due).max(0) as u64;
+            self.metrics.dispatched(Duration::from_millis(late));
             self.spawn(d, now)?;
         }
         Ok(count)
@@ -279,10 +301,12 @@ impl Scheduler {
             }
             d.updated = to_millis(now);
             if f.refreshed {
+                self.metrics.refreshed(&d.account);
                 let record = AuditRecord::of(&d, Event::CredentialsRefreshed, now);
                 changes.deliveries.push((d.clone(), record));
             }
             let latency = Some(f.latency.as_millis() as u64);
+            let mut paused = false;
             let (event, answer) = match f.result {
                 Ok(receipt) => {
                     d.state = State::Delivered;
@@ -323,6 +347,7 @@ impl Scheduler {
                             if let Some(gate) = self.gates.get(&d.account) {
                                 gate.pause_until(d.due);
                             }
+                            paused = true;
                             tracing::warn!(account = %d.account, platform = %d.platform, until = %from_millis(d.due).to_rfc3339(),
                                 "rate limited; account paused");
                             Event::RetryScheduled
@@ -345,6 +370,19 @@ impl Scheduler {
                     (event, e.answer)
                 }
             };
+            let kind = match (event, d.state) {
+                (Event::Delivered, _) => outcome::DELIVERED,
+                (Event::Failed, _) => outcome::FAILED,
+                _ if d.reason.is_some() && paused => outcome::RATE_LIMITED,
+                _ => outcome::RETRY,
+            };
+            self.metrics.finished(
+                &d.account,
+                d.platform.name(),
+                kind,
+                f.latency,
+                now.timestamp_millis() as f64 / 1000.0,
+            );
             let mut record = AuditRecord::of(&d, event, now);
             record.answer = answer;
             record.latency_ms = latency;
@@ -407,13 +445,17 @@ impl Scheduler {
     /// The loop: runs until [`Control::Shutdown`] (or the control channel
     /// closes), then lets in-flight deliveries finish up to the deadline.
     pub async fn run(mut self, mut control: mpsc::Receiver<Control>) -> Result<()> {
+        let max_sleep = self.notifier.watchdog_interval().map_or(MAX_SLEEP, |w| w.min(MAX_SLEEP));
         loop {
             let now = Utc::now();
             self.tick(now)?;
+            // Pinged from the loop itself: a stuck scheduler gets restarted by systemd.
+            self.notifier.watchdog();
+            self.report_status(now)?;
             let wake = self.next_wake(now)?;
             let sleep = match wake {
-                Some(t) => Duration::from_millis((t - to_millis(now)).max(0) as u64).min(MAX_SLEEP),
-                None => MAX_SLEEP,
+                Some(t) => Duration::from_millis((t - to_millis(now)).max(0) as u64).min(max_sleep),
+                None => max_sleep,
             };
             tokio::select! {
                 result = self.collect(), if !self.running.is_empty() => result?,
@@ -423,10 +465,28 @@ impl Scheduler {
                         let result = self.reconcile(config, Utc::now());
                         let _ = reply.send(result);
                     }
+                    Some(Control::Retry(selection, reply)) => {
+                        let result = operations::retry(self.store.as_ref(), &selection, Utc::now());
+                        self.cursor = None;
+                        let _ = reply.send(result);
+                    }
+                    Some(Control::Cancel(selection, reply)) => {
+                        let _ = reply.send(operations::cancel(self.store.as_ref(), &selection, Utc::now()));
+                    }
                     Some(Control::Shutdown) | None => return self.drain().await,
                 },
             }
         }
+    }
+
+    /// A line for `systemctl status`, refreshed at most once a second.
+    fn report_status(&mut self, now: DateTime<Utc>) -> Result<()> {
+        if self.last_status.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+            return Ok(());
+        }
+        self.last_status = Some(std::time::Instant::now());
+        self.notifier.status(&status_line(self.store.as_ref(), self.config.daemon.time_zone, self.running.len(), now)?);
+        Ok(())
     }
 
     /// Stop starting deliveries; wait for those in flight up to the deadline.
@@ -466,4 +526,25 @@ fn describe(e: &herald_adapters::DeliveryError) -> String {
         text.push_str(&format!(" ({})", extra.join(", ")));
     }
     text
+}
+
+/// "120 pending (2 retrying), 3 in flight, 4100 delivered, 1 failed; next 2026-12-01 09:00 CST"
+pub fn status_line(store: &dyn Store, tz: chrono_tz::Tz, in_flight: usize, now: DateTime<Utc>) -> Result<String> {
+    let counts = store.counts()?;
+    let count = |s: State| counts.get(&s).copied().unwrap_or(0);
+    let next = match store.due(None, i64::MAX, 1)?.first() {
+        Some(key) if key.due <= to_millis(now) => "next: due now".to_string(),
+        Some(key) => {
+            let local = from_millis(key.due).with_timezone(&tz);
+            format!("next {}", local.format("%Y-%m-%d %H:%M %Z"))
+        }
+        None => "nothing scheduled".to_string(),
+    };
+    Ok(format!(
+        "{} pending ({} retrying), {in_flight} in flight, {} delivered, {} failed; {next}",
+        count(State::Pending),
+        store.retrying()?,
+        count(State::Delivered),
+        count(State::Failed),
+    ))
 }

@@ -145,6 +145,8 @@ pub trait Store: Send + Sync {
     fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>>;
     /// How many deliveries are in each state.
     fn counts(&self) -> Result<BTreeMap<State, u64>>;
+    /// How many pending deliveries have been attempted before (retrying).
+    fn retrying(&self) -> Result<u64>;
 }
 
 /// A pending delivery in the due index.

@@ -63,6 +63,13 @@ fn count_key(state: State) -> Vec<u8> {
     format!("count/{}", state.name()).into_bytes()
 }
 
+const RETRYING_KEY: &[u8] = b"count/retrying";
+
+/// Pending after at least one attempt.
+fn is_retrying(d: &Delivery) -> bool {
+    d.state == State::Pending && d.attempt > 0
+}
+
 impl SledStore {
     /// Open (or create) the store in `dir`, holding its lock for as long as
     /// the store lives. `cache_mb` bounds sled's page cache.
@@ -161,8 +168,11 @@ fn tx_get<T: serde::de::DeserializeOwned>(
 }
 
 fn tx_add_count(meta: &TransactionalTree, state: State, delta: i64) -> std::result::Result<(), Abort> {
-    let key = count_key(state);
-    let current = match meta.get(&key)? {
+    tx_add(meta, &count_key(state), delta)
+}
+
+fn tx_add(meta: &TransactionalTree, key: &[u8], delta: i64) -> std::result::Result<(), Abort> {
+    let current = match meta.get(key)? {
         Some(v) => i64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8])),
         None => 0,
     };
@@ -356,6 +366,9 @@ impl Store for SledStore {
                             in_flight.remove(&id.0)?;
                         }
                         tx_add_count(meta, old.state, -1)?;
+                        if is_retrying(old) {
+                            tx_add(meta, RETRYING_KEY, -1)?;
+                        }
                     }
                     None => {
                         by_post.insert(keys::by_post(&delivery.post_id, delivery.occurrence, &id), &[])?;
@@ -371,6 +384,9 @@ impl Store for SledStore {
                     _ => {}
                 }
                 tx_add_count(meta, delivery.state, 1)?;
+                if is_retrying(delivery) {
+                    tx_add(meta, RETRYING_KEY, 1)?;
+                }
                 deliveries.insert(&id.0, encode(delivery))?;
                 let mut record = record.clone();
                 record.seq = next_seq;
@@ -417,6 +433,16 @@ impl Store for SledStore {
             }
         }
         Ok(out)
+    }
+
+    fn retrying(&self) -> Result<u64> {
+        match self.meta.get(RETRYING_KEY)? {
+            Some(v) => {
+                Ok(i64::from_be_bytes(v.as_ref().try_into().map_err(|_| corrupt("counter", "bad length"))?).max(0)
+                    as u64)
+            }
+            None => Ok(0),
+        }
     }
 
     fn counts(&self) -> Result<BTreeMap<State, u64>> {

@@ -1,0 +1,88 @@
+//! What staff do to deliveries by hand: retry failed ones, cancel pending
+//! ones. The same code runs whether the CLI opened the store itself or the
+//! running daemon does it on the CLI's behalf through the control socket.
+
+use chrono::{DateTime, Utc};
+
+use crate::model::{AuditRecord, Delivery, DeliveryId, Event, State, to_millis};
+use crate::store::{Changes, Store, StoreError};
+
+/// Which deliveries an operation applies to.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Selection {
+    pub delivery: Option<String>,
+    pub post: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OperationError {
+    #[error("name a delivery id, or --post POST")]
+    NothingSelected,
+    #[error("`{0}` is not a delivery id (32 hexadecimal characters, from `herald status` or `herald log`)")]
+    BadId(String),
+    #[error("no delivery {0}")]
+    NoSuchDelivery(String),
+    #[error("delivery {id} is {state}; only {wanted} deliveries qualify")]
+    WrongState { id: String, state: State, wanted: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn select(store: &dyn Store, selection: &Selection, states: &[State]) -> Result<Vec<Delivery>, OperationError> {
+    match (&selection.delivery, &selection.post) {
+        (Some(id), _) => {
+            let parsed = DeliveryId::parse(id).ok_or_else(|| OperationError::BadId(id.clone()))?;
+            let d = store.delivery(parsed)?.ok_or_else(|| OperationError::NoSuchDelivery(id.clone()))?;
+            if !states.contains(&d.state) {
+                let wanted = states.iter().map(|s| s.name()).collect::<Vec<_>>().join(" or ");
+                return Err(OperationError::WrongState { id: id.clone(), state: d.state, wanted });
+            }
+            Ok(vec![d])
+        }
+        (None, Some(post)) => {
+            Ok(store.deliveries_of_post(post)?.into_iter().filter(|d| states.contains(&d.state)).collect())
+        }
+        (None, None) => Err(OperationError::NothingSelected),
+    }
+}
+
+fn change(
+    store: &dyn Store,
+    deliveries: Vec<Delivery>,
+    event: Event,
+    now: DateTime<Utc>,
+    apply: impl Fn(&mut Delivery),
+) -> Result<usize, OperationError> {
+    let mut changes = Changes::default();
+    for mut d in deliveries {
+        apply(&mut d);
+        d.updated = to_millis(now);
+        let record = AuditRecord::of(&d, event, now);
+        changes.deliveries.push((d, record));
+    }
+    let n = changes.deliveries.len();
+    store.apply(changes)?;
+    store.flush()?;
+    Ok(n)
+}
+
+/// Put failed (or skipped) deliveries back to pending, due now; their
+/// attempts count from 1 again. Returns how many.
+pub fn retry(store: &dyn Store, selection: &Selection, now: DateTime<Utc>) -> Result<usize, OperationError> {
+    let chosen = select(store, selection, &[State::Failed, State::Skipped])?;
+    change(store, chosen, Event::Requeued, now, |d| {
+        d.state = State::Pending;
+        d.due = to_millis(now);
+        d.attempt = 0;
+        d.reason = Some("requeued by `herald retry`; attempts count from 1 again".into());
+    })
+}
+
+/// Cancel pending deliveries. Returns how many.
+pub fn cancel(store: &dyn Store, selection: &Selection, now: DateTime<Utc>) -> Result<usize, OperationError> {
+    let chosen = select(store, selection, &[State::Pending])?;
+    change(store, chosen, Event::Cancelled, now, |d| {
+        d.state = State::Cancelled;
+        d.reason = Some("cancelled by `herald cancel`".into());
+    })
+}
