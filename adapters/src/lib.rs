@@ -59,6 +59,9 @@ pub struct Receipt {
 /// What a harmless authenticated call told about an account (`herald check --probe`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Probe {
+    /// False when the platform offers no harmless authenticated call, so
+    /// nothing could be verified.
+    pub checked: bool,
     /// What was checked, for people (e.g. "token fetched", "credentials accepted").
     pub detail: String,
     /// When the credentials stop working, when the platform or config says.
@@ -95,7 +98,11 @@ pub trait Adapter: Send + Sync {
     /// account's credentials work.
     fn probe(&self) -> BoxFuture<'_, Result<Probe, DeliveryError>> {
         Box::pin(async {
-            Ok(Probe { detail: "this platform has no harmless authenticated call".into(), expires_at: None })
+            Ok(Probe {
+                checked: false,
+                detail: "not checked: this platform has no harmless authenticated call".into(),
+                expires_at: None,
+            })
         })
     }
 

@@ -18,6 +18,18 @@ struct Report<'a> {
     warnings: Vec<&'a Diagnostic>,
     accounts: Vec<AccountView>,
     posts: Vec<PostPlan>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    probes: Option<Vec<ProbeView>>,
+}
+
+#[derive(Serialize)]
+struct ProbeView {
+    account: String,
+    platform: String,
+    ok: bool,
+    checked: bool,
+    detail: String,
+    expires_at: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -61,25 +73,59 @@ struct RenderedView {
     characters: usize,
 }
 
-pub fn run(path: &Path, upcoming: usize, format: CheckFormat) -> anyhow::Result<ExitCode> {
+pub fn run(path: &Path, upcoming: usize, format: CheckFormat, probe: bool) -> anyhow::Result<ExitCode> {
     let outcome = config::load(path);
     let now = Utc::now();
     let (accounts, posts) = match &outcome.config {
         Some(config) => (accounts(config), plans(config, now, upcoming)),
         None => (Vec::new(), Vec::new()),
     };
+    let probes = match (&outcome.config, probe) {
+        (Some(config), true) => Some(probes(config)?),
+        _ => None,
+    };
+    let probes_ok = probes.as_ref().is_none_or(|p| p.iter().all(|p| p.ok));
     let report = Report {
-        ok: outcome.config.is_some(),
+        ok: outcome.config.is_some() && probes_ok,
         errors: outcome.errors().collect(),
         warnings: outcome.warnings().collect(),
         accounts,
         posts,
+        probes,
     };
     match format {
         CheckFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
         CheckFormat::Text => print_text(&report, outcome.config.as_ref()),
     }
     Ok(if report.ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// One harmless authenticated call per account, a few at a time.
+fn probes(config: &Config) -> anyhow::Result<Vec<ProbeView>> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.block_on(async {
+        let mut set = tokio::task::JoinSet::new();
+        for account in config.accounts.values() {
+            let account = account.clone();
+            set.spawn(async move {
+                let limit = account.http.timeout + account.http.connect_timeout;
+                let result = tokio::time::timeout(limit, account.adapter.probe()).await;
+                let (ok, checked, detail, expires_at) = match result {
+                    Ok(Ok(p)) => (true, p.checked, p.detail, p.expires_at.map(|t| t.to_rfc3339())),
+                    Ok(Err(e)) => (false, true, e.to_string(), None),
+                    Err(_) => (false, true, format!("no answer within {}", humantime::format_duration(limit)), None),
+                };
+                let platform = account.platform.to_string();
+                ProbeView { account: account.id.clone(), platform, ok, checked, detail, expires_at }
+            });
+        }
+        let mut out = Vec::new();
+        while let Some(view) = set.join_next().await {
+            out.push(view?);
+        }
+        out.sort_by(|a, b| a.account.cmp(&b.account));
+        Ok(out)
+    })
 }
 
 fn accounts(config: &Config) -> Vec<AccountView> {
@@ -166,6 +212,23 @@ fn print_text(report: &Report, config: Option<&Config>) {
     );
     for a in report.accounts.iter().filter(|a| a.experimental) {
         println!("note: account `{}` uses the experimental {} adapter", a.id, a.platform);
+    }
+    if let Some(probes) = &report.probes {
+        println!();
+        println!("credentials (one harmless call per account, nothing published):");
+        for p in probes {
+            let verdict = match (p.ok, p.checked) {
+                (false, _) => "FAILED",
+                (true, false) => "n/a   ",
+                (true, true) => "ok    ",
+            };
+            let expires = p.expires_at.as_deref().map(|t| format!("; expires {t}")).unwrap_or_default();
+            println!("  {verdict} {} ({}): {}{expires}", p.account, p.platform, p.detail);
+        }
+        let failed = probes.iter().filter(|p| !p.ok).count();
+        if failed > 0 {
+            println!("{failed} account(s) failed the probe: fix them before the campaign");
+        }
     }
     for post in &report.posts {
         println!();

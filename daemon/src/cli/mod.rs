@@ -65,6 +65,10 @@ enum Command {
         upcoming: usize,
         #[arg(long, value_enum, default_value_t = CheckFormat::Text)]
         format: CheckFormat,
+        /// Also make one harmless authenticated call per account (no publishing) and report
+        /// whether its credentials work and when they expire.
+        #[arg(long)]
+        probe: bool,
     },
     /// Show deliveries by state, the next one due, and failed deliveries with their reasons.
     Status {
@@ -180,7 +184,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             runtime()?.block_on(crate::service::run(&config.config))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Check { config, upcoming, format } => check::run(&config.config, upcoming, format),
+        Command::Check { config, upcoming, format, probe } => check::run(&config.config, upcoming, format, probe),
         Command::Status { state, failed } => inspect::status(&state.source()?, failed),
         Command::Log { state, post, account, platform, events, delivery, since, until, format, content } => {
             let source = state.source()?;
