@@ -6,6 +6,7 @@
 //! store) -> [`store`] (sled) -> [`scheduler`] (due index, gates, retries) ->
 //! adapters (`herald-adapters`) -> audit log (in the store).
 
+pub mod alerts;
 pub mod cli;
 pub mod config;
 pub mod control;

@@ -159,6 +159,8 @@ pub enum Event {
     Requeued,
     /// Credentials were refreshed during an attempt.
     CredentialsRefreshed,
+    /// An alert about this delivery was sent (or could not be).
+    Alerted,
 }
 
 impl Event {
@@ -176,6 +178,7 @@ impl Event {
             Event::Late => "late",
             Event::Requeued => "requeued",
             Event::CredentialsRefreshed => "credentials_refreshed",
+            Event::Alerted => "alerted",
         }
     }
 
@@ -194,6 +197,7 @@ impl Event {
             Late,
             Requeued,
             CredentialsRefreshed,
+            Alerted,
         ]
         .into_iter()
         .find(|e| e.name() == name)

@@ -155,10 +155,12 @@ fn parse_url(text: &str) -> Result<Url, BuildError> {
 
 /// HMAC-SHA256 keyed once with the account's secret.
 #[derive(Clone)]
-struct Signer(Hmac<Sha256>);
+/// Signs bodies with HMAC-SHA256 the way webhook receivers verify them
+/// (also used by the daemon for its alert webhook).
+pub struct Signer(Hmac<Sha256>);
 
 impl Signer {
-    fn new(secret: &Secret) -> Result<Self, BuildError> {
+    pub fn new(secret: &Secret) -> Result<Self, BuildError> {
         if secret.expose().is_empty() {
             return Err(invalid("secret", "must not be empty"));
         }
@@ -168,7 +170,7 @@ impl Signer {
     }
 
     /// The `X-Herald-Signature` value for `body`.
-    fn sign(&self, body: &[u8]) -> String {
+    pub fn sign(&self, body: &[u8]) -> String {
         let mut mac = self.0.clone();
         mac.update(body);
         format!("sha256={}", hex::encode(mac.finalize().into_bytes()))

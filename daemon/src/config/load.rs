@@ -53,7 +53,7 @@ pub fn load_at(path: &Path, now: DateTime<Utc>) -> LoadOutcome {
     LoadOutcome { config, diagnostics }
 }
 
-const MAIN_KEYS: &[&str] = &["daemon", "retry", "accounts", "groups", "posts"];
+const MAIN_KEYS: &[&str] = &["daemon", "retry", "alerts", "accounts", "groups", "posts"];
 const INCLUDED_KEYS: &[&str] = &["accounts", "groups", "posts"];
 const ACCOUNT_KEYS_OWNED_BY_DAEMON: &[&str] = &["platform", "rate", "concurrency", "timeout", "connect_timeout"];
 const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
@@ -112,6 +112,15 @@ struct RawRetry {
     multiplier: Option<Spanned<f64>>,
     jitter: Option<Spanned<f64>>,
     max_retry_after: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAlerts {
+    webhook: Option<Spanned<String>>,
+    secret: Option<herald_adapters::Secret>,
+    command: Option<Spanned<Vec<String>>>,
+    pause_threshold: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -190,6 +199,7 @@ impl Loader {
             root.get("daemon").and_then(|d| d.get("time_zone")).and_then(Item::as_str).and_then(|s| parse_tz(s).ok());
         let daemon = self.daemon_settings(main_idx, root.remove("daemon"));
         let retry = self.retry_policy(main_idx, root.remove("retry"));
+        let alerts = self.alerts(main_idx, root.remove("alerts"));
         self.sections(main_idx, &mut root);
         for pattern in &include {
             self.include(main_idx, pattern);
@@ -199,6 +209,7 @@ impl Loader {
         let posts = self.posts(default_tz, &groups);
         let daemon = daemon?;
         let retry = retry?;
+        let alerts = alerts?;
         if self.diags.has_errors() {
             return None;
         }
@@ -209,6 +220,70 @@ impl Loader {
             accounts: std::mem::take(&mut self.accounts).into_iter().map(|(id, (a, _, _))| (id, a)).collect(),
             groups,
             posts,
+            alerts,
+        })
+    }
+
+    /// `[alerts]`; `Some(None)` when absent, `None` when it has errors.
+    fn alerts(&mut self, idx: usize, item: Option<Item>) -> Option<Option<super::AlertSettings>> {
+        let Some(mut item) = item else { return Some(None) };
+        let span = item.span();
+        let dir = self.files[idx].dir().to_path_buf();
+        if let Some(secret) = item.as_table_like_mut().and_then(|t| t.get_mut("secret")) {
+            let at = secret.span();
+            match secrets::resolve("secret", secret, &dir) {
+                Ok(Resolved::Value(v)) => secrets::replace(secret, v),
+                Ok(Resolved::Inline(v)) => {
+                    self.diags.warning(
+                        &self.files[idx],
+                        at,
+                        "[alerts] `secret` is written inline; prefer { env }, { file } or { credential }",
+                    );
+                    secrets::replace(secret, v);
+                }
+                Err(msg) => {
+                    self.diags.error(&self.files[idx], at, format!("[alerts] {msg}"));
+                    return None;
+                }
+            }
+        }
+        let raw: RawAlerts = match from_item(item) {
+            Ok(raw) => raw,
+            Err(e) => {
+                self.de_error(idx, span, "in [alerts]", &e);
+                return None;
+            }
+        };
+        let mut ok = true;
+        let pause_threshold = self.duration(idx, raw.pause_threshold.as_ref(), Duration::from_secs(30 * 60), &mut ok);
+        let file = &self.files[idx];
+        if let Some(url) = &raw.webhook
+            && !(url.get_ref().starts_with("http://") || url.get_ref().starts_with("https://"))
+        {
+            self.diags.error(file, span_of(url), "[alerts] `webhook` must be an http:// or https:// URL");
+            ok = false;
+        }
+        if let Some(command) = &raw.command
+            && command.get_ref().is_empty()
+        {
+            self.diags.error(
+                file,
+                span_of(command),
+                "[alerts] `command` must name a program, e.g. [\"/usr/local/bin/page-ops\"]",
+            );
+            ok = false;
+        }
+        if raw.webhook.is_none() && raw.command.is_none() {
+            self.diags.error(file, span, "[alerts] needs `webhook` or `command` (or remove the section)");
+            ok = false;
+        }
+        ok.then(|| {
+            Some(super::AlertSettings {
+                webhook: raw.webhook.map(Spanned::into_inner),
+                secret: raw.secret,
+                command: raw.command.map(Spanned::into_inner),
+                pause_threshold,
+            })
         })
     }
 

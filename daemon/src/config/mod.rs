@@ -34,6 +34,19 @@ pub struct Config {
     pub accounts: BTreeMap<String, Account>,
     pub groups: BTreeMap<String, Vec<String>>,
     pub posts: BTreeMap<String, Post>,
+    pub alerts: Option<AlertSettings>,
+}
+
+/// `[alerts]`: where to report failed deliveries and long rate-limit pauses.
+#[derive(Debug, Clone)]
+pub struct AlertSettings {
+    /// POST a JSON alert here (signed with `secret` like the webhook adapter).
+    pub webhook: Option<String>,
+    pub secret: Option<herald_adapters::Secret>,
+    /// Run this program (with arguments), the alert as JSON on its stdin.
+    pub command: Option<Vec<String>>,
+    /// Alert when a rate limit pauses an account for longer than this.
+    pub pause_threshold: Duration,
 }
 
 /// `[daemon]`: where state lives and how the daemon behaves.

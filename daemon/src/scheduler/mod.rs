@@ -22,6 +22,7 @@ use tokio::task::JoinSet;
 pub use attempt::Finished;
 use gates::{Blocked, Gates};
 
+use crate::alerts::{Alert, Alerter};
 use crate::config::Config;
 use crate::metrics::{Metrics, outcome};
 use crate::model::{AuditRecord, Delivery, DeliveryId, Event, Millis, State, from_millis, to_millis};
@@ -71,6 +72,7 @@ pub struct Scheduler {
     rng: fastrand::Rng,
     notifier: Arc<Notifier>,
     metrics: Arc<Metrics>,
+    alerter: Option<Arc<Alerter>>,
     last_status: Option<std::time::Instant>,
 }
 
@@ -90,6 +92,7 @@ impl Scheduler {
             rng: fastrand::Rng::new(),
             notifier: Arc::new(Notifier::disabled()),
             metrics: Arc::new(Metrics::default()),
+            alerter: None,
             last_status: None,
         }
     }
@@ -161,6 +164,16 @@ impl Scheduler {
     pub fn reconcile(&mut self, config: Arc<Config>, now: DateTime<Utc>) -> Result<Summary> {
         let summary = reconcile::reconcile(self.store.as_ref(), &config, now)?;
         self.gates.update(&config);
+        self.alerter = match &config.alerts {
+            Some(settings) => match Alerter::new(settings.clone(), Arc::clone(&self.store)) {
+                Ok(alerter) => Some(Arc::new(alerter)),
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "alerts are not available");
+                    None
+                }
+            },
+            None => None,
+        };
         self.config = config;
         self.cursor = None;
         Ok(summary)
@@ -333,7 +346,9 @@ impl Scheduler {
                         }
                         _ if exhausted => {
                             d.state = State::Failed;
-                            d.reason = Some(format!("gave up after {} attempts; last error: {reason}", d.attempt));
+                            let plural = if d.attempt == 1 { "" } else { "s" };
+                            d.reason =
+                                Some(format!("gave up after {} attempt{plural}; last error: {reason}", d.attempt));
                             Event::Failed
                         }
                         ErrorClass::RateLimited { retry_after } => {
@@ -348,6 +363,12 @@ impl Scheduler {
                                 gate.pause_until(d.due);
                             }
                             paused = true;
+                            if let Some(alerter) = &self.alerter
+                                && wait > alerter.pause_threshold()
+                            {
+                                let until = from_millis(d.due);
+                                alerter.raise(&d, Alert::AccountPaused { until, seconds: wait.as_secs() });
+                            }
                             tracing::warn!(account = %d.account, platform = %d.platform, until = %from_millis(d.due).to_rfc3339(),
                                 "rate limited; account paused");
                             Event::RetryScheduled
@@ -360,6 +381,11 @@ impl Scheduler {
                             Event::RetryScheduled
                         }
                     };
+                    if d.state == State::Failed
+                        && let Some(alerter) = &self.alerter
+                    {
+                        alerter.raise(&d, Alert::DeliveryFailed { reason: d.reason.clone().unwrap_or_default() });
+                    }
                     if d.state == State::Failed {
                         tracing::error!(delivery = %d.id, post = %d.post_id, account = %d.account, platform = %d.platform,
                             reason = d.reason.as_deref().unwrap_or(""), "delivery failed");

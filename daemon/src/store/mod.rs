@@ -75,11 +75,17 @@ pub struct Changes {
     pub contents: Vec<(String, Rendered)>,
     /// Small metadata values to write.
     pub meta: Vec<(String, Vec<u8>)>,
+    /// Audit records about a delivery that do not change it (alerts sent).
+    pub notes: Vec<AuditRecord>,
 }
 
 impl Changes {
     pub fn is_empty(&self) -> bool {
-        self.deliveries.is_empty() && self.posts.is_empty() && self.contents.is_empty() && self.meta.is_empty()
+        self.deliveries.is_empty()
+            && self.posts.is_empty()
+            && self.contents.is_empty()
+            && self.meta.is_empty()
+            && self.notes.is_empty()
     }
 }
 

@@ -394,6 +394,13 @@ impl Store for SledStore {
                 audit.insert(&record.seq.to_be_bytes(), encode(&record))?;
                 stored.push(record);
             }
+            for note in &changes.notes {
+                let mut record = note.clone();
+                record.seq = next_seq;
+                next_seq += 1;
+                audit.insert(&record.seq.to_be_bytes(), encode(&record))?;
+                stored.push(record);
+            }
             Ok(stored)
         });
         match result {
