@@ -164,6 +164,22 @@ pub enum Event {
 }
 
 impl Event {
+    pub const ALL: [Event; 13] = [
+        Event::Scheduled,
+        Event::Attempt,
+        Event::Delivered,
+        Event::RetryScheduled,
+        Event::Failed,
+        Event::Cancelled,
+        Event::Replaced,
+        Event::Recovered,
+        Event::Skipped,
+        Event::Late,
+        Event::Requeued,
+        Event::CredentialsRefreshed,
+        Event::Alerted,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Event::Scheduled => "scheduled",
@@ -183,24 +199,7 @@ impl Event {
     }
 
     pub fn parse(name: &str) -> Option<Event> {
-        use Event::*;
-        [
-            Scheduled,
-            Attempt,
-            Delivered,
-            RetryScheduled,
-            Failed,
-            Cancelled,
-            Replaced,
-            Recovered,
-            Skipped,
-            Late,
-            Requeued,
-            CredentialsRefreshed,
-            Alerted,
-        ]
-        .into_iter()
-        .find(|e| e.name() == name)
+        Self::ALL.into_iter().find(|e| e.name() == name)
     }
 }
 
@@ -286,5 +285,13 @@ mod tests {
         assert_ne!(DeliveryId::derive("ab", 0, "c"), DeliveryId::derive("a", 0, "bc"));
         assert_eq!(DeliveryId::parse(&a.to_string()), Some(a));
         assert_eq!(a.to_string().len(), 32);
+    }
+
+    #[test]
+    fn every_event_name_reads_back() {
+        for e in Event::ALL {
+            assert_eq!(Event::parse(e.name()), Some(e));
+        }
+        assert_eq!(Event::parse("exploded"), None);
     }
 }
