@@ -70,7 +70,7 @@ impl FileReloader {
             None => {
                 let errors: Vec<String> = outcome.errors().map(ToString::to_string).collect();
                 for d in outcome.errors() {
-                    tracing::error!(file = %d.file.display(), line = d.line, column = d.column, "{}", d.message);
+                    tracing::error!(file = %d.file.display(), line = d.line, column = d.column, "{d}");
                 }
                 tracing::error!(errors = errors.len(), "the new config has errors; keeping the running config");
                 ReloadView { applied: false, summary: None, errors }
@@ -188,9 +188,9 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
     let outcome = config::load(path);
     for d in &outcome.diagnostics {
         if d.is_error() {
-            tracing::error!(file = %d.file.display(), line = d.line, column = d.column, "{}", d.message);
+            tracing::error!(file = %d.file.display(), line = d.line, column = d.column, "{d}");
         } else {
-            tracing::warn!(file = %d.file.display(), line = d.line, column = d.column, "{}", d.message);
+            tracing::warn!(file = %d.file.display(), line = d.line, column = d.column, "{d}");
         }
     }
     let Some(config) = outcome.config else {
