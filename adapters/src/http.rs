@@ -82,6 +82,14 @@ pub fn retry_after(headers: &HeaderMap, max: Duration) -> Option<Duration> {
     parse_retry_after(value, Utc::now(), max)
 }
 
+/// Send one request and read its answer. A failure before an answer
+/// arrived becomes a [`DeliveryError`] through [`transport_error`]; an
+/// answer of any status is returned for the caller to classify.
+pub async fn exchange(request: reqwest::RequestBuilder) -> Result<Answer, DeliveryError> {
+    let response = request.send().await.map_err(transport_error)?;
+    Ok(Answer::read(response).await)
+}
+
 /// Turn a transport error (no HTTP answer) into a [`DeliveryError`].
 ///
 /// A failed connection never carried the request: transient, not sent. A

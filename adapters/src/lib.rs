@@ -8,12 +8,16 @@
 //! rate limits and the audit log belong to the daemon.
 
 pub mod content;
+pub mod discourse;
+pub mod endpoint;
 pub mod error;
 pub mod http;
+pub mod mastodon;
 pub mod registry;
 pub mod secret;
 pub mod services;
 pub mod webhook;
+pub mod weibo;
 
 use std::future::Future;
 use std::pin::Pin;

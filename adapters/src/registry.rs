@@ -8,21 +8,29 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Adapter, Services, webhook};
+use chrono::{DateTime, Utc};
+
+use crate::{Adapter, Services, discourse, mastodon, webhook, weibo};
 
 /// The platforms herald can publish to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Platform {
+    Weibo,
+    Discourse,
+    Mastodon,
     Webhook,
 }
 
 impl Platform {
     /// Every platform, in the order documentation lists them.
-    pub const ALL: &'static [Platform] = &[Platform::Webhook];
+    pub const ALL: &'static [Platform] = &[Platform::Weibo, Platform::Discourse, Platform::Mastodon, Platform::Webhook];
 
     pub fn name(self) -> &'static str {
         match self {
+            Platform::Weibo => "weibo",
+            Platform::Discourse => "discourse",
+            Platform::Mastodon => "mastodon",
             Platform::Webhook => "webhook",
         }
     }
@@ -36,6 +44,9 @@ impl Platform {
     /// about inline values.
     pub fn secret_fields(self) -> &'static [&'static str] {
         match self {
+            Platform::Weibo => weibo::SECRET_FIELDS,
+            Platform::Discourse => discourse::SECRET_FIELDS,
+            Platform::Mastodon => mastodon::SECRET_FIELDS,
             Platform::Webhook => webhook::SECRET_FIELDS,
         }
     }
@@ -44,6 +55,12 @@ impl Platform {
     /// (requests, per window); `None` means unlimited unless configured.
     pub fn default_rate(self) -> Option<(u32, Duration)> {
         match self {
+            // About 30 posts an hour per user at Weibo's normal level.
+            Platform::Weibo => Some((30, HOUR)),
+            // The default admin API limit: 60 requests a minute per key.
+            Platform::Discourse => Some((60, Duration::from_secs(60))),
+            // 300 statuses per 3 hours per account.
+            Platform::Mastodon => Some((300, 3 * HOUR)),
             Platform::Webhook => None,
         }
     }
@@ -65,6 +82,9 @@ impl fmt::Display for Platform {
 /// `rate`, `concurrency`, `timeout`, `connect_timeout`).
 #[derive(Debug, Clone)]
 pub enum AccountSettings {
+    Weibo(weibo::Settings),
+    Discourse(discourse::Settings),
+    Mastodon(mastodon::Settings),
     Webhook(webhook::Settings),
 }
 
@@ -76,16 +96,33 @@ impl AccountSettings {
         deserializer: D,
     ) -> Result<Self, D::Error> {
         Ok(match platform {
+            Platform::Weibo => AccountSettings::Weibo(weibo::Settings::deserialize(deserializer)?),
+            Platform::Discourse => AccountSettings::Discourse(discourse::Settings::deserialize(deserializer)?),
+            Platform::Mastodon => AccountSettings::Mastodon(mastodon::Settings::deserialize(deserializer)?),
             Platform::Webhook => AccountSettings::Webhook(webhook::Settings::deserialize(deserializer)?),
         })
     }
 
     pub fn platform(&self) -> Platform {
         match self {
+            AccountSettings::Weibo(_) => Platform::Weibo,
+            AccountSettings::Discourse(_) => Platform::Discourse,
+            AccountSettings::Mastodon(_) => Platform::Mastodon,
             AccountSettings::Webhook(_) => Platform::Webhook,
         }
     }
+
+    /// When the account's credentials stop working, when its settings say
+    /// (Weibo's `expires_at`): `check` warns ahead of it.
+    pub fn credentials_expire_at(&self) -> Option<DateTime<Utc>> {
+        match self {
+            AccountSettings::Weibo(s) => s.expires_at,
+            AccountSettings::Discourse(_) | AccountSettings::Mastodon(_) | AccountSettings::Webhook(_) => None,
+        }
+    }
 }
+
+const HOUR: Duration = Duration::from_secs(3600);
 
 /// Per-request network limits, common to every platform.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,6 +156,9 @@ pub fn build(
 ) -> Result<Arc<dyn Adapter>, BuildError> {
     let _ = services;
     Ok(match settings {
+        AccountSettings::Weibo(s) => Arc::new(weibo::WeiboAdapter::new(s.clone(), http)?),
+        AccountSettings::Discourse(s) => Arc::new(discourse::DiscourseAdapter::new(s.clone(), http)?),
+        AccountSettings::Mastodon(s) => Arc::new(mastodon::MastodonAdapter::new(s.clone(), http)?),
         AccountSettings::Webhook(s) => Arc::new(webhook::WebhookAdapter::new(s.clone(), http)?),
     })
 }

@@ -1,24 +1,42 @@
-//! `herald-sandbox`: run the webhook receiver emulator until Ctrl-C.
+//! `herald-sandbox`: run every emulator on one address until Ctrl-C.
 
 use std::net::SocketAddr;
 
 use anyhow::Context;
 use clap::Parser;
-use herald_sandbox::WebhookReceiver;
+use herald_sandbox::suite::{DEFAULT_SAFE_DOMAIN, Sandbox, SandboxOptions};
+use herald_sandbox::{SANDBOX_TOKEN_PREFIX, Tokens};
 use tracing_subscriber::EnvFilter;
 
-/// Run a local webhook receiver that records, verifies and de-duplicates
-/// herald's deliveries, with faults on demand (`POST /_sandbox/faults`).
+/// Run local emulators of the platforms herald publishes to, with faults on
+/// demand (`POST <base>/_sandbox/faults`).
+///
+/// On one address: a webhook receiver that records, verifies and
+/// de-duplicates deliveries (any path, e.g. http://ADDR/hook), and emulators
+/// of Weibo (http://ADDR/weibo), Mastodon (http://ADDR/mastodon) and
+/// Discourse (http://ADDR/discourse): give these as the accounts' base_url.
+///
+/// Tokens: every emulator accepts any access token or API key that starts
+/// with "sandbox-" (e.g. access_token = "sandbox-wuhan"), and the tokens
+/// read with --token-env.
 #[derive(Debug, Parser)]
 #[command(name = "herald-sandbox", version)]
 struct Args {
     /// The address to listen on; port 0 picks a free port.
     #[arg(long, value_name = "ADDR")]
     listen: SocketAddr,
-    /// Read the signing secret from this environment variable; requests
-    /// without a valid X-Herald-Signature are then refused with 401.
+    /// Read the webhook signing secret from this environment variable;
+    /// requests without a valid X-Herald-Signature are then refused with 401.
     #[arg(long, value_name = "VAR")]
     secret_env: Option<String>,
+    /// Also accept the token (or API key) held by this environment variable;
+    /// may be repeated.
+    #[arg(long = "token-env", value_name = "VAR")]
+    token_env: Vec<String>,
+    /// The domain registered for the Weibo app: every Weibo status must
+    /// link to it or a subdomain.
+    #[arg(long, value_name = "DOMAIN", default_value = DEFAULT_SAFE_DOMAIN)]
+    safe_domain: String,
 }
 
 #[tokio::main]
@@ -29,18 +47,24 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let args = Args::parse();
 
-    let secret = match &args.secret_env {
-        Some(var) => Some(std::env::var(var).with_context(|| format!("environment variable {var} is not set"))?),
-        None => None,
+    let read = |var: &String| std::env::var(var).with_context(|| format!("environment variable {var} is not set"));
+    let secret = args.secret_env.as_ref().map(read).transpose()?;
+    let tokens = args.token_env.iter().map(read).collect::<anyhow::Result<Vec<_>>>()?;
+    let options = SandboxOptions {
+        webhook_secret: secret,
+        tokens: Tokens::new(tokens).with_prefix(SANDBOX_TOKEN_PREFIX),
+        safe_domain: args.safe_domain.trim().to_ascii_lowercase(),
     };
-    let receiver = WebhookReceiver::start(args.listen, secret)
-        .await
-        .with_context(|| format!("could not listen on {}", args.listen))?;
-    println!("listening on {}", receiver.addr());
-    println!("webhook url {}", receiver.url());
+    let sandbox =
+        Sandbox::start(args.listen, options).await.with_context(|| format!("could not listen on {}", args.listen))?;
+    println!("listening on {}", sandbox.addr());
+    println!("webhook url {}", sandbox.webhook.url());
+    println!("weibo base_url {}", sandbox.weibo.base_url());
+    println!("mastodon base_url {}", sandbox.mastodon.base_url());
+    println!("discourse base_url {}", sandbox.discourse.base_url());
 
     tokio::signal::ctrl_c().await.context("could not wait for Ctrl-C")?;
     tracing::info!("shutting down");
-    receiver.shutdown().await;
+    sandbox.shutdown().await;
     Ok(())
 }

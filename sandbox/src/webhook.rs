@@ -30,8 +30,9 @@ use serde_json::{Value, json};
 use sha2::Sha256;
 use tokio::sync::Notify;
 
+use crate::emulator::Hosting;
 use crate::faults::{Fault, FaultPlan, FaultSpec, Injected, LatencySpec};
-use crate::server::{Binding, Connection, Server, Stopping};
+use crate::server::{Binding, Connection, Stopping};
 
 /// The path [`WebhookReceiver::url`] points at (any other path works too).
 pub const HOOK_PATH: &str = "/hook";
@@ -105,7 +106,7 @@ pub enum Outcome {
 /// A webhook receiver running in this process. Dropping it shuts the server
 /// down.
 pub struct WebhookReceiver {
-    server: Server,
+    hosting: Hosting,
     receiver: Arc<Receiver>,
 }
 
@@ -113,25 +114,38 @@ impl WebhookReceiver {
     /// Listen on `addr` (port 0 picks a free port). With a `secret`, every
     /// request must carry a valid `X-Herald-Signature`.
     pub async fn start(addr: SocketAddr, secret: Option<String>) -> io::Result<WebhookReceiver> {
+        let binding = Binding::bind(addr).await?;
+        let mut receiver = WebhookReceiver::mounted(binding.addr(), binding.stopping(), secret)?;
+        let server = binding.serve(receiver.router());
+        tracing::info!(addr = %server.addr(), signed = receiver.receiver.secret.is_some(), "webhook receiver listening");
+        receiver.hosting.server = Some(server);
+        Ok(receiver)
+    }
+
+    /// A receiver whose [`router`](Self::router) is mounted at the root of a
+    /// server on `addr`.
+    pub(crate) fn mounted(addr: SocketAddr, stopping: Stopping, secret: Option<String>) -> io::Result<WebhookReceiver> {
         if secret.as_deref() == Some("") {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "the webhook secret must not be empty"));
         }
-        let binding = Binding::bind(addr).await?;
         let receiver = Arc::new(Receiver {
-            base_url: format!("http://{}", binding.addr()),
+            base_url: format!("http://{addr}"),
             secret: secret.map(String::into_bytes),
             faults: FaultPlan::default(),
-            stopping: binding.stopping(),
+            stopping,
             ledger: Mutex::default(),
             arrivals: Notify::new(),
         });
-        let server = binding.serve(router(Arc::clone(&receiver)));
-        tracing::info!(addr = %server.addr(), signed = receiver.secret.is_some(), "webhook receiver listening");
-        Ok(WebhookReceiver { server, receiver })
+        Ok(WebhookReceiver { hosting: Hosting { server: None, addr }, receiver })
+    }
+
+    /// The receiver's routes (every path), for mounting.
+    pub fn router(&self) -> Router {
+        router(Arc::clone(&self.receiver))
     }
 
     pub fn addr(&self) -> SocketAddr {
-        self.server.addr()
+        self.hosting.addr
     }
 
     /// `http://ADDR`, the root of the receiver and its control API.
@@ -196,7 +210,7 @@ impl WebhookReceiver {
     /// Stop accepting connections, finish the answers in progress, and wait
     /// for the server to end.
     pub async fn shutdown(self) {
-        self.server.shutdown().await;
+        self.hosting.shutdown().await;
     }
 }
 
