@@ -245,7 +245,11 @@ impl DiscourseAdapter {
         let session = serde_json::from_slice::<wire::Session>(&answer.body).map_err(|_| {
             DeliveryError::transient(answer.platform_answer(), "Discourse's session answer could not be read")
         })?;
-        Ok(Probe { detail: format!("API key accepted for @{}", session.current_user.username), expires_at: None })
+        Ok(Probe {
+            checked: true,
+            detail: format!("API key accepted for @{}", session.current_user.username),
+            expires_at: None,
+        })
     }
 
     fn receipt(&self, topic_id: u64, slug: &str, answer: PlatformAnswer) -> Receipt {

@@ -173,7 +173,7 @@ impl MastodonAdapter {
         let account = serde_json::from_slice::<wire::Account>(&answer.body).map_err(|_| {
             DeliveryError::transient(answer.platform_answer(), "Mastodon's account answer could not be read")
         })?;
-        Ok(Probe { detail: format!("access token accepted for @{}", account.acct), expires_at: None })
+        Ok(Probe { checked: true, detail: format!("access token accepted for @{}", account.acct), expires_at: None })
     }
 
     /// `Ok` for a 2xx answer, else the error its status calls for.

@@ -222,7 +222,11 @@ impl WeiboAdapter {
         let builder = self.client.get(self.base.join(UID_PATH)).header(AUTHORIZATION, self.authorization.clone());
         let answer = self.call(builder, "get_uid", None).await?;
         let uid = self.read(&answer, wire::uid, "uid")?;
-        Ok(Probe { detail: format!("access token accepted for Weibo user {uid}"), expires_at: self.expires_at })
+        Ok(Probe {
+            checked: true,
+            detail: format!("access token accepted for Weibo user {uid}"),
+            expires_at: self.expires_at,
+        })
     }
 
     /// Read a successful answer of a call that publishes nothing.
