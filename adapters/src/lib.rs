@@ -14,6 +14,7 @@ pub mod registry;
 pub mod secret;
 pub mod services;
 pub mod webhook;
+pub mod wechat;
 
 use std::future::Future;
 use std::pin::Pin;

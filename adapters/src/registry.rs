@@ -8,22 +8,24 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Adapter, Services, webhook};
+use crate::{Adapter, Services, webhook, wechat};
 
 /// The platforms herald can publish to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Platform {
     Webhook,
+    Wechat,
 }
 
 impl Platform {
     /// Every platform, in the order documentation lists them.
-    pub const ALL: &'static [Platform] = &[Platform::Webhook];
+    pub const ALL: &'static [Platform] = &[Platform::Webhook, Platform::Wechat];
 
     pub fn name(self) -> &'static str {
         match self {
             Platform::Webhook => "webhook",
+            Platform::Wechat => "wechat",
         }
     }
 
@@ -37,6 +39,7 @@ impl Platform {
     pub fn secret_fields(self) -> &'static [&'static str] {
         match self {
             Platform::Webhook => webhook::SECRET_FIELDS,
+            Platform::Wechat => wechat::SECRET_FIELDS,
         }
     }
 
@@ -44,7 +47,7 @@ impl Platform {
     /// (requests, per window); `None` means unlimited unless configured.
     pub fn default_rate(self) -> Option<(u32, Duration)> {
         match self {
-            Platform::Webhook => None,
+            Platform::Webhook | Platform::Wechat => None,
         }
     }
 
@@ -66,6 +69,7 @@ impl fmt::Display for Platform {
 #[derive(Debug, Clone)]
 pub enum AccountSettings {
     Webhook(webhook::Settings),
+    Wechat(wechat::Settings),
 }
 
 impl AccountSettings {
@@ -77,12 +81,14 @@ impl AccountSettings {
     ) -> Result<Self, D::Error> {
         Ok(match platform {
             Platform::Webhook => AccountSettings::Webhook(webhook::Settings::deserialize(deserializer)?),
+            Platform::Wechat => AccountSettings::Wechat(wechat::Settings::deserialize(deserializer)?),
         })
     }
 
     pub fn platform(&self) -> Platform {
         match self {
             AccountSettings::Webhook(_) => Platform::Webhook,
+            AccountSettings::Wechat(_) => Platform::Wechat,
         }
     }
 }
@@ -117,8 +123,8 @@ pub fn build(
     http: HttpOptions,
     services: &Services,
 ) -> Result<Arc<dyn Adapter>, BuildError> {
-    let _ = services;
     Ok(match settings {
         AccountSettings::Webhook(s) => Arc::new(webhook::WebhookAdapter::new(s.clone(), http)?),
+        AccountSettings::Wechat(s) => Arc::new(wechat::WechatAdapter::new(s.clone(), http, services)?),
     })
 }
