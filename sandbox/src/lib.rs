@@ -6,6 +6,7 @@
 pub mod faults;
 mod server;
 pub mod webhook;
+pub mod wechat;
 
 pub use faults::{Fault, FaultSpec, LatencySpec, StatusFault};
 pub use webhook::{Outcome, ReceivedPost, Signature, WebhookReceiver};
