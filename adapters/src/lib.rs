@@ -13,6 +13,7 @@ pub mod http;
 pub mod registry;
 pub mod secret;
 pub mod services;
+pub mod tieba;
 pub mod webhook;
 pub mod wechat;
 

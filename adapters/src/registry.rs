@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Adapter, Services, webhook, wechat};
+use crate::{Adapter, Services, tieba, webhook, wechat};
 
 /// The platforms herald can publish to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -16,16 +16,19 @@ use crate::{Adapter, Services, webhook, wechat};
 pub enum Platform {
     Webhook,
     Wechat,
+    /// Experimental: no official API (see [`crate::tieba`]).
+    Tieba,
 }
 
 impl Platform {
     /// Every platform, in the order documentation lists them.
-    pub const ALL: &'static [Platform] = &[Platform::Webhook, Platform::Wechat];
+    pub const ALL: &'static [Platform] = &[Platform::Webhook, Platform::Wechat, Platform::Tieba];
 
     pub fn name(self) -> &'static str {
         match self {
             Platform::Webhook => "webhook",
             Platform::Wechat => "wechat",
+            Platform::Tieba => "tieba",
         }
     }
 
@@ -40,6 +43,7 @@ impl Platform {
         match self {
             Platform::Webhook => webhook::SECRET_FIELDS,
             Platform::Wechat => wechat::SECRET_FIELDS,
+            Platform::Tieba => tieba::SECRET_FIELDS,
         }
     }
 
@@ -48,12 +52,14 @@ impl Platform {
     pub fn default_rate(self) -> Option<(u32, Duration)> {
         match self {
             Platform::Webhook | Platform::Wechat => None,
+            // Accounts posting through the client API get frozen: go slowly.
+            Platform::Tieba => Some((6, Duration::from_secs(3600))),
         }
     }
 
     /// Whether this platform's adapter is experimental (shown by `check`).
     pub fn experimental(self) -> bool {
-        false
+        matches!(self, Platform::Tieba)
     }
 }
 
@@ -70,6 +76,7 @@ impl fmt::Display for Platform {
 pub enum AccountSettings {
     Webhook(webhook::Settings),
     Wechat(wechat::Settings),
+    Tieba(tieba::Settings),
 }
 
 impl AccountSettings {
@@ -82,6 +89,7 @@ impl AccountSettings {
         Ok(match platform {
             Platform::Webhook => AccountSettings::Webhook(webhook::Settings::deserialize(deserializer)?),
             Platform::Wechat => AccountSettings::Wechat(wechat::Settings::deserialize(deserializer)?),
+            Platform::Tieba => AccountSettings::Tieba(tieba::Settings::deserialize(deserializer)?),
         })
     }
 
@@ -89,6 +97,7 @@ impl AccountSettings {
         match self {
             AccountSettings::Webhook(_) => Platform::Webhook,
             AccountSettings::Wechat(_) => Platform::Wechat,
+            AccountSettings::Tieba(_) => Platform::Tieba,
         }
     }
 }
@@ -126,5 +135,6 @@ pub fn build(
     Ok(match settings {
         AccountSettings::Webhook(s) => Arc::new(webhook::WebhookAdapter::new(s.clone(), http)?),
         AccountSettings::Wechat(s) => Arc::new(wechat::WechatAdapter::new(s.clone(), http, services)?),
+        AccountSettings::Tieba(s) => Arc::new(tieba::TiebaAdapter::new(s.clone(), http)?),
     })
 }

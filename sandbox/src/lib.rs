@@ -5,6 +5,7 @@
 
 pub mod faults;
 mod server;
+pub mod tieba;
 pub mod webhook;
 pub mod wechat;
 
