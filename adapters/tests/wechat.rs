@@ -699,3 +699,20 @@ async fn the_registry_builds_a_working_wechat_adapter() {
     let unknown = AccountSettings::deserialize(Platform::Wechat, json!({ "appid": "a", "secret": "s", "token": "t" }));
     assert!(unknown.unwrap_err().to_string().contains("unknown field `token`"));
 }
+
+#[tokio::test]
+async fn publishing_through_the_combined_sandbox_with_its_documented_credentials() {
+    let sandbox = herald_sandbox::Sandbox::start("127.0.0.1:0".parse().unwrap(), Default::default()).await.unwrap();
+    let mut settings = Settings::new(wechat::SANDBOX_APPID, Secret::new(wechat::SANDBOX_SECRET));
+    settings.base_url = sandbox.wechat().base_url().to_string();
+    settings.poll_interval = "10ms".into();
+    let adapter = adapter(settings, &Services::in_memory(ACCOUNT));
+    let post = Post::new();
+
+    let receipt = adapter.publish(Delivery::new("d-sandbox", &adapter, &post).request()).await.unwrap();
+
+    let published = sandbox.wechat().published();
+    assert_eq!(receipt.url.as_deref(), Some(published[0].article_url.as_str()));
+    assert!(published[0].article_url.starts_with(&format!("http://{}/wechat/s/", sandbox.addr())));
+    sandbox.shutdown().await;
+}

@@ -1,22 +1,31 @@
-//! `herald-sandbox`: run the webhook receiver emulator until Ctrl-C.
+//! `herald-sandbox`: run every emulator (webhook receiver, WeChat, Tieba)
+//! on one address until Ctrl-C.
 
 use std::net::SocketAddr;
 
 use anyhow::Context;
 use clap::Parser;
-use herald_sandbox::WebhookReceiver;
+use herald_sandbox::tieba::{SANDBOX_BDUSS, SANDBOX_FID, SANDBOX_FORUM, TiebaConfig};
+use herald_sandbox::wechat::{SANDBOX_APPID, SANDBOX_SECRET, WechatConfig};
+use herald_sandbox::{Sandbox, SandboxConfig};
 use tracing_subscriber::EnvFilter;
 
-/// Run a local webhook receiver that records, verifies and de-duplicates
-/// herald's deliveries, with faults on demand (`POST /_sandbox/faults`).
+/// Run local emulators of the platforms herald publishes to, on one address:
+/// a webhook receiver at /hook that records, verifies and de-duplicates
+/// deliveries; WeChat below /wechat; Tieba below /tieba. Faults on demand
+/// through each one's /_sandbox/* control API.
+///
+/// Sandbox credentials (public, for demos and tests):
+///   WeChat: appid = "sandbox-wechat-appid", secret = "sandbox-wechat-secret"
+///   Tieba:  bduss = "sandbox-tieba-bduss", forum = "herald-sandbox", fid = 1001
 #[derive(Debug, Parser)]
-#[command(name = "herald-sandbox", version)]
+#[command(name = "herald-sandbox", version, verbatim_doc_comment)]
 struct Args {
     /// The address to listen on; port 0 picks a free port.
     #[arg(long, value_name = "ADDR")]
     listen: SocketAddr,
-    /// Read the signing secret from this environment variable; requests
-    /// without a valid X-Herald-Signature are then refused with 401.
+    /// Read the webhook signing secret from this environment variable;
+    /// requests without a valid X-Herald-Signature are then refused with 401.
     #[arg(long, value_name = "VAR")]
     secret_env: Option<String>,
 }
@@ -29,18 +38,27 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let args = Args::parse();
 
-    let secret = match &args.secret_env {
+    let webhook_secret = match &args.secret_env {
         Some(var) => Some(std::env::var(var).with_context(|| format!("environment variable {var} is not set"))?),
         None => None,
     };
-    let receiver = WebhookReceiver::start(args.listen, secret)
-        .await
-        .with_context(|| format!("could not listen on {}", args.listen))?;
-    println!("listening on {}", receiver.addr());
-    println!("webhook url {}", receiver.url());
+    let config = SandboxConfig {
+        webhook_secret,
+        wechat: WechatConfig::new(SANDBOX_APPID, SANDBOX_SECRET),
+        tieba: TiebaConfig::default(),
+    };
+    let sandbox =
+        Sandbox::start(args.listen, config).await.with_context(|| format!("could not listen on {}", args.listen))?;
+    println!("listening on {}", sandbox.addr());
+    println!("webhook url {}", sandbox.webhook_url());
+    println!("wechat base_url {} (appid {SANDBOX_APPID}, secret {SANDBOX_SECRET})", sandbox.wechat().base_url());
+    println!(
+        "tieba base_url {} (bduss {SANDBOX_BDUSS}, forum {SANDBOX_FORUM}, fid {SANDBOX_FID})",
+        sandbox.tieba().base_url()
+    );
 
     tokio::signal::ctrl_c().await.context("could not wait for Ctrl-C")?;
     tracing::info!("shutting down");
-    receiver.shutdown().await;
+    sandbox.shutdown().await;
     Ok(())
 }

@@ -113,18 +113,9 @@ impl WebhookReceiver {
     /// Listen on `addr` (port 0 picks a free port). With a `secret`, every
     /// request must carry a valid `X-Herald-Signature`.
     pub async fn start(addr: SocketAddr, secret: Option<String>) -> io::Result<WebhookReceiver> {
-        if secret.as_deref() == Some("") {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "the webhook secret must not be empty"));
-        }
+        check_secret(secret.as_deref())?;
         let binding = Binding::bind(addr).await?;
-        let receiver = Arc::new(Receiver {
-            base_url: format!("http://{}", binding.addr()),
-            secret: secret.map(String::into_bytes),
-            faults: FaultPlan::default(),
-            stopping: binding.stopping(),
-            ledger: Mutex::default(),
-            arrivals: Notify::new(),
-        });
+        let receiver = receiver(&binding, secret);
         let server = binding.serve(router(Arc::clone(&receiver)));
         tracing::info!(addr = %server.addr(), signed = receiver.secret.is_some(), "webhook receiver listening");
         Ok(WebhookReceiver { server, receiver })
@@ -207,6 +198,31 @@ impl std::fmt::Debug for WebhookReceiver {
             .field("signed", &self.receiver.secret.is_some())
             .finish_non_exhaustive()
     }
+}
+
+fn check_secret(secret: Option<&str>) -> io::Result<()> {
+    if secret == Some("") {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "the webhook secret must not be empty"));
+    }
+    Ok(())
+}
+
+fn receiver(binding: &Binding, secret: Option<String>) -> Arc<Receiver> {
+    Arc::new(Receiver {
+        base_url: format!("http://{}", binding.addr()),
+        secret: secret.map(String::into_bytes),
+        faults: FaultPlan::default(),
+        stopping: binding.stopping(),
+        ledger: Mutex::default(),
+        arrivals: Notify::new(),
+    })
+}
+
+/// The receiver's routes, to mount at the root of a shared server (see
+/// [`crate::Sandbox`]); its URL is `http://ADDR/hook`.
+pub(crate) fn mounted(binding: &Binding, secret: Option<String>) -> io::Result<Router> {
+    check_secret(secret.as_deref())?;
+    Ok(router(receiver(binding, secret)))
 }
 
 /// The receiver's shared state.
