@@ -16,7 +16,9 @@ pub mod mastodon;
 pub mod registry;
 pub mod secret;
 pub mod services;
+pub mod tieba;
 pub mod webhook;
+pub mod wechat;
 pub mod weibo;
 
 use std::future::Future;

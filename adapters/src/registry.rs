@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use chrono::{DateTime, Utc};
 
-use crate::{Adapter, Services, discourse, mastodon, webhook, weibo};
+use crate::{Adapter, Services, discourse, mastodon, tieba, webhook, wechat, weibo};
 
 /// The platforms herald can publish to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -20,11 +20,21 @@ pub enum Platform {
     Discourse,
     Mastodon,
     Webhook,
+    Wechat,
+    /// Experimental: no official API (see [`crate::tieba`]).
+    Tieba,
 }
 
 impl Platform {
     /// Every platform, in the order documentation lists them.
-    pub const ALL: &'static [Platform] = &[Platform::Weibo, Platform::Discourse, Platform::Mastodon, Platform::Webhook];
+    pub const ALL: &'static [Platform] = &[
+        Platform::Weibo,
+        Platform::Wechat,
+        Platform::Tieba,
+        Platform::Discourse,
+        Platform::Mastodon,
+        Platform::Webhook,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -32,6 +42,8 @@ impl Platform {
             Platform::Discourse => "discourse",
             Platform::Mastodon => "mastodon",
             Platform::Webhook => "webhook",
+            Platform::Wechat => "wechat",
+            Platform::Tieba => "tieba",
         }
     }
 
@@ -48,6 +60,8 @@ impl Platform {
             Platform::Discourse => discourse::SECRET_FIELDS,
             Platform::Mastodon => mastodon::SECRET_FIELDS,
             Platform::Webhook => webhook::SECRET_FIELDS,
+            Platform::Wechat => wechat::SECRET_FIELDS,
+            Platform::Tieba => tieba::SECRET_FIELDS,
         }
     }
 
@@ -61,13 +75,15 @@ impl Platform {
             Platform::Discourse => Some((60, Duration::from_secs(60))),
             // 300 statuses per 3 hours per account.
             Platform::Mastodon => Some((300, 3 * HOUR)),
-            Platform::Webhook => None,
+            Platform::Webhook | Platform::Wechat => None,
+            // Accounts posting through the client API get frozen: go slowly.
+            Platform::Tieba => Some((6, HOUR)),
         }
     }
 
     /// Whether this platform's adapter is experimental (shown by `check`).
     pub fn experimental(self) -> bool {
-        false
+        matches!(self, Platform::Tieba)
     }
 }
 
@@ -86,6 +102,8 @@ pub enum AccountSettings {
     Discourse(discourse::Settings),
     Mastodon(mastodon::Settings),
     Webhook(webhook::Settings),
+    Wechat(wechat::Settings),
+    Tieba(tieba::Settings),
 }
 
 impl AccountSettings {
@@ -100,6 +118,8 @@ impl AccountSettings {
             Platform::Discourse => AccountSettings::Discourse(discourse::Settings::deserialize(deserializer)?),
             Platform::Mastodon => AccountSettings::Mastodon(mastodon::Settings::deserialize(deserializer)?),
             Platform::Webhook => AccountSettings::Webhook(webhook::Settings::deserialize(deserializer)?),
+            Platform::Wechat => AccountSettings::Wechat(wechat::Settings::deserialize(deserializer)?),
+            Platform::Tieba => AccountSettings::Tieba(tieba::Settings::deserialize(deserializer)?),
         })
     }
 
@@ -109,6 +129,8 @@ impl AccountSettings {
             AccountSettings::Discourse(_) => Platform::Discourse,
             AccountSettings::Mastodon(_) => Platform::Mastodon,
             AccountSettings::Webhook(_) => Platform::Webhook,
+            AccountSettings::Wechat(_) => Platform::Wechat,
+            AccountSettings::Tieba(_) => Platform::Tieba,
         }
     }
 
@@ -117,7 +139,11 @@ impl AccountSettings {
     pub fn credentials_expire_at(&self) -> Option<DateTime<Utc>> {
         match self {
             AccountSettings::Weibo(s) => s.expires_at,
-            AccountSettings::Discourse(_) | AccountSettings::Mastodon(_) | AccountSettings::Webhook(_) => None,
+            AccountSettings::Discourse(_)
+            | AccountSettings::Mastodon(_)
+            | AccountSettings::Webhook(_)
+            | AccountSettings::Wechat(_)
+            | AccountSettings::Tieba(_) => None,
         }
     }
 }
@@ -154,11 +180,12 @@ pub fn build(
     http: HttpOptions,
     services: &Services,
 ) -> Result<Arc<dyn Adapter>, BuildError> {
-    let _ = services;
     Ok(match settings {
         AccountSettings::Weibo(s) => Arc::new(weibo::WeiboAdapter::new(s.clone(), http)?),
         AccountSettings::Discourse(s) => Arc::new(discourse::DiscourseAdapter::new(s.clone(), http)?),
         AccountSettings::Mastodon(s) => Arc::new(mastodon::MastodonAdapter::new(s.clone(), http)?),
         AccountSettings::Webhook(s) => Arc::new(webhook::WebhookAdapter::new(s.clone(), http)?),
+        AccountSettings::Wechat(s) => Arc::new(wechat::WechatAdapter::new(s.clone(), http, services)?),
+        AccountSettings::Tieba(s) => Arc::new(tieba::TiebaAdapter::new(s.clone(), http)?),
     })
 }

@@ -11,14 +11,16 @@ pub mod faults;
 pub mod mastodon;
 mod server;
 pub mod suite;
+pub mod tieba;
 pub mod tokens;
 pub mod webhook;
+pub mod wechat;
 pub mod weibo;
 
 pub use discourse::{DiscourseConfig, DiscourseEmulator, DiscourseTopic};
 pub use faults::{Fault, FaultSpec, LatencySpec, StatusFault};
 pub use mastodon::{MastodonConfig, MastodonEmulator, MastodonStatus};
-pub use suite::{Sandbox, SandboxOptions};
+pub use suite::{Sandbox, SandboxOptions, TIEBA_PREFIX, WECHAT_PREFIX};
 pub use tokens::{SANDBOX_TOKEN_PREFIX, Tokens};
 pub use webhook::{Outcome, ReceivedPost, Signature, WebhookReceiver};
 pub use weibo::{WeiboConfig, WeiboEmulator, WeiboPost};

@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 use anyhow::Context;
 use clap::Parser;
 use herald_sandbox::suite::{DEFAULT_SAFE_DOMAIN, Sandbox, SandboxOptions};
+use herald_sandbox::tieba::{SANDBOX_BDUSS, SANDBOX_FID, SANDBOX_FORUM};
+use herald_sandbox::wechat::{SANDBOX_APPID, SANDBOX_SECRET};
 use herald_sandbox::{SANDBOX_TOKEN_PREFIX, Tokens};
 use tracing_subscriber::EnvFilter;
 
@@ -14,13 +16,17 @@ use tracing_subscriber::EnvFilter;
 /// On one address: a webhook receiver that records, verifies and
 /// de-duplicates deliveries (any path, e.g. http://ADDR/hook), and emulators
 /// of Weibo (http://ADDR/weibo), Mastodon (http://ADDR/mastodon) and
-/// Discourse (http://ADDR/discourse): give these as the accounts' base_url.
+/// Discourse (http://ADDR/discourse), WeChat (http://ADDR/wechat) and Tieba
+/// (http://ADDR/tieba): give these as the accounts' base_url.
 ///
-/// Tokens: every emulator accepts any access token or API key that starts
-/// with "sandbox-" (e.g. access_token = "sandbox-wuhan"), and the tokens
-/// read with --token-env.
+/// Tokens: the Weibo, Mastodon and Discourse emulators accept any access
+/// token or API key that starts with "sandbox-" (e.g. access_token =
+/// "sandbox-wuhan"), and the tokens read with --token-env.
+/// Sandbox credentials (public, for demos and tests):
+///   WeChat: appid = "sandbox-wechat-appid", secret = "sandbox-wechat-secret"
+///   Tieba:  bduss = "sandbox-tieba-bduss", forum = "herald-sandbox", fid = 1001
 #[derive(Debug, Parser)]
-#[command(name = "herald-sandbox", version)]
+#[command(name = "herald-sandbox", version, verbatim_doc_comment)]
 struct Args {
     /// The address to listen on; port 0 picks a free port.
     #[arg(long, value_name = "ADDR")]
@@ -54,6 +60,7 @@ async fn main() -> anyhow::Result<()> {
         webhook_secret: secret,
         tokens: Tokens::new(tokens).with_prefix(SANDBOX_TOKEN_PREFIX),
         safe_domain: args.safe_domain.trim().to_ascii_lowercase(),
+        ..SandboxOptions::default()
     };
     let sandbox =
         Sandbox::start(args.listen, options).await.with_context(|| format!("could not listen on {}", args.listen))?;
@@ -62,6 +69,11 @@ async fn main() -> anyhow::Result<()> {
     println!("weibo base_url {}", sandbox.weibo.base_url());
     println!("mastodon base_url {}", sandbox.mastodon.base_url());
     println!("discourse base_url {}", sandbox.discourse.base_url());
+    println!("wechat base_url {} (appid {SANDBOX_APPID}, secret {SANDBOX_SECRET})", sandbox.wechat.base_url());
+    println!(
+        "tieba base_url {} (bduss {SANDBOX_BDUSS}, forum {SANDBOX_FORUM}, fid {SANDBOX_FID})",
+        sandbox.tieba.base_url()
+    );
 
     tokio::signal::ctrl_c().await.context("could not wait for Ctrl-C")?;
     tracing::info!("shutting down");
