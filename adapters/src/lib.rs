@@ -112,6 +112,13 @@ pub trait Adapter: Send + Sync {
         })
     }
 
+    /// How long one attempt may take in all, when the adapter needs longer
+    /// than the daemon's default (request timeouts plus a margin): WeChat
+    /// follows a publish job for minutes. `None` keeps the default.
+    fn attempt_limit(&self) -> Option<std::time::Duration> {
+        None
+    }
+
     /// Obtain fresh credentials after the platform said they expired. The
     /// daemon calls this at most once per attempt, then publishes once more.
     /// Platforms without refreshable credentials answer a permanent error.

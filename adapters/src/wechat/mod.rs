@@ -204,6 +204,11 @@ fn duration(field: &'static str, text: &str) -> Result<Duration, BuildError> {
 }
 
 impl Adapter for WechatAdapter {
+    fn attempt_limit(&self) -> Option<Duration> {
+        // Token, uploads and submit, then following the publish job.
+        Some(self.poll_timeout + Duration::from_secs(120))
+    }
+
     fn platform(&self) -> Platform {
         Platform::Wechat
     }

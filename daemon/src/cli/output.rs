@@ -35,7 +35,7 @@ fn answer(r: &AuditRecord) -> String {
 fn detail(r: &AuditRecord) -> String {
     let mut parts = Vec::new();
     if let Some(reason) = &r.reason
-        && !matches!(r.event, crate::model::Event::Delivered | crate::model::Event::Attempt)
+        && r.event != crate::model::Event::Attempt
     {
         parts.push(reason.clone());
     }

@@ -718,6 +718,24 @@ impl Loader {
                 return;
             }
         };
+        if let Some(expires) = settings.credentials_expire_at() {
+            let left = expires - self.now;
+            if left <= chrono::Duration::zero() {
+                let msg = format!(
+                    "account `{id}`: its credentials expired at {}; re-authorize the account",
+                    expires.to_rfc3339()
+                );
+                self.diags.error(file, Some(span.clone()), msg);
+                return;
+            } else if left <= chrono::Duration::days(14) {
+                let msg = format!(
+                    "account `{id}`: its credentials expire at {} (in {} days); re-authorize it before then",
+                    expires.to_rfc3339(),
+                    left.num_days()
+                );
+                self.diags.warning(file, Some(span.clone()), msg);
+            }
+        }
         if platform.experimental() {
             let msg =
                 format!("account `{id}`: the {platform} adapter is experimental; read the README before relying on it");

@@ -20,6 +20,9 @@ pub struct Finished {
     /// The delivery was uncertain and the platform showed it was already
     /// published: nothing was sent.
     pub found: bool,
+    /// The delivery was uncertain, the platform was searched and it was not
+    /// there, so it was sent again.
+    pub looked_up: bool,
 }
 
 /// Publish `content` for `delivery`; refresh credentials and publish once
@@ -40,6 +43,7 @@ pub async fn run(adapter: Arc<dyn Adapter>, delivery: Delivery, content: Rendere
     };
     let mut refreshed = false;
     let mut found = false;
+    let mut looked_up = false;
     let work = async {
         if request.uncertain {
             // An earlier attempt may have gone through: look before re-sending.
@@ -47,6 +51,7 @@ pub async fn run(adapter: Arc<dyn Adapter>, delivery: Delivery, content: Rendere
                 found = true;
                 return Ok(receipt);
             }
+            looked_up = true;
         }
         let first = adapter.publish(request.clone()).await;
         match first {
@@ -73,5 +78,5 @@ pub async fn run(adapter: Arc<dyn Adapter>, delivery: Delivery, content: Rendere
         )
         .maybe_sent()),
     };
-    Finished { delivery, result, latency: started.elapsed(), refreshed, found }
+    Finished { delivery, result, latency: started.elapsed(), refreshed, found, looked_up }
 }

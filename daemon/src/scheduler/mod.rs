@@ -293,11 +293,13 @@ impl Scheduler {
                 latency: Duration::ZERO,
                 refreshed: false,
                 found: false,
+                looked_up: false,
             };
             return self.record(vec![finished], now);
         };
         tracing::debug!(delivery = %d.id, post = %d.post_id, account = %d.account, attempt = d.attempt, "attempt started");
-        let limit = account.http.timeout * 2 + account.http.connect_timeout + Duration::from_secs(5);
+        let default_limit = account.http.timeout * 2 + account.http.connect_timeout + Duration::from_secs(5);
+        let limit = account.adapter.attempt_limit().map_or(default_limit, |l| l.max(default_limit));
         let delivery = d.clone();
         let handle = self.running.spawn(attempt::run(account.adapter, d, content, limit));
         self.running_ids.insert(handle.id(), delivery);
@@ -460,6 +462,7 @@ impl Scheduler {
                             latency: Duration::ZERO,
                             refreshed: false,
                             found: false,
+                            looked_up: false,
                         });
                     }
                 }
