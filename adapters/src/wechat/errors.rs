@@ -111,8 +111,9 @@ pub(super) const TABLE: &[Entry] = &[
 ];
 
 /// What `errcode` on `api` calls for, with its meaning; `None` for success
-/// (0). A code missing from the table is permanent: it will not change by
-/// retrying blindly, and the reason names it so the table can be extended.
+/// (0). A code missing from the table is retried like a transient error:
+/// the daemon bounds the attempts, and the reason (with the raw code in the
+/// audit log) names it so the table can be extended.
 pub(super) fn classify(api: Api, errcode: i64) -> Option<(Verdict, &'static str)> {
     if errcode == 0 {
         return None;
@@ -123,7 +124,7 @@ pub(super) fn classify(api: Api, errcode: i64) -> Option<(Verdict, &'static str)
     }
     Some(match TABLE.iter().find(|row| row.code == errcode) {
         Some(row) => (row.verdict, row.meaning),
-        None => (Verdict::Refused, "undocumented errcode"),
+        None => (Verdict::Retry, "undocumented errcode"),
     })
 }
 
@@ -282,11 +283,11 @@ mod tests {
     }
 
     #[test]
-    fn zero_is_success_and_unknown_codes_are_permanent() {
+    fn zero_is_success_and_unknown_codes_are_retried_a_bounded_number_of_times() {
         assert_eq!(classify(Api::DraftAdd, 0), None);
         let (verdict, meaning) = classify(Api::DraftAdd, 99999).unwrap();
-        assert_eq!((verdict, meaning), (Verdict::Refused, "undocumented errcode"));
-        assert_eq!(class(Api::Submit, 40007), Some(ErrorClass::Permanent));
+        assert_eq!((verdict, meaning), (Verdict::Retry, "undocumented errcode"));
+        assert_eq!(class(Api::Submit, 40007), Some(ErrorClass::Transient));
     }
 
     #[test]
