@@ -256,6 +256,27 @@ struct Authorized {
     gid: u32,
 }
 
+impl Authorized {
+    /// Root, herald's user, or a member of herald's group (primary or
+    /// supplementary). The socket's mode (0660) already keeps others out;
+    /// this check refuses them even if the mode was widened. A peer whose
+    /// groups cannot be read (systemd's ProtectProc hides other users'
+    /// processes) passed the kernel's 0660 check, so it is a member.
+    fn allows(&self, uid: u32, gid: u32, pid: Option<i32>) -> bool {
+        if uid == 0 || uid == self.uid || gid == self.gid {
+            return true;
+        }
+        let groups = pid.and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok());
+        match groups {
+            Some(status) => status
+                .lines()
+                .find_map(|l| l.strip_prefix("Groups:"))
+                .is_some_and(|list| list.split_whitespace().any(|g| g.parse() == Ok(self.gid))),
+            None => true,
+        }
+    }
+}
+
 impl axum::serve::Listener for Authorized {
     type Io = UnixStream;
     type Addr = tokio::net::unix::SocketAddr;
@@ -264,7 +285,7 @@ impl axum::serve::Listener for Authorized {
         loop {
             match self.inner.accept().await {
                 Ok((stream, addr)) => match stream.peer_cred() {
-                    Ok(cred) if cred.uid() == 0 || cred.uid() == self.uid || cred.gid() == self.gid => {
+                    Ok(cred) if self.allows(cred.uid(), cred.gid(), cred.pid()) => {
                         return (stream, addr);
                     }
                     Ok(cred) => {

@@ -181,7 +181,13 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             let level =
                 crate::config::peek(&config.config).ok().and_then(|p| p.log_level).unwrap_or_else(|| "info".into());
             logging::init(log_format, &level);
-            runtime()?.block_on(crate::service::run(&config.config))?;
+            let runtime = runtime()?;
+            let result = runtime.block_on(crate::service::run(&config.config));
+            // Stop the runtime's workers here, in order, rather than in their
+            // thread-local destructors at exit, where a task dropped late can
+            // no longer log.
+            runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+            result?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { config, upcoming, format, probe } => check::run(&config.config, upcoming, format, probe),

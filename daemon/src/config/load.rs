@@ -1138,11 +1138,37 @@ pub struct Peek {
     pub log_level: Option<String>,
 }
 
+/// The `[daemon]` section of a config's text, as a document of its own.
+fn daemon_section(text: &str) -> String {
+    let mut out = String::new();
+    let mut inside = false;
+    for line in text.lines() {
+        let trimmed = line.trim_start();
+        if trimmed.starts_with('[') {
+            inside = trimmed.starts_with("[daemon]");
+        }
+        if inside {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
 /// Read [`Peek`] from the main config file.
 pub fn peek(path: &Path) -> Result<Peek, String> {
     let text =
         std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read the config file: {e}", path.display()))?;
-    let doc = toml_edit::Document::parse(text).map_err(|e| format!("{}: {}", path.display(), e.message().trim()))?;
+    let doc = match toml_edit::Document::parse(text.clone()) {
+        Ok(doc) => doc,
+        // A half-edited file elsewhere must not cut the CLI off from the
+        // running daemon: read the [daemon] section on its own.
+        Err(whole) => toml_edit::Document::parse(daemon_section(&text)).map_err(|_| {
+            let file = SourceFile::new(path.to_path_buf(), text.clone());
+            let (line, column) = whole.span().map_or((0, 0), |s| file.line_col(s.start));
+            format!("{}:{line}:{column}: TOML syntax error: {}", path.display(), whole.message().trim())
+        })?,
+    };
     let daemon = doc.get("daemon").and_then(Item::as_table_like);
     let get = |key: &str| daemon.and_then(|d| d.get(key));
     let base = path.parent().unwrap_or(Path::new("."));

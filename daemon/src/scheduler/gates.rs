@@ -15,6 +15,9 @@ pub struct Gate {
     /// Start times within the current rate window, oldest first.
     starts: VecDeque<Millis>,
     pub paused_until: Option<Millis>,
+    /// Transient failures in a row: while a platform is down, the whole
+    /// account backs off, not only each delivery (no retry storm).
+    pub consecutive_failures: u32,
 }
 
 /// Why an account cannot start a delivery now.

@@ -324,6 +324,9 @@ impl Scheduler {
             let mut paused = false;
             let (event, answer) = match f.result {
                 Ok(receipt) => {
+                    if let Some(gate) = self.gates.get(&d.account) {
+                        gate.consecutive_failures = 0;
+                    }
                     d.state = State::Delivered;
                     d.remote_id = receipt.remote_id;
                     d.url = receipt.url;
@@ -337,7 +340,8 @@ impl Scheduler {
                 }
                 Err(e) => {
                     d.uncertain = d.uncertain || e.maybe_sent;
-                    let retry = &self.config.retry;
+                    let config = Arc::clone(&self.config);
+                    let retry = &config.retry;
                     let exhausted = d.attempt >= retry.max_attempts;
                     let reason = describe(&e);
                     let event = match e.class {
@@ -347,6 +351,9 @@ impl Scheduler {
                             Event::Failed
                         }
                         _ if exhausted => {
+                            if e.class == ErrorClass::Transient {
+                                self.account_backoff(&d.account, now);
+                            }
                             d.state = State::Failed;
                             let plural = if d.attempt == 1 { "" } else { "s" };
                             d.reason =
@@ -376,6 +383,7 @@ impl Scheduler {
                             Event::RetryScheduled
                         }
                         ErrorClass::Transient => {
+                            self.account_backoff(&d.account, now);
                             let wait = backoff::delay(retry, d.attempt, self.rng.f64());
                             d.state = State::Pending;
                             d.due = to_millis(now) + wait.as_millis() as Millis;
@@ -418,6 +426,22 @@ impl Scheduler {
         }
         self.apply(changes)?;
         self.store.flush()
+    }
+
+    /// A transient failure: the account as a whole waits the backoff of its
+    /// failures in a row, so a platform that is down sees a few requests per
+    /// backoff period, not one per pending delivery.
+    fn account_backoff(&mut self, account: &str, now: DateTime<Utc>) {
+        let unit = self.rng.f64();
+        let config = Arc::clone(&self.config);
+        if let Some(gate) = self.gates.get(account) {
+            gate.consecutive_failures += 1;
+            let wait = backoff::delay(&config.retry, gate.consecutive_failures, unit);
+            gate.pause_until(to_millis(now) + wait.as_millis() as Millis);
+            if gate.consecutive_failures == 3 {
+                tracing::warn!(account, failures = 3, "the platform keeps failing; the account backs off as a whole");
+            }
+        }
     }
 
     /// When the loop should look again: the next timer, the next due

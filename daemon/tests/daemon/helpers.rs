@@ -239,11 +239,162 @@ impl TestDir {
         args.extend_from_slice(filters);
         let out = self.cli(&args);
         assert!(out.status.success(), "herald log failed: {}", text(&out.stderr));
+        records(&out.stdout)
+    }
+
+    /// The state directory `daemon_section()` names.
+    pub fn state_dir(&self) -> PathBuf {
+        self.path().join("state")
+    }
+
+    /// Where herald puts its control socket by default (no `control_socket`,
+    /// no `RUNTIME_DIRECTORY`).
+    pub fn socket(&self) -> PathBuf {
+        self.state_dir().join("herald.sock")
+    }
+
+    /// Run a herald command that must be answered by the running daemon
+    /// through its control socket (its stderr says so). Success is not
+    /// checked here.
+    pub fn ask_daemon(&self, args: &[&str]) -> Output {
+        let out = self.cli(args);
+        let stderr = text(&out.stderr);
+        assert!(
+            stderr.contains(ASKED_DAEMON),
+            "herald {args:?} did not ask the running daemon (exit {}); stderr:\n{stderr}",
+            out.status
+        );
+        out
+    }
+
+    /// [`TestDir::ask_daemon`], and the command must succeed: its stdout.
+    pub fn ask_daemon_ok(&self, args: &[&str]) -> String {
+        let out = self.ask_daemon(args);
+        assert!(out.status.success(), "herald {args:?} failed ({}): {}", out.status, text(&out.stderr));
         text(&out.stdout)
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| Record::parse(serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))))
-            .collect()
+    }
+
+    /// `herald log --format json` with filters, answered by the running daemon.
+    pub fn log_from_daemon(&self, filters: &[&str]) -> Vec<Record> {
+        let mut args = vec!["log", "--format", "json"];
+        args.extend_from_slice(filters);
+        records(self.ask_daemon_ok(&args).as_bytes())
+    }
+}
+
+/// What the inspecting commands print on stderr when a daemon answered them.
+pub const ASKED_DAEMON: &str = "(asking the running herald daemon through ";
+/// ... and when they read the state directory themselves.
+pub const READ_STORE: &str = "(no herald daemon is running: reading the state directory ";
+
+/// The path of the `herald` binary under test.
+pub fn herald_binary() -> &'static str {
+    HERALD
+}
+
+/// The records `herald log --format json` printed.
+pub fn records(stdout: &[u8]) -> Vec<Record> {
+    text(stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| Record::parse(serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))))
+        .collect()
+}
+
+/// Poll `check` until it holds, at most `within`; fails naming `what`.
+pub async fn eventually(what: &str, within: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if check() {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{what}: not so within {within:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1:0");
+    listener.local_addr().unwrap().port()
+}
+
+/// One message herald sent to `$NOTIFY_SOCKET`.
+#[derive(Debug, Clone)]
+pub struct Notification {
+    pub text: String,
+    pub at: std::time::Instant,
+    /// Did herald's control socket accept a connection when this arrived?
+    pub control_socket_answered: bool,
+}
+
+impl Notification {
+    /// `KEY=value` lines of the message.
+    pub fn field(&self, key: &str) -> Option<&str> {
+        self.text.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+    }
+}
+
+/// A datagram socket standing in for systemd's `$NOTIFY_SOCKET`: every
+/// message herald sends is kept, in order of arrival.
+pub struct NotifySocket {
+    path: PathBuf,
+    messages: std::sync::Arc<std::sync::Mutex<Vec<Notification>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl NotifySocket {
+    /// Bind at `path`; `control_socket` is probed when each message arrives.
+    pub fn bind(path: &Path, control_socket: PathBuf) -> NotifySocket {
+        let socket = tokio::net::UnixDatagram::bind(path).expect("binding the notify socket");
+        let messages = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = std::sync::Arc::clone(&messages);
+        let task = tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            while let Ok(n) = socket.recv(&mut buf).await {
+                let control_socket_answered = std::os::unix::net::UnixStream::connect(&control_socket).is_ok();
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let at = std::time::Instant::now();
+                kept.lock().unwrap().push(Notification { text, at, control_socket_answered });
+            }
+        });
+        NotifySocket { path: path.to_path_buf(), messages, task }
+    }
+
+    pub fn path(&self) -> &str {
+        self.path.to_str().expect("a UTF-8 path")
+    }
+
+    pub fn messages(&self) -> Vec<Notification> {
+        self.messages.lock().unwrap().clone()
+    }
+
+    /// Wait until `condition` holds for the messages so far, at most `within`.
+    pub async fn wait_for(
+        &self,
+        what: &str,
+        within: Duration,
+        condition: impl Fn(&[Notification]) -> bool,
+    ) -> Vec<Notification> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let messages = self.messages();
+            if condition(&messages) {
+                return messages;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no {what} on NOTIFY_SOCKET within {within:?}; got: {:?}",
+                messages.iter().map(|m| &m.text).collect::<Vec<_>>()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for NotifySocket {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 

@@ -5,6 +5,7 @@
 //! and `herald log` say afterwards.
 
 mod helpers;
+mod operations;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
@@ -302,6 +303,12 @@ async fn a_killed_daemon_loses_nothing_after_a_restart() {
         "only {} of {total} deliveries arrived",
         distinct_accepted(&hook.received())
     );
+    // Deliveries the receiver took before the kill, unrecorded then, are sent
+    // again after the restart: wait for herald to have recorded every one.
+    eventually("herald records every delivery", Duration::from_secs(60), || {
+        status_counts(&text(&dir.cli(&["status"]).stdout)).get("delivered").copied() == Some(total as u64)
+    })
+    .await;
     herald.stop().await;
 
     let received = hook.received();
