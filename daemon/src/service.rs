@@ -183,6 +183,17 @@ fn serve_metrics(
     }))
 }
 
+/// The config has errors, so herald did not start. `herald run` exits with
+/// [`ConfigRefused::EXIT_CODE`] (EX_CONFIG), which the systemd unit names in
+/// RestartPreventExitStatus= so a refused config is not retried in a loop.
+#[derive(Debug, thiserror::Error)]
+#[error("the config {} has errors; herald did not start", .0.display())]
+pub struct ConfigRefused(pub PathBuf);
+
+impl ConfigRefused {
+    pub const EXIT_CODE: u8 = 78;
+}
+
 /// `herald run --config FILE`.
 pub async fn run(path: &Path) -> anyhow::Result<()> {
     let outcome = config::load(path);
@@ -194,7 +205,7 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
         }
     }
     let Some(config) = outcome.config else {
-        anyhow::bail!("the config {} has errors; herald did not start", path.display());
+        return Err(ConfigRefused(path.to_path_buf()).into());
     };
     let daemon = Daemon::start(config, Arc::new(Notifier::from_env()))?;
     wait_for_signals(&daemon).await?;

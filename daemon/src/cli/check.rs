@@ -73,9 +73,15 @@ struct RenderedView {
     characters: usize,
 }
 
-pub fn run(path: &Path, upcoming: usize, format: CheckFormat, probe: bool) -> anyhow::Result<ExitCode> {
-    let outcome = config::load(path);
+pub fn run(
+    path: &Path,
+    upcoming: usize,
+    format: CheckFormat,
+    probe: bool,
+    credentials_dir: Option<std::path::PathBuf>,
+) -> anyhow::Result<ExitCode> {
     let now = Utc::now();
+    let outcome = config::load_with(path, now, credentials_dir);
     let (accounts, posts) = match &outcome.config {
         Some(config) => (accounts(config), plans(config, now, upcoming)),
         None => (Vec::new(), Vec::new()),

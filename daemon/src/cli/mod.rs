@@ -69,6 +69,10 @@ enum Command {
         /// whether its credentials work and when they expire.
         #[arg(long)]
         probe: bool,
+        /// Read `{ credential = "name" }` secrets from this folder (as systemd's
+        /// LoadCredential= would provide them), e.g. /etc/herald/secrets.
+        #[arg(long, value_name = "DIR", env = "CREDENTIALS_DIRECTORY")]
+        credentials_dir: Option<PathBuf>,
     },
     /// Show deliveries by state, the next one due, and failed deliveries with their reasons.
     Status {
@@ -166,7 +170,10 @@ pub fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("herald: {e:#}");
-            ExitCode::FAILURE
+            match e.downcast_ref::<crate::service::ConfigRefused>() {
+                Some(_) => ExitCode::from(crate::service::ConfigRefused::EXIT_CODE),
+                None => ExitCode::FAILURE,
+            }
         }
     }
 }
@@ -190,7 +197,9 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             result?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Check { config, upcoming, format, probe } => check::run(&config.config, upcoming, format, probe),
+        Command::Check { config, upcoming, format, probe, credentials_dir } => {
+            check::run(&config.config, upcoming, format, probe, credentials_dir)
+        }
         Command::Status { state, failed } => inspect::status(&state.source()?, failed),
         Command::Log { state, post, account, platform, events, delivery, since, until, format, content } => {
             let source = state.source()?;

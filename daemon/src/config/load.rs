@@ -44,8 +44,14 @@ pub fn load(path: &Path) -> LoadOutcome {
 }
 
 /// Read and check the config at `path`, judging `at` times against `now`.
+/// `{ credential }` secrets are read from `$CREDENTIALS_DIRECTORY`.
 pub fn load_at(path: &Path, now: DateTime<Utc>) -> LoadOutcome {
-    let mut loader = Loader { diags: Diagnostics::default(), now, ..Loader::default() };
+    load_with(path, now, std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from))
+}
+
+/// [`load_at`], reading `{ credential }` secrets from `credentials_dir`.
+pub fn load_with(path: &Path, now: DateTime<Utc>, credentials_dir: Option<PathBuf>) -> LoadOutcome {
+    let mut loader = Loader { diags: Diagnostics::default(), now, credentials_dir, ..Loader::default() };
     let config = loader.run(path);
     let mut diagnostics = loader.diags.items;
     diagnostics.sort_by(|a, b| (a.severity, &a.file, a.line, a.column).cmp(&(b.severity, &b.file, b.line, b.column)));
@@ -62,6 +68,8 @@ const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
 struct Loader {
     diags: Diagnostics,
     now: DateTime<Utc>,
+    /// Where `{ credential = "name" }` secrets are read.
+    credentials_dir: Option<PathBuf>,
     files: Vec<SourceFile>,
     accounts: BTreeMap<String, (Account, usize, Range<usize>)>,
     groups: BTreeMap<String, GroupDef>,
@@ -231,7 +239,7 @@ impl Loader {
         let dir = self.files[idx].dir().to_path_buf();
         if let Some(secret) = item.as_table_like_mut().and_then(|t| t.get_mut("secret")) {
             let at = secret.span();
-            match secrets::resolve("secret", secret, &dir) {
+            match secrets::resolve("secret", secret, &dir, self.credentials_dir.as_deref()) {
                 Ok(Resolved::Value(v)) => secrets::replace(secret, v),
                 Ok(Resolved::Inline(v)) => {
                     self.diags.warning(
@@ -676,7 +684,7 @@ impl Loader {
         for key in platform.secret_fields() {
             let Some(item) = table.get_mut(key) else { continue };
             let at = item.span();
-            match secrets::resolve(key, item, &file_dir) {
+            match secrets::resolve(key, item, &file_dir, self.credentials_dir.as_deref()) {
                 Ok(Resolved::Value(value)) => secrets::replace(item, value),
                 Ok(Resolved::Inline(value)) => {
                     let msg = format!(

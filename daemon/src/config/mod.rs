@@ -19,7 +19,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 pub use diag::{Diagnostic, Severity};
-pub use load::{LoadOutcome, Peek, load, load_at, peek};
+pub use load::{LoadOutcome, Peek, load, load_at, load_with, peek};
 pub use values::{Misfire, Rate, TimeValue, parse_duration};
 
 use crate::schedule::Schedule;

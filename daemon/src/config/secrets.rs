@@ -15,7 +15,7 @@ pub enum Resolved {
 
 /// Read the secret an account setting points at. Errors say what is missing,
 /// never the value.
-pub fn resolve(key: &str, item: &Item, config_dir: &Path) -> Result<Resolved, String> {
+pub fn resolve(key: &str, item: &Item, config_dir: &Path, credentials_dir: Option<&Path>) -> Result<Resolved, String> {
     let form = "expected { env = \"VAR\" }, { file = \"path\" }, { credential = \"name\" } or a string";
     if let Some(s) = item.as_str() {
         return Ok(Resolved::Inline(s.to_string()));
@@ -35,13 +35,14 @@ pub fn resolve(key: &str, item: &Item, config_dir: &Path) -> Result<Resolved, St
                 .map_err(|e| format!("`{key}` comes from file {}, which cannot be read: {e}", path.display()))?
         }
         "credential" => {
-            let dir = std::env::var_os("CREDENTIALS_DIRECTORY").ok_or_else(|| {
+            let dir = credentials_dir.ok_or_else(|| {
                 format!(
                     "`{key}` comes from systemd credential `{name}`, but $CREDENTIALS_DIRECTORY is not set \
-                     (set LoadCredential={name}:... in the unit, or use {{ env }} or {{ file }} outside systemd)"
+                     (set LoadCredential={name}:... in the unit; outside systemd, `herald check \
+                     --credentials-dir /etc/herald/secrets` reads them from that folder)"
                 )
             })?;
-            let path = Path::new(&dir).join(name);
+            let path = dir.join(name);
             std::fs::read_to_string(&path)
                 .map_err(|e| format!("`{key}` comes from systemd credential `{name}`, which cannot be read: {e}"))?
         }
