@@ -457,6 +457,7 @@ async fn a_bad_config_is_refused_with_every_error_and_its_place() {
     let status = herald.wait_exit().await;
     let stderr = herald.stderr();
     assert!(!status.success(), "herald run started on a bad config:\n{stderr}");
+    assert_eq!(status.code(), Some(78), "a refused config exits 78 (EX_CONFIG), which the unit does not restart");
     assert!(names_location(&stderr, "herald.toml", line, Some(1)), "no herald.toml:{line}:1 in:\n{stderr}");
     assert!(stderr.contains("unknown key `colour`"), "{stderr}");
     assert!(stderr.contains("did not start"), "{stderr}");
