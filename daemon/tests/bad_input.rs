@@ -486,3 +486,24 @@ fn contents(db: &Path) -> Vec<(Vec<u8>, Vec<u8>, Vec<u8>)> {
     }
     out
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_system_filling_up_while_running_stops_herald_with_the_cause() {
+    let dir = TestDir::new();
+    let Some(_mount) = Mount::tmpfs(&dir.path().join("full"), "size=1m") else { return };
+    let config = daemon_section().replace("state_dir = \"state\"", "state_dir = \"full/state\"")
+        + &webhook_account("wuhan-hook", "http://127.0.0.1:9/hook")
+        + &post_at("warning", "Beware.", &["wuhan-hook"], in_secs(3));
+    dir.write_config(&config);
+    let mut herald = dir.start().await;
+    fill(&dir.path().join("full"));
+    let status = herald.wait_exit().await;
+    let stderr = herald.stderr();
+    assert!(!status.success(), "herald went on with a full disk:\n{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("the scheduler stopped unexpectedly") && last.contains("No space left on device"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
