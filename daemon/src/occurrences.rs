@@ -157,11 +157,23 @@ impl<'a> Builder<'a> {
                     if self.revive_cancelled && d.state == State::Cancelled && !matches!(verdict, Verdict::Skip(_)) =>
                 {
                     let mut d = d.clone();
-                    d.state = State::Pending;
-                    d.due = occurrence.max(now);
-                    d.reason = Some("scheduled again: the post targets this occurrence and account again".into());
                     d.updated = now;
-                    self.record(d, Event::Requeued);
+                    // The post may have changed since it was cancelled: send what it says now.
+                    match self.content_for(post, account)? {
+                        Ok(hash) => {
+                            d.content_hash = hash;
+                            d.state = State::Pending;
+                            d.due = occurrence.max(now);
+                            d.reason =
+                                Some("scheduled again: the post targets this occurrence and account again".into());
+                            self.record(d, Event::Requeued);
+                        }
+                        Err(reason) => {
+                            d.state = State::Failed;
+                            d.reason = Some(reason);
+                            self.record(d, Event::Failed);
+                        }
+                    }
                     created += 1;
                 }
                 Some(_) => {}

@@ -109,11 +109,36 @@ pub fn reconcile(store: &dyn Store, config: &Config, now: DateTime<Utc>) -> Resu
             Recurrence::Cron(_) => post.schedule.first_from(now),
         };
         summary.deliveries_scheduled += b.schedule_from(post, first, &post.hash)?;
+        summary.deliveries_scheduled += revive_later(&mut b, post)?;
         flush_if_large(&mut b)?;
     }
     store.apply(std::mem::take(&mut b.changes))?;
     store.flush()?;
     Ok(summary)
+}
+
+/// A new or changed post gets back the cancelled deliveries of its later
+/// occurrences (materialized early under an earlier version of the post,
+/// then cancelled when it or its account left the config): the post
+/// targets them again, and its timers, which never revive a cancellation,
+/// would otherwise pass them by. `schedule_from` handles the occurrences up
+/// to the next one.
+fn revive_later(b: &mut Builder, post: &Post) -> Result<usize> {
+    let Some(next) = post.schedule.next_after(b.now) else { return Ok(0) };
+    let next = crate::model::to_millis(next);
+    let occurrences: BTreeSet<i64> = b
+        .store
+        .deliveries_of_post(&post.id)?
+        .into_iter()
+        .filter(|d| d.state == State::Cancelled && d.occurrence > next && post.targets.contains(&d.account))
+        .map(|d| d.occurrence)
+        .filter(|&t| post.schedule.is_occurrence(crate::model::from_millis(t)))
+        .collect();
+    let mut revived = 0;
+    for t in occurrences {
+        revived += b.ensure_occurrence(post, crate::model::from_millis(t), &crate::occurrences::Verdict::OnTime)?;
+    }
+    Ok(revived)
 }
 
 fn flush_if_large(b: &mut Builder) -> Result<()> {

@@ -208,7 +208,13 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
         return Err(ConfigRefused(path.to_path_buf()).into());
     };
     let daemon = Daemon::start(config, Arc::new(Notifier::from_env()))?;
-    wait_for_signals(&daemon).await?;
+    if let Err(e) = wait_for_signals(&daemon).await {
+        // The scheduler stopped on its own (a storage error): say why.
+        return Err(match daemon.stop().await {
+            Err(cause) => cause.context(e.to_string()),
+            Ok(()) => e,
+        });
+    }
     tracing::info!("stopping");
     daemon.stop().await?;
     tracing::info!("stopped cleanly");

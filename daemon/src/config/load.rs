@@ -209,8 +209,8 @@ impl Loader {
         let retry = self.retry_policy(main_idx, root.remove("retry"));
         let alerts = self.alerts(main_idx, root.remove("alerts"));
         self.sections(main_idx, &mut root);
-        for pattern in &include {
-            self.include(main_idx, pattern);
+        for (pattern, at) in &include {
+            self.include(main_idx, pattern, at.clone());
         }
         let groups = self.expand_groups();
         let default_tz = daemon.as_ref().map(|d| d.time_zone).or(time_zone).unwrap_or(Tz::UTC);
@@ -296,24 +296,37 @@ impl Loader {
     }
 
     fn read_file(&mut self, path: &Path) -> Option<usize> {
+        self.read_file_from(path, None)
+    }
+
+    /// Read a config file. `origin` is the include pattern that matched it
+    /// (file index and span): a file that cannot be read is reported there.
+    fn read_file_from(&mut self, path: &Path, origin: Option<(usize, &str, Option<Range<usize>>)>) -> Option<usize> {
+        let refuse = |diags: &mut Diagnostics, files: &[SourceFile], problem: String| match &origin {
+            Some((idx, pattern, at)) => diags.error(
+                &files[*idx],
+                at.clone(),
+                format!("cannot read {}, matched by include pattern `{pattern}`: {problem}", path.display()),
+            ),
+            None => diags.file_error(path, format!("cannot read the config file: {problem}")),
+        };
         let meta = match std::fs::metadata(path) {
             Ok(meta) => meta,
             Err(e) => {
-                self.diags.file_error(path, format!("cannot read the config file: {e}"));
+                refuse(&mut self.diags, &self.files, e.to_string());
                 return None;
             }
         };
         if meta.len() > MAX_FILE_BYTES {
-            self.diags.file_error(
-                path,
-                format!("the file is {} bytes; config files are limited to {MAX_FILE_BYTES} bytes", meta.len()),
-            );
+            let problem =
+                format!("the file is {} bytes; config files are limited to {MAX_FILE_BYTES} bytes", meta.len());
+            refuse(&mut self.diags, &self.files, problem);
             return None;
         }
         let bytes = match std::fs::read(path) {
             Ok(bytes) => bytes,
             Err(e) => {
-                self.diags.file_error(path, format!("cannot read the config file: {e}"));
+                refuse(&mut self.diags, &self.files, e.to_string());
                 return None;
             }
         };
@@ -768,15 +781,21 @@ impl Loader {
         }
     }
 
-    fn include(&mut self, main_idx: usize, pattern: &str) {
+    fn include(&mut self, main_idx: usize, pattern: &str, at: Option<Range<usize>>) {
         let base = self.files[main_idx].dir().to_path_buf();
         let full = base.join(pattern);
         let full_text = full.to_string_lossy().into_owned();
         let paths = match glob::glob(&full_text) {
             Ok(paths) => paths,
             Err(e) => {
-                let msg = format!("include pattern `{pattern}` is not a valid glob: {e}");
-                self.diags.error(&self.files[main_idx], None, msg);
+                // The position is in the joined path; count it in the pattern as written.
+                let offset = full_text.chars().count().saturating_sub(pattern.chars().count());
+                let msg = format!(
+                    "include pattern `{pattern}` is not a valid glob: {} at character {}",
+                    e.msg,
+                    e.pos.saturating_sub(offset) + 1
+                );
+                self.diags.error(&self.files[main_idx], at, msg);
                 return;
             }
         };
@@ -786,7 +805,12 @@ impl Loader {
             let path = match entry {
                 Ok(p) => p,
                 Err(e) => {
-                    self.diags.file_error(e.path(), format!("cannot read included file: {}", e.error()));
+                    let msg = format!(
+                        "cannot read {}, matched by include pattern `{pattern}`: {}",
+                        e.path().display(),
+                        e.error()
+                    );
+                    self.diags.error(&self.files[main_idx], at.clone(), msg);
                     continue;
                 }
             };
@@ -794,7 +818,7 @@ impl Loader {
             if !seen.insert(path.canonicalize().unwrap_or_else(|_| path.clone())) {
                 continue;
             }
-            let Some(idx) = self.read_file(&path) else { continue };
+            let Some(idx) = self.read_file_from(&path, Some((main_idx, pattern, at.clone()))) else { continue };
             let Some(doc) = self.parse(idx) else { continue };
             let mut root = doc.into_table();
             let keys: Vec<String> = root.iter().map(|(k, _)| k.to_string()).collect();
@@ -813,7 +837,7 @@ impl Loader {
         }
         if matched == 0 {
             let msg = format!("include pattern `{pattern}` matches no file");
-            self.diags.warning(&self.files[main_idx], None, msg);
+            self.diags.warning(&self.files[main_idx], at, msg);
         }
     }
 
@@ -1086,10 +1110,12 @@ impl Loader {
     }
 }
 
-/// The include patterns of `[daemon]`, read leniently (errors are reported
-/// when [daemon] itself is checked).
-fn include_patterns(item: &Item) -> Vec<String> {
-    item.as_array().map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect()).unwrap_or_default()
+/// The include patterns of `[daemon]` and where each is written, read
+/// leniently (errors are reported when [daemon] itself is checked).
+fn include_patterns(item: &Item) -> Vec<(String, Option<Range<usize>>)> {
+    item.as_array()
+        .map(|a| a.iter().filter_map(|v| v.as_str().map(|s| (s.to_string(), v.span()))).collect())
+        .unwrap_or_default()
 }
 
 const ID_RULE: &str = "must be 1 to 64 characters of letters, digits, '-', '_' or '.'";

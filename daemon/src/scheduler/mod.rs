@@ -230,6 +230,10 @@ impl Scheduler {
         let mut accounts: Vec<(Millis, String)> =
             self.ready.iter().filter_map(|(a, q)| q.front().map(|k| (k.due, a.clone()))).collect();
         accounts.sort();
+        let max_attempts = self.config.retry.max_attempts;
+        // Deliveries that already had every attempt the config now allows
+        // (a reload lowered `max_attempts`): failed, not attempted again.
+        let mut used_up: Vec<Delivery> = Vec::new();
         let mut progress = true;
         while free > 0 && progress {
             progress = false;
@@ -251,6 +255,18 @@ impl Scheduler {
                     if d.state != State::Pending || d.due != key.due {
                         continue; // changed since it was queued
                     }
+                    if d.attempt >= max_attempts {
+                        d.state = State::Failed;
+                        d.updated = now_ms;
+                        let plural = if d.attempt == 1 { "" } else { "s" };
+                        d.reason = Some(format!(
+                            "gave up after {} attempt{plural}: max_attempts is now {max_attempts}; last error: {}",
+                            d.attempt,
+                            d.reason.as_deref().unwrap_or("none recorded")
+                        ));
+                        used_up.push(d);
+                        continue;
+                    }
                     d.state = State::InFlight;
                     d.attempt += 1;
                     d.updated = now_ms;
@@ -263,6 +279,20 @@ impl Scheduler {
             }
         }
         self.ready.retain(|_, q| !q.is_empty());
+        if !used_up.is_empty() {
+            let mut changes = Changes::default();
+            for d in used_up {
+                tracing::error!(delivery = %d.id, post = %d.post_id, account = %d.account, platform = %d.platform,
+                    reason = d.reason.as_deref().unwrap_or(""), "delivery failed");
+                if let Some(alerter) = &self.alerter {
+                    alerter.raise(&d, Alert::DeliveryFailed { reason: d.reason.clone().unwrap_or_default() });
+                }
+                let record = AuditRecord::of(&d, Event::Failed, now);
+                changes.deliveries.push((d, record));
+            }
+            self.apply(changes)?;
+            self.store.flush()?;
+        }
         if starting.is_empty() {
             return Ok(0);
         }

@@ -27,8 +27,9 @@ pub enum StoreError {
          stop that process, or use a different state_dir"
     )]
     Locked { dir: String, lock: String },
-    #[error("cannot use the state directory {dir}: {source}")]
-    Dir { dir: String, source: std::io::Error },
+    // Not `source`: the message already says it, and a chained error would say it twice.
+    #[error("cannot use the state directory {dir}: {error}")]
+    Dir { dir: String, error: std::io::Error },
     #[error(
         "the state directory {dir} was written by a newer herald (schema {found}, this build knows {known}); \
          upgrade herald, or restore a backup made by this version"

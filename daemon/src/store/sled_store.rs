@@ -22,6 +22,10 @@ use crate::model::{AuditRecord, Delivery, DeliveryId, Millis, State};
 const LOCK_FILE: &str = "herald.lock";
 const DB_DIR: &str = "db";
 const SCHEMA_KEY: &[u8] = b"schema_version";
+/// Written beside the database once its schema version is durable: a
+/// database that then has no schema version has lost its data (a damaged
+/// disk, bytes overwritten), and must not be taken for a new, empty store.
+const CREATED_MARKER: &str = "store-created";
 
 pub struct SledStore {
     db: sled::Db,
@@ -44,7 +48,7 @@ pub struct SledStore {
 }
 
 fn dir_error(dir: &Path, source: std::io::Error) -> StoreError {
-    StoreError::Dir { dir: dir.display().to_string(), source }
+    StoreError::Dir { dir: dir.display().to_string(), error: source }
 }
 
 fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
@@ -90,6 +94,7 @@ impl SledStore {
         }
         let db_path = dir.join(DB_DIR);
         let fresh = !db_path.exists();
+        let marker = dir.join(CREATED_MARKER);
         let db = sled::Config::new()
             .path(&db_path)
             .cache_capacity(cache_mb.saturating_mul(1024 * 1024))
@@ -113,11 +118,22 @@ impl SledStore {
                     });
                 }
             }
-            None if fresh || db.tree_names().len() <= 2 => {
+            None if !marker.exists() && (fresh || db.tree_names().len() <= 2) => {
                 meta.insert(SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes())?;
                 db.flush()?;
             }
-            None => return Err(StoreError::Corrupt("the schema version is missing".into())),
+            None => {
+                return Err(StoreError::Corrupt(format!(
+                    "{} holds no readable herald data although herald created a store there (its schema \
+                     version is gone): the files are damaged, and herald will not start on them. Restore the state \
+                     directory from a backup, or move it away to start with an empty schedule",
+                    db_path.display()
+                )));
+            }
+        }
+        if !marker.exists() {
+            // Stores created before the marker existed get it on their next start.
+            File::create(&marker).and_then(|f| f.sync_all()).map_err(|e| dir_error(dir, e))?;
         }
         let audit = tree("audit")?;
         let last_seq = match audit.last()? {
