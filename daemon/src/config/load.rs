@@ -237,23 +237,10 @@ impl Loader {
         let Some(mut item) = item else { return Some(None) };
         let span = item.span();
         let dir = self.files[idx].dir().to_path_buf();
-        if let Some(secret) = item.as_table_like_mut().and_then(|t| t.get_mut("secret")) {
-            let at = secret.span();
-            match secrets::resolve("secret", secret, &dir, self.credentials_dir.as_deref()) {
-                Ok(Resolved::Value(v)) => secrets::replace(secret, v),
-                Ok(Resolved::Inline(v)) => {
-                    self.diags.warning(
-                        &self.files[idx],
-                        at,
-                        "[alerts] `secret` is written inline; prefer { env }, { file } or { credential }",
-                    );
-                    secrets::replace(secret, v);
-                }
-                Err(msg) => {
-                    self.diags.error(&self.files[idx], at, format!("[alerts] {msg}"));
-                    return None;
-                }
-            }
+        if let Some(secret) = item.as_table_like_mut().and_then(|t| t.get_mut("secret"))
+            && !self.resolve_secret(idx, "[alerts]", "secret", secret, &dir)
+        {
+            return None;
         }
         let raw: RawAlerts = match from_item(item) {
             Ok(raw) => raw,
@@ -696,24 +683,11 @@ impl Loader {
         table.remove("platform");
         for key in platform.secret_fields() {
             let Some(item) = table.get_mut(key) else { continue };
-            let at = item.span();
-            match secrets::resolve(key, item, &file_dir, self.credentials_dir.as_deref()) {
-                Ok(Resolved::Value(value)) => secrets::replace(item, value),
-                Ok(Resolved::Inline(value)) => {
-                    let msg = format!(
-                        "account `{id}`: `{key}` is written inline; prefer {{ env = \"VAR\" }}, {{ file = \"path\" }} \
-                         or {{ credential = \"name\" }} so the secret stays out of the config file"
-                    );
-                    self.diags.warning(file, at, msg);
-                    secrets::replace(item, value);
-                }
-                Err(msg) => {
-                    self.diags.error(file, at, format!("account `{id}`: {msg}"));
-                    ok = false;
-                    secrets::replace(item, String::new());
-                }
+            if !self.resolve_secret(idx, &format!("account `{id}`:"), key, item, &file_dir) {
+                ok = false;
             }
         }
+        let file = &self.files[idx];
         let value = toml_edit::Value::InlineTable(table.into_inline_table());
         let settings = match AccountSettings::deserialize(platform, value.into_deserializer()) {
             Ok(s) => s,
@@ -764,6 +738,43 @@ impl Loader {
         }
         let account = Account { id: id.clone(), platform, settings, adapter, rate, concurrency, http };
         self.accounts.insert(id, (account, idx, span));
+    }
+
+    /// Resolve a secret setting in place (its item becomes the value);
+    /// errors and warnings are reported, prefixed with `owner`. False when it
+    /// cannot be resolved.
+    fn resolve_secret(&mut self, idx: usize, owner: &str, key: &str, item: &mut Item, dir: &Path) -> bool {
+        let at = item.span();
+        let file = &self.files[idx];
+        match secrets::resolve(key, item, dir, self.credentials_dir.as_deref()) {
+            Ok(Resolved::Value(value)) => secrets::replace(item, value),
+            Ok(Resolved::Exposed { value, path, mode }) => {
+                let msg = format!(
+                    "{owner} `{key}` comes from {}, which every user on this host can read (mode {mode:o}); \
+                     chmod o-r it",
+                    path.display()
+                );
+                self.diags.warning(file, at, msg);
+                secrets::replace(item, value);
+            }
+            Ok(Resolved::Inline(value)) => {
+                let mut msg = format!(
+                    "{owner} `{key}` is written inline; prefer {{ env = \"VAR\" }}, {{ file = \"path\" }} \
+                     or {{ credential = \"name\" }} so the secret stays out of the config file"
+                );
+                if let Some(mode) = secrets::world_readable(&file.path) {
+                    msg.push_str(&format!(", which every user on this host can read (mode {mode:o})"));
+                }
+                self.diags.warning(file, at, msg);
+                secrets::replace(item, value);
+            }
+            Err(msg) => {
+                self.diags.error(file, at, format!("{owner} {msg}"));
+                secrets::replace(item, String::new());
+                return false;
+            }
+        }
+        true
     }
 
     fn raw_post(&mut self, idx: usize, table: Table) {
@@ -1319,6 +1330,31 @@ mod tests {
         assert!(text.contains("herald.toml:12:10: warning: account `b`: `secret` is written inline"), "{text}");
         assert!(text.contains("herald.toml:17:10: error: account `c`: `secret` comes from file"), "{text}");
         assert!(!text.contains("inline-hunter2"), "a secret must never be echoed: {text}");
+    }
+
+    #[test]
+    fn secrets_other_users_can_read_are_warned_about() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("hook.key");
+        std::fs::write(&key, "s3cret-value").unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let main = dir.path().join("herald.toml");
+        let text = "[daemon]\nstate_dir = \"s\"\n\n[accounts.a]\nplatform = \"webhook\"\nurl = \"http://127.0.0.1:9/\"\nsecret = { file = \"hook.key\" }\n\n[accounts.b]\nplatform = \"webhook\"\nurl = \"http://127.0.0.1:9/\"\nsecret = \"inline-s3cret\"\n";
+        std::fs::write(&main, text).unwrap();
+        std::fs::set_permissions(&main, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let outcome = load_at(&main, utc("2026-12-01T00:00:00Z"));
+        let all: Vec<String> = outcome.diagnostics.iter().map(ToString::to_string).collect();
+        let all = all.join("\n");
+        assert!(outcome.config.is_some(), "{all}");
+        assert!(all.contains(":7:10: warning: account `a`: `secret` comes from"), "{all}");
+        assert!(all.contains("every user on this host can read (mode 644)"), "{all}");
+        assert!(all.contains(":12:10: warning: account `b`: `secret` is written inline"), "{all}");
+        assert!(!all.contains("s3cret"), "a secret must never be echoed: {all}");
+
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let outcome = load_at(&main, utc("2026-12-01T00:00:00Z"));
+        assert!(!outcome.diagnostics.iter().any(|d| d.message.contains("hook.key")));
     }
 
     #[test]

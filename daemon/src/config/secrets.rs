@@ -9,8 +9,22 @@ use toml_edit::{Item, Value};
 /// A secret setting after resolution.
 pub enum Resolved {
     Value(String),
+    /// Read from a file that other users can read: accepted, but `check` warns.
+    Exposed {
+        value: String,
+        path: std::path::PathBuf,
+        mode: u32,
+    },
     /// An inline secret: accepted, but `check` warns.
     Inline(String),
+}
+
+/// The permission bits of `path` when users other than its owner and group
+/// may read it.
+pub fn world_readable(path: &Path) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+    (mode & 0o004 != 0).then_some(mode)
 }
 
 /// Read the secret an account setting points at. Errors say what is missing,
@@ -26,13 +40,16 @@ pub fn resolve(key: &str, item: &Item, config_dir: &Path, credentials_dir: Optio
         return Err(format!("`{key}` must have exactly one of env, file or credential; {form}"));
     };
     let name = value.as_str().ok_or_else(|| format!("`{key}.{kind}` must be a string"))?;
+    let mut exposed = None;
     let text = match *kind {
         "env" => std::env::var(name)
             .map_err(|_| format!("`{key}` comes from environment variable {name}, which is not set"))?,
         "file" => {
             let path = config_dir.join(name);
-            std::fs::read_to_string(&path)
-                .map_err(|e| format!("`{key}` comes from file {}, which cannot be read: {e}", path.display()))?
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| format!("`{key}` comes from file {}, which cannot be read: {e}", path.display()))?;
+            exposed = world_readable(&path).map(|mode| (path, mode));
+            text
         }
         "credential" => {
             let dir = credentials_dir.ok_or_else(|| {
@@ -52,7 +69,10 @@ pub fn resolve(key: &str, item: &Item, config_dir: &Path, credentials_dir: Optio
     if text.is_empty() {
         return Err(format!("`{key}` is empty ({kind} `{name}`)"));
     }
-    Ok(Resolved::Value(text))
+    Ok(match exposed {
+        Some((path, mode)) => Resolved::Exposed { value: text, path, mode },
+        None => Resolved::Value(text),
+    })
 }
 
 /// Replace a secret setting's item by its resolved value, so the platform's
