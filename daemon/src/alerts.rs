@@ -15,6 +15,7 @@ use tokio::io::AsyncWriteExt;
 use crate::config::AlertSettings;
 use crate::model::{AuditRecord, Delivery, Event};
 use crate::store::{Changes, Store};
+use herald_adapters::Platform;
 
 const SEND_LIMIT: Duration = Duration::from_secs(30);
 
@@ -24,17 +25,31 @@ const SEND_LIMIT: Duration = Duration::from_secs(30);
 pub enum Alert {
     DeliveryFailed { reason: String },
     AccountPaused { until: chrono::DateTime<Utc>, seconds: u64 },
+    CredentialsExpiring { expires_at: chrono::DateTime<Utc>, days_left: i64 },
+}
+
+impl Alert {
+    fn what(&self) -> &'static str {
+        match self {
+            Alert::DeliveryFailed { .. } => "delivery failed",
+            Alert::AccountPaused { .. } => "account paused by a rate limit",
+            Alert::CredentialsExpiring { .. } => "credentials expire soon",
+        }
+    }
 }
 
 #[derive(Serialize)]
 struct Body<'a> {
     #[serde(flatten)]
     alert: &'a Alert,
-    delivery: String,
-    post: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    delivery: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    post: Option<&'a str>,
     account: &'a str,
     platform: &'a str,
-    occurrence: chrono::DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    occurrence: Option<chrono::DateTime<Utc>>,
     time: chrono::DateTime<Utc>,
 }
 
@@ -56,36 +71,68 @@ impl Alerter {
         self.settings.pause_threshold
     }
 
+    /// How long before credentials expire to alert.
+    pub fn credential_warning(&self) -> Duration {
+        self.settings.credential_warning
+    }
+
     /// Send an alert about `delivery` in the background.
     pub fn raise(self: &Arc<Self>, delivery: &Delivery, alert: Alert) {
         let this = Arc::clone(self);
         let delivery = delivery.clone();
         tokio::spawn(async move {
-            let outcome = this.send(&delivery, &alert).await;
-            let what = match &alert {
-                Alert::DeliveryFailed { .. } => "delivery failed",
-                Alert::AccountPaused { .. } => "account paused by a rate limit",
+            let body = Body {
+                alert: &alert,
+                delivery: Some(delivery.id.to_string()),
+                post: Some(&delivery.post_id),
+                account: &delivery.account,
+                platform: delivery.platform.name(),
+                occurrence: Some(crate::model::from_millis(delivery.occurrence)),
+                time: Utc::now(),
             };
+            let outcome = this.send(&body, &delivery.account).await;
             let mut record = AuditRecord::of(&delivery, Event::Alerted, Utc::now());
-            record.reason = Some(format!("alert ({what}): {outcome}"));
-            let changes = Changes { notes: vec![record], ..Changes::default() };
-            if let Err(e) = this.store.apply(changes) {
-                tracing::error!(error = %e, "cannot record an alert in the audit log");
-            }
+            record.reason = Some(format!("alert ({}): {outcome}", alert.what()));
+            this.record(record);
         });
     }
 
-    async fn send(&self, delivery: &Delivery, alert: &Alert) -> String {
-        let body = Body {
-            alert,
-            delivery: delivery.id.to_string(),
-            post: &delivery.post_id,
-            account: &delivery.account,
-            platform: delivery.platform.name(),
-            occurrence: crate::model::from_millis(delivery.occurrence),
-            time: Utc::now(),
-        };
-        let Ok(json) = serde_json::to_vec(&body) else { return "could not encode the alert".into() };
+    /// Send an alert about an account (no delivery) in the background; the
+    /// audit log gets an account record of `event`.
+    pub fn raise_for_account(self: &Arc<Self>, account: &str, platform: Platform, event: Event, alert: Alert) {
+        let this = Arc::clone(self);
+        let account = account.to_string();
+        tokio::spawn(async move {
+            let body = Body {
+                alert: &alert,
+                delivery: None,
+                post: None,
+                account: &account,
+                platform: platform.name(),
+                occurrence: None,
+                time: Utc::now(),
+            };
+            let outcome = this.send(&body, &account).await;
+            let detail = match &alert {
+                Alert::CredentialsExpiring { expires_at, days_left } => {
+                    format!("credentials expire at {} (in {days_left} days)", expires_at.to_rfc3339())
+                }
+                other => other.what().to_string(),
+            };
+            let reason = format!("alert ({detail}): {outcome}");
+            this.record(AuditRecord::about_account(&account, platform, event, Utc::now(), reason));
+        });
+    }
+
+    fn record(&self, record: AuditRecord) {
+        let changes = Changes { notes: vec![record], ..Changes::default() };
+        if let Err(e) = self.store.apply(changes).and_then(|_| self.store.flush()) {
+            tracing::error!(error = %e, "cannot record an alert in the audit log");
+        }
+    }
+
+    async fn send(&self, body: &Body<'_>, account: &str) -> String {
+        let Ok(json) = serde_json::to_vec(body) else { return "could not encode the alert".into() };
         let mut results = Vec::new();
         if let Some(url) = &self.settings.webhook {
             let mut request = self.client.post(url.as_str()).header("Content-Type", "application/json");
@@ -102,7 +149,7 @@ impl Alerter {
             results.push(run_command(command, &json).await);
         }
         for r in &results {
-            tracing::info!(delivery = %delivery.id, account = %delivery.account, outcome = %r, "alert sent");
+            tracing::info!(account, outcome = %r, "alert sent");
         }
         results.join("; ")
     }

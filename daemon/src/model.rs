@@ -161,10 +161,13 @@ pub enum Event {
     CredentialsRefreshed,
     /// An alert about this delivery was sent (or could not be).
     Alerted,
+    /// An account's credentials expire soon; an alert was sent. An account
+    /// record: no delivery, no state.
+    CredentialsExpiring,
 }
 
 impl Event {
-    pub const ALL: [Event; 13] = [
+    pub const ALL: [Event; 14] = [
         Event::Scheduled,
         Event::Attempt,
         Event::Delivered,
@@ -178,6 +181,7 @@ impl Event {
         Event::Requeued,
         Event::CredentialsRefreshed,
         Event::Alerted,
+        Event::CredentialsExpiring,
     ];
 
     pub fn name(self) -> &'static str {
@@ -195,6 +199,7 @@ impl Event {
             Event::Requeued => "requeued",
             Event::CredentialsRefreshed => "credentials_refreshed",
             Event::Alerted => "alerted",
+            Event::CredentialsExpiring => "credentials_expiring",
         }
     }
 
@@ -216,8 +221,9 @@ pub struct AuditRecord {
     pub seq: u64,
     pub time: DateTime<Utc>,
     pub event: Event,
-    /// The delivery's state after this event.
-    pub state: State,
+    /// The delivery's state after this event (none for an account record).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<State>,
     pub delivery: DeliveryId,
     pub post: String,
     pub account: String,
@@ -242,6 +248,32 @@ pub struct AuditRecord {
     pub reason: Option<String>,
 }
 
+impl AuditRecord {
+    /// A record about an account rather than a delivery (an expiring
+    /// credential): the delivery id is all zeros, with no post and no state.
+    pub fn about_account(account: &str, platform: Platform, event: Event, time: DateTime<Utc>, reason: String) -> Self {
+        AuditRecord {
+            seq: 0,
+            time,
+            event,
+            state: None,
+            delivery: DeliveryId([0; 16]),
+            post: String::new(),
+            account: account.to_string(),
+            platform,
+            occurrence: time,
+            attempt: 0,
+            answer: PlatformAnswer::default(),
+            latency_ms: None,
+            remote_id: None,
+            url: None,
+            content_hash: String::new(),
+            next_due: None,
+            reason: Some(reason),
+        }
+    }
+}
+
 fn is_empty_answer(a: &PlatformAnswer) -> bool {
     a == &PlatformAnswer::default()
 }
@@ -253,7 +285,7 @@ impl AuditRecord {
             seq: 0,
             time,
             event,
-            state: delivery.state,
+            state: Some(delivery.state),
             delivery: delivery.id,
             post: delivery.post_id.clone(),
             account: delivery.account.clone(),

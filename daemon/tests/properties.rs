@@ -966,13 +966,14 @@ at = "{}"
                     if r.event == Event::Alerted {
                         continue;
                     }
+                    let Some(state) = r.state else { continue };
                     let from = history.get(&r.delivery).copied();
                     prop_assert!(
-                        valid(r.event, from, r.state),
+                        valid(r.event, from, state),
                         "step {} ({:?}): invalid audit transition {:?} --{}--> {}",
-                        step, op, from, r.event, r.state
+                        step, op, from, r.event, state
                     );
-                    history.insert(r.delivery, r.state);
+                    history.insert(r.delivery, state);
                     if r.event == Event::Attempt {
                         prop_assert!(
                             r.attempt <= config.retry.max_attempts,

@@ -60,7 +60,7 @@ fn row(r: &AuditRecord) -> [String; 14] {
         r.seq.to_string(),
         r.time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         r.event.to_string(),
-        r.state.to_string(),
+        r.state.map(|s| s.to_string()).unwrap_or_default(),
         r.post.clone(),
         r.account.clone(),
         r.platform.to_string(),

@@ -129,6 +129,7 @@ struct RawAlerts {
     secret: Option<herald_adapters::Secret>,
     command: Option<Spanned<Vec<String>>>,
     pause_threshold: Option<Spanned<String>>,
+    credential_warning: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -251,6 +252,8 @@ impl Loader {
         };
         let mut ok = true;
         let pause_threshold = self.duration(idx, raw.pause_threshold.as_ref(), Duration::from_secs(30 * 60), &mut ok);
+        let credential_warning =
+            self.duration(idx, raw.credential_warning.as_ref(), Duration::from_secs(14 * 86_400), &mut ok);
         let file = &self.files[idx];
         if let Some(url) = &raw.webhook
             && !(url.get_ref().starts_with("http://") || url.get_ref().starts_with("https://"))
@@ -278,6 +281,7 @@ impl Loader {
                 secret: raw.secret,
                 command: raw.command.map(Spanned::into_inner),
                 pause_threshold,
+                credential_warning,
             })
         })
     }

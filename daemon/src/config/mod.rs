@@ -47,6 +47,8 @@ pub struct AlertSettings {
     pub command: Option<Vec<String>>,
     /// Alert when a rate limit pauses an account for longer than this.
     pub pause_threshold: Duration,
+    /// Alert (once a day) when an account's credentials expire within this.
+    pub credential_warning: Duration,
 }
 
 /// `[daemon]`: where state lives and how the daemon behaves.

@@ -74,6 +74,8 @@ pub struct Scheduler {
     metrics: Arc<Metrics>,
     alerter: Option<Arc<Alerter>>,
     last_status: Option<std::time::Instant>,
+    /// When each account was last warned about expiring credentials.
+    expiry_warned: HashMap<String, std::time::Instant>,
 }
 
 impl Scheduler {
@@ -94,6 +96,7 @@ impl Scheduler {
             metrics: Arc::new(Metrics::default()),
             alerter: None,
             last_status: None,
+            expiry_warned: HashMap::new(),
         }
     }
 
@@ -535,6 +538,7 @@ impl Scheduler {
             // Pinged from the loop itself: a stuck scheduler gets restarted by systemd.
             self.notifier.watchdog();
             self.report_status(now)?;
+            self.warn_of_expiring_credentials(now);
             let wake = self.next_wake(now)?;
             let sleep = match wake {
                 Some(t) => Duration::from_millis((t - to_millis(now)).max(0) as u64).min(max_sleep),
@@ -559,6 +563,31 @@ impl Scheduler {
                     Some(Control::Shutdown) | None => return self.drain().await,
                 },
             }
+        }
+    }
+
+    /// Accounts whose credentials expire within `[alerts] credential_warning`
+    /// (Weibo tokens have a fixed lifetime) raise an alert once a day, and the
+    /// log says so; the audit log gets a `credentials_expiring` record.
+    fn warn_of_expiring_credentials(&mut self, now: DateTime<Utc>) {
+        const DAY: Duration = Duration::from_secs(86_400);
+        let Some(alerter) = self.alerter.clone() else { return };
+        let horizon = chrono::Duration::from_std(alerter.credential_warning()).unwrap_or(chrono::Duration::MAX);
+        for account in self.config.accounts.values() {
+            let Some(expires_at) = account.settings.credentials_expire_at() else { continue };
+            if expires_at - now > horizon || self.expiry_warned.get(&account.id).is_some_and(|t| t.elapsed() < DAY) {
+                continue;
+            }
+            self.expiry_warned.insert(account.id.clone(), std::time::Instant::now());
+            let days_left = (expires_at - now).num_days();
+            tracing::warn!(account = %account.id, platform = %account.platform, expires_at = %expires_at.to_rfc3339(),
+                days_left, "credentials expire soon; re-authorize the account");
+            alerter.raise_for_account(
+                &account.id,
+                account.platform,
+                Event::CredentialsExpiring,
+                Alert::CredentialsExpiring { expires_at, days_left },
+            );
         }
     }
 

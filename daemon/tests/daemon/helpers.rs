@@ -553,7 +553,8 @@ impl Record {
             seq: raw["seq"].as_u64().unwrap_or_else(|| panic!("`seq` missing in {raw}")),
             time: time("time").unwrap_or_else(|| panic!("`time` missing in {raw}")),
             event: string("event"),
-            state: string("state"),
+            // Account records (an expiring credential) have no state.
+            state: raw["state"].as_str().unwrap_or_default().to_string(),
             delivery: string("delivery"),
             post: string("post"),
             account: string("account"),

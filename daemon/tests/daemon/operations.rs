@@ -863,3 +863,39 @@ async fn a_member_of_the_sockets_group_through_a_supplementary_group_is_answered
     assert_eq!(count(&text(&out.stdout), "pending"), 1, "{said}");
     herald.stop().await;
 }
+
+/// A Weibo token with a fixed lifetime that ends within `credential_warning`
+/// raises an alert (once a day) and an account record in the audit log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_close_to_expiry_raise_an_alert_recorded_in_the_audit_log() {
+    let dir = TestDir::new();
+    let alert_file = dir.path().join("expiring.json");
+    let expires = rfc3339(in_secs(3 * 86_400));
+    dir.write("weibo.token", "sandbox-wuhan");
+    let config = daemon_section()
+        + &format!(
+            "[alerts]\ncommand = [\"sh\", \"-c\", \"cat >> {}\"]\ncredential_warning = \"7d\"\n\n",
+            alert_file.display()
+        )
+        + &format!(
+            "[accounts.wuhan-weibo]\nplatform = \"weibo\"\nbase_url = \"http://127.0.0.1:9/weibo\"\n\
+             access_token = {{ file = \"weibo.token\" }}\nsafe_domain = \"example.gov.cn\"\nexpires_at = \"{expires}\"\n\n"
+        );
+    dir.write_config(&config);
+    let check = dir.cli(&["check"]);
+    assert!(text(&check.stderr).contains("its credentials expire at"), "{}", text(&check.stderr));
+
+    let herald = dir.start().await;
+    eventually("the alert command ran", Duration::from_secs(20), || {
+        std::fs::read_to_string(&alert_file).is_ok_and(|t| t.contains("credentials_expiring"))
+    })
+    .await;
+    let records = dir.log_from_daemon(&["--event", "credentials_expiring"]);
+    herald.stop().await;
+    let alert: serde_json::Value = serde_json::from_str(std::fs::read_to_string(&alert_file).unwrap().trim()).unwrap();
+    assert_eq!(alert["account"], "wuhan-weibo");
+    assert!(matches!(alert["days_left"].as_i64(), Some(2 | 3)), "about three days left: {alert}");
+    assert_eq!(records.len(), 1, "one record for the account: {records:?}");
+    assert_eq!(records[0].account, "wuhan-weibo");
+    assert!(records[0].reason.as_deref().unwrap_or_default().contains("credentials expire at"), "{records:?}");
+}
