@@ -90,6 +90,35 @@ pub async fn exchange(request: reqwest::RequestBuilder) -> Result<Answer, Delive
     Ok(Answer::read(response).await)
 }
 
+/// [`exchange`], with one debug line saying how it went: the platform, the
+/// call, the delivery (or `-`), the status or the error, and the time taken.
+pub async fn traced_exchange(
+    request: reqwest::RequestBuilder,
+    platform: &'static str,
+    call: &'static str,
+    delivery: Option<&str>,
+) -> Result<Answer, DeliveryError> {
+    let started = std::time::Instant::now();
+    let result = exchange(request).await;
+    let delivery = delivery.unwrap_or("-");
+    let elapsed_ms = started.elapsed().as_millis() as u64;
+    match &result {
+        Ok(answer) => {
+            tracing::debug!(platform, delivery, call, status = answer.status.as_u16(), elapsed_ms, "answered")
+        }
+        Err(error) => tracing::debug!(
+            platform,
+            delivery,
+            call,
+            maybe_sent = error.maybe_sent,
+            error = %error.reason,
+            elapsed_ms,
+            "request failed"
+        ),
+    }
+    result
+}
+
 /// Turn a transport error (no HTTP answer) into a [`DeliveryError`].
 ///
 /// A failed connection never carried the request: transient, not sent. A

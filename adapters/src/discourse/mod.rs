@@ -290,24 +290,7 @@ impl DiscourseAdapter {
         call: &'static str,
         request: &PublishRequest<'_>,
     ) -> Result<Answer, DeliveryError> {
-        let started = Instant::now();
-        let result = http::exchange(builder).await;
-        let delivery = request.delivery_id;
-        let elapsed_ms = started.elapsed().as_millis() as u64;
-        match &result {
-            Ok(answer) => {
-                tracing::debug!(delivery, call, status = answer.status.as_u16(), elapsed_ms, "discourse answered")
-            }
-            Err(error) => tracing::debug!(
-                delivery,
-                call,
-                maybe_sent = error.maybe_sent,
-                error = %error.reason,
-                elapsed_ms,
-                "discourse request failed"
-            ),
-        }
-        result
+        http::traced_exchange(builder, "discourse", call, Some(request.delivery_id)).await
     }
 }
 

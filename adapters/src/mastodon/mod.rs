@@ -13,7 +13,6 @@ mod errors;
 mod wire;
 
 use std::fmt;
-use std::time::Instant;
 
 use chrono::Utc;
 use reqwest::header::{AUTHORIZATION, HeaderValue};
@@ -204,24 +203,7 @@ impl MastodonAdapter {
         call: &'static str,
         request: Option<&PublishRequest<'_>>,
     ) -> Result<Answer, DeliveryError> {
-        let started = Instant::now();
-        let result = http::exchange(builder).await;
-        let delivery = request.map_or("-", |r| r.delivery_id);
-        let elapsed_ms = started.elapsed().as_millis() as u64;
-        match &result {
-            Ok(answer) => {
-                tracing::debug!(delivery, call, status = answer.status.as_u16(), elapsed_ms, "mastodon answered")
-            }
-            Err(error) => tracing::debug!(
-                delivery,
-                call,
-                maybe_sent = error.maybe_sent,
-                error = %error.reason,
-                elapsed_ms,
-                "mastodon request failed"
-            ),
-        }
-        result
+        http::traced_exchange(builder, "mastodon", call, request.map(|r| r.delivery_id)).await
     }
 }
 

@@ -17,7 +17,7 @@ mod wire;
 
 use std::fmt;
 use std::net::IpAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use reqwest::header::{AUTHORIZATION, HeaderValue};
@@ -252,24 +252,7 @@ impl WeiboAdapter {
         call: &'static str,
         request: Option<&PublishRequest<'_>>,
     ) -> Result<Answer, DeliveryError> {
-        let started = Instant::now();
-        let result = http::exchange(builder).await;
-        let delivery = request.map_or("-", |r| r.delivery_id);
-        let elapsed_ms = started.elapsed().as_millis() as u64;
-        match &result {
-            Ok(answer) => {
-                tracing::debug!(delivery, call, status = answer.status.as_u16(), elapsed_ms, "weibo answered")
-            }
-            Err(error) => tracing::debug!(
-                delivery,
-                call,
-                maybe_sent = error.maybe_sent,
-                error = %error.reason,
-                elapsed_ms,
-                "weibo request failed"
-            ),
-        }
-        result
+        http::traced_exchange(builder, "weibo", call, request.map(|r| r.delivery_id)).await
     }
 }
 
