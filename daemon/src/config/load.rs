@@ -1035,9 +1035,11 @@ impl Loader {
 
         // What each platform would say of the content.
         let mut refused: BTreeMap<(Platform, String), Vec<String>> = BTreeMap::new();
+        let mut contents: BTreeMap<Platform, PostContent> = BTreeMap::new();
         for account_id in &post.targets {
             let Some((account, _, _)) = self.accounts.get(account_id) else { continue };
-            if let Err(problems) = account.adapter.render(&post.content_for(account.platform)) {
+            let content = contents.entry(account.platform).or_insert_with(|| post.content_for(account.platform));
+            if let Err(problems) = account.adapter.render(content) {
                 for p in problems {
                     refused.entry((account.platform, p.to_string())).or_default().push(account_id.clone());
                 }
