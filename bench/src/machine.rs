@@ -84,3 +84,52 @@ fn fsync_rate(dir: &Path) -> std::io::Result<f64> {
     std::fs::remove_file(&path)?;
     Ok(rate)
 }
+
+/// fdatasync latencies measured on a thread beside a benchmark: what one
+/// durable write costs on this disk at that moment.
+pub struct FsyncProbe {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<f64>>,
+}
+
+impl FsyncProbe {
+    /// Every `every`, write 4 KiB to a file in `dir` and fdatasync it.
+    pub fn start(dir: &Path, every: Duration) -> std::io::Result<FsyncProbe> {
+        use std::sync::atomic::Ordering;
+        let path = dir.join("fsync-probe-latency");
+        let mut file = std::fs::File::create(&path)?;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = std::sync::Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let block = [0x5au8; 4096];
+            let mut latencies = Vec::new();
+            while !flag.load(Ordering::Relaxed) {
+                let started = Instant::now();
+                if file.write_all(&block).and_then(|()| file.sync_data()).is_err() {
+                    break;
+                }
+                latencies.push(started.elapsed().as_secs_f64() * 1000.0);
+                std::thread::sleep(every);
+            }
+            let _ = std::fs::remove_file(&path);
+            latencies
+        });
+        Ok(FsyncProbe { stop, thread })
+    }
+
+    /// Stop; the latencies in milliseconds, sorted.
+    pub fn finish(self) -> Vec<f64> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut latencies = self.thread.join().unwrap_or_default();
+        latencies.sort_by(f64::total_cmp);
+        latencies
+    }
+}
+
+/// The `p` quantile (0 to 1) of sorted values (NaN when empty).
+pub fn quantile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
+}

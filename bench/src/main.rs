@@ -9,6 +9,7 @@
 //! ```
 
 mod configs;
+mod floor;
 mod http;
 mod machine;
 mod procs;
@@ -38,7 +39,7 @@ struct Args {
     /// 100 accounts each. Default: 10000,100000,1000000 (quick: 10000).
     #[arg(long, value_delimiter = ',')]
     sizes: Vec<usize>,
-    /// Run only these parts (load, burst, lateness); default all.
+    /// Run only these parts (load, burst, lateness, floor); default all.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Deliveries in the burst (default 50000; quick 5000), due at one instant.
@@ -88,6 +89,7 @@ pub struct Results {
     pub loads: Vec<LoadResult>,
     pub burst: Option<BurstResult>,
     pub lateness: Option<LatenessResult>,
+    pub floor: Vec<floor::Floor>,
 }
 
 #[derive(Debug, Serialize)]
@@ -95,8 +97,10 @@ pub struct LoadResult {
     pub deliveries: usize,
     pub posts: usize,
     pub check_s: f64,
+    pub check_cpu_s: f64,
     pub check_peak_mib: f64,
     pub first_ready_s: f64,
+    pub first_ready_cpu_s: f64,
     pub first_peak_mib: f64,
     pub reload_same_s: f64,
     pub reload_same: String,
@@ -105,6 +109,7 @@ pub struct LoadResult {
     pub run_peak_mib: f64,
     pub state_mib: f64,
     pub startup_s: f64,
+    pub startup_cpu_s: f64,
     pub startup_peak_mib: f64,
     pub steady_rss_mib: f64,
     pub pending_after_restart: u64,
@@ -135,6 +140,11 @@ pub struct LatenessResult {
     pub p99_ms: f64,
     pub max_ms: f64,
     pub min_ms: f64,
+    /// fdatasync latency on the same disk during the window (4 KiB every 50 ms).
+    pub fsync_p50_ms: f64,
+    pub fsync_p99_ms: f64,
+    pub fsync_max_ms: f64,
+    pub load_during: f64,
 }
 
 /// Paths of the binaries under test.
@@ -188,6 +198,7 @@ fn main() -> anyhow::Result<()> {
         loads: Vec::new(),
         burst: None,
         lateness: None,
+        floor: Vec::new(),
     };
     let settle = Duration::from_secs(if args.quick { args.settle.min(3) } else { args.settle });
     if wants("load") {
@@ -214,6 +225,17 @@ fn main() -> anyhow::Result<()> {
         let dir = scratch.path().join("lateness");
         results.lateness =
             Some(lateness(&bins, &sink, &dir, n, window, args.concurrency, lead, &budget).context("lateness")?);
+    }
+    if wants("floor") {
+        for &size in &sizes {
+            eprintln!("\n== store floor: the sled writes of a reconcile of {size} deliveries, without herald");
+            let floor = floor::measure(scratch.path(), size, 64)?;
+            eprintln!(
+                "floor: {:.2} s ({:.2} s CPU), {:.0} deliveries/s",
+                floor.seconds, floor.cpu_seconds, floor.per_s
+            );
+            results.floor.push(floor);
+        }
     }
     results.load_after = machine::load1();
     report::print(&results);
@@ -301,9 +323,9 @@ fn wait_bounded(child: &mut procs::Guarded, within: Duration) -> anyhow::Result<
     }
 }
 
-/// `herald check --config FILE` with its output thrown away: wall time and
-/// peak memory (VmHWM, sampled until it exits).
-fn check(bin: &Path, config: &Path, within: Duration) -> anyhow::Result<(f64, f64)> {
+/// `herald check --config FILE` with its output thrown away: wall time, CPU
+/// time and peak memory (VmHWM), the last two sampled until it exits.
+fn check(bin: &Path, config: &Path, within: Duration) -> anyhow::Result<(f64, f64, f64)> {
     let err = config.with_file_name("check.err");
     let started = Instant::now();
     let mut child = procs::Guarded(
@@ -318,9 +340,13 @@ fn check(bin: &Path, config: &Path, within: Duration) -> anyhow::Result<(f64, f6
     let pid = child.0.id();
     let deadline = started + within;
     let mut peak_kb = 0;
+    let mut cpu = f64::NAN;
     let status = loop {
         if let Some(kb) = procs::proc_kb(pid, "VmHWM") {
             peak_kb = peak_kb.max(kb);
+        }
+        if let Some(c) = procs::cpu_seconds(pid) {
+            cpu = c;
         }
         if let Some(status) = child.0.try_wait()? {
             break status;
@@ -334,7 +360,7 @@ fn check(bin: &Path, config: &Path, within: Duration) -> anyhow::Result<(f64, f6
     if !status.success() {
         bail!("herald check failed: {}", std::fs::read_to_string(&err).unwrap_or_default());
     }
-    Ok((elapsed, peak_kb as f64 / 1024.0))
+    Ok((elapsed, cpu, peak_kb as f64 / 1024.0))
 }
 
 /// Bytes the state directory takes on disk (allocated blocks).
@@ -381,13 +407,17 @@ fn load(
     let scenario = configs::write(dir, sink, LOAD_ACCOUNTS, concurrency, &load_posts(posts, base, 0))?;
     let step = Duration::from_secs(900);
 
-    let (check_s, check_peak_mib) = check(&bins.herald, &scenario.main, budget.left(step)?)?;
-    eprintln!("check: {check_s:.2} s, peak {check_peak_mib:.0} MiB");
+    let (check_s, check_cpu_s, check_peak_mib) = check(&bins.herald, &scenario.main, budget.left(step)?)?;
+    eprintln!("check: {check_s:.2} s ({check_cpu_s:.2} s CPU), peak {check_peak_mib:.0} MiB");
 
     let mut herald = start(bins, &scenario, "run-1")?;
     let first_ready_s = herald.wait_ready(budget.left(step)?)?.as_secs_f64();
+    let first_ready_cpu_s = herald.cpu_s();
     let first_peak_mib = herald.peak_mib();
-    eprintln!("first reconcile (start to ready, empty state): {first_ready_s:.2} s, peak {first_peak_mib:.0} MiB");
+    eprintln!(
+        "first reconcile (start to ready, empty state): {first_ready_s:.2} s ({first_ready_cpu_s:.2} s CPU), \
+         peak {first_peak_mib:.0} MiB"
+    );
 
     let (t, reload_same) = herald.reload(&bins.herald, budget.left(step)?)?;
     let reload_same_s = t.as_secs_f64();
@@ -410,12 +440,13 @@ fn load(
 
     let mut herald = start(bins, &scenario, "run-2")?;
     let startup_s = herald.wait_ready(budget.left(step)?)?.as_secs_f64();
+    let startup_cpu_s = herald.cpu_s();
     std::thread::sleep(settle);
     let steady_rss_mib = herald.rss_mib();
     // The peak of the whole run: start-up, then settling.
     let startup_peak_mib = herald.peak_mib();
     eprintln!(
-        "start-up with {deliveries} pending: {startup_s:.2} s, peak {startup_peak_mib:.0} MiB, \
+        "start-up with {deliveries} pending: {startup_s:.2} s ({startup_cpu_s:.2} s CPU), peak {startup_peak_mib:.0} MiB, \
          steady {steady_rss_mib:.0} MiB"
     );
     let pending_after_restart = herald.counts()?.get("pending").copied().unwrap_or(0);
@@ -424,8 +455,10 @@ fn load(
         deliveries: posts * LOAD_ACCOUNTS,
         posts,
         check_s,
+        check_cpu_s,
         check_peak_mib,
         first_ready_s,
+        first_ready_cpu_s,
         first_peak_mib,
         reload_same_s,
         reload_same,
@@ -434,6 +467,7 @@ fn load(
         run_peak_mib,
         state_mib,
         startup_s,
+        startup_cpu_s,
         startup_peak_mib,
         steady_rss_mib,
         pending_after_restart,
@@ -559,7 +593,10 @@ fn lateness(
         eprintln!("warning: herald was ready after the first due time; use a longer --lead");
     }
     let within = lead + Duration::from_secs(window + 120);
+    let probe = machine::FsyncProbe::start(dir, Duration::from_millis(50))?;
     wait_settled(&herald, n as u64, budget.left(within)?)?;
+    let fsyncs = probe.finish();
+    let load_during = machine::load1();
     herald.stop(budget.left(Duration::from_secs(60))?)?;
     let mut late_ms: Vec<f64> = sink
         .received()?
@@ -574,7 +611,7 @@ fn lateness(
     if late_ms.is_empty() {
         bail!("the sink received nothing");
     }
-    let pct = |p: f64| late_ms[((late_ms.len() as f64 * p).ceil() as usize).clamp(1, late_ms.len()) - 1];
+    let pct = |p: f64| machine::quantile(&late_ms, p);
     let result = LatenessResult {
         deliveries: n,
         window_s: window,
@@ -583,7 +620,14 @@ fn lateness(
         p99_ms: pct(0.99),
         max_ms: late_ms[late_ms.len() - 1],
         min_ms: late_ms[0],
+        fsync_p50_ms: machine::quantile(&fsyncs, 0.5),
+        fsync_p99_ms: machine::quantile(&fsyncs, 0.99),
+        fsync_max_ms: fsyncs.last().copied().unwrap_or(f64::NAN),
+        load_during,
     };
-    eprintln!("lateness: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms", result.p50_ms, result.p99_ms, result.max_ms);
+    eprintln!(
+        "lateness: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; fdatasync meanwhile p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        result.p50_ms, result.p99_ms, result.max_ms, result.fsync_p50_ms, result.fsync_p99_ms, result.fsync_max_ms
+    );
     Ok(result)
 }

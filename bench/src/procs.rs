@@ -40,6 +40,17 @@ pub fn proc_kb(pid: u32, field: &str) -> Option<u64> {
     line[field.len() + 1..].split_whitespace().next()?.parse().ok()
 }
 
+/// User + system CPU time of a process, from `/proc/<pid>/stat` (in clock
+/// ticks of 1/100 s, Linux's USER_HZ).
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = &text[text.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
+}
+
 /// The sandbox's webhook receiver in its own process.
 pub struct Sink {
     _child: Guarded,
@@ -214,6 +225,12 @@ impl Herald {
                 Err(RecvTimeoutError::Disconnected) => bail!("the notify socket closed"),
             }
         }
+    }
+
+    /// CPU time (user + system) herald has used so far, in seconds: unlike
+    /// wall time, it does not count waiting for a core on a busy machine.
+    pub fn cpu_s(&self) -> f64 {
+        cpu_seconds(self.pid()).unwrap_or(f64::NAN)
     }
 
     /// Peak resident memory so far, in MiB.

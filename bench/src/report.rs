@@ -47,14 +47,14 @@ pub fn print(r: &Results) {
             .map(|l| {
                 vec![
                     format!("{}", l.deliveries),
-                    s(l.check_s),
+                    format!("{} ({:.1} CPU)", s(l.check_s), l.check_cpu_s),
                     mib(l.check_peak_mib),
-                    s(l.first_ready_s),
+                    format!("{} ({:.1} CPU)", s(l.first_ready_s), l.first_ready_cpu_s),
                     s(l.reload_same_s),
                     s(l.reload_changed_s),
                     mib(l.run_peak_mib),
                     mib(l.state_mib),
-                    s(l.startup_s),
+                    format!("{} ({:.2} CPU)", s(l.startup_s), l.startup_cpu_s),
                     mib(l.startup_peak_mib),
                     mib(l.steady_rss_mib),
                 ]
@@ -82,6 +82,17 @@ pub fn print(r: &Results) {
         for l in &r.loads {
             println!("  {}: reload same -> {}; reload 1% -> {}", l.deliveries, l.reload_same, l.reload_changed);
         }
+    }
+    if !r.floor.is_empty() {
+        println!(
+            "\nStore floor: the same sled writes per delivery as a reconcile, in batches of 2,000, without herald"
+        );
+        let rows: Vec<Vec<String>> = r
+            .floor
+            .iter()
+            .map(|f| vec![format!("{}", f.deliveries), s(f.seconds), s(f.cpu_seconds), format!("{:.0}", f.per_s)])
+            .collect();
+        table(&["deliveries", "time", "CPU", "deliveries/s"], &rows);
     }
     if let Some(b) = &r.burst {
         println!(
@@ -128,6 +139,9 @@ pub fn print(r: &Results) {
                 format!("{:.1} ms", l.max_ms),
             ]],
         );
-        println!("target: p99 <= 20 ms");
+        println!(
+            "target: p99 <= 20 ms; meanwhile a 4 KiB fdatasync took p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; load {:.2}",
+            l.fsync_p50_ms, l.fsync_p99_ms, l.fsync_max_ms, l.load_during
+        );
     }
 }
