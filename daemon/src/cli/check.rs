@@ -186,7 +186,7 @@ fn plan(config: &Config, post: &Post, now: DateTime<Utc>, upcoming: usize) -> Po
         time_zone: tz.to_string(),
         misfire: post.misfire.to_string(),
         grace: humantime::format_duration(post.grace).to_string(),
-        targets: post.targets.clone(),
+        targets: post.targets.to_vec(),
         upcoming,
         rendered: rendered.into_values().collect(),
     }

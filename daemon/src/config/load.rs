@@ -1,7 +1,7 @@
 //! Reading the config: the main file, its includes, every section, and the
 //! cross-checks between them. All findings are collected before answering.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -69,6 +69,8 @@ struct Loader {
     /// (so a reference to them is not reported a second time).
     declared: BTreeSet<String>,
     raw_posts: Vec<PostDef>,
+    /// Target lists seen so far, so that posts with the same targets share one.
+    target_lists: HashMap<Vec<String>, super::Targets>,
 }
 
 /// A group as written: its members, and the file index and span defining it.
@@ -1023,7 +1025,11 @@ impl Loader {
             id: id.clone(),
             content,
             overrides,
-            targets: targets.into_iter().collect(),
+            targets: self
+                .target_lists
+                .entry(targets.into_iter().collect())
+                .or_insert_with_key(|l| l.clone().into())
+                .clone(),
             schedule,
             misfire,
             grace,
