@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use herald_adapters::Rendered;
+use herald_adapters::{Platform, PostContent, Rendered};
 use sha2::{Digest, Sha256};
 
 use crate::config::{Account, Config, Misfire, Post};
@@ -68,11 +68,57 @@ pub fn verdicts(post: &Post, past: &[DateTime<Utc>], now: DateTime<Utc>) -> Vec<
 
 /// Render a post for one account: the exact content and its hash.
 pub fn render(post: &Post, account: &Account) -> std::result::Result<(String, Rendered), String> {
-    match account.adapter.render(&post.content_for(account.platform)) {
-        Ok(rendered) => Ok((content_hash(&rendered), rendered)),
-        Err(problems) => {
-            let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
-            Err(format!("content refused by {}: {}", account.platform, text.join("; ")))
+    Renderer::default().render(post, account)
+}
+
+/// How many distinct renderings of one post a [`Renderer`] remembers.
+const RENDERINGS_KEPT: usize = 16;
+
+/// Renders posts account by account, hashing each distinct rendering of a
+/// post once. The accounts of a platform mostly render a post alike, and the
+/// hash (canonical JSON, then SHA-256) costs far more than a comparison:
+/// with thousands of targets per post, this is most of the work of `check`
+/// and of scheduling.
+#[derive(Default)]
+pub struct Renderer {
+    /// The post (id and definition hash) the remembered renderings are of.
+    post: Option<(String, String)>,
+    /// Its content per platform, overrides applied.
+    contents: Vec<(Platform, PostContent)>,
+    /// Its renderings so far, with their hashes.
+    seen: Vec<(Rendered, String)>,
+}
+
+impl Renderer {
+    /// What [`render`] answers, for one account of a post.
+    pub fn render(&mut self, post: &Post, account: &Account) -> std::result::Result<(String, Rendered), String> {
+        if self.post.as_ref().is_none_or(|(id, hash)| *id != post.id || *hash != post.hash) {
+            self.post = Some((post.id.clone(), post.hash.clone()));
+            self.contents.clear();
+            self.seen.clear();
+        }
+        let index = match self.contents.iter().position(|(p, _)| *p == account.platform) {
+            Some(i) => i,
+            None => {
+                self.contents.push((account.platform, post.content_for(account.platform)));
+                self.contents.len() - 1
+            }
+        };
+        match account.adapter.render(&self.contents[index].1) {
+            Ok(rendered) => {
+                if let Some((_, hash)) = self.seen.iter().find(|(r, _)| *r == rendered) {
+                    return Ok((hash.clone(), rendered));
+                }
+                let hash = content_hash(&rendered);
+                if self.seen.len() < RENDERINGS_KEPT {
+                    self.seen.push((rendered.clone(), hash.clone()));
+                }
+                Ok((hash, rendered))
+            }
+            Err(problems) => {
+                let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+                Err(format!("content refused by {}: {}", account.platform, text.join("; ")))
+            }
         }
     }
 }
@@ -93,11 +139,20 @@ pub struct Builder<'a> {
     /// cancelled (a timer: `herald cancel` must hold).
     pub revive_cancelled: bool,
     contents: HashSet<String>,
+    renderer: Renderer,
 }
 
 impl<'a> Builder<'a> {
     pub fn new(store: &'a dyn Store, config: &'a Config, now: DateTime<Utc>) -> Self {
-        Builder { store, config, now, changes: Changes::default(), revive_cancelled: false, contents: HashSet::new() }
+        Builder {
+            store,
+            config,
+            now,
+            changes: Changes::default(),
+            revive_cancelled: false,
+            contents: HashSet::new(),
+            renderer: Renderer::default(),
+        }
     }
 
     pub fn record(&mut self, delivery: Delivery, event: Event) {
@@ -114,7 +169,7 @@ impl<'a> Builder<'a> {
 
     /// The content hash for `post` on `account`, storing the content if new.
     pub fn content_for(&mut self, post: &Post, account: &Account) -> Result<std::result::Result<String, String>> {
-        match render(post, account) {
+        match self.renderer.render(post, account) {
             Ok((hash, rendered)) => {
                 self.remember_content(&hash, rendered)?;
                 Ok(Ok(hash))

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::CheckFormat;
 use crate::config::{self, Config, Diagnostic, Post};
-use crate::occurrences::render;
+use crate::occurrences::Renderer;
 
 #[derive(Serialize)]
 struct Report<'a> {
@@ -169,9 +169,10 @@ fn plan(config: &Config, post: &Post, now: DateTime<Utc>, upcoming: usize) -> Po
         })
         .collect();
     let mut rendered: BTreeMap<(String, String), RenderedView> = BTreeMap::new();
+    let mut renderer = Renderer::default();
     for id in &post.targets {
         let Some(account) = config.accounts.get(id) else { continue };
-        let Ok((hash, r)) = render(post, account) else { continue };
+        let Ok((hash, r)) = renderer.render(post, account) else { continue };
         let view = rendered.entry((account.platform.to_string(), hash)).or_insert_with(|| RenderedView {
             platform: account.platform.to_string(),
             accounts: Vec::new(),
@@ -191,7 +192,7 @@ fn plan(config: &Config, post: &Post, now: DateTime<Utc>, upcoming: usize) -> Po
         time_zone: tz.to_string(),
         misfire: post.misfire.to_string(),
         grace: humantime::format_duration(post.grace).to_string(),
-        targets: post.targets.clone(),
+        targets: post.targets.to_vec(),
         upcoming,
         rendered: rendered.into_values().collect(),
     }

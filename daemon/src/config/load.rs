@@ -1,7 +1,7 @@
 //! Reading the config: the main file, its includes, every section, and the
 //! cross-checks between them. All findings are collected before answering.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -77,6 +77,8 @@ struct Loader {
     /// (so a reference to them is not reported a second time).
     declared: BTreeSet<String>,
     raw_posts: Vec<PostDef>,
+    /// Target lists seen so far, so that posts with the same targets share one.
+    target_lists: HashMap<Vec<String>, super::Targets>,
 }
 
 /// A group as written: its members, and the file index and span defining it.
@@ -1070,7 +1072,11 @@ impl Loader {
             id: id.clone(),
             content,
             overrides,
-            targets: targets.into_iter().collect(),
+            targets: self
+                .target_lists
+                .entry(targets.into_iter().collect())
+                .or_insert_with_key(|l| l.clone().into())
+                .clone(),
             schedule,
             misfire,
             grace,
@@ -1082,9 +1088,11 @@ impl Loader {
 
         // What each platform would say of the content.
         let mut refused: BTreeMap<(Platform, String), Vec<String>> = BTreeMap::new();
+        let mut contents: BTreeMap<Platform, PostContent> = BTreeMap::new();
         for account_id in &post.targets {
             let Some((account, _, _)) = self.accounts.get(account_id) else { continue };
-            if let Err(problems) = account.adapter.render(&post.content_for(account.platform)) {
+            let content = contents.entry(account.platform).or_insert_with(|| post.content_for(account.platform));
+            if let Err(problems) = account.adapter.render(content) {
                 for p in problems {
                     refused.entry((account.platform, p.to_string())).or_default().push(account_id.clone());
                 }

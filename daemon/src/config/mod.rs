@@ -147,7 +147,7 @@ pub struct Post {
     pub content: PostContent,
     pub overrides: BTreeMap<Platform, ContentOverride>,
     /// The accounts this post goes to, groups expanded, sorted, without repeats.
-    pub targets: Vec<String>,
+    pub targets: Targets,
     pub schedule: Schedule,
     pub misfire: Misfire,
     pub grace: Duration,
@@ -157,6 +157,39 @@ pub struct Post {
     /// A digest of everything that defines the post: two configs that give a
     /// post the same hash schedule it identically.
     pub hash: String,
+}
+
+/// A post's target accounts, sorted and without repeats. Posts with the same
+/// targets share one list: ten thousand posts to a group of a hundred
+/// accounts hold a hundred names, not a million.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Targets(Arc<[String]>);
+
+impl std::ops::Deref for Targets {
+    type Target = [String];
+    fn deref(&self) -> &[String] {
+        &self.0
+    }
+}
+
+impl<'a> IntoIterator for &'a Targets {
+    type Item = &'a String;
+    type IntoIter = std::slice::Iter<'a, String>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+impl From<Vec<String>> for Targets {
+    fn from(list: Vec<String>) -> Self {
+        Targets(list.into())
+    }
+}
+
+impl PartialEq<Vec<String>> for Targets {
+    fn eq(&self, other: &Vec<String>) -> bool {
+        *self.0 == **other
+    }
 }
 
 impl Post {

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use herald_adapters::{ErrorClass, PlatformAnswer};
+use herald_adapters::{ErrorClass, PlatformAnswer, Rendered};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
@@ -34,6 +34,8 @@ use crate::store::{Changes, DueKey, Result, Store};
 
 /// How many due keys one scan of the due index reads.
 const SCAN: usize = 1_000;
+/// How many contents the scheduler keeps at hand.
+const CONTENT_CACHE: usize = 256;
 /// The longest the loop sleeps without looking around.
 const MAX_SLEEP: Duration = Duration::from_secs(30);
 
@@ -76,6 +78,8 @@ pub struct Scheduler {
     last_status: Option<std::time::Instant>,
     /// When each account was last warned about expiring credentials.
     expiry_warned: HashMap<String, std::time::Instant>,
+    /// Contents recently sent, by hash.
+    contents: HashMap<String, Rendered>,
 }
 
 impl Scheduler {
@@ -97,6 +101,7 @@ impl Scheduler {
             alerter: None,
             last_status: None,
             expiry_warned: HashMap::new(),
+            contents: HashMap::new(),
         }
     }
 
@@ -315,10 +320,26 @@ impl Scheduler {
         Ok(count)
     }
 
+    /// The content with this hash, through a small cache: a campaign sends
+    /// the same content to many accounts, and content never changes.
+    fn content(&mut self, hash: &str) -> Result<Option<Rendered>> {
+        if let Some(content) = self.contents.get(hash) {
+            return Ok(Some(content.clone()));
+        }
+        let found = self.store.content(hash)?;
+        if let Some(content) = &found {
+            if self.contents.len() >= CONTENT_CACHE {
+                self.contents.clear();
+            }
+            self.contents.insert(hash.to_string(), content.clone());
+        }
+        Ok(found)
+    }
+
     fn spawn(&mut self, d: Delivery, now: DateTime<Utc>) -> Result<()> {
-        let account = self.config.accounts.get(&d.account).cloned();
-        let content = self.store.content(&d.content_hash)?;
-        let (Some(account), Some(content)) = (account, content) else {
+        let account = self.config.accounts.get(&d.account).map(|a| (Arc::clone(&a.adapter), a.http));
+        let content = self.content(&d.content_hash)?;
+        let (Some((adapter, http)), Some(content)) = (account, content) else {
             let reason = "the account or the content of this delivery is missing from the config or the store";
             let finished = Finished {
                 result: Err(herald_adapters::DeliveryError::permanent(PlatformAnswer::default(), reason)),
@@ -331,10 +352,10 @@ impl Scheduler {
             return self.record(vec![finished], now);
         };
         tracing::debug!(delivery = %d.id, post = %d.post_id, account = %d.account, attempt = d.attempt, "attempt started");
-        let default_limit = account.http.timeout * 2 + account.http.connect_timeout + Duration::from_secs(5);
-        let limit = account.adapter.attempt_limit().map_or(default_limit, |l| l.max(default_limit));
+        let default_limit = http.timeout * 2 + http.connect_timeout + Duration::from_secs(5);
+        let limit = adapter.attempt_limit().map_or(default_limit, |l| l.max(default_limit));
         let delivery = d.clone();
-        let handle = self.running.spawn(attempt::run(account.adapter, d, content, limit));
+        let handle = self.running.spawn(attempt::run(adapter, d, content, limit));
         self.running_ids.insert(handle.id(), delivery);
         Ok(())
     }

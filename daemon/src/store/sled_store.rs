@@ -5,7 +5,7 @@
 //! recording outcomes. Flushes are shared: a caller whose writes were already
 //! covered by a flush that started after them returns at once (group commit).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -17,7 +17,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 
 use super::keys;
 use super::{AuditQuery, Changes, DueKey, PostRecord, Result, SCHEMA_VERSION, Store, StoreError};
-use crate::model::{AuditRecord, Delivery, DeliveryId, Millis, State};
+use crate::model::{AuditRecord, Delivery, DeliveryId, Event, Millis, State};
 
 const LOCK_FILE: &str = "herald.lock";
 const DB_DIR: &str = "db";
@@ -183,10 +183,6 @@ fn tx_get<T: serde::de::DeserializeOwned>(
     }
 }
 
-fn tx_add_count(meta: &TransactionalTree, state: State, delta: i64) -> std::result::Result<(), Abort> {
-    tx_add(meta, &count_key(state), delta)
-}
-
 fn tx_add(meta: &TransactionalTree, key: &[u8], delta: i64) -> std::result::Result<(), Abort> {
     let current = match meta.get(key)? {
         Some(v) => i64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8])),
@@ -344,6 +340,10 @@ impl Store for SledStore {
         );
         let result = trees.transaction(|(deliveries, due, by_post, in_flight, posts, timers, audit, content, meta)| {
             let mut next_seq = first_seq;
+            // Counter changes, written once per key at the end rather than once per delivery.
+            let mut counters: BTreeMap<Vec<u8>, i64> = BTreeMap::new();
+            // Deliveries written earlier in this set, by id: their previous state.
+            let mut written: HashMap<DeliveryId, (State, Millis, bool)> = HashMap::new();
             let mut stored = Vec::with_capacity(changes.deliveries.len());
             for (hash, rendered) in &changes.contents {
                 if content.get(hash.as_bytes())?.is_none() {
@@ -372,22 +372,33 @@ impl Store for SledStore {
             }
             for (delivery, record) in &changes.deliveries {
                 let id = delivery.id;
-                let old: Option<Delivery> = tx_get(deliveries, &id.0, "delivery")?;
-                match &old {
-                    Some(old) => {
-                        if old.state == State::Pending {
-                            due.remove(keys::due(old.due, &id))?;
+                let post_key = keys::by_post(&delivery.post_id, delivery.occurrence, &id);
+                // The previous state, if any. Every stored delivery has its
+                // per-post key (post and occurrence never change), which sits
+                // beside its siblings: for a delivery being scheduled (most
+                // likely new) checking it first spares a lookup in the much
+                // larger, randomly keyed deliveries tree.
+                let old = match written.get(&id) {
+                    Some(&previous) => Some(previous),
+                    None if record.event == Event::Scheduled && by_post.get(&post_key)?.is_none() => None,
+                    None => tx_get::<Delivery>(deliveries, &id.0, "delivery")?
+                        .map(|old| (old.state, old.due, is_retrying(&old))),
+                };
+                match old {
+                    Some((state, old_due, retrying)) => {
+                        if state == State::Pending {
+                            due.remove(keys::due(old_due, &id))?;
                         }
-                        if old.state == State::InFlight {
+                        if state == State::InFlight {
                             in_flight.remove(&id.0)?;
                         }
-                        tx_add_count(meta, old.state, -1)?;
-                        if is_retrying(old) {
-                            tx_add(meta, RETRYING_KEY, -1)?;
+                        *counters.entry(count_key(state)).or_default() -= 1;
+                        if retrying {
+                            *counters.entry(RETRYING_KEY.to_vec()).or_default() -= 1;
                         }
                     }
                     None => {
-                        by_post.insert(keys::by_post(&delivery.post_id, delivery.occurrence, &id), &[])?;
+                        by_post.insert(post_key, &[])?;
                     }
                 }
                 match delivery.state {
@@ -399,10 +410,11 @@ impl Store for SledStore {
                     }
                     _ => {}
                 }
-                tx_add_count(meta, delivery.state, 1)?;
+                *counters.entry(count_key(delivery.state)).or_default() += 1;
                 if is_retrying(delivery) {
-                    tx_add(meta, RETRYING_KEY, 1)?;
+                    *counters.entry(RETRYING_KEY.to_vec()).or_default() += 1;
                 }
+                written.insert(id, (delivery.state, delivery.due, is_retrying(delivery)));
                 deliveries.insert(&id.0, encode(delivery))?;
                 let mut record = record.clone();
                 record.seq = next_seq;
@@ -416,6 +428,11 @@ impl Store for SledStore {
                 next_seq += 1;
                 audit.insert(&record.seq.to_be_bytes(), encode(&record))?;
                 stored.push(record);
+            }
+            for (key, delta) in counters {
+                if delta != 0 {
+                    tx_add(meta, &key, delta)?;
+                }
             }
             Ok(stored)
         });
@@ -484,7 +501,7 @@ impl Store for SledStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Event, from_millis};
+    use crate::model::from_millis;
     use herald_adapters::Platform;
 
     fn delivery(n: u8, state: State, due: Millis) -> Delivery {

@@ -1,0 +1,633 @@
+//! `herald-bench`: builds the release `herald` and `herald-sandbox`, then
+//! measures the real daemon, as a child process, against the sandbox's
+//! webhook receiver in another process on loopback. Prints tables; see
+//! BENCHMARKS.md for the method and the numbers.
+//!
+//! ```sh
+//! cargo run --release -p herald-bench            # the full run (about 15 minutes)
+//! cargo run --release -p herald-bench -- --quick # 10k deliveries, a short burst (about 2 minutes)
+//! ```
+
+mod configs;
+mod floor;
+mod http;
+mod machine;
+mod procs;
+mod report;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use chrono::{DateTime, SubsecRound, Utc};
+use clap::Parser;
+use serde::Serialize;
+
+use configs::{PostSpec, Scenario};
+use procs::{Herald, Sink};
+
+/// Benchmark herald: load, start-up, memory, burst dispatch and lateness.
+#[derive(Debug, Parser)]
+#[command(name = "herald-bench")]
+struct Args {
+    /// A short run: the load at 10,000 deliveries only, a burst of 5,000 and
+    /// 200 deliveries over 12 s for lateness.
+    #[arg(long)]
+    quick: bool,
+    /// Schedule sizes (deliveries) for the load and start-up measurements;
+    /// 100 accounts each. Default: 10000,100000,1000000 (quick: 10000).
+    #[arg(long, value_delimiter = ',')]
+    sizes: Vec<usize>,
+    /// Run only these parts (load, burst, lateness, floor); default all.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Deliveries in the burst (default 50000; quick 5000), due at one instant.
+    #[arg(long)]
+    burst: Option<usize>,
+    /// Accounts the burst is spread over.
+    #[arg(long, default_value_t = 1000)]
+    burst_accounts: usize,
+    /// `[daemon] concurrency` for every run (herald's default is 64).
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Seconds from starting herald to the burst's (and lateness') first due time.
+    #[arg(long)]
+    lead: Option<u64>,
+    /// Seconds to let herald settle before reading its steady memory.
+    #[arg(long, default_value_t = 10)]
+    settle: u64,
+    /// Do not run `cargo build --release -p herald -p herald-sandbox` first.
+    #[arg(long)]
+    no_build: bool,
+    /// Where to make the scratch directory (default: the system temp dir).
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+    /// Keep the scratch directory (configs, state, logs) afterwards.
+    #[arg(long)]
+    keep: bool,
+    /// Also write the results as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Give up after this many minutes in all.
+    #[arg(long, default_value_t = 90)]
+    max_minutes: u64,
+}
+
+/// Accounts in the load measurements.
+const LOAD_ACCOUNTS: usize = 100;
+/// Accounts in the lateness measurement.
+const LATENESS_ACCOUNTS: usize = 100;
+
+/// Everything measured, for the tables and the JSON file.
+#[derive(Debug, Serialize)]
+pub struct Results {
+    pub machine: machine::Machine,
+    pub load_before: f64,
+    pub load_after: f64,
+    pub concurrency: usize,
+    pub loads: Vec<LoadResult>,
+    pub burst: Option<BurstResult>,
+    pub lateness: Option<LatenessResult>,
+    pub floor: Vec<floor::Floor>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LoadResult {
+    pub deliveries: usize,
+    pub posts: usize,
+    pub check_s: f64,
+    pub check_cpu_s: f64,
+    pub check_peak_mib: f64,
+    pub first_ready_s: f64,
+    pub first_ready_cpu_s: f64,
+    pub first_peak_mib: f64,
+    pub reload_same_s: f64,
+    pub reload_same: String,
+    pub reload_changed_s: f64,
+    pub reload_changed: String,
+    pub run_peak_mib: f64,
+    pub state_mib: f64,
+    pub startup_s: f64,
+    pub startup_cpu_s: f64,
+    pub startup_peak_mib: f64,
+    pub steady_rss_mib: f64,
+    pub pending_after_restart: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BurstResult {
+    pub deliveries: usize,
+    pub accounts: usize,
+    pub ready_before_due_s: f64,
+    pub delivered: usize,
+    pub failed: u64,
+    pub received_first_arrivals: usize,
+    pub received_repeats: usize,
+    pub due_to_first_received_s: f64,
+    pub due_to_last_received_s: f64,
+    pub due_to_last_delivered_s: f64,
+    pub per_s: f64,
+    pub peak_mib: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LatenessResult {
+    pub deliveries: usize,
+    pub window_s: u64,
+    pub received: usize,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    pub min_ms: f64,
+    /// fdatasync latency on the same disk during the window (4 KiB every 50 ms).
+    pub fsync_p50_ms: f64,
+    pub fsync_p99_ms: f64,
+    pub fsync_max_ms: f64,
+    pub load_during: f64,
+}
+
+/// Paths of the binaries under test.
+struct Bins {
+    herald: PathBuf,
+    sandbox: PathBuf,
+}
+
+/// A global deadline: every wait is bounded by it.
+struct Budget(Instant);
+
+impl Budget {
+    fn left(&self, step: Duration) -> anyhow::Result<Duration> {
+        let left = self.0.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            bail!("the benchmark ran out of time (--max-minutes)");
+        }
+        Ok(step.min(left))
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let budget = Budget(Instant::now() + Duration::from_secs(args.max_minutes * 60));
+    let bins = binaries(!args.no_build)?;
+    let scratch = match &args.dir {
+        Some(dir) => tempfile::Builder::new().prefix("herald-bench-").tempdir_in(dir)?,
+        None => tempfile::Builder::new().prefix("herald-bench-").tempdir()?,
+    };
+    eprintln!("scratch directory: {}", scratch.path().display());
+    let load_before = machine::load1();
+    let machine = machine::describe(scratch.path());
+    eprintln!(
+        "machine: {} cores, {} MiB, fsync {:.0}/s on {}; load average {load_before:.2}",
+        machine.cores, machine.memory_mib, machine.fsyncs_per_s, machine.disk
+    );
+    let sink = Sink::start(&bins.sandbox)?;
+    eprintln!("sink: herald-sandbox on {}", sink.addr);
+    let wants = |part: &str| args.only.is_empty() || args.only.iter().any(|o| o == part);
+
+    let sizes = match (&args.sizes[..], args.quick) {
+        ([], true) => vec![10_000],
+        ([], false) => vec![10_000, 100_000, 1_000_000],
+        (sizes, _) => sizes.to_vec(),
+    };
+    let mut results = Results {
+        machine,
+        load_before,
+        load_after: f64::NAN,
+        concurrency: args.concurrency,
+        loads: Vec::new(),
+        burst: None,
+        lateness: None,
+        floor: Vec::new(),
+    };
+    let settle = Duration::from_secs(if args.quick { args.settle.min(3) } else { args.settle });
+    if wants("load") {
+        for &size in &sizes {
+            let dir = scratch.path().join(format!("load-{size}"));
+            let result = load(&bins, &sink, &dir, size, args.concurrency, settle, &budget)
+                .with_context(|| format!("the load measurement at {size} deliveries"))?;
+            results.loads.push(result);
+            if !args.keep {
+                std::fs::remove_dir_all(&dir).ok();
+            }
+        }
+    }
+    let lead = Duration::from_secs(args.lead.unwrap_or(if args.quick { 10 } else { 20 }));
+    if wants("burst") {
+        let n = args.burst.unwrap_or(if args.quick { 5_000 } else { 50_000 });
+        let dir = scratch.path().join("burst");
+        results.burst = Some(
+            burst(&bins, &sink, &dir, n, args.burst_accounts, args.concurrency, lead, &budget).context("the burst")?,
+        );
+    }
+    if wants("lateness") {
+        let (n, window) = if args.quick { (200, 12) } else { (1_000, 60) };
+        let dir = scratch.path().join("lateness");
+        results.lateness =
+            Some(lateness(&bins, &sink, &dir, n, window, args.concurrency, lead, &budget).context("lateness")?);
+    }
+    if wants("floor") {
+        for &size in &sizes {
+            eprintln!("\n== store floor: the sled writes of a reconcile of {size} deliveries, without herald");
+            let floor = floor::measure(scratch.path(), size, 64)?;
+            eprintln!(
+                "floor: {:.2} s ({:.2} s CPU), {:.0} deliveries/s",
+                floor.seconds, floor.cpu_seconds, floor.per_s
+            );
+            results.floor.push(floor);
+        }
+    }
+    results.load_after = machine::load1();
+    report::print(&results);
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&results)?)?;
+        eprintln!("results written to {}", path.display());
+    }
+    if args.keep {
+        let kept = scratch.keep();
+        eprintln!("kept {}", kept.display());
+    }
+    Ok(())
+}
+
+/// Build the release binaries (unless told not to) and find them.
+fn binaries(build: bool) -> anyhow::Result<Bins> {
+    let exe = std::env::current_exe()?;
+    // <target>/<profile>/herald-bench
+    let target = exe.parent().and_then(Path::parent).context("where is the target directory?")?.to_path_buf();
+    if build {
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("the workspace")?;
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        eprintln!("building the release herald and herald-sandbox ...");
+        let status = Command::new(cargo)
+            .args(["build", "--release", "--locked", "-p", "herald", "-p", "herald-sandbox"])
+            .env("CARGO_TARGET_DIR", &target)
+            .current_dir(workspace)
+            .status()
+            .context("running cargo build")?;
+        if !status.success() {
+            bail!("cargo build failed");
+        }
+    }
+    let bins = Bins { herald: target.join("release/herald"), sandbox: target.join("release/herald-sandbox") };
+    for bin in [&bins.herald, &bins.sandbox] {
+        if !bin.exists() {
+            bail!("{} is missing; build it with cargo build --release", bin.display());
+        }
+    }
+    Ok(bins)
+}
+
+/// Run a herald CLI command (`args` then `config`) to completion.
+pub fn run_cli(bin: &Path, args: &[&str], config: &Path, within: Duration) -> anyhow::Result<(Duration, Output)> {
+    let started = Instant::now();
+    let mut child = procs::Guarded(
+        Command::new(bin)
+            .args(args)
+            .arg(config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?,
+    );
+    let stdout = child.0.stdout.take();
+    let stderr = child.0.stderr.take();
+    let read = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let out = read(stdout.map(|p| Box::new(p) as Box<dyn std::io::Read + Send>));
+    let err = read(stderr.map(|p| Box::new(p) as Box<dyn std::io::Read + Send>));
+    let status = wait_bounded(&mut child, within)?;
+    let elapsed = started.elapsed();
+    let stdout = out.join().unwrap_or_default();
+    let stderr = err.join().unwrap_or_default();
+    Ok((elapsed, Output { status, stdout, stderr }))
+}
+
+fn wait_bounded(child: &mut procs::Guarded, within: Duration) -> anyhow::Result<std::process::ExitStatus> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.0.try_wait()? {
+            return Ok(status);
+        }
+        if Instant::now() >= deadline {
+            bail!("a command did not finish within {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// `herald check --config FILE` with its output thrown away: wall time, CPU
+/// time and peak memory (VmHWM), the last two sampled until it exits.
+fn check(bin: &Path, config: &Path, within: Duration) -> anyhow::Result<(f64, f64, f64)> {
+    let err = config.with_file_name("check.err");
+    let started = Instant::now();
+    let mut child = procs::Guarded(
+        Command::new(bin)
+            .args(["check", "--config"])
+            .arg(config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&err)?)
+            .spawn()?,
+    );
+    let pid = child.0.id();
+    let deadline = started + within;
+    let mut peak_kb = 0;
+    let mut cpu = f64::NAN;
+    let status = loop {
+        if let Some(kb) = procs::proc_kb(pid, "VmHWM") {
+            peak_kb = peak_kb.max(kb);
+        }
+        if let Some(c) = procs::cpu_seconds(pid) {
+            cpu = c;
+        }
+        if let Some(status) = child.0.try_wait()? {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            bail!("herald check did not finish within {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    let elapsed = started.elapsed().as_secs_f64();
+    if !status.success() {
+        bail!("herald check failed: {}", std::fs::read_to_string(&err).unwrap_or_default());
+    }
+    Ok((elapsed, cpu, peak_kb as f64 / 1024.0))
+}
+
+/// Bytes the state directory takes on disk (allocated blocks).
+fn disk_usage(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    for entry in entries.flatten() {
+        let Ok(meta) = entry.metadata() else { continue };
+        if meta.is_dir() {
+            total += disk_usage(&entry.path());
+        } else {
+            total += meta.blocks() * 512;
+        }
+    }
+    total
+}
+
+fn load_posts(posts: usize, base: DateTime<Utc>, revised: usize) -> Vec<PostSpec> {
+    (0..posts)
+        .map(|i| PostSpec {
+            id: format!("load-{i:06}"),
+            at: base + chrono::Duration::minutes(i as i64),
+            targets: vec!["all".into()],
+            revision: u32::from(i < revised),
+        })
+        .collect()
+}
+
+/// Items 1, 2, 3 and 6 of the issue at one size.
+fn load(
+    bins: &Bins,
+    sink: &Sink,
+    dir: &Path,
+    deliveries: usize,
+    concurrency: usize,
+    settle: Duration,
+    budget: &Budget,
+) -> anyhow::Result<LoadResult> {
+    let posts = (deliveries / LOAD_ACCOUNTS).max(1);
+    eprintln!("\n== load: {posts} posts x {LOAD_ACCOUNTS} accounts = {} deliveries", posts * LOAD_ACCOUNTS);
+    // Far enough ahead that nothing falls due while measuring.
+    let base = (Utc::now() + chrono::Duration::days(30)).trunc_subsecs(0);
+    let scenario = configs::write(dir, sink, LOAD_ACCOUNTS, concurrency, &load_posts(posts, base, 0))?;
+    let step = Duration::from_secs(900);
+
+    let (check_s, check_cpu_s, check_peak_mib) = check(&bins.herald, &scenario.main, budget.left(step)?)?;
+    eprintln!("check: {check_s:.2} s ({check_cpu_s:.2} s CPU), peak {check_peak_mib:.0} MiB");
+
+    let mut herald = start(bins, &scenario, "run-1")?;
+    let first_ready_s = herald.wait_ready(budget.left(step)?)?.as_secs_f64();
+    let first_ready_cpu_s = herald.cpu_s();
+    let first_peak_mib = herald.peak_mib();
+    eprintln!(
+        "first reconcile (start to ready, empty state): {first_ready_s:.2} s ({first_ready_cpu_s:.2} s CPU), \
+         peak {first_peak_mib:.0} MiB"
+    );
+
+    let (t, reload_same) = herald.reload(&bins.herald, budget.left(step)?)?;
+    let reload_same_s = t.as_secs_f64();
+    eprintln!("reload, nothing changed: {reload_same_s:.2} s: {reload_same}");
+
+    let changed = (posts / 100).max(1);
+    let all = load_posts(posts, base, changed);
+    for file in 0..=configs::file_of(changed - 1) {
+        let from = file * configs::PER_FILE_POSTS;
+        let to = (from + configs::PER_FILE_POSTS).min(posts);
+        configs::write_posts(&scenario.dir, file, &all[from..to])?;
+    }
+    let (t, reload_changed) = herald.reload(&bins.herald, budget.left(step)?)?;
+    let reload_changed_s = t.as_secs_f64();
+    eprintln!("reload, {changed} posts changed: {reload_changed_s:.2} s: {reload_changed}");
+    let run_peak_mib = herald.peak_mib();
+    herald.stop(budget.left(Duration::from_secs(60))?)?;
+    let state_mib = disk_usage(&scenario.state) as f64 / (1024.0 * 1024.0);
+    eprintln!("state dir: {state_mib:.0} MiB");
+
+    let mut herald = start(bins, &scenario, "run-2")?;
+    let startup_s = herald.wait_ready(budget.left(step)?)?.as_secs_f64();
+    let startup_cpu_s = herald.cpu_s();
+    std::thread::sleep(settle);
+    let steady_rss_mib = herald.rss_mib();
+    // The peak of the whole run: start-up, then settling.
+    let startup_peak_mib = herald.peak_mib();
+    eprintln!(
+        "start-up with {deliveries} pending: {startup_s:.2} s ({startup_cpu_s:.2} s CPU), peak {startup_peak_mib:.0} MiB, \
+         steady {steady_rss_mib:.0} MiB"
+    );
+    let pending_after_restart = herald.counts()?.get("pending").copied().unwrap_or(0);
+    herald.stop(budget.left(Duration::from_secs(60))?)?;
+    Ok(LoadResult {
+        deliveries: posts * LOAD_ACCOUNTS,
+        posts,
+        check_s,
+        check_cpu_s,
+        check_peak_mib,
+        first_ready_s,
+        first_ready_cpu_s,
+        first_peak_mib,
+        reload_same_s,
+        reload_same,
+        reload_changed_s,
+        reload_changed,
+        run_peak_mib,
+        state_mib,
+        startup_s,
+        startup_cpu_s,
+        startup_peak_mib,
+        steady_rss_mib,
+        pending_after_restart,
+    })
+}
+
+fn start(bins: &Bins, scenario: &Scenario, name: &str) -> anyhow::Result<Herald> {
+    Herald::start(&bins.herald, &scenario.main, &scenario.state, &scenario.dir.join(format!("{name}.log")))
+}
+
+/// Wait until `n` deliveries are settled (delivered or failed).
+fn wait_settled(herald: &Herald, n: u64, within: Duration) -> anyhow::Result<(u64, u64)> {
+    let deadline = Instant::now() + within;
+    loop {
+        let counts = herald.counts()?;
+        let delivered = counts.get("delivered").copied().unwrap_or(0);
+        let failed = counts.get("failed").copied().unwrap_or(0);
+        if delivered + failed >= n {
+            return Ok((delivered, failed));
+        }
+        if Instant::now() >= deadline {
+            bail!("only {delivered} delivered and {failed} failed of {n} within {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn seconds(from: DateTime<Utc>, to: DateTime<Utc>) -> f64 {
+    (to - from).num_microseconds().map_or(f64::NAN, |us| us as f64 / 1e6)
+}
+
+/// Item 4: `n` deliveries due at one instant across `accounts` accounts.
+#[allow(clippy::too_many_arguments)]
+fn burst(
+    bins: &Bins,
+    sink: &Sink,
+    dir: &Path,
+    n: usize,
+    accounts: usize,
+    concurrency: usize,
+    lead: Duration,
+    budget: &Budget,
+) -> anyhow::Result<BurstResult> {
+    let posts = (n / accounts).max(1);
+    let n = posts * accounts;
+    eprintln!("\n== burst: {posts} posts x {accounts} accounts = {n} deliveries due at one instant");
+    sink.reset()?;
+    let due = (Utc::now() + chrono::Duration::from_std(lead)?).trunc_subsecs(0);
+    let specs: Vec<PostSpec> = (0..posts)
+        .map(|i| PostSpec { id: format!("burst-{i:03}"), at: due, targets: vec!["all".into()], revision: 0 })
+        .collect();
+    let scenario = configs::write(dir, sink, accounts, concurrency, &specs)?;
+    let mut herald = start(bins, &scenario, "run")?;
+    herald.wait_ready(budget.left(lead + Duration::from_secs(600))?)?;
+    let ready_before_due_s = seconds(Utc::now(), due);
+    if ready_before_due_s < 0.0 {
+        eprintln!("warning: herald was ready {:.1} s after the due instant; use a longer --lead", -ready_before_due_s);
+    }
+    let (delivered, failed) = wait_settled(&herald, n as u64, budget.left(lead + Duration::from_secs(600))?)?;
+    let peak_mib = herald.peak_mib();
+    let records = herald.audit("delivered")?;
+    let last_delivered = records
+        .iter()
+        .filter_map(|r| r.get("time").and_then(|t| t.as_str()).and_then(|t| t.parse::<DateTime<Utc>>().ok()))
+        .max()
+        .context("no delivered record in the audit log")?;
+    herald.stop(budget.left(Duration::from_secs(60))?)?;
+    let received = sink.received()?;
+    let firsts: Vec<&procs::Received> = received.iter().filter(|r| !r.key_seen_before).collect();
+    let first = firsts.iter().map(|r| r.received_at).min().context("the sink received nothing")?;
+    let last = firsts.iter().map(|r| r.received_at).max().context("the sink received nothing")?;
+    let due_to_last_delivered_s = seconds(due, last_delivered);
+    let result = BurstResult {
+        deliveries: n,
+        accounts,
+        ready_before_due_s,
+        delivered: records.len(),
+        failed,
+        received_first_arrivals: firsts.len(),
+        received_repeats: received.len() - firsts.len(),
+        due_to_first_received_s: seconds(due, first),
+        due_to_last_received_s: seconds(due, last),
+        due_to_last_delivered_s,
+        per_s: delivered as f64 / due_to_last_delivered_s,
+        peak_mib,
+    };
+    eprintln!(
+        "burst: {} delivered in {:.2} s = {:.0}/s",
+        result.delivered, result.due_to_last_delivered_s, result.per_s
+    );
+    Ok(result)
+}
+
+/// Item 5: `n` deliveries spread evenly over `window` seconds.
+#[allow(clippy::too_many_arguments)]
+fn lateness(
+    bins: &Bins,
+    sink: &Sink,
+    dir: &Path,
+    n: usize,
+    window: u64,
+    concurrency: usize,
+    lead: Duration,
+    budget: &Budget,
+) -> anyhow::Result<LatenessResult> {
+    eprintln!("\n== lateness: {n} deliveries over {window} s, {LATENESS_ACCOUNTS} accounts");
+    sink.reset()?;
+    let first = (Utc::now() + chrono::Duration::from_std(lead)?).trunc_subsecs(0);
+    let step_us = window as i64 * 1_000_000 / n as i64;
+    let specs: Vec<PostSpec> = (0..n)
+        .map(|i| PostSpec {
+            id: format!("late-{i:04}"),
+            // Whole milliseconds: the config keeps milliseconds.
+            at: (first + chrono::Duration::microseconds(step_us * i as i64)).trunc_subsecs(3),
+            targets: vec![configs::account_id(i % LATENESS_ACCOUNTS + 1)],
+            revision: 0,
+        })
+        .collect();
+    let scenario = configs::write(dir, sink, LATENESS_ACCOUNTS, concurrency, &specs)?;
+    let mut herald = start(bins, &scenario, "run")?;
+    herald.wait_ready(budget.left(lead + Duration::from_secs(300))?)?;
+    if Utc::now() > first {
+        eprintln!("warning: herald was ready after the first due time; use a longer --lead");
+    }
+    let within = lead + Duration::from_secs(window + 120);
+    let probe = machine::FsyncProbe::start(dir, Duration::from_millis(50))?;
+    wait_settled(&herald, n as u64, budget.left(within)?)?;
+    let fsyncs = probe.finish();
+    let load_during = machine::load1();
+    herald.stop(budget.left(Duration::from_secs(60))?)?;
+    let mut late_ms: Vec<f64> = sink
+        .received()?
+        .iter()
+        .filter(|r| !r.key_seen_before)
+        .filter_map(|r| {
+            let occurrence = r.body.as_ref()?.get("occurrence")?.as_str()?.parse::<DateTime<Utc>>().ok()?;
+            Some(seconds(occurrence, r.received_at) * 1000.0)
+        })
+        .collect();
+    late_ms.sort_by(f64::total_cmp);
+    if late_ms.is_empty() {
+        bail!("the sink received nothing");
+    }
+    let pct = |p: f64| machine::quantile(&late_ms, p);
+    let result = LatenessResult {
+        deliveries: n,
+        window_s: window,
+        received: late_ms.len(),
+        p50_ms: pct(0.50),
+        p99_ms: pct(0.99),
+        max_ms: late_ms[late_ms.len() - 1],
+        min_ms: late_ms[0],
+        fsync_p50_ms: machine::quantile(&fsyncs, 0.5),
+        fsync_p99_ms: machine::quantile(&fsyncs, 0.99),
+        fsync_max_ms: fsyncs.last().copied().unwrap_or(f64::NAN),
+        load_during,
+    };
+    eprintln!(
+        "lateness: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; fdatasync meanwhile p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        result.p50_ms, result.p99_ms, result.max_ms, result.fsync_p50_ms, result.fsync_p99_ms, result.fsync_max_ms
+    );
+    Ok(result)
+}
