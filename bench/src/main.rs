@@ -51,6 +51,11 @@ struct Args {
     /// `[daemon] concurrency` for every run (herald's default is 64).
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
+    /// `[daemon] schedule_ahead` for every run (herald's default is 1h). The
+    /// load's posts are 30 days ahead: `60d` makes herald create all their
+    /// deliveries at once, the most a reconcile can have to write.
+    #[arg(long, value_name = "DURATION")]
+    schedule_ahead: Option<String>,
     /// Seconds from starting herald to the burst's (and lateness') first due time.
     #[arg(long)]
     lead: Option<u64>,
@@ -86,6 +91,7 @@ pub struct Results {
     pub load_before: f64,
     pub load_after: f64,
     pub concurrency: usize,
+    pub schedule_ahead: Option<String>,
     pub loads: Vec<LoadResult>,
     pub burst: Option<BurstResult>,
     pub lateness: Option<LatenessResult>,
@@ -195,16 +201,18 @@ fn main() -> anyhow::Result<()> {
         load_before,
         load_after: f64::NAN,
         concurrency: args.concurrency,
+        schedule_ahead: args.schedule_ahead.clone(),
         loads: Vec::new(),
         burst: None,
         lateness: None,
         floor: Vec::new(),
     };
+    let opts = configs::DaemonOpts { concurrency: args.concurrency, schedule_ahead: args.schedule_ahead.clone() };
     let settle = Duration::from_secs(if args.quick { args.settle.min(3) } else { args.settle });
     if wants("load") {
         for &size in &sizes {
             let dir = scratch.path().join(format!("load-{size}"));
-            let result = load(&bins, &sink, &dir, size, args.concurrency, settle, &budget)
+            let result = load(&bins, &sink, &dir, size, &opts, settle, &budget)
                 .with_context(|| format!("the load measurement at {size} deliveries"))?;
             results.loads.push(result);
             if !args.keep {
@@ -216,15 +224,13 @@ fn main() -> anyhow::Result<()> {
     if wants("burst") {
         let n = args.burst.unwrap_or(if args.quick { 5_000 } else { 50_000 });
         let dir = scratch.path().join("burst");
-        results.burst = Some(
-            burst(&bins, &sink, &dir, n, args.burst_accounts, args.concurrency, lead, &budget).context("the burst")?,
-        );
+        results.burst =
+            Some(burst(&bins, &sink, &dir, n, args.burst_accounts, &opts, lead, &budget).context("the burst")?);
     }
     if wants("lateness") {
         let (n, window) = if args.quick { (200, 12) } else { (1_000, 60) };
         let dir = scratch.path().join("lateness");
-        results.lateness =
-            Some(lateness(&bins, &sink, &dir, n, window, args.concurrency, lead, &budget).context("lateness")?);
+        results.lateness = Some(lateness(&bins, &sink, &dir, n, window, &opts, lead, &budget).context("lateness")?);
     }
     if wants("floor") {
         for &size in &sizes {
@@ -396,7 +402,7 @@ fn load(
     sink: &Sink,
     dir: &Path,
     deliveries: usize,
-    concurrency: usize,
+    opts: &configs::DaemonOpts,
     settle: Duration,
     budget: &Budget,
 ) -> anyhow::Result<LoadResult> {
@@ -404,7 +410,7 @@ fn load(
     eprintln!("\n== load: {posts} posts x {LOAD_ACCOUNTS} accounts = {} deliveries", posts * LOAD_ACCOUNTS);
     // Far enough ahead that nothing falls due while measuring.
     let base = (Utc::now() + chrono::Duration::days(30)).trunc_subsecs(0);
-    let scenario = configs::write(dir, sink, LOAD_ACCOUNTS, concurrency, &load_posts(posts, base, 0))?;
+    let scenario = configs::write(dir, sink, LOAD_ACCOUNTS, opts, &load_posts(posts, base, 0))?;
     let step = Duration::from_secs(900);
 
     let (check_s, check_cpu_s, check_peak_mib) = check(&bins.herald, &scenario.main, budget.left(step)?)?;
@@ -449,7 +455,10 @@ fn load(
         "start-up with {deliveries} pending: {startup_s:.2} s ({startup_cpu_s:.2} s CPU), peak {startup_peak_mib:.0} MiB, \
          steady {steady_rss_mib:.0} MiB"
     );
-    let pending_after_restart = herald.counts()?.get("pending").copied().unwrap_or(0);
+    // Pending, and planned: the deliveries of occurrences further ahead than
+    // schedule_ahead, which herald keeps as one record per post.
+    let counts = herald.counts()?;
+    let pending_after_restart = ["pending", "planned"].iter().filter_map(|k| counts.get(*k)).sum();
     herald.stop(budget.left(Duration::from_secs(60))?)?;
     Ok(LoadResult {
         deliveries: posts * LOAD_ACCOUNTS,
@@ -507,7 +516,7 @@ fn burst(
     dir: &Path,
     n: usize,
     accounts: usize,
-    concurrency: usize,
+    opts: &configs::DaemonOpts,
     lead: Duration,
     budget: &Budget,
 ) -> anyhow::Result<BurstResult> {
@@ -519,7 +528,7 @@ fn burst(
     let specs: Vec<PostSpec> = (0..posts)
         .map(|i| PostSpec { id: format!("burst-{i:03}"), at: due, targets: vec!["all".into()], revision: 0 })
         .collect();
-    let scenario = configs::write(dir, sink, accounts, concurrency, &specs)?;
+    let scenario = configs::write(dir, sink, accounts, opts, &specs)?;
     let mut herald = start(bins, &scenario, "run")?;
     herald.wait_ready(budget.left(lead + Duration::from_secs(600))?)?;
     let ready_before_due_s = seconds(Utc::now(), due);
@@ -569,7 +578,7 @@ fn lateness(
     dir: &Path,
     n: usize,
     window: u64,
-    concurrency: usize,
+    opts: &configs::DaemonOpts,
     lead: Duration,
     budget: &Budget,
 ) -> anyhow::Result<LatenessResult> {
@@ -586,7 +595,7 @@ fn lateness(
             revision: 0,
         })
         .collect();
-    let scenario = configs::write(dir, sink, LATENESS_ACCOUNTS, concurrency, &specs)?;
+    let scenario = configs::write(dir, sink, LATENESS_ACCOUNTS, opts, &specs)?;
     let mut herald = start(bins, &scenario, "run")?;
     herald.wait_ready(budget.left(lead + Duration::from_secs(300))?)?;
     if Utc::now() > first {

@@ -172,6 +172,8 @@ pub struct Herald {
 #[derive(Debug, Deserialize)]
 struct StatusView {
     counts: std::collections::BTreeMap<String, u64>,
+    #[serde(default)]
+    planned: u64,
 }
 
 impl Herald {
@@ -257,7 +259,9 @@ impl Herald {
     pub fn counts(&self) -> anyhow::Result<std::collections::BTreeMap<String, u64>> {
         let view: StatusView =
             http::unix(&self.socket, "GET", "/v1/status?limit=0", Duration::from_secs(60))?.json()?;
-        Ok(view.counts)
+        let mut counts = view.counts;
+        counts.insert("planned".into(), view.planned);
+        Ok(counts)
     }
 
     /// Audit records of one event, from the control API.

@@ -36,8 +36,11 @@ pub fn print(r: &Results) {
         m.cores, m.cpu, m.memory_mib, m.kernel, m.disk, m.fsyncs_per_s
     );
     println!(
-        "load average (1 min): {:.2} before, {:.2} after; [daemon] concurrency = {}",
-        r.load_before, r.load_after, r.concurrency
+        "load average (1 min): {:.2} before, {:.2} after; [daemon] concurrency = {}, schedule_ahead = {}",
+        r.load_before,
+        r.load_after,
+        r.concurrency,
+        r.schedule_ahead.as_deref().unwrap_or("1h (default)")
     );
     if !r.loads.is_empty() {
         println!("\nLoad and start-up (100 accounts; one-shot posts, each to all accounts)");

@@ -27,6 +27,9 @@ pub struct StatusView {
     pub line: String,
     pub counts: std::collections::BTreeMap<State, u64>,
     pub retrying: u64,
+    /// Deliveries of occurrences more than `schedule_ahead` away, not created yet.
+    #[serde(default)]
+    pub planned: u64,
     pub next: Option<Upcoming>,
     pub failed: Vec<Delivery>,
 }
@@ -40,6 +43,9 @@ pub struct Upcoming {
     pub account: String,
     pub platform: String,
     pub attempt: u32,
+    /// Not created yet: its occurrence is more than `schedule_ahead` away.
+    #[serde(default)]
+    pub planned: bool,
 }
 
 /// The filters of `GET /v1/log`, as the CLI writes them.
@@ -150,13 +156,15 @@ pub fn status_view(
     Ok(StatusView {
         line: crate::scheduler::status_line(store, tz, in_flight, chrono::Utc::now())?,
         retrying: store.retrying()?,
+        planned: store.planned_deliveries()?,
         failed,
         counts,
         next,
     })
 }
 
-/// Pending deliveries in due order.
+/// Pending deliveries in due order, with the deliveries that planned
+/// occurrences will create.
 pub fn upcoming_list(store: &dyn Store, limit: usize) -> Result<Vec<Upcoming>, crate::store::StoreError> {
     let mut out = Vec::new();
     for key in store.due(None, i64::MAX, limit)? {
@@ -168,9 +176,32 @@ pub fn upcoming_list(store: &dyn Store, limit: usize) -> Result<Vec<Upcoming>, c
                 account: d.account,
                 platform: d.platform.to_string(),
                 attempt: d.attempt,
+                planned: false,
             });
         }
     }
+    // Both lists are in time order: the first `limit` of their merge are
+    // among the first `limit` of each.
+    let mut rows = 0;
+    'plans: for (post, plan) in store.planned(limit)? {
+        for (id, account, platform) in plan.delivery_ids(&post) {
+            if rows == limit {
+                break 'plans;
+            }
+            rows += 1;
+            out.push(Upcoming {
+                due: from_millis(plan.occurrence),
+                delivery: id.to_string(),
+                post: post.clone(),
+                account: account.to_string(),
+                platform: platform.to_string(),
+                attempt: 0,
+                planned: true,
+            });
+        }
+    }
+    out.sort_by_key(|u| u.due);
+    out.truncate(limit);
     Ok(out)
 }
 

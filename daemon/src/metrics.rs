@@ -125,6 +125,14 @@ impl Metrics {
             let _ = writeln!(out, "# TYPE herald_retrying gauge");
             let _ = writeln!(out, "herald_retrying {retrying}");
         }
+        if let Ok(planned) = store.planned_deliveries() {
+            let _ = writeln!(
+                out,
+                "# HELP herald_planned_deliveries Deliveries of occurrences further ahead than schedule_ahead, not created yet."
+            );
+            let _ = writeln!(out, "# TYPE herald_planned_deliveries gauge");
+            let _ = writeln!(out, "herald_planned_deliveries {planned}");
+        }
         let Ok(m) = self.inner.lock() else { return out };
         let _ = writeln!(out, "# HELP herald_deliveries_total Finished attempts by account, platform and outcome.");
         let _ = writeln!(out, "# TYPE herald_deliveries_total counter");

@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::{Account, Config, Misfire, Post};
 use crate::model::{AuditRecord, Delivery, DeliveryId, Event, Millis, State, from_millis, to_millis};
-use crate::store::{Changes, PostRecord, Result, Store};
+use crate::store::{Changes, Planned, PostRecord, Result, Store};
 
 /// An occurrence handled within this long of its time is on time; later than
 /// that (herald was down, or the host was suspended) it is *missed* and the
@@ -138,6 +138,9 @@ pub struct Builder<'a> {
     /// again (a reconcile of a new or changed post), rather than leaving them
     /// cancelled (a timer: `herald cancel` must hold).
     pub revive_cancelled: bool,
+    /// Deliveries planned (not created: their occurrence is more than
+    /// `schedule_ahead` away) by this step.
+    pub planned: usize,
     contents: HashSet<String>,
     renderer: Renderer,
 }
@@ -150,6 +153,7 @@ impl<'a> Builder<'a> {
             now,
             changes: Changes::default(),
             revive_cancelled: false,
+            planned: 0,
             contents: HashSet::new(),
             renderer: Renderer::default(),
         }
@@ -281,7 +285,9 @@ impl<'a> Builder<'a> {
 
     /// Schedule `post` from occurrence `first` on: every occurrence up to now
     /// is settled by the misfire policy, and the first future one gets
-    /// pending deliveries and the post's timer.
+    /// pending deliveries and the post's timer when it is within
+    /// `schedule_ahead`, or is planned (one record, a timer `schedule_ahead`
+    /// before it) when it is further away.
     pub fn schedule_from(&mut self, post: &Post, first: Option<DateTime<Utc>>, hash: &str) -> Result<usize> {
         let mut past = Vec::new();
         let mut next = first;
@@ -297,20 +303,48 @@ impl<'a> Builder<'a> {
         for (t, verdict) in past.iter().zip(verdicts(post, &past, self.now)) {
             created += self.ensure_occurrence(post, *t, &verdict)?;
         }
-        if let Some(t) = future {
-            created += self.ensure_occurrence(post, t, &Verdict::OnTime)?;
-        }
-        let current = future.or(past.last().copied()).map(to_millis);
-        let record = PostRecord { hash: hash.to_string(), current, timer: future.map(to_millis) };
+        let ahead = chrono::Duration::from_std(self.config.daemon.schedule_ahead).unwrap_or(chrono::Duration::MAX);
+        let past_current = past.last().copied().map(to_millis);
+        let record = match future {
+            Some(t) if t - self.now <= ahead => {
+                created += self.ensure_occurrence(post, t, &Verdict::OnTime)?;
+                PostRecord {
+                    hash: hash.to_string(),
+                    current: Some(to_millis(t)),
+                    timer: Some(to_millis(t)),
+                    planned: None,
+                }
+            }
+            Some(t) => {
+                let targets: Vec<(String, Platform)> = post
+                    .targets
+                    .iter()
+                    .filter_map(|a| self.config.accounts.get(a).map(|account| (a.clone(), account.platform)))
+                    .collect();
+                self.planned += targets.len();
+                PostRecord {
+                    hash: hash.to_string(),
+                    current: past_current,
+                    timer: Some(to_millis(t - ahead)),
+                    planned: Some(Planned { occurrence: to_millis(t), targets }),
+                }
+            }
+            None => PostRecord { hash: hash.to_string(), current: past_current, timer: None, planned: None },
+        };
         self.changes.posts.push((post.id.clone(), Some(record)));
         Ok(created)
     }
 
-    /// The post's timer fired: occurrence `t` is due. Settle it (and any
+    /// The post's timer fired at `t`: its planned occurrence is close (or
+    /// occurrence `t` is due). Settle what is due (and any occurrences
     /// missed after it, when the timer itself fired late) and schedule the
     /// next one.
     pub fn advance(&mut self, post: &Post, t: Millis) -> Result<usize> {
-        self.schedule_from(post, Some(from_millis(t)), &post.hash.clone())
+        let first = match self.store.post(&post.id)?.and_then(|r| r.planned) {
+            Some(plan) => plan.occurrence,
+            None => t,
+        };
+        self.schedule_from(post, Some(from_millis(first)), &post.hash.clone())
     }
 }
 
@@ -424,5 +458,80 @@ grace = "{grace}"
         assert_eq!(store.deliveries_of_post("p").unwrap()[0].state, State::Pending, "30 minutes late, within 1h");
         let (_dir, _cfg, store) = setup("at = 2026-12-01T08:00:00+08:00", "latest", "1h", now);
         assert_eq!(store.deliveries_of_post("p").unwrap()[0].state, State::Skipped, "2 hours late, beyond 1h");
+    }
+
+    fn pending_and_planned(store: &SledStore) -> (u64, u64) {
+        (store.counts().unwrap().get(&State::Pending).copied().unwrap_or(0), store.planned_deliveries().unwrap())
+    }
+
+    #[test]
+    fn an_occurrence_beyond_schedule_ahead_is_planned_then_created_an_hour_before() {
+        // Default schedule_ahead: 1h. The post is due at 09:00 CST (01:00 UTC) tomorrow.
+        let now = utc("2026-11-30T02:00:00Z");
+        let (_dir, cfg, store) = setup("at = 2026-12-01T09:00:00+08:00", "latest", "1h", now);
+        assert!(store.deliveries_of_post("p").unwrap().is_empty(), "created a day early");
+        assert_eq!(pending_and_planned(&store), (0, 1));
+        let plans = store.planned(10).unwrap();
+        assert_eq!(plans.len(), 1);
+        assert_eq!(plans[0].1.occurrence, to_millis(utc("2026-12-01T01:00:00Z")));
+        assert_eq!(store.next_timer().unwrap(), Some(to_millis(utc("2026-12-01T00:00:00Z"))), "an hour before");
+        assert!(store.timers_due(to_millis(utc("2026-11-30T23:59:59Z"))).unwrap().is_empty());
+
+        fire_timer(&store, &cfg, utc("2026-12-01T00:00:00.100Z"));
+        let created = store.deliveries_of_post("p").unwrap();
+        assert_eq!(created.len(), 1);
+        assert_eq!((created[0].state, created[0].due), (State::Pending, to_millis(utc("2026-12-01T01:00:00Z"))));
+        assert_eq!(pending_and_planned(&store), (1, 0));
+        let scheduled =
+            store.audit(&crate::store::AuditQuery { events: vec![Event::Scheduled], ..Default::default() }).unwrap();
+        assert_eq!(scheduled.len(), 1, "the delivery's life starts in the audit log when it is created");
+    }
+
+    #[test]
+    fn a_planned_occurrence_missed_while_down_follows_the_misfire_policy() {
+        let now = utc("2026-11-30T02:00:00Z");
+        // Down from before the timer (00:00 UTC) until 30 minutes after 09:00 CST: within grace, late.
+        let (_dir, cfg, store) = setup("at = 2026-12-01T09:00:00+08:00", "latest", "1h", now);
+        fire_timer(&store, &cfg, utc("2026-12-01T01:30:00Z"));
+        let d = &store.deliveries_of_post("p").unwrap()[0];
+        assert_eq!((d.state, d.due), (State::Pending, to_millis(utc("2026-12-01T01:30:00Z"))));
+        assert!(d.reason.as_deref().unwrap().contains("published late"), "{d:?}");
+        // Down for two hours past it: beyond grace, skipped and recorded.
+        let (_dir, cfg, store) = setup("at = 2026-12-01T09:00:00+08:00", "latest", "1h", now);
+        fire_timer(&store, &cfg, utc("2026-12-01T03:00:00Z"));
+        assert_eq!(store.deliveries_of_post("p").unwrap()[0].state, State::Skipped);
+        assert_eq!(pending_and_planned(&store), (0, 0));
+    }
+
+    #[test]
+    fn a_recurring_post_plans_its_next_occurrence_when_it_is_far() {
+        // Weekly on Monday 09:00 CST; now is Tuesday.
+        let now = utc("2026-12-01T02:00:00Z");
+        let (_dir, cfg, store) = setup("cron = \"0 9 * * 1\"", "latest", "1h", now);
+        assert_eq!(pending_and_planned(&store), (0, 1));
+        fire_timer(&store, &cfg, utc("2026-12-07T00:00:00Z"));
+        assert_eq!(hours(&store), vec![("07 09:00".into(), State::Pending)]);
+        // At 09:00 the timer moves on: the next Monday is a week away, planned again.
+        fire_timer(&store, &cfg, utc("2026-12-07T01:00:00Z"));
+        assert_eq!(pending_and_planned(&store), (1, 1));
+        assert_eq!(store.planned(1).unwrap()[0].1.occurrence, to_millis(utc("2026-12-14T01:00:00Z")));
+    }
+
+    #[test]
+    fn cancelling_a_planned_post_records_it_and_nothing_goes_out_later() {
+        let now = utc("2026-11-30T02:00:00Z");
+        let (_dir, cfg, store) = setup("at = 2026-12-01T09:00:00+08:00", "latest", "1h", now);
+        let selection = crate::operations::Selection { delivery: None, post: Some("p".into()) };
+        assert_eq!(crate::operations::cancel(&store, &selection, now).unwrap(), 1);
+        assert_eq!(pending_and_planned(&store), (0, 0));
+        let d = &store.deliveries_of_post("p").unwrap()[0];
+        assert_eq!(d.state, State::Cancelled);
+        let cancelled =
+            store.audit(&crate::store::AuditQuery { events: vec![Event::Cancelled], ..Default::default() }).unwrap();
+        assert_eq!(cancelled.len(), 1);
+        // Its time comes: the timer passes it by.
+        fire_timer(&store, &cfg, utc("2026-12-01T01:00:00.100Z"));
+        assert_eq!(hours(&store), vec![("01 09:00".into(), State::Cancelled)]);
+        assert!(store.timers_due(i64::MAX).unwrap().is_empty());
     }
 }

@@ -78,11 +78,85 @@ pub fn retry(store: &dyn Store, selection: &Selection, now: DateTime<Utc>) -> Re
     })
 }
 
-/// Cancel pending deliveries. Returns how many.
+/// Cancel pending deliveries, and planned ones (not created yet: they are
+/// created cancelled, so an auditor sees the cancellation and the post's
+/// timer passes them by). Returns how many.
 pub fn cancel(store: &dyn Store, selection: &Selection, now: DateTime<Utc>) -> Result<usize, OperationError> {
-    let chosen = select(store, selection, &[State::Pending])?;
-    change(store, chosen, Event::Cancelled, now, |d| {
+    let mut changes = cancel_planned(store, selection, now)?;
+    let chosen = match select(store, selection, &[State::Pending]) {
+        Err(OperationError::NoSuchDelivery(_)) if !changes.deliveries.is_empty() => Vec::new(),
+        other => other?,
+    };
+    for mut d in chosen {
         d.state = State::Cancelled;
         d.reason = Some("cancelled by `herald cancel`".into());
-    })
+        d.updated = to_millis(now);
+        let record = AuditRecord::of(&d, Event::Cancelled, now);
+        changes.deliveries.push((d, record));
+    }
+    let n = changes.deliveries.len();
+    store.apply(changes)?;
+    store.flush()?;
+    Ok(n)
+}
+
+/// The planned (not yet created) deliveries a selection names, created
+/// cancelled, with their posts' records updated to plan the rest.
+fn cancel_planned(store: &dyn Store, selection: &Selection, now: DateTime<Utc>) -> Result<Changes, OperationError> {
+    let wanted = match (&selection.delivery, &selection.post) {
+        (Some(id), _) => Some(DeliveryId::parse(id).ok_or_else(|| OperationError::BadId(id.clone()))?),
+        (None, Some(_)) => None,
+        (None, None) => return Err(OperationError::NothingSelected),
+    };
+    let candidates: Vec<String> = match (&selection.post, wanted) {
+        (Some(post), None) => vec![post.clone()],
+        // Planned deliveries have no record of their own: look through the
+        // plans (a rare, manual operation).
+        _ if wanted.as_ref().is_some_and(|id| store.delivery(*id).ok().flatten().is_none()) => {
+            store.planned(usize::MAX)?.into_iter().map(|(post, _)| post).collect()
+        }
+        _ => Vec::new(),
+    };
+    let mut changes = Changes::default();
+    for post in candidates {
+        let Some(mut record) = store.post(&post)? else { continue };
+        let Some(mut plan) = record.planned.take() else { continue };
+        let before = changes.deliveries.len();
+        plan.targets.retain(|(account, platform)| {
+            let id = DeliveryId::derive(&post, plan.occurrence, account);
+            if wanted.is_some_and(|w| w != id) {
+                return true;
+            }
+            let d = Delivery {
+                id,
+                post_id: post.clone(),
+                account: account.clone(),
+                platform: *platform,
+                occurrence: plan.occurrence,
+                state: State::Cancelled,
+                attempt: 0,
+                due: plan.occurrence,
+                content_hash: String::new(),
+                uncertain: false,
+                reason: Some("cancelled by `herald cancel` while planned, before it was created".into()),
+                remote_id: None,
+                url: None,
+                updated: to_millis(now),
+            };
+            let record = AuditRecord::of(&d, Event::Cancelled, now);
+            changes.deliveries.push((d, record));
+            false
+        });
+        if changes.deliveries.len() == before {
+            continue;
+        }
+        if plan.targets.is_empty() {
+            // Nothing left to create: the timer moves on at the occurrence itself.
+            record.timer = Some(plan.occurrence);
+        } else {
+            record.planned = Some(plan);
+        }
+        changes.posts.push((post, Some(record)));
+    }
+    Ok(changes)
 }

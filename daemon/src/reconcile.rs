@@ -16,6 +16,8 @@ use crate::schedule::Recurrence;
 use crate::store::{Result, Store};
 
 const ACCOUNTS_META: &str = "accounts_hash";
+/// The `schedule_ahead` (milliseconds) that planned occurrences were timed with.
+const AHEAD_META: &str = "schedule_ahead_ms";
 /// Changes are written in slices of about this many deliveries.
 const BATCH: usize = 2_000;
 
@@ -26,8 +28,16 @@ pub struct Summary {
     pub posts_changed: usize,
     pub posts_removed: usize,
     pub deliveries_scheduled: usize,
+    /// Deliveries of occurrences more than `schedule_ahead` away: planned,
+    /// created later.
+    #[serde(default)]
+    pub deliveries_planned: usize,
     pub deliveries_replaced: usize,
     pub deliveries_cancelled: usize,
+    /// Planned deliveries dropped before they were created (their post left
+    /// the config).
+    #[serde(default)]
+    pub planned_dropped: usize,
 }
 
 impl Summary {
@@ -40,14 +50,19 @@ impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "posts: {} added, {} changed, {} removed; deliveries: {} scheduled, {} replaced, {} cancelled",
+            "posts: {} added, {} changed, {} removed; deliveries: {} scheduled, {} planned, {} replaced, {} cancelled",
             self.posts_added,
             self.posts_changed,
             self.posts_removed,
             self.deliveries_scheduled,
+            self.deliveries_planned,
             self.deliveries_replaced,
             self.deliveries_cancelled
-        )
+        )?;
+        if self.planned_dropped > 0 {
+            write!(f, ", {} planned dropped", self.planned_dropped)?;
+        }
+        Ok(())
     }
 }
 
@@ -69,6 +84,9 @@ pub fn reconcile(store: &dyn Store, config: &Config, now: DateTime<Utc>) -> Resu
     // Posts that left the config: cancel what has not gone out.
     let known: BTreeSet<String> = store.post_ids()?.into_iter().collect();
     for id in known.iter().filter(|id| !config.posts.contains_key(*id)) {
+        if let Some(plan) = store.post(id)?.and_then(|r| r.planned) {
+            summary.planned_dropped += plan.targets.len();
+        }
         for d in store.deliveries_of_post(id)? {
             if d.state == State::Pending {
                 summary.deliveries_cancelled += 1;
@@ -80,9 +98,17 @@ pub fn reconcile(store: &dyn Store, config: &Config, now: DateTime<Utc>) -> Resu
         flush_if_large(&mut b)?;
     }
 
-    // Accounts that left the config: cancel their pending deliveries.
+    // Accounts that left the config: cancel their pending deliveries. Planned
+    // occurrences are planned again (their targets, and their timers when
+    // `schedule_ahead` changed).
     let hash = accounts_hash(config);
+    let ahead = (config.daemon.schedule_ahead.as_millis() as u64).to_be_bytes();
+    let mut replan = store.meta(AHEAD_META)?.as_deref() != Some(ahead.as_slice());
+    if replan {
+        b.changes.meta.push((AHEAD_META.into(), ahead.to_vec()));
+    }
     if store.meta(ACCOUNTS_META)?.as_deref() != Some(hash.as_slice()) {
+        replan = true;
         for key in store.due(None, i64::MAX, usize::MAX)? {
             if !config.accounts.contains_key(&key.account)
                 && let Some(d) = store.delivery(key.id)?
@@ -97,7 +123,14 @@ pub fn reconcile(store: &dyn Store, config: &Config, now: DateTime<Utc>) -> Resu
     for post in config.posts.values() {
         let record = store.post(&post.id)?;
         match &record {
-            Some(r) if r.hash == post.hash => continue,
+            Some(r) if r.hash == post.hash => {
+                if let Some(plan) = r.planned.as_ref().filter(|_| replan) {
+                    let at = crate::model::from_millis(plan.occurrence);
+                    summary.deliveries_scheduled += b.schedule_from(post, Some(at), &post.hash)?;
+                    flush_if_large(&mut b)?;
+                }
+                continue;
+            }
             Some(_) => {
                 summary.posts_changed += 1;
                 replace_pending(&mut b, post, &mut summary)?;
@@ -114,6 +147,7 @@ pub fn reconcile(store: &dyn Store, config: &Config, now: DateTime<Utc>) -> Resu
     }
     store.apply(std::mem::take(&mut b.changes))?;
     store.flush()?;
+    summary.deliveries_planned = b.planned;
     Ok(summary)
 }
 
@@ -142,7 +176,7 @@ fn revive_later(b: &mut Builder, post: &Post) -> Result<usize> {
 }
 
 fn flush_if_large(b: &mut Builder) -> Result<()> {
-    if b.changes.deliveries.len() >= BATCH {
+    if b.changes.deliveries.len() >= BATCH || b.changes.posts.len() >= BATCH {
         b.store.apply(std::mem::take(&mut b.changes))?;
     }
     Ok(())
@@ -204,6 +238,7 @@ mod tests {
 [daemon]
 state_dir = "state"
 time_zone = "Asia/Shanghai"
+schedule_ahead = "30d"
 
 [accounts.wuhan]
 platform = "webhook"
@@ -324,5 +359,31 @@ url = "http://127.0.0.1:9/xian"
         let direct = SledStore::open(&two.path().join("state"), 8).unwrap();
         reconcile(&direct, &config(two.path(), &b_text, now), now).unwrap();
         assert_eq!(pending(&store), pending(&direct));
+    }
+
+    #[test]
+    fn planned_posts_are_replanned_when_schedule_ahead_changes_and_dropped_with_their_post() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = utc("2026-12-01T00:00:00Z");
+        let body = post("p", "at = 2026-12-03T09:00:00+08:00", "x", "[\"wuhan\", \"xian\"]");
+        let near = config(dir.path(), &format!("{HEAD}{body}").replace("\"30d\"", "\"1h\""), now);
+        let store = SledStore::open(&dir.path().join("state"), 8).unwrap();
+        let summary = reconcile(&store, &near, now).unwrap();
+        assert_eq!((summary.deliveries_scheduled, summary.deliveries_planned), (0, 2), "{summary}");
+        assert_eq!(store.planned_deliveries().unwrap(), 2);
+        assert!(reconcile(&store, &near, now).unwrap().is_empty(), "a second run changes nothing");
+        // schedule_ahead grows past the occurrence: its deliveries are created now.
+        let far = config(dir.path(), &format!("{HEAD}{body}"), now);
+        let summary = reconcile(&store, &far, now).unwrap();
+        assert_eq!((summary.deliveries_scheduled, summary.deliveries_planned), (2, 0), "{summary}");
+        assert_eq!(store.planned_deliveries().unwrap(), 0);
+        // Planned again under a short window, then the post is removed.
+        let other = post("q", "at = 2026-12-20T09:00:00+08:00", "y", "[\"wuhan\"]");
+        let with_q = config(dir.path(), &format!("{HEAD}{body}{other}").replace("\"30d\"", "\"1h\""), now);
+        assert_eq!(reconcile(&store, &with_q, now).unwrap().deliveries_planned, 1);
+        let summary = reconcile(&store, &near, now).unwrap();
+        assert_eq!((summary.posts_removed, summary.planned_dropped), (1, 1), "{summary}");
+        assert!(summary.to_string().contains("1 planned dropped"), "{summary}");
+        assert_eq!(store.planned_deliveries().unwrap(), 0);
     }
 }

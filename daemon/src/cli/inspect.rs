@@ -19,6 +19,12 @@ pub fn status(source: &Source, failed_limit: usize) -> anyhow::Result<ExitCode> 
     let summary: Vec<String> =
         State::ALL.iter().map(|s| format!("{} {}", view.counts.get(s).copied().unwrap_or(0), s)).collect();
     println!("deliveries: {} ({} retrying)", summary.join(", "), view.retrying);
+    if view.planned > 0 {
+        println!(
+            "planned: {} more, of occurrences further ahead than `schedule_ahead`; created as pending when they come close",
+            view.planned
+        );
+    }
     let now = Utc::now();
     match &view.next {
         Some(next) => {
@@ -29,11 +35,12 @@ pub fn status(source: &Source, failed_limit: usize) -> anyhow::Result<ExitCode> 
                 format!("in {}", humantime::format_duration(std::time::Duration::from_secs(wait.as_secs())))
             };
             println!(
-                "next due: {} ({when}): post {} to {} [{}]",
+                "next due: {} ({when}): post {} to {} [{}]{}",
                 next.due.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                 next.post,
                 next.account,
-                next.delivery
+                next.delivery,
+                if next.planned { " (planned)" } else { "" }
             );
         }
         None => println!("next due: nothing pending"),
@@ -86,13 +93,13 @@ pub fn upcoming(source: &Source, limit: usize, tz: chrono_tz::Tz) -> anyhow::Res
     }
     for u in list {
         println!(
-            "{}  {}  post {}  to {} ({})  attempt {}  [{}]",
+            "{}  {}  post {}  to {} ({})  {}  [{}]",
             u.due.with_timezone(&tz).format("%Y-%m-%d %H:%M:%S %Z"),
             u.due.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             u.post,
             u.account,
             u.platform,
-            u.attempt + 1,
+            if u.planned { "planned".to_string() } else { format!("attempt {}", u.attempt + 1) },
             u.delivery
         );
     }

@@ -59,6 +59,9 @@ pub fn load_with(path: &Path, now: DateTime<Utc>, credentials_dir: Option<PathBu
     LoadOutcome { config, diagnostics }
 }
 
+/// `[daemon] schedule_ahead` unless set: deliveries exist from an hour
+/// before their occurrence.
+pub const DEFAULT_SCHEDULE_AHEAD: Duration = Duration::from_secs(3600);
 const MAIN_KEYS: &[&str] = &["daemon", "retry", "alerts", "accounts", "groups", "posts"];
 const INCLUDED_KEYS: &[&str] = &["accounts", "groups", "posts"];
 const ACCOUNT_KEYS_OWNED_BY_DAEMON: &[&str] = &["platform", "rate", "concurrency", "timeout", "connect_timeout"];
@@ -107,6 +110,7 @@ struct RawDaemon {
     concurrency: Option<Spanned<i64>>,
     cache_mb: Option<Spanned<i64>>,
     shutdown_deadline: Option<Spanned<String>>,
+    schedule_ahead: Option<Spanned<String>>,
     control_socket: Option<String>,
     socket_group: Option<String>,
     metrics_listen: Option<Spanned<String>>,
@@ -418,6 +422,7 @@ impl Loader {
             None => 64,
         };
         let shutdown_deadline = self.duration(idx, raw.shutdown_deadline.as_ref(), Duration::from_secs(30), &mut ok);
+        let schedule_ahead = self.duration(idx, raw.schedule_ahead.as_ref(), DEFAULT_SCHEDULE_AHEAD, &mut ok);
         let include = raw.include.unwrap_or_default().into_iter().map(Spanned::into_inner).collect();
         let file = &self.files[idx];
         let metrics_listen = match &raw.metrics_listen {
@@ -455,6 +460,7 @@ impl Loader {
             concurrency,
             cache_mb,
             shutdown_deadline,
+            schedule_ahead,
             control_socket,
             socket_group: raw.socket_group,
             metrics_listen,

@@ -65,6 +65,9 @@ pub struct DaemonSettings {
     pub cache_mb: u64,
     /// How long `herald run` waits for in-flight deliveries when asked to stop.
     pub shutdown_deadline: Duration,
+    /// How long before an occurrence its deliveries are created; further
+    /// ahead it is kept as one planned record per post.
+    pub schedule_ahead: Duration,
     /// The control socket; by default `$RUNTIME_DIRECTORY/herald.sock` under
     /// systemd, else `<state_dir>/herald.sock`.
     pub control_socket: Option<PathBuf>,

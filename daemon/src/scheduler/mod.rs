@@ -34,6 +34,8 @@ use crate::store::{Changes, DueKey, Result, Store};
 
 /// How many due keys one scan of the due index reads.
 const SCAN: usize = 1_000;
+/// Deliveries created by post timers are written in slices of about this many.
+const TIMER_BATCH: usize = 2_000;
 /// How many contents the scheduler keeps at hand.
 const CONTENT_CACHE: usize = 256;
 /// The longest the loop sleeps without looking around.
@@ -204,6 +206,13 @@ impl Scheduler {
                     None => b.changes.posts.push((post_id.clone(), None)),
                 }
                 tick.timers_fired += 1;
+                // A campaign to thousands of accounts is written in slices,
+                // as a reconcile is; each post's timer moves with its last slice.
+                if b.changes.deliveries.len() >= TIMER_BATCH {
+                    let changes = std::mem::take(&mut b.changes);
+                    self.store.apply(changes)?;
+                    self.cursor = None;
+                }
             }
             let changes = std::mem::take(&mut b.changes);
             drop(b);
@@ -661,22 +670,25 @@ fn describe(e: &herald_adapters::DeliveryError) -> String {
     text
 }
 
-/// "120 pending (2 retrying), 3 in flight, 4100 delivered, 1 failed; next 2026-12-01 09:00 CST"
+/// "120 pending (2 retrying), 5000 planned, 3 in flight, 4100 delivered, 1 failed; next 2026-12-01 09:00 CST"
 pub fn status_line(store: &dyn Store, tz: chrono_tz::Tz, in_flight: usize, now: DateTime<Utc>) -> Result<String> {
     let counts = store.counts()?;
     let count = |s: State| counts.get(&s).copied().unwrap_or(0);
-    let next = match store.due(None, i64::MAX, 1)?.first() {
-        Some(key) if key.due <= to_millis(now) => "next: due now".to_string(),
-        Some(key) => {
-            let local = from_millis(key.due).with_timezone(&tz);
+    let due = store.due(None, i64::MAX, 1)?.first().map(|k| k.due);
+    let planned = store.planned(1)?.first().map(|(_, plan)| plan.occurrence);
+    let next = match due.into_iter().chain(planned).min() {
+        Some(t) if t <= to_millis(now) => "next: due now".to_string(),
+        Some(t) => {
+            let local = from_millis(t).with_timezone(&tz);
             format!("next {}", local.format("%Y-%m-%d %H:%M %Z"))
         }
         None => "nothing scheduled".to_string(),
     };
     Ok(format!(
-        "{} pending ({} retrying), {in_flight} in flight, {} delivered, {} failed; {next}",
+        "{} pending ({} retrying), {} planned, {in_flight} in flight, {} delivered, {} failed; {next}",
         count(State::Pending),
         store.retrying()?,
+        store.planned_deliveries()?,
         count(State::Delivered),
         count(State::Failed),
     ))

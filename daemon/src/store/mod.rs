@@ -8,7 +8,7 @@ pub mod sled_store;
 
 use std::collections::BTreeMap;
 
-use herald_adapters::Rendered;
+use herald_adapters::{Platform, Rendered};
 use serde::{Deserialize, Serialize};
 
 use crate::model::{AuditRecord, Delivery, DeliveryId, Millis, State};
@@ -16,7 +16,9 @@ use crate::model::{AuditRecord, Delivery, DeliveryId, Millis, State};
 pub use sled_store::SledStore;
 
 /// The schema version this build writes. A store with a newer one is refused.
-pub const SCHEMA_VERSION: u32 = 1;
+/// Version 2 added planned occurrences (post records with `planned`); a
+/// version 1 store is read as is and marked 2 on open.
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Errors of the store. None of them is a panic: a broken disk or a store
 /// written by another version ends in one of these.
@@ -59,8 +61,32 @@ pub struct PostRecord {
     pub hash: String,
     /// The latest occurrence that has deliveries.
     pub current: Option<Millis>,
-    /// When the timer fires to schedule the occurrence after `current`.
+    /// When the post's timer fires: at `current` to move on to the
+    /// occurrence after it, or `schedule_ahead` before a planned occurrence
+    /// to create its deliveries.
     pub timer: Option<Millis>,
+    /// The next occurrence, when it is too far ahead for its deliveries to
+    /// exist yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub planned: Option<Planned>,
+}
+
+/// An occurrence of a post more than `schedule_ahead` away: one record
+/// instead of one delivery per account. Its deliveries are created when the
+/// post's timer fires; until then `status` counts them as planned and
+/// `upcoming` lists them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Planned {
+    pub occurrence: Millis,
+    /// The accounts it will go to, as the config said when it was planned.
+    pub targets: Vec<(String, Platform)>,
+}
+
+impl Planned {
+    /// The delivery each target will become.
+    pub fn delivery_ids<'a>(&'a self, post: &'a str) -> impl Iterator<Item = (DeliveryId, &'a str, Platform)> + 'a {
+        self.targets.iter().map(move |(a, p)| (DeliveryId::derive(post, self.occurrence, a), a.as_str(), *p))
+    }
 }
 
 /// One atomic set of changes. Either all of it is stored, with its audit
@@ -154,6 +180,10 @@ pub trait Store: Send + Sync {
     fn counts(&self) -> Result<BTreeMap<State, u64>>;
     /// How many pending deliveries have been attempted before (retrying).
     fn retrying(&self) -> Result<u64>;
+    /// Planned occurrences (post id and plan) in occurrence order, at most `limit`.
+    fn planned(&self, limit: usize) -> Result<Vec<(String, Planned)>>;
+    /// How many deliveries the planned occurrences will create.
+    fn planned_deliveries(&self) -> Result<u64>;
 }
 
 /// A pending delivery in the due index.

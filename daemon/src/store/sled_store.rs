@@ -16,7 +16,7 @@ use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 
 use super::keys;
-use super::{AuditQuery, Changes, DueKey, PostRecord, Result, SCHEMA_VERSION, Store, StoreError};
+use super::{AuditQuery, Changes, DueKey, Planned, PostRecord, Result, SCHEMA_VERSION, Store, StoreError};
 use crate::model::{AuditRecord, Delivery, DeliveryId, Event, Millis, State};
 
 const LOCK_FILE: &str = "herald.lock";
@@ -35,6 +35,8 @@ pub struct SledStore {
     in_flight: sled::Tree,
     posts: sled::Tree,
     timers: sled::Tree,
+    /// Planned occurrences: occurrence, then post id (keys like `timers`).
+    planned: sled::Tree,
     audit: sled::Tree,
     content: sled::Tree,
     meta: sled::Tree,
@@ -68,6 +70,7 @@ fn count_key(state: State) -> Vec<u8> {
 }
 
 const RETRYING_KEY: &[u8] = b"count/retrying";
+const PLANNED_KEY: &[u8] = b"count/planned";
 
 /// Pending after at least one attempt.
 fn is_retrying(d: &Delivery) -> bool {
@@ -117,6 +120,12 @@ impl SledStore {
                         known: SCHEMA_VERSION,
                     });
                 }
+                if found < SCHEMA_VERSION {
+                    // Older records read as they are (new fields default);
+                    // an older herald must now refuse this store.
+                    meta.insert(SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes())?;
+                    db.flush()?;
+                }
             }
             None if !marker.exists() && (fresh || db.tree_names().len() <= 2) => {
                 meta.insert(SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes())?;
@@ -147,6 +156,7 @@ impl SledStore {
             in_flight: tree("in_flight")?,
             posts: tree("posts")?,
             timers: tree("timers")?,
+            planned: tree("planned")?,
             content: tree("content")?,
             audit,
             meta,
@@ -162,6 +172,16 @@ impl SledStore {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    fn counter(&self, key: &[u8]) -> Result<u64> {
+        match self.meta.get(key)? {
+            Some(v) => {
+                Ok(i64::from_be_bytes(v.as_ref().try_into().map_err(|_| corrupt("counter", "bad length"))?).max(0)
+                    as u64)
+            }
+            None => Ok(0),
+        }
     }
 
     /// Bytes the store takes on disk.
@@ -334,108 +354,118 @@ impl Store for SledStore {
             &self.in_flight,
             &self.posts,
             &self.timers,
+            &self.planned,
             &self.audit,
             &self.content,
             &self.meta,
         );
-        let result = trees.transaction(|(deliveries, due, by_post, in_flight, posts, timers, audit, content, meta)| {
-            let mut next_seq = first_seq;
-            // Counter changes, written once per key at the end rather than once per delivery.
-            let mut counters: BTreeMap<Vec<u8>, i64> = BTreeMap::new();
-            // Deliveries written earlier in this set, by id: their previous state.
-            let mut written: HashMap<DeliveryId, (State, Millis, bool)> = HashMap::new();
-            let mut stored = Vec::with_capacity(changes.deliveries.len());
-            for (hash, rendered) in &changes.contents {
-                if content.get(hash.as_bytes())?.is_none() {
-                    content.insert(hash.as_bytes(), encode(rendered))?;
+        let result =
+            trees.transaction(|(deliveries, due, by_post, in_flight, posts, timers, planned, audit, content, meta)| {
+                let mut next_seq = first_seq;
+                // Counter changes, written once per key at the end rather than once per delivery.
+                let mut counters: BTreeMap<Vec<u8>, i64> = BTreeMap::new();
+                // Deliveries written earlier in this set, by id: their previous state.
+                let mut written: HashMap<DeliveryId, (State, Millis, bool)> = HashMap::new();
+                let mut stored = Vec::with_capacity(changes.deliveries.len());
+                for (hash, rendered) in &changes.contents {
+                    if content.get(hash.as_bytes())?.is_none() {
+                        content.insert(hash.as_bytes(), encode(rendered))?;
+                    }
                 }
-            }
-            for (key, value) in &changes.meta {
-                meta.insert(format!("user/{key}").as_bytes(), value.as_slice())?;
-            }
-            for (id, record) in &changes.posts {
-                let old: Option<PostRecord> = tx_get(posts, id.as_bytes(), "post record")?;
-                if let Some(t) = old.as_ref().and_then(|o| o.timer) {
-                    timers.remove(keys::timer(t, id))?;
+                for (key, value) in &changes.meta {
+                    meta.insert(format!("user/{key}").as_bytes(), value.as_slice())?;
                 }
-                match record {
-                    Some(r) => {
-                        posts.insert(id.as_bytes(), encode(r))?;
-                        if let Some(t) = r.timer {
-                            timers.insert(keys::timer(t, id), &[])?;
+                for (id, record) in &changes.posts {
+                    let old: Option<PostRecord> = tx_get(posts, id.as_bytes(), "post record")?;
+                    if let Some(t) = old.as_ref().and_then(|o| o.timer) {
+                        timers.remove(keys::timer(t, id))?;
+                    }
+                    if let Some(p) = old.as_ref().and_then(|o| o.planned.as_ref()) {
+                        planned.remove(keys::timer(p.occurrence, id))?;
+                        *counters.entry(PLANNED_KEY.to_vec()).or_default() -= p.targets.len() as i64;
+                    }
+                    match record {
+                        Some(r) => {
+                            posts.insert(id.as_bytes(), encode(r))?;
+                            if let Some(t) = r.timer {
+                                timers.insert(keys::timer(t, id), &[])?;
+                            }
+                            if let Some(p) = &r.planned {
+                                planned.insert(keys::timer(p.occurrence, id), &[])?;
+                                *counters.entry(PLANNED_KEY.to_vec()).or_default() += p.targets.len() as i64;
+                            }
+                        }
+                        None => {
+                            posts.remove(id.as_bytes())?;
                         }
                     }
-                    None => {
-                        posts.remove(id.as_bytes())?;
-                    }
                 }
-            }
-            for (delivery, record) in &changes.deliveries {
-                let id = delivery.id;
-                let post_key = keys::by_post(&delivery.post_id, delivery.occurrence, &id);
-                // The previous state, if any. Every stored delivery has its
-                // per-post key (post and occurrence never change), which sits
-                // beside its siblings: for a delivery being scheduled (most
-                // likely new) checking it first spares a lookup in the much
-                // larger, randomly keyed deliveries tree.
-                let old = match written.get(&id) {
-                    Some(&previous) => Some(previous),
-                    None if record.event == Event::Scheduled && by_post.get(&post_key)?.is_none() => None,
-                    None => tx_get::<Delivery>(deliveries, &id.0, "delivery")?
-                        .map(|old| (old.state, old.due, is_retrying(&old))),
-                };
-                match old {
-                    Some((state, old_due, retrying)) => {
-                        if state == State::Pending {
-                            due.remove(keys::due(old_due, &id))?;
+                for (delivery, record) in &changes.deliveries {
+                    let id = delivery.id;
+                    let post_key = keys::by_post(&delivery.post_id, delivery.occurrence, &id);
+                    // The previous state, if any. Every stored delivery has its
+                    // per-post key (post and occurrence never change), which sits
+                    // beside its siblings: for a delivery being scheduled (most
+                    // likely new) checking it first spares a lookup in the much
+                    // larger, randomly keyed deliveries tree.
+                    let old = match written.get(&id) {
+                        Some(&previous) => Some(previous),
+                        None if record.event == Event::Scheduled && by_post.get(&post_key)?.is_none() => None,
+                        None => tx_get::<Delivery>(deliveries, &id.0, "delivery")?
+                            .map(|old| (old.state, old.due, is_retrying(&old))),
+                    };
+                    match old {
+                        Some((state, old_due, retrying)) => {
+                            if state == State::Pending {
+                                due.remove(keys::due(old_due, &id))?;
+                            }
+                            if state == State::InFlight {
+                                in_flight.remove(&id.0)?;
+                            }
+                            *counters.entry(count_key(state)).or_default() -= 1;
+                            if retrying {
+                                *counters.entry(RETRYING_KEY.to_vec()).or_default() -= 1;
+                            }
                         }
-                        if state == State::InFlight {
-                            in_flight.remove(&id.0)?;
-                        }
-                        *counters.entry(count_key(state)).or_default() -= 1;
-                        if retrying {
-                            *counters.entry(RETRYING_KEY.to_vec()).or_default() -= 1;
+                        None => {
+                            by_post.insert(post_key, &[])?;
                         }
                     }
-                    None => {
-                        by_post.insert(post_key, &[])?;
+                    match delivery.state {
+                        State::Pending => {
+                            due.insert(keys::due(delivery.due, &id), delivery.account.as_bytes())?;
+                        }
+                        State::InFlight => {
+                            in_flight.insert(&id.0, &[])?;
+                        }
+                        _ => {}
+                    }
+                    *counters.entry(count_key(delivery.state)).or_default() += 1;
+                    if is_retrying(delivery) {
+                        *counters.entry(RETRYING_KEY.to_vec()).or_default() += 1;
+                    }
+                    written.insert(id, (delivery.state, delivery.due, is_retrying(delivery)));
+                    deliveries.insert(&id.0, encode(delivery))?;
+                    let mut record = record.clone();
+                    record.seq = next_seq;
+                    next_seq += 1;
+                    audit.insert(&record.seq.to_be_bytes(), encode(&record))?;
+                    stored.push(record);
+                }
+                for note in &changes.notes {
+                    let mut record = note.clone();
+                    record.seq = next_seq;
+                    next_seq += 1;
+                    audit.insert(&record.seq.to_be_bytes(), encode(&record))?;
+                    stored.push(record);
+                }
+                for (key, delta) in counters {
+                    if delta != 0 {
+                        tx_add(meta, &key, delta)?;
                     }
                 }
-                match delivery.state {
-                    State::Pending => {
-                        due.insert(keys::due(delivery.due, &id), delivery.account.as_bytes())?;
-                    }
-                    State::InFlight => {
-                        in_flight.insert(&id.0, &[])?;
-                    }
-                    _ => {}
-                }
-                *counters.entry(count_key(delivery.state)).or_default() += 1;
-                if is_retrying(delivery) {
-                    *counters.entry(RETRYING_KEY.to_vec()).or_default() += 1;
-                }
-                written.insert(id, (delivery.state, delivery.due, is_retrying(delivery)));
-                deliveries.insert(&id.0, encode(delivery))?;
-                let mut record = record.clone();
-                record.seq = next_seq;
-                next_seq += 1;
-                audit.insert(&record.seq.to_be_bytes(), encode(&record))?;
-                stored.push(record);
-            }
-            for note in &changes.notes {
-                let mut record = note.clone();
-                record.seq = next_seq;
-                next_seq += 1;
-                audit.insert(&record.seq.to_be_bytes(), encode(&record))?;
-                stored.push(record);
-            }
-            for (key, delta) in counters {
-                if delta != 0 {
-                    tx_add(meta, &key, delta)?;
-                }
-            }
-            Ok(stored)
-        });
+                Ok(stored)
+            });
         match result {
             Ok(stored) => {
                 *seq += stored.len() as u64;
@@ -476,13 +506,22 @@ impl Store for SledStore {
     }
 
     fn retrying(&self) -> Result<u64> {
-        match self.meta.get(RETRYING_KEY)? {
-            Some(v) => {
-                Ok(i64::from_be_bytes(v.as_ref().try_into().map_err(|_| corrupt("counter", "bad length"))?).max(0)
-                    as u64)
+        self.counter(RETRYING_KEY)
+    }
+
+    fn planned(&self, limit: usize) -> Result<Vec<(String, Planned)>> {
+        let mut out = Vec::new();
+        for key in self.planned.iter().keys().take(limit) {
+            let (_, post) = keys::read_timer(&key?).ok_or_else(|| corrupt("planned index", "bad key"))?;
+            if let Some(plan) = self.post(&post)?.and_then(|r| r.planned) {
+                out.push((post, plan));
             }
-            None => Ok(0),
         }
+        Ok(out)
+    }
+
+    fn planned_deliveries(&self) -> Result<u64> {
+        self.counter(PLANNED_KEY)
     }
 
     fn counts(&self) -> Result<BTreeMap<State, u64>> {

@@ -37,7 +37,7 @@ fn events_in(records: &[Record], event: &str) -> usize {
 async fn systemd_hears_ready_status_watchdog_reloading_and_stopping() {
     let hook = receiver(None).await;
     let dir = TestDir::new();
-    let at = in_secs(3600);
+    let at = in_secs(1800);
     let config = daemon_section()
         + &webhook_account("wuhan-hook", &hook.url())
         + &post_at("later", "Later today.", &["wuhan-hook"], at);
@@ -218,7 +218,7 @@ async fn every_cli_command_works_against_the_running_daemon_through_its_socket()
     let posts = post_at("bad-then-good", "Sent twice: refused, then accepted.", &["wuhan-hook"], soon)
         + &post_at("later-b", "In two hours.", &["wuhan-hook"], in_secs(7200))
         + &post_at("to-cancel", "Withdrawn before its time.", &["wuhan-hook", "xian-hook"], cancel_at)
-        + &post_at("later-a", "In an hour.", &["xian-hook"], in_secs(3600));
+        + &post_at("later-a", "In half an hour.", &["xian-hook"], in_secs(1800));
     let config = base.clone() + &posts;
     dir.write_config(&config);
     let mut herald = dir.start().await;
@@ -231,6 +231,11 @@ async fn every_cli_command_works_against_the_running_daemon_through_its_socket()
     assert_eq!(order, ["to-cancel", "to-cancel", "later-a", "later-b"], "{rows:?}");
     let to_cancel: BTreeSet<&str> = rows.iter().filter(|r| r.1 == "to-cancel").map(|r| r.2.as_str()).collect();
     assert_eq!(to_cancel.len(), 2, "{rows:?}");
+    // later-b is two hours away, beyond the default schedule_ahead (1h):
+    // listed as planned, its delivery not created yet.
+    let listing = dir.ask_daemon_ok(&["upcoming"]);
+    let planned: Vec<&str> = listing.lines().filter(|l| l.contains("  planned  ")).collect();
+    assert!(planned.len() == 1 && planned[0].contains("post later-b"), "{listing}");
 
     // cancel --post: both of its pending deliveries.
     let out = dir.ask_daemon_ok(&["cancel", "--post", "to-cancel"]);
@@ -246,9 +251,10 @@ async fn every_cli_command_works_against_the_running_daemon_through_its_socket()
     let status = dir.ask_daemon_ok(&["status"]);
     assert_eq!(
         ["pending", "delivered", "failed", "cancelled"].map(|s| count(&status, s)),
-        [2, 0, 1, 2],
+        [1, 0, 1, 2],
         "(pending, delivered, failed, cancelled) in:\n{status}"
     );
+    assert!(status.contains("planned: 1 more"), "{status}");
     let failed = dir.log_from_daemon(&["--post", "bad-then-good", "--event", "failed"]);
     assert_eq!(failed.len(), 1, "{failed:#?}");
     let id = failed[0].delivery.clone();
@@ -316,9 +322,21 @@ async fn every_cli_command_works_against_the_running_daemon_through_its_socket()
     assert!(stderr.contains("keeps running on the old one"), "{stderr}");
     assert!(herald.exited().is_none(), "herald exited after a refused reload:\n{}", herald.stderr());
     let status = dir.ask_daemon_ok(&["status"]);
-    assert_eq!(count(&status, "pending"), 3, "{status}");
+    assert_eq!(count(&status, "pending"), 1, "{status}");
+    assert!(status.contains("planned: 2 more"), "{status}");
     herald.wait_for_log("keeping the running config").await;
     dir.write_config(&with_new);
+
+    // cancel ID of a planned delivery: created cancelled, in the audit log,
+    // gone from upcoming and from the planned count.
+    let later_b = rows.iter().find(|r| r.1 == "later-b").map(|r| r.2.clone()).unwrap();
+    let out = dir.ask_daemon_ok(&["cancel", &later_b]);
+    assert!(out.contains("1 delivery cancelled"), "{out}");
+    let rows = upcoming_rows(&dir.ask_daemon_ok(&["upcoming"]));
+    assert!(rows.iter().all(|r| r.1 != "later-b"), "still upcoming after cancel: {rows:?}");
+    assert!(dir.ask_daemon_ok(&["status"]).contains("planned: 1 more"));
+    let records = dir.log_from_daemon(&["--post", "later-b"]);
+    assert_eq!(events_of(&records, &later_b), ["cancelled"], "{records:#?}");
 
     // The cancelled post's time passes: nothing of it is sent.
     tokio::time::sleep((cancel_at - Utc::now()).to_std().unwrap_or_default() + Duration::from_secs(2)).await;
@@ -351,7 +369,7 @@ async fn reload_with_a_syntax_error_in_the_main_file_still_asks_the_daemon_and_n
     let dir = TestDir::new();
     let config = daemon_section()
         + &webhook_account("wuhan-hook", &hook.url())
-        + &post_at("later", "Later.", &["wuhan-hook"], in_secs(3600));
+        + &post_at("later", "Later.", &["wuhan-hook"], in_secs(1800));
     dir.write_config(&config);
     let mut herald = dir.start().await;
 
@@ -787,7 +805,7 @@ async fn started_with_one_pending(dir: &TestDir) -> (herald_sandbox::WebhookRece
     let hook = receiver(None).await;
     let config = daemon_section()
         + &webhook_account("wuhan-hook", &hook.url())
-        + &post_at("later", "Later.", &["wuhan-hook"], in_secs(3600));
+        + &post_at("later", "Later.", &["wuhan-hook"], in_secs(1800));
     dir.write_config(&config);
     let herald = dir.start().await;
     (hook, herald)
