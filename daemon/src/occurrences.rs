@@ -340,11 +340,18 @@ impl<'a> Builder<'a> {
     /// missed after it, when the timer itself fired late) and schedule the
     /// next one.
     pub fn advance(&mut self, post: &Post, t: Millis) -> Result<usize> {
-        let first = match self.store.post(&post.id)?.and_then(|r| r.planned) {
-            Some(plan) => plan.occurrence,
-            None => t,
+        let record = self.store.post(&post.id)?;
+        let on_time = to_millis(self.now) - t <= ON_TIME.as_millis() as i64;
+        let first = match record {
+            Some(PostRecord { planned: Some(plan), .. }) => Some(from_millis(plan.occurrence)),
+            // On time at an occurrence whose deliveries all exist (the record
+            // left the plan in the same write as the last of them): nothing
+            // to settle, and reading a campaign's deliveries back would only
+            // delay sending them.
+            Some(PostRecord { current: Some(c), .. }) if c == t && on_time => post.schedule.next_after(from_millis(t)),
+            _ => Some(from_millis(t)),
         };
-        self.schedule_from(post, Some(from_millis(first)), &post.hash.clone())
+        self.schedule_from(post, first, &post.hash.clone())
     }
 }
 

@@ -198,6 +198,7 @@ impl Scheduler {
         // Post timers: schedule the following occurrences.
         let timers = self.store.timers_due(now_ms)?;
         if !timers.is_empty() {
+            let started = std::time::Instant::now();
             let config = Arc::clone(&self.config);
             let mut b = Builder::new(self.store.as_ref(), &config, now);
             for (t, post_id) in &timers {
@@ -217,6 +218,12 @@ impl Scheduler {
             let changes = std::mem::take(&mut b.changes);
             drop(b);
             self.apply(changes)?;
+            tracing::debug!(
+                timers = tick.timers_fired,
+                created = tick.scheduled,
+                ms = started.elapsed().as_millis() as u64,
+                "post timers fired"
+            );
         }
 
         // Due deliveries into the per-account queues.
@@ -570,8 +577,11 @@ impl Scheduler {
             self.report_status(now)?;
             self.warn_of_expiring_credentials(now);
             let wake = self.next_wake(now)?;
+            // From the clock as it is now, not as it was when the tick
+            // started: a tick that created a campaign's deliveries took
+            // time, and the next due instant has not moved.
             let sleep = match wake {
-                Some(t) => Duration::from_millis((t - to_millis(now)).max(0) as u64).min(max_sleep),
+                Some(t) => Duration::from_millis((t - to_millis(Utc::now())).max(0) as u64).min(max_sleep),
                 None => max_sleep,
             };
             tokio::select! {
