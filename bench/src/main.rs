@@ -4,7 +4,7 @@
 //! BENCHMARKS.md for the method and the numbers.
 //!
 //! ```sh
-//! cargo run --release -p herald-bench            # the full run (about 15 minutes)
+//! cargo run --release -p herald-bench            # the full run (about 5 minutes)
 //! cargo run --release -p herald-bench -- --quick # 10k deliveries, a short burst (about 2 minutes)
 //! ```
 
