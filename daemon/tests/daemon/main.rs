@@ -638,3 +638,49 @@ async fn secrets_never_appear_in_logs_check_or_the_audit_log() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_planned_post_is_created_schedule_ahead_before_its_time_and_delivered_on_time() {
+    let hook = receiver(None).await;
+    let dir = TestDir::new();
+    let at = in_secs(8);
+    let body = "A planned warning: created three seconds before its time.";
+    let config = daemon_section().replace("[daemon]\n", "[daemon]\nschedule_ahead = \"3s\"\n")
+        + &webhook_account("wuhan-hook", &hook.url())
+        + &webhook_account("xian-hook", &format!("{}/xian", hook.base_url()))
+        + &post_at("planned-warning", body, &["wuhan-hook", "xian-hook"], at);
+    dir.write_config(&config);
+    let herald = dir.start().await;
+
+    // Eight seconds ahead, beyond schedule_ahead: planned, no delivery yet.
+    let status = dir.status();
+    assert_counts(&status, [0, 0, 0, 0, 0, 0]);
+    assert!(status.contains("planned: 2 more"), "{status}");
+    let upcoming = text(&dir.cli(&["upcoming"]).stdout);
+    assert_eq!(upcoming.lines().filter(|l| l.contains("post planned-warning") && l.contains("planned")).count(), 2);
+    assert!(dir.log().is_empty(), "audit records before the deliveries exist: {:#?}", dir.log());
+
+    // Three seconds before its time the timer creates both deliveries, pending.
+    let created = at - chrono::Duration::seconds(3);
+    eventually("the deliveries are created", until(at), || {
+        status_counts(&dir.status()).get("pending").copied() == Some(2)
+    })
+    .await;
+    assert!(Utc::now() >= created, "created before schedule_ahead");
+    assert!(!dir.status().contains("planned:"), "{}", dir.status());
+
+    assert!(hook.wait_until(until(at), |r| r.len() >= 2).await, "not delivered: {:?}", hook.received());
+    for p in hook.received() {
+        assert!(p.received_at >= at, "arrived at {} before its time {at}", p.received_at);
+        assert!(p.received_at <= at + chrono::Duration::seconds(2), "arrived at {}, late for {at}", p.received_at);
+        assert_eq!(body_text(&p), body);
+    }
+    herald.stop().await;
+    let records = dir.log();
+    assert_gapless(&records);
+    for id in deliveries(&records) {
+        assert_eq!(events_of(&records, &id), ["scheduled", "attempt", "delivered"], "delivery {id}");
+        let scheduled = records.iter().find(|r| r.delivery == id && r.event == "scheduled").unwrap();
+        assert!(scheduled.time >= created, "scheduled at {}, before {created}", scheduled.time);
+    }
+}
