@@ -16,8 +16,9 @@ use crate::model::{AuditRecord, Delivery, DeliveryId, Millis, State};
 pub use sled_store::SledStore;
 
 /// The schema version this build writes. A store with a newer one is refused.
-/// Version 2 added planned occurrences (post records with `planned`); a
-/// version 1 store is read as is and marked 2 on open.
+/// Version 2 added planned occurrences (post records with `planned`) and
+/// the index of failed deliveries; a version 1 store gets the index and is
+/// marked 2 on open.
 pub const SCHEMA_VERSION: u32 = 2;
 
 /// Errors of the store. None of them is a panic: a broken disk or a store
@@ -157,7 +158,8 @@ pub trait Store: Send + Sync {
     fn next_due_after(&self, after: Millis) -> Result<Option<Millis>>;
     /// Deliveries in flight (after a crash: those to recover).
     fn in_flight(&self) -> Result<Vec<Delivery>>;
-    /// Every delivery in a given state (for `status`, `retry`).
+    /// Deliveries in a given state, at most `limit`: from an index for
+    /// `in_flight` (all of them) and `failed`, by a scan for the others.
     fn deliveries_in_state(&self, state: State, limit: usize) -> Result<Vec<Delivery>>;
     fn post(&self, id: &str) -> Result<Option<PostRecord>>;
     fn post_ids(&self) -> Result<Vec<String>>;

@@ -33,6 +33,8 @@ pub struct SledStore {
     due: sled::Tree,
     by_post: sled::Tree,
     in_flight: sled::Tree,
+    /// Failed deliveries (ids), so `status` lists them without a scan.
+    failed: sled::Tree,
     posts: sled::Tree,
     timers: sled::Tree,
     /// Planned occurrences: occurrence, then post id (keys like `timers`).
@@ -122,7 +124,9 @@ impl SledStore {
                 }
                 if found < SCHEMA_VERSION {
                     // Older records read as they are (new fields default);
-                    // an older herald must now refuse this store.
+                    // the failed index is built once; an older herald must
+                    // now refuse this store.
+                    index_failed(&db.open_tree("deliveries")?, &db.open_tree("failed")?)?;
                     meta.insert(SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes())?;
                     db.flush()?;
                 }
@@ -145,6 +149,7 @@ impl SledStore {
             File::create(&marker).and_then(|f| f.sync_all()).map_err(|e| dir_error(dir, e))?;
         }
         let audit = tree("audit")?;
+        let failed = tree("failed")?;
         let last_seq = match audit.last()? {
             Some((k, _)) => u64::from_be_bytes(k.as_ref().try_into().map_err(|_| corrupt("audit key", "bad length"))?),
             None => 0,
@@ -154,6 +159,7 @@ impl SledStore {
             due: tree("due")?,
             by_post: tree("by_post")?,
             in_flight: tree("in_flight")?,
+            failed,
             posts: tree("posts")?,
             timers: tree("timers")?,
             planned: tree("planned")?,
@@ -188,6 +194,17 @@ impl SledStore {
     pub fn size_on_disk(&self) -> u64 {
         self.db.size_on_disk().unwrap_or(0)
     }
+}
+
+/// Index every failed delivery (a store from before the failed index).
+fn index_failed(deliveries: &sled::Tree, failed: &sled::Tree) -> Result<()> {
+    for entry in deliveries.iter() {
+        let (k, v) = entry?;
+        if decode::<Delivery>("delivery", &v)?.state == State::Failed {
+            failed.insert(k, &[])?;
+        }
+    }
+    Ok(())
 }
 
 type Abort = ConflictableTransactionError<StoreError>;
@@ -287,6 +304,15 @@ impl Store for SledStore {
         if state == State::InFlight {
             return self.in_flight();
         }
+        if state == State::Failed {
+            let mut out = Vec::new();
+            for key in self.failed.iter().keys().take(limit) {
+                let key = key?;
+                let id: [u8; 16] = key.as_ref().try_into().map_err(|_| corrupt("failed index", "bad key"))?;
+                out.extend(self.delivery(DeliveryId(id))?);
+            }
+            return Ok(out);
+        }
         let mut out = Vec::new();
         for entry in self.deliveries.iter() {
             let (_, v) = entry?;
@@ -352,6 +378,7 @@ impl Store for SledStore {
             &self.due,
             &self.by_post,
             &self.in_flight,
+            &self.failed,
             &self.posts,
             &self.timers,
             &self.planned,
@@ -359,8 +386,8 @@ impl Store for SledStore {
             &self.content,
             &self.meta,
         );
-        let result =
-            trees.transaction(|(deliveries, due, by_post, in_flight, posts, timers, planned, audit, content, meta)| {
+        let result = trees.transaction(
+            |(deliveries, due, by_post, in_flight, failed, posts, timers, planned, audit, content, meta)| {
                 let mut next_seq = first_seq;
                 // Counter changes, written once per key at the end rather than once per delivery.
                 let mut counters: BTreeMap<Vec<u8>, i64> = BTreeMap::new();
@@ -422,6 +449,9 @@ impl Store for SledStore {
                             if state == State::InFlight {
                                 in_flight.remove(&id.0)?;
                             }
+                            if state == State::Failed {
+                                failed.remove(&id.0)?;
+                            }
                             *counters.entry(count_key(state)).or_default() -= 1;
                             if retrying {
                                 *counters.entry(RETRYING_KEY.to_vec()).or_default() -= 1;
@@ -437,6 +467,9 @@ impl Store for SledStore {
                         }
                         State::InFlight => {
                             in_flight.insert(&id.0, &[])?;
+                        }
+                        State::Failed => {
+                            failed.insert(&id.0, &[])?;
                         }
                         _ => {}
                     }
@@ -465,7 +498,8 @@ impl Store for SledStore {
                     }
                 }
                 Ok(stored)
-            });
+            },
+        );
         match result {
             Ok(stored) => {
                 *seq += stored.len() as u64;
@@ -617,6 +651,33 @@ mod tests {
         let text = err.to_string();
         assert!(matches!(err, StoreError::Locked { .. }));
         assert!(text.contains("herald.lock") && text.contains("another herald process"), "{text}");
+    }
+
+    #[test]
+    fn failed_deliveries_are_listed_from_their_index_which_an_older_store_gets_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SledStore::open(dir.path(), 8).unwrap();
+            for n in 1..=4u8 {
+                put(&store, &delivery(n, State::Pending, 1_000), Event::Scheduled);
+            }
+            put(&store, &delivery(2, State::Failed, 1_000), Event::Failed);
+            put(&store, &delivery(3, State::Failed, 1_000), Event::Failed);
+            put(&store, &delivery(3, State::Pending, 2_000), Event::Requeued);
+            let failed: Vec<DeliveryId> =
+                store.deliveries_in_state(State::Failed, 10).unwrap().iter().map(|d| d.id).collect();
+            assert_eq!(failed, [DeliveryId([2; 16])], "a requeued delivery leaves the index");
+            // What a store written before the index (schema 1) looks like.
+            store.failed.clear().unwrap();
+            store.meta.insert(SCHEMA_KEY, &1u32.to_be_bytes()).unwrap();
+            store.db.flush().unwrap();
+        }
+        let store = SledStore::open(dir.path(), 8).unwrap();
+        let failed: Vec<DeliveryId> =
+            store.deliveries_in_state(State::Failed, 10).unwrap().iter().map(|d| d.id).collect();
+        assert_eq!(failed, [DeliveryId([2; 16])]);
+        let version = store.meta.get(SCHEMA_KEY).unwrap().unwrap();
+        assert_eq!(version.as_ref(), &SCHEMA_VERSION.to_be_bytes(), "marked with this build's schema");
     }
 
     #[test]
