@@ -305,8 +305,17 @@ impl<'a> Builder<'a> {
         }
         let ahead = chrono::Duration::from_std(self.config.daemon.schedule_ahead).unwrap_or(chrono::Duration::MAX);
         let past_current = past.last().copied().map(to_millis);
+        // Deliveries of the next occurrence that exist already: cancelled
+        // while it was planned. A reconcile of a new or changed post brings
+        // them back (as it does for created ones), so it creates the
+        // occurrence now; otherwise they stay out of the plan.
+        let existing = match future {
+            Some(t) => self.store.deliveries_of_occurrence(&post.id, to_millis(t))?,
+            None => Vec::new(),
+        };
+        let revive = self.revive_cancelled && existing.iter().any(|d| d.state == State::Cancelled);
         let record = match future {
-            Some(t) if t - self.now <= ahead => {
+            Some(t) if t - self.now <= ahead || revive => {
                 created += self.ensure_occurrence(post, t, &Verdict::OnTime)?;
                 PostRecord {
                     hash: hash.to_string(),
@@ -316,9 +325,11 @@ impl<'a> Builder<'a> {
                 }
             }
             Some(t) => {
+                let existing: HashSet<&str> = existing.iter().map(|d| d.account.as_str()).collect();
                 let targets: Vec<(String, Platform)> = post
                     .targets
                     .iter()
+                    .filter(|a| !existing.contains(a.as_str()))
                     .filter_map(|a| self.config.accounts.get(a).map(|account| (a.clone(), account.platform)))
                     .collect();
                 self.planned += targets.len();

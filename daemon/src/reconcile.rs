@@ -125,8 +125,12 @@ pub fn reconcile(store: &dyn Store, config: &Config, now: DateTime<Utc>) -> Resu
         match &record {
             Some(r) if r.hash == post.hash => {
                 if let Some(plan) = r.planned.as_ref().filter(|_| replan) {
+                    // The post did not change: a cancellation made while it
+                    // was planned holds, as a timer would keep it.
                     let at = crate::model::from_millis(plan.occurrence);
+                    b.revive_cancelled = false;
                     summary.deliveries_scheduled += b.schedule_from(post, Some(at), &post.hash)?;
+                    b.revive_cancelled = true;
                     flush_if_large(&mut b)?;
                 }
                 continue;
@@ -384,6 +388,40 @@ url = "http://127.0.0.1:9/xian"
         let summary = reconcile(&store, &near, now).unwrap();
         assert_eq!((summary.posts_removed, summary.planned_dropped), (1, 1), "{summary}");
         assert!(summary.to_string().contains("1 planned dropped"), "{summary}");
+        assert_eq!(store.planned_deliveries().unwrap(), 0);
+    }
+
+    #[test]
+    fn a_cancellation_made_while_planned_holds_through_a_replan_and_ends_when_the_post_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = utc("2026-12-01T00:00:00Z");
+        let head = HEAD.replace("\"30d\"", "\"1h\"");
+        let at = "at = 2026-12-03T09:00:00+08:00";
+        let both = "[\"wuhan\", \"xian\"]";
+        let cfg = config(dir.path(), &format!("{head}{}", post("p", at, "x", both)), now);
+        let store = SledStore::open(&dir.path().join("state"), 8).unwrap();
+        reconcile(&store, &cfg, now).unwrap();
+        let occurrence = crate::model::to_millis(utc("2026-12-03T01:00:00Z"));
+        let xian = DeliveryId::derive("p", occurrence, "xian");
+        let selection = crate::operations::Selection { delivery: Some(xian.to_string()), post: None };
+        assert_eq!(crate::operations::cancel(&store, &selection, now).unwrap(), 1);
+        assert_eq!(store.planned_deliveries().unwrap(), 1);
+
+        // An account is added: planned posts are planned again, the cancelled one stays out.
+        let more = head.clone() + "\n[accounts.nanjing]\nplatform = \"webhook\"\nurl = \"http://127.0.0.1:9/nj\"\n";
+        let cfg = config(dir.path(), &format!("{more}{}", post("p", at, "x", both)), now);
+        let summary = reconcile(&store, &cfg, now).unwrap();
+        assert_eq!(summary.deliveries_planned, 1, "{summary}");
+        assert_eq!(store.planned_deliveries().unwrap(), 1);
+        assert_eq!(store.delivery(xian).unwrap().unwrap().state, State::Cancelled);
+
+        // Staff change the post: the cancellation ends, as it would for a created delivery.
+        let cfg = config(dir.path(), &format!("{more}{}", post("p", at, "new text", both)), now);
+        reconcile(&store, &cfg, now).unwrap();
+        let xian = store.delivery(xian).unwrap().unwrap();
+        assert_eq!((xian.state, xian.due), (State::Pending, occurrence));
+        assert_eq!(store.content(&xian.content_hash).unwrap().unwrap().text, "new text");
+        assert_eq!(store.deliveries_of_post("p").unwrap().len(), 2, "the occurrence was created with it");
         assert_eq!(store.planned_deliveries().unwrap(), 0);
     }
 }
