@@ -36,6 +36,8 @@ use crate::store::{Changes, DueKey, Result, Store};
 const SCAN: usize = 1_000;
 /// Deliveries created by post timers are written in slices of about this many.
 const TIMER_BATCH: usize = 2_000;
+/// One round of the loop fires post timers for about this long at most.
+const TIMER_ROUND: Duration = Duration::from_millis(500);
 /// How many contents the scheduler keeps at hand.
 const CONTENT_CACHE: usize = 256;
 /// The longest the loop sleeps without looking around.
@@ -213,6 +215,13 @@ impl Scheduler {
                     let changes = std::mem::take(&mut b.changes);
                     self.store.apply(changes)?;
                     self.cursor = None;
+                }
+                // Timers due at once for a huge schedule (a million
+                // deliveries within the hour) are taken a round at a time,
+                // so due deliveries still go out and the watchdog is fed
+                // in between; the rest stay due and come next round.
+                if started.elapsed() >= TIMER_ROUND {
+                    break;
                 }
             }
             let changes = std::mem::take(&mut b.changes);
