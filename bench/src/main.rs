@@ -39,7 +39,7 @@ struct Args {
     /// 100 accounts each. Default: 10000,100000,1000000 (quick: 10000).
     #[arg(long, value_delimiter = ',')]
     sizes: Vec<usize>,
-    /// Run only these parts (load, burst, lateness, floor); default all.
+    /// Run only these parts (load, ahead, burst, lateness, floor); default all.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Deliveries in the burst (default 50000; quick 5000), due at one instant.
@@ -93,6 +93,7 @@ pub struct Results {
     pub concurrency: usize,
     pub schedule_ahead: Option<String>,
     pub loads: Vec<LoadResult>,
+    pub ahead: Option<AheadResult>,
     pub burst: Option<BurstResult>,
     pub lateness: Option<LatenessResult>,
     pub floor: Vec<floor::Floor>,
@@ -119,6 +120,23 @@ pub struct LoadResult {
     pub startup_peak_mib: f64,
     pub steady_rss_mib: f64,
     pub pending_after_restart: u64,
+}
+
+/// Planned occurrences coming due at once: their deliveries created by the
+/// posts' timers, `schedule_ahead` before the due instant.
+#[derive(Debug, Serialize)]
+pub struct AheadResult {
+    pub deliveries: usize,
+    pub schedule_ahead_s: u64,
+    /// From the timers' instant (due - schedule_ahead) until none is planned.
+    pub created_s: f64,
+    pub per_s: f64,
+    /// How long before the due instant the last was created (negative: late).
+    pub before_due_s: f64,
+    /// The slowest `GET /v1/status` answer while they were being created.
+    pub status_max_ms: f64,
+    pub status_polls: usize,
+    pub peak_mib: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -203,6 +221,7 @@ fn main() -> anyhow::Result<()> {
         concurrency: args.concurrency,
         schedule_ahead: args.schedule_ahead.clone(),
         loads: Vec::new(),
+        ahead: None,
         burst: None,
         lateness: None,
         floor: Vec::new(),
@@ -221,6 +240,12 @@ fn main() -> anyhow::Result<()> {
         }
     }
     let lead = Duration::from_secs(args.lead.unwrap_or(if args.quick { 10 } else { 20 }));
+    if wants("ahead") {
+        let n = *sizes.iter().max().unwrap_or(&10_000);
+        let ahead_s = if args.quick { 10 } else { 120 };
+        let dir = scratch.path().join("ahead");
+        results.ahead = Some(ahead(&bins, &sink, &dir, n, ahead_s, &opts, &budget).context("planned, coming due")?);
+    }
     if wants("burst") {
         let n = args.burst.unwrap_or(if args.quick { 5_000 } else { 50_000 });
         let dir = scratch.path().join("burst");
@@ -254,6 +279,73 @@ fn main() -> anyhow::Result<()> {
         eprintln!("kept {}", kept.display());
     }
     Ok(())
+}
+
+/// `deliveries` planned (one post per 100 of them, all due at one instant
+/// `ahead_s` + 15 s after the start): the posts' timers create them all
+/// `ahead_s` before the instant. herald is stopped before the instant when
+/// it can be: this part measures creation, the burst measures sending.
+fn ahead(
+    bins: &Bins,
+    sink: &Sink,
+    dir: &Path,
+    deliveries: usize,
+    ahead_s: u64,
+    opts: &configs::DaemonOpts,
+    budget: &Budget,
+) -> anyhow::Result<AheadResult> {
+    let posts = (deliveries / LOAD_ACCOUNTS).max(1);
+    let n = posts * LOAD_ACCOUNTS;
+    eprintln!("\n== planned, coming due: {posts} posts x {LOAD_ACCOUNTS} accounts = {n} deliveries due at one instant");
+    let due = (Utc::now() + chrono::Duration::seconds(ahead_s as i64 + 15)).trunc_subsecs(0);
+    let fire = due - chrono::Duration::seconds(ahead_s as i64);
+    let specs: Vec<PostSpec> = (0..posts)
+        .map(|i| PostSpec { id: format!("ahead-{i:06}"), at: due, targets: vec!["all".into()], revision: 0 })
+        .collect();
+    let opts = configs::DaemonOpts { schedule_ahead: Some(format!("{ahead_s}s")), ..opts.clone() };
+    let scenario = configs::write(dir, sink, LOAD_ACCOUNTS, &opts, &specs)?;
+    let mut herald = start(bins, &scenario, "run")?;
+    herald.wait_ready(budget.left(Duration::from_secs(300))?)?;
+    if Utc::now() >= fire {
+        bail!("herald was ready after the timers' instant; nothing to measure");
+    }
+    let mut status_max = Duration::ZERO;
+    let mut polls = 0;
+    let deadline = Instant::now() + budget.left(Duration::from_secs(ahead_s + 600))?;
+    let created_at = loop {
+        let asked = Instant::now();
+        let counts = herald.counts()?;
+        let now = Utc::now();
+        if now >= fire {
+            status_max = status_max.max(asked.elapsed());
+            polls += 1;
+        }
+        if counts.get("planned") == Some(&0) && counts.get("pending").copied().unwrap_or(0) >= n as u64 {
+            break now;
+        }
+        if Instant::now() > deadline {
+            bail!("the timers did not create {n} deliveries in time: {counts:?}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let peak_mib = herald.peak_mib();
+    herald.stop(budget.left(Duration::from_secs(120))?)?;
+    let created_s = (created_at - fire).num_milliseconds() as f64 / 1000.0;
+    let result = AheadResult {
+        deliveries: n,
+        schedule_ahead_s: ahead_s,
+        created_s,
+        per_s: n as f64 / created_s.max(0.001),
+        before_due_s: (due - created_at).num_milliseconds() as f64 / 1000.0,
+        status_max_ms: status_max.as_secs_f64() * 1000.0,
+        status_polls: polls,
+        peak_mib,
+    };
+    eprintln!(
+        "created {n} in {:.1} s ({:.0}/s), {:.1} s before the due instant; slowest status {:.0} ms of {polls}",
+        result.created_s, result.per_s, result.before_due_s, result.status_max_ms
+    );
+    Ok(result)
 }
 
 /// Build the release binaries (unless told not to) and find them.

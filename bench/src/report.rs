@@ -97,6 +97,22 @@ pub fn print(r: &Results) {
             .collect();
         table(&["deliveries", "time", "CPU", "deliveries/s"], &rows);
     }
+    if let Some(a) = &r.ahead {
+        println!(
+            "\nPlanned, coming due: {} deliveries at one instant, created by the posts' timers {} s before it",
+            a.deliveries, a.schedule_ahead_s
+        );
+        table(
+            &["created in", "created/s", "done before due", "slowest status", "peak RSS"],
+            &[vec![
+                s(a.created_s),
+                format!("{:.0}", a.per_s),
+                s(a.before_due_s),
+                format!("{:.0} ms ({} polls)", a.status_max_ms, a.status_polls),
+                mib(a.peak_mib),
+            ]],
+        );
+    }
     if let Some(b) = &r.burst {
         println!(
             "\nBurst: {} deliveries due at one instant across {} accounts, every change durable",
