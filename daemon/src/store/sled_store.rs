@@ -180,6 +180,17 @@ impl SledStore {
         &self.dir
     }
 
+    /// The deliveries an index of ids (`in_flight`, `failed`) names, at most `limit`.
+    fn indexed(&self, index: &sled::Tree, what: &str, limit: usize) -> Result<Vec<Delivery>> {
+        let mut out = Vec::new();
+        for key in index.iter().keys().take(limit) {
+            let key = key?;
+            let id: [u8; 16] = key.as_ref().try_into().map_err(|_| corrupt(what, "bad key"))?;
+            out.extend(self.delivery(DeliveryId(id))?);
+        }
+        Ok(out)
+    }
+
     fn counter(&self, key: &[u8]) -> Result<u64> {
         match self.meta.get(key)? {
             Some(v) => {
@@ -289,29 +300,14 @@ impl Store for SledStore {
     }
 
     fn in_flight(&self) -> Result<Vec<Delivery>> {
-        let mut out = Vec::new();
-        for entry in self.in_flight.iter() {
-            let (k, _) = entry?;
-            let id: [u8; 16] = k.as_ref().try_into().map_err(|_| corrupt("in-flight index", "bad key"))?;
-            if let Some(d) = self.delivery(DeliveryId(id))? {
-                out.push(d);
-            }
-        }
-        Ok(out)
+        self.indexed(&self.in_flight, "in-flight index", usize::MAX)
     }
 
     fn deliveries_in_state(&self, state: State, limit: usize) -> Result<Vec<Delivery>> {
-        if state == State::InFlight {
-            return self.in_flight();
-        }
-        if state == State::Failed {
-            let mut out = Vec::new();
-            for key in self.failed.iter().keys().take(limit) {
-                let key = key?;
-                let id: [u8; 16] = key.as_ref().try_into().map_err(|_| corrupt("failed index", "bad key"))?;
-                out.extend(self.delivery(DeliveryId(id))?);
-            }
-            return Ok(out);
+        match state {
+            State::InFlight => return self.in_flight(),
+            State::Failed => return self.indexed(&self.failed, "failed index", limit),
+            _ => {}
         }
         let mut out = Vec::new();
         for entry in self.deliveries.iter() {
@@ -559,15 +555,7 @@ impl Store for SledStore {
     }
 
     fn counts(&self) -> Result<BTreeMap<State, u64>> {
-        let mut out = BTreeMap::new();
-        for state in State::ALL {
-            let n = match self.meta.get(count_key(state))? {
-                Some(v) => i64::from_be_bytes(v.as_ref().try_into().map_err(|_| corrupt("counter", "bad length"))?),
-                None => 0,
-            };
-            out.insert(state, n.max(0) as u64);
-        }
-        Ok(out)
+        State::ALL.into_iter().map(|state| Ok((state, self.counter(&count_key(state))?))).collect()
     }
 }
 
