@@ -19,6 +19,9 @@ use crate::store::{Changes, Planned, PostRecord, Result, Store};
 /// misfire policy decides.
 pub const ON_TIME: Duration = Duration::from_secs(60);
 
+/// Deliveries (or post records) per slice of writes; see [`Builder::take_slice`].
+const SLICE: usize = 2_000;
+
 /// Safety bound on how many missed occurrences of one post are walked.
 const MAX_MISSED_WALK: usize = 100_000;
 
@@ -159,6 +162,14 @@ impl<'a> Builder<'a> {
         }
     }
 
+    /// The changes so far, once they make a slice worth writing: a campaign
+    /// to thousands of accounts, or a reconcile of thousands of posts, is
+    /// written in slices of about [`SLICE`] rather than one huge transaction.
+    pub fn take_slice(&mut self) -> Option<Changes> {
+        (self.changes.deliveries.len() >= SLICE || self.changes.posts.len() >= SLICE)
+            .then(|| std::mem::take(&mut self.changes))
+    }
+
     pub fn record(&mut self, delivery: Delivery, event: Event) {
         let record = AuditRecord::of(&delivery, event, self.now);
         self.changes.deliveries.push((delivery, record));
@@ -185,9 +196,21 @@ impl<'a> Builder<'a> {
     /// Make sure occurrence `t` of `post` has its deliveries, settled by `verdict`.
     /// Returns how many deliveries were created or revived.
     pub fn ensure_occurrence(&mut self, post: &Post, t: DateTime<Utc>, verdict: &Verdict) -> Result<usize> {
+        let existing = self.store.deliveries_of_occurrence(&post.id, to_millis(t))?;
+        self.settle_occurrence(post, t, verdict, existing)
+    }
+
+    /// [`Builder::ensure_occurrence`], given the deliveries the occurrence already has.
+    fn settle_occurrence(
+        &mut self,
+        post: &Post,
+        t: DateTime<Utc>,
+        verdict: &Verdict,
+        existing: Vec<Delivery>,
+    ) -> Result<usize> {
         let occurrence = to_millis(t);
         let existing: std::collections::HashMap<DeliveryId, Delivery> =
-            self.store.deliveries_of_occurrence(&post.id, occurrence)?.into_iter().map(|d| (d.id, d)).collect();
+            existing.into_iter().map(|d| (d.id, d)).collect();
         let mut created = 0;
         let now = to_millis(self.now);
         for account_id in &post.targets {
@@ -316,7 +339,7 @@ impl<'a> Builder<'a> {
         let revive = self.revive_cancelled && existing.iter().any(|d| d.state == State::Cancelled);
         let record = match future {
             Some(t) if t - self.now <= ahead || revive => {
-                created += self.ensure_occurrence(post, t, &Verdict::OnTime)?;
+                created += self.settle_occurrence(post, t, &Verdict::OnTime, existing)?;
                 PostRecord {
                     hash: hash.to_string(),
                     current: Some(to_millis(t)),

@@ -18,8 +18,6 @@ use crate::store::{Result, Store};
 const ACCOUNTS_META: &str = "accounts_hash";
 /// The `schedule_ahead` (milliseconds) that planned occurrences were timed with.
 const AHEAD_META: &str = "schedule_ahead_ms";
-/// Changes are written in slices of about this many deliveries.
-const BATCH: usize = 2_000;
 
 /// What a reconcile changed.
 #[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -180,8 +178,8 @@ fn revive_later(b: &mut Builder, post: &Post) -> Result<usize> {
 }
 
 fn flush_if_large(b: &mut Builder) -> Result<()> {
-    if b.changes.deliveries.len() >= BATCH || b.changes.posts.len() >= BATCH {
-        b.store.apply(std::mem::take(&mut b.changes))?;
+    if let Some(slice) = b.take_slice() {
+        b.store.apply(slice)?;
     }
     Ok(())
 }

@@ -34,8 +34,6 @@ use crate::store::{Changes, DueKey, Result, Store};
 
 /// How many due keys one scan of the due index reads.
 const SCAN: usize = 1_000;
-/// Deliveries created by post timers are written in slices of about this many.
-const TIMER_BATCH: usize = 2_000;
 /// One round of the loop fires post timers for about this long at most.
 const TIMER_ROUND: Duration = Duration::from_millis(500);
 /// How many contents the scheduler keeps at hand.
@@ -202,19 +200,17 @@ impl Scheduler {
         if !timers.is_empty() {
             let started = std::time::Instant::now();
             let config = Arc::clone(&self.config);
-            let mut b = Builder::new(self.store.as_ref(), &config, now);
+            let store = Arc::clone(&self.store);
+            let mut b = Builder::new(store.as_ref(), &config, now);
             for (t, post_id) in &timers {
                 match config.posts.get(post_id) {
                     Some(post) => tick.scheduled += b.advance(post, *t)?,
                     None => b.changes.posts.push((post_id.clone(), None)),
                 }
                 tick.timers_fired += 1;
-                // A campaign to thousands of accounts is written in slices,
-                // as a reconcile is; each post's timer moves with its last slice.
-                if b.changes.deliveries.len() >= TIMER_BATCH {
-                    let changes = std::mem::take(&mut b.changes);
-                    self.store.apply(changes)?;
-                    self.cursor = None;
+                // Each post's timer moves with the slice holding its last deliveries.
+                if let Some(slice) = b.take_slice() {
+                    self.apply(slice)?;
                 }
                 // Timers due at once for a huge schedule (a million
                 // deliveries within the hour) are taken a round at a time,
