@@ -131,6 +131,29 @@ pub struct Delivery {
     pub updated: Millis,
 }
 
+impl Delivery {
+    /// A delivery of one occurrence of a post to one account as it is first
+    /// created: pending, due at its occurrence, no attempt, no content yet.
+    pub fn new(post_id: &str, occurrence: Millis, account: &str, platform: Platform, now: Millis) -> Delivery {
+        Delivery {
+            id: DeliveryId::derive(post_id, occurrence, account),
+            post_id: post_id.to_string(),
+            account: account.to_string(),
+            platform,
+            occurrence,
+            state: State::Pending,
+            attempt: 0,
+            due: occurrence,
+            content_hash: String::new(),
+            uncertain: false,
+            reason: None,
+            remote_id: None,
+            url: None,
+            updated: now,
+        }
+    }
+}
+
 /// What happened, in one audit record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

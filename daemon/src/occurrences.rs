@@ -261,22 +261,7 @@ impl<'a> Builder<'a> {
                 Some(_) => {}
                 None => {
                     let content = self.content_for(post, account)?;
-                    let mut d = Delivery {
-                        id,
-                        post_id: post.id.clone(),
-                        account: account_id.clone(),
-                        platform: account.platform,
-                        occurrence,
-                        state: State::Pending,
-                        attempt: 0,
-                        due: occurrence,
-                        content_hash: String::new(),
-                        uncertain: false,
-                        reason: None,
-                        remote_id: None,
-                        url: None,
-                        updated: now,
-                    };
+                    let mut d = Delivery::new(&post.id, occurrence, account_id, account.platform, now);
                     let event = match (&content, verdict) {
                         (Err(reason), _) => {
                             d.state = State::Failed;

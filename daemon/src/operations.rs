@@ -3,9 +3,10 @@
 //! running daemon does it on the CLI's behalf through the control socket.
 
 use chrono::{DateTime, Utc};
+use herald_adapters::Platform;
 
 use crate::model::{AuditRecord, Delivery, DeliveryId, Event, State, to_millis};
-use crate::store::{Changes, Store, StoreError};
+use crate::store::{Changes, Planned, Store, StoreError};
 
 /// Which deliveries an operation applies to.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -46,14 +47,17 @@ fn select(store: &dyn Store, selection: &Selection, states: &[State]) -> Result<
     }
 }
 
+/// Change each delivery by `apply`, with its `event` record, and write them
+/// after `changes` (what the operation changed besides), in one durable
+/// step. Returns how many deliveries changed in all.
 fn change(
     store: &dyn Store,
+    mut changes: Changes,
     deliveries: Vec<Delivery>,
     event: Event,
     now: DateTime<Utc>,
     apply: impl Fn(&mut Delivery),
 ) -> Result<usize, OperationError> {
-    let mut changes = Changes::default();
     for mut d in deliveries {
         apply(&mut d);
         d.updated = to_millis(now);
@@ -70,7 +74,7 @@ fn change(
 /// attempts count from 1 again. Returns how many.
 pub fn retry(store: &dyn Store, selection: &Selection, now: DateTime<Utc>) -> Result<usize, OperationError> {
     let chosen = select(store, selection, &[State::Failed, State::Skipped])?;
-    change(store, chosen, Event::Requeued, now, |d| {
+    change(store, Changes::default(), chosen, Event::Requeued, now, |d| {
         d.state = State::Pending;
         d.due = to_millis(now);
         d.attempt = 0;
@@ -82,80 +86,61 @@ pub fn retry(store: &dyn Store, selection: &Selection, now: DateTime<Utc>) -> Re
 /// created cancelled, so an auditor sees the cancellation and the post's
 /// timer passes them by). Returns how many.
 pub fn cancel(store: &dyn Store, selection: &Selection, now: DateTime<Utc>) -> Result<usize, OperationError> {
-    let mut changes = cancel_planned(store, selection, now)?;
+    let planned = cancel_planned(store, selection, now)?;
     let chosen = match select(store, selection, &[State::Pending]) {
-        Err(OperationError::NoSuchDelivery(_)) if !changes.deliveries.is_empty() => Vec::new(),
+        Err(OperationError::NoSuchDelivery(_)) if !planned.deliveries.is_empty() => Vec::new(),
         other => other?,
     };
-    for mut d in chosen {
+    change(store, planned, chosen, Event::Cancelled, now, |d| {
         d.state = State::Cancelled;
         d.reason = Some("cancelled by `herald cancel`".into());
-        d.updated = to_millis(now);
-        let record = AuditRecord::of(&d, Event::Cancelled, now);
-        changes.deliveries.push((d, record));
-    }
-    let n = changes.deliveries.len();
-    store.apply(changes)?;
-    store.flush()?;
-    Ok(n)
+    })
 }
 
 /// The planned (not yet created) deliveries a selection names, created
 /// cancelled, with their posts' records updated to plan the rest.
 fn cancel_planned(store: &dyn Store, selection: &Selection, now: DateTime<Utc>) -> Result<Changes, OperationError> {
-    let wanted = match (&selection.delivery, &selection.post) {
-        (Some(id), _) => Some(DeliveryId::parse(id).ok_or_else(|| OperationError::BadId(id.clone()))?),
-        (None, Some(_)) => None,
+    let mut wanted = None;
+    let plans: Vec<(String, Planned)> = match (&selection.delivery, &selection.post) {
+        (Some(id), _) => {
+            let id = DeliveryId::parse(id).ok_or_else(|| OperationError::BadId(id.clone()))?;
+            wanted = Some(id);
+            // A planned delivery has no record of its own: look through the
+            // plans (a rare, manual operation), unless it was created.
+            if store.delivery(id)?.is_some() { Vec::new() } else { store.planned(usize::MAX)? }
+        }
+        (None, Some(post)) => {
+            store.post(post)?.and_then(|r| r.planned).map(|p| (post.clone(), p)).into_iter().collect()
+        }
         (None, None) => return Err(OperationError::NothingSelected),
     };
-    let candidates: Vec<String> = match (&selection.post, wanted) {
-        (Some(post), None) => vec![post.clone()],
-        // Planned deliveries have no record of their own: look through the
-        // plans (a rare, manual operation).
-        _ if wanted.as_ref().is_some_and(|id| store.delivery(*id).ok().flatten().is_none()) => {
-            store.planned(usize::MAX)?.into_iter().map(|(post, _)| post).collect()
-        }
-        _ => Vec::new(),
-    };
     let mut changes = Changes::default();
-    for post in candidates {
-        let Some(mut record) = store.post(&post)? else { continue };
-        let Some(mut plan) = record.planned.take() else { continue };
-        let before = changes.deliveries.len();
-        plan.targets.retain(|(account, platform)| {
-            let id = DeliveryId::derive(&post, plan.occurrence, account);
-            if wanted.is_some_and(|w| w != id) {
-                return true;
-            }
-            let d = Delivery {
-                id,
-                post_id: post.clone(),
-                account: account.clone(),
-                platform: *platform,
-                occurrence: plan.occurrence,
-                state: State::Cancelled,
-                attempt: 0,
-                due: plan.occurrence,
-                content_hash: String::new(),
-                uncertain: false,
-                reason: Some("cancelled by `herald cancel` while planned, before it was created".into()),
-                remote_id: None,
-                url: None,
-                updated: to_millis(now),
-            };
-            let record = AuditRecord::of(&d, Event::Cancelled, now);
-            changes.deliveries.push((d, record));
-            false
-        });
-        if changes.deliveries.len() == before {
+    for (post, mut plan) in plans {
+        let chosen: Vec<(String, Platform)> = plan
+            .delivery_ids(&post)
+            .filter(|(id, _, _)| wanted.is_none_or(|w| w == *id))
+            .map(|(_, account, platform)| (account.to_string(), platform))
+            .collect();
+        if chosen.is_empty() {
             continue;
         }
-        if plan.targets.is_empty() {
+        let Some(mut record) = store.post(&post)? else { continue };
+        let now_ms = to_millis(now);
+        for (account, platform) in &chosen {
+            let mut d = Delivery::new(&post, plan.occurrence, account, *platform, now_ms);
+            d.state = State::Cancelled;
+            d.reason = Some("cancelled by `herald cancel` while planned, before it was created".into());
+            let record = AuditRecord::of(&d, Event::Cancelled, now);
+            changes.deliveries.push((d, record));
+        }
+        plan.targets.retain(|target| !chosen.contains(target));
+        record.planned = if plan.targets.is_empty() {
             // Nothing left to create: the timer moves on at the occurrence itself.
             record.timer = Some(plan.occurrence);
+            None
         } else {
-            record.planned = Some(plan);
-        }
+            Some(plan)
+        };
         changes.posts.push((post, Some(record)));
     }
     Ok(changes)
