@@ -1,7 +1,7 @@
 //! Reading the config: the main file, its includes, every section, and the
 //! cross-checks between them. All findings are collected before answering.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -63,7 +63,6 @@ pub fn load_with(path: &Path, now: DateTime<Utc>, credentials_dir: Option<PathBu
 /// before their occurrence.
 pub const DEFAULT_SCHEDULE_AHEAD: Duration = Duration::from_secs(3600);
 const MAIN_KEYS: &[&str] = &["daemon", "retry", "alerts", "accounts", "groups", "posts"];
-const INCLUDED_KEYS: &[&str] = &["accounts", "groups", "posts"];
 const ACCOUNT_KEYS_OWNED_BY_DAEMON: &[&str] = &["platform", "rate", "concurrency", "timeout", "connect_timeout"];
 const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
 
@@ -101,6 +100,52 @@ struct PostDef {
     override_spans: BTreeMap<String, Range<usize>>,
 }
 
+/// The two kinds of included file, and what each may hold. The main file
+/// and account files are the operators'; campaign files are the staff's and
+/// can never name, move or redirect a secret (DESIGN.md, invariant 5).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum IncludedFile {
+    /// Matched by `[daemon] include`: posts and groups only.
+    Campaign,
+    /// Matched by `[daemon] accounts_include`: accounts and groups only.
+    Accounts,
+}
+
+impl IncludedFile {
+    fn sections(self) -> &'static [&'static str] {
+        match self {
+            IncludedFile::Campaign => &["posts", "groups"],
+            IncludedFile::Accounts => &["accounts", "groups"],
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            IncludedFile::Campaign => "a campaign file (`include`)",
+            IncludedFile::Accounts => "an account file (`accounts_include`)",
+        }
+    }
+
+    /// Why section `key` may not stand in this kind of file, and where it belongs.
+    fn refusal(self, key: &str) -> String {
+        let here = self.describe();
+        match (self, key) {
+            (IncludedFile::Campaign, "accounts") => format!(
+                "[accounts.*] may not be set in {here}: accounts and their secrets belong in the main config file \
+                 or in a file matched by `[daemon] accounts_include`, which operators own"
+            ),
+            (IncludedFile::Accounts, "posts") => format!(
+                "[[posts]] may not be set in {here}: posts belong in the main config file or in a campaign file \
+                 matched by `[daemon] include`"
+            ),
+            (_, "daemon" | "retry" | "alerts") => {
+                format!("[{key}] may only be set in the main config file, not in {here}")
+            }
+            _ => format!("unknown section `{key}`; {here} may hold {}", self.sections().join(" and ")),
+        }
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawDaemon {
@@ -115,6 +160,7 @@ struct RawDaemon {
     socket_group: Option<String>,
     metrics_listen: Option<Spanned<String>>,
     log_level: Option<Spanned<String>>,
+    accounts_include: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Deserialize)]
@@ -209,15 +255,23 @@ impl Loader {
         let mut root = root;
         // Includes are read even when [daemon] has other errors, so that
         // every file is checked in one go.
-        let include = root.get("daemon").and_then(|d| d.get("include")).map(include_patterns).unwrap_or_default();
+        let patterns =
+            |key: &str| root.get("daemon").and_then(|d| d.get(key)).map(include_patterns).unwrap_or_default();
+        let include = patterns("include");
+        let accounts_include = patterns("accounts_include");
         let time_zone =
             root.get("daemon").and_then(|d| d.get("time_zone")).and_then(Item::as_str).and_then(|s| parse_tz(s).ok());
         let daemon = self.daemon_settings(main_idx, root.remove("daemon"));
         let retry = self.retry_policy(main_idx, root.remove("retry"));
         let alerts = self.alerts(main_idx, root.remove("alerts"));
         self.sections(main_idx, &mut root);
+        // Account files first: the accounts exist before any campaign names them.
+        let mut read_as = HashMap::new();
+        for (pattern, at) in &accounts_include {
+            self.include(main_idx, IncludedFile::Accounts, pattern, at.clone(), &mut read_as);
+        }
         for (pattern, at) in &include {
-            self.include(main_idx, pattern, at.clone());
+            self.include(main_idx, IncludedFile::Campaign, pattern, at.clone(), &mut read_as);
         }
         let groups = self.expand_groups();
         let default_tz = daemon.as_ref().map(|d| d.time_zone).or(time_zone).unwrap_or(Tz::UTC);
@@ -424,6 +478,7 @@ impl Loader {
         let shutdown_deadline = self.duration(idx, raw.shutdown_deadline.as_ref(), Duration::from_secs(30), &mut ok);
         let schedule_ahead = self.duration(idx, raw.schedule_ahead.as_ref(), DEFAULT_SCHEDULE_AHEAD, &mut ok);
         let include = raw.include.unwrap_or_default().into_iter().map(Spanned::into_inner).collect();
+        let accounts_include = raw.accounts_include.unwrap_or_default().into_iter().map(Spanned::into_inner).collect();
         let file = &self.files[idx];
         let metrics_listen = match &raw.metrics_listen {
             Some(addr) => match addr.get_ref().parse::<std::net::SocketAddr>() {
@@ -457,6 +512,7 @@ impl Loader {
             state_dir,
             time_zone,
             include,
+            accounts_include,
             concurrency,
             cache_mb,
             shutdown_deadline,
@@ -804,7 +860,17 @@ impl Loader {
         }
     }
 
-    fn include(&mut self, main_idx: usize, pattern: &str, at: Option<Range<usize>>) {
+    /// Read every file `pattern` (of `[daemon] include` or
+    /// `accounts_include`, by `kind`) matches. `read_as` remembers how each
+    /// file was read, so a file matched by both keys is an error.
+    fn include(
+        &mut self,
+        main_idx: usize,
+        kind: IncludedFile,
+        pattern: &str,
+        at: Option<Range<usize>>,
+        read_as: &mut HashMap<PathBuf, IncludedFile>,
+    ) {
         let base = self.files[main_idx].dir().to_path_buf();
         let full = base.join(pattern);
         let full_text = full.to_string_lossy().into_owned();
@@ -822,7 +888,7 @@ impl Loader {
                 return;
             }
         };
-        let mut seen: HashSet<PathBuf> = self.files.iter().filter_map(|f| f.path.canonicalize().ok()).collect();
+        let main = self.files[main_idx].path.canonicalize().ok();
         let mut matched = 0;
         for entry in paths {
             let path = match entry {
@@ -838,22 +904,38 @@ impl Loader {
                 }
             };
             matched += 1;
-            if !seen.insert(path.canonicalize().unwrap_or_else(|_| path.clone())) {
+            let canonical = path.canonicalize().unwrap_or_else(|_| path.clone());
+            if main.as_ref() == Some(&canonical) {
                 continue;
+            }
+            match read_as.get(&canonical) {
+                Some(earlier) if *earlier == kind => continue,
+                Some(earlier) => {
+                    let msg = format!(
+                        "{} is matched by `{pattern}` as {} and also as {}; a file is either ops-owned accounts \
+                         (`accounts_include`) or a campaign file (`include`), never both",
+                        path.display(),
+                        kind.describe(),
+                        earlier.describe()
+                    );
+                    self.diags.error(&self.files[main_idx], at.clone(), msg);
+                    continue;
+                }
+                None => {
+                    read_as.insert(canonical, kind);
+                }
             }
             let Some(idx) = self.read_file_from(&path, Some((main_idx, pattern, at.clone()))) else { continue };
             let Some(doc) = self.parse(idx) else { continue };
             let mut root = doc.into_table();
             let keys: Vec<String> = root.iter().map(|(k, _)| k.to_string()).collect();
             for key in keys {
-                if !INCLUDED_KEYS.contains(&key.as_str()) {
+                if !kind.sections().contains(&key.as_str()) {
                     let at = root.key(&key).and_then(|k| k.span());
-                    let msg = if MAIN_KEYS.contains(&key.as_str()) {
-                        format!("[{key}] may only be set in the main config file, not in an included file")
-                    } else {
-                        format!("unknown section `{key}`; an included file may hold {}", INCLUDED_KEYS.join(", "))
-                    };
-                    self.diags.error(&self.files[idx], at, msg);
+                    self.diags.error(&self.files[idx], at, kind.refusal(&key));
+                    // Nothing of a refused section is read: an account in a
+                    // campaign file must not exist, not even to be probed.
+                    root.remove(&key);
                 }
             }
             self.sections(idx, &mut root);
@@ -1403,6 +1485,38 @@ mod tests {
         ] {
             assert!(text.contains(expected), "missing `{expected}` in:\n{text}");
         }
+    }
+
+    #[test]
+    fn accounts_come_from_ops_files_and_never_from_campaign_files() {
+        let main =
+            "[daemon]\nstate_dir = \"s\"\ninclude = [\"posts.d/*.toml\"]\naccounts_include = [\"accounts.d/*.toml\"]\n";
+        let accounts = "[accounts.nanjing]\nplatform = \"webhook\"\nurl = \"http://127.0.0.1:9/\"\nsecret = { file = \"nanjing.key\" }\n\n[groups]\ncities = [\"nanjing\"]\n";
+        let campaign = "[[posts]]\nid = \"p\"\nbody = \"x\"\ntargets = [\"cities\"]\ncron = \"@daily\"\n";
+        let outcome = check(&[
+            ("herald.toml", main),
+            ("accounts.d/nanjing.toml", accounts),
+            ("accounts.d/nanjing.key", "k3y\n"),
+            ("posts.d/campaign.toml", campaign),
+        ]);
+        let text = lines(&outcome).join("\n");
+        let config = outcome.config.expect(&text);
+        assert_eq!(config.posts["p"].targets, vec!["nanjing".to_string()]);
+        assert_eq!(config.daemon.accounts_include, ["accounts.d/*.toml"]);
+
+        // The same account in a campaign file: refused as a whole, its
+        // secret never looked up (no "not set" error, only the boundary).
+        let evil = format!(
+            "[accounts.evil]\nplatform = \"webhook\"\nurl = \"http://127.0.0.1:9/\"\nsecret = {{ env = \"HERALD_TEST_UNSET_VARIABLE\" }}\n\n{campaign}"
+        );
+        let outcome = check(&[("herald.toml", main), ("posts.d/campaign.toml", &evil)]);
+        let text = lines(&outcome).join("\n");
+        assert!(outcome.config.is_none());
+        assert!(
+            text.contains("posts.d/campaign.toml:1:2: error: [accounts.*] may not be set in a campaign file"),
+            "{text}"
+        );
+        assert!(!text.contains("not set"), "the campaign's secret was looked up: {text}");
     }
 
     #[test]

@@ -57,8 +57,12 @@ pub struct DaemonSettings {
     pub state_dir: PathBuf,
     /// The time zone of posts that do not name their own.
     pub time_zone: Tz,
-    /// Include patterns as written, resolved against the main file's folder.
+    /// Campaign file patterns (`include`) as written, resolved against the
+    /// main file's folder: posts and groups only.
     pub include: Vec<String>,
+    /// Account file patterns (`accounts_include`), ops-owned: accounts and
+    /// groups only.
+    pub accounts_include: Vec<String>,
     /// At most this many deliveries in flight at once, over all accounts.
     pub concurrency: usize,
     /// The bound of the store's page cache, in MiB.
