@@ -11,6 +11,7 @@ pub mod content;
 pub mod discourse;
 pub mod endpoint;
 pub mod error;
+pub mod files;
 pub mod http;
 pub mod mastodon;
 pub mod registry;

@@ -209,6 +209,98 @@ fn huge_config_files_are_refused_without_reading_them() {
     assert!(problems.is_empty(), "{}", problems.join("\n\n"));
 }
 
+/// A named pipe (FIFO) at `path`, with no writer: opening it for reading
+/// the usual way blocks for ever.
+fn fifo(path: &Path) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    rustix::fs::mkfifoat(rustix::fs::CWD, path, rustix::fs::Mode::from_raw_mode(0o644)).unwrap();
+}
+
+/// Files herald must not wait on or swallow, made at test time (a FIFO
+/// cannot be committed): as the main file, matched by an include, as a
+/// secret, as an image; and a secret file over the 64 KiB limit. `check`
+/// and `run` must each answer (within the 30 s safety net) with the place.
+#[test]
+fn fifos_and_oversized_files_are_refused_without_hanging() {
+    let hook = "[daemon]\nstate_dir = \"state\"\ninclude = [\"posts.d/*.toml\"]\n\n[accounts.wuhan-hook]\nplatform = \"webhook\"\nurl = \"http://127.0.0.1:9/hook\"\nSECRET\n\n[[posts]]\nid = \"warning\"\nbody = \"Beware.\"\ntargets = [\"wuhan-hook\"]\nat = 2030-12-01T09:00:00+08:00\n";
+    let work = tempfile::tempdir().unwrap();
+    let mut problems = Vec::new();
+    let mut case = |name: &str, config: &str, make: &dyn Fn(&Path), place: &str, fragments: &[&str]| {
+        let dir = work.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("herald.toml"), config).unwrap();
+        make(&dir);
+        let expected = Expected {
+            what: name.replace('-', " "),
+            place: place.into(),
+            fragments: fragments.iter().map(|f| f.to_string()).collect(),
+        };
+        problems.extend(check_case(name, &dir, &expected));
+    };
+    let plain = hook.replace("SECRET", "");
+    case(
+        "include-fifo",
+        &plain,
+        &|dir| fifo(&dir.join("posts.d/campaign.toml")),
+        "herald.toml:3:12",
+        &["campaign.toml, matched by include pattern `posts.d/*.toml`: it is a named pipe (FIFO), not a regular file"],
+    );
+    case(
+        "secret-fifo",
+        &hook.replace("SECRET", "secret = { file = \"hook.key\" }"),
+        &|dir| fifo(&dir.join("hook.key")),
+        "herald.toml:8:10",
+        &["hook.key, which cannot be read: it is a named pipe (FIFO), not a regular file"],
+    );
+    case(
+        "secret-too-large",
+        &hook.replace("SECRET", "secret = { file = \"hook.key\" }"),
+        &|dir| std::fs::write(dir.join("hook.key"), "k".repeat(64 * 1024 + 1)).unwrap(),
+        "herald.toml:8:10",
+        &["hook.key, which cannot be read: it is 65537 bytes; the limit is 65536 bytes"],
+    );
+    let weibo = "[daemon]\nstate_dir = \"state\"\n\n[accounts.wuhan-weibo]\nplatform = \"weibo\"\naccess_token = \"token\"\nsafe_domain = \"example.gov.cn\"\n\n[[posts]]\nid = \"warning\"\nbody = \"Beware. https://www.example.gov.cn/x\"\nimages = [\"cover.jpg\"]\ntargets = [\"wuhan-weibo\"]\nat = 2030-12-01T09:00:00+08:00\n";
+    case(
+        "image-fifo",
+        weibo,
+        &|dir| fifo(&dir.join("cover.jpg")),
+        "herald.toml:9:1",
+        &["would be refused by weibo (wuhan-weibo): images:", "cover.jpg` cannot be read: it is a named pipe (FIFO)"],
+    );
+    // The main file itself.
+    let dir = work.path().join("main-fifo");
+    fifo(&dir.join("herald.toml"));
+    let expected = Expected {
+        what: "the main config a FIFO".into(),
+        place: "herald.toml".into(),
+        fragments: vec!["cannot read the config file: it is a named pipe (FIFO), not a regular file".into()],
+    };
+    problems.extend(check_case("main-fifo", &dir, &expected));
+    assert!(problems.is_empty(), "{}", problems.join("\n\n"));
+
+    // A systemd credential that is a FIFO, for `check` and `run`.
+    let dir = work.path().join("credential-fifo");
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("herald.toml");
+    std::fs::write(&config, hook.replace("SECRET", "secret = { credential = \"hook\" }")).unwrap();
+    fifo(&dir.join("credentials/hook"));
+    let credentials = dir.join("credentials");
+    for args in [&["check"][..], &["run"][..]] {
+        let mut command = herald(args);
+        command.args(["--config", config.to_str().unwrap()]).env("CREDENTIALS_DIRECTORY", &credentials);
+        let out = run_bounded(command, Duration::from_secs(30));
+        let stderr = text(&out.stderr);
+        assert!(!out.status.success(), "herald {args:?} accepted a FIFO credential:\n{stderr}");
+        assert!(
+            stderr.contains(
+                "herald.toml:8:10: error: account `wuhan-hook`: `secret` comes from systemd credential \
+                             `hook`, which cannot be read: it is a named pipe (FIFO), not a regular file"
+            ),
+            "herald {args:?}:\n{stderr}"
+        );
+    }
+}
+
 /// Broken versions of a running daemon's config, sent by SIGHUP: each is
 /// refused with its place, and the daemon keeps publishing its post.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

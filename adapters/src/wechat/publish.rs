@@ -303,8 +303,9 @@ async fn read_image(
     kinds: &[ImageKind],
     max_bytes: u64,
 ) -> Result<(Vec<u8>, ImageKind), DeliveryError> {
-    let bytes =
-        tokio::fs::read(path).await.map_err(|error| refused(&format!("{what} `{path}` cannot be read: {error}")))?;
+    let bytes = crate::files::read_bounded_async(path, max_bytes)
+        .await
+        .map_err(|error| refused(&format!("{what} `{path}` cannot be read: {error}")))?;
     let kind = ImageKind::sniff(&bytes)
         .filter(|kind| kinds.contains(kind))
         .ok_or_else(|| refused(&format!("{what} `{path}` is not an image WeChat accepts here")))?;

@@ -2,7 +2,6 @@
 //! paragraphs and images, and the checks WeChat would apply, made before
 //! anything is sent. Pure except for reading the image files' headers.
 
-use std::fs::File;
 use std::io::Read;
 
 use crate::content::char_len;
@@ -127,8 +126,8 @@ fn is_web_url(text: &str) -> bool {
 /// Check that the file at `path` is one of `kinds` and at most `max_bytes`
 /// long; the error completes "the cover ..." / "image 2 ...".
 pub(super) fn check_image(path: &str, kinds: &[ImageKind], max_bytes: u64) -> Result<ImageKind, String> {
-    let mut file = File::open(path).map_err(|error| format!("`{path}` cannot be read: {error}"))?;
-    let size = file.metadata().map_err(|error| format!("`{path}` cannot be read: {error}"))?.len();
+    let (mut file, size) = crate::files::open_regular(std::path::Path::new(path))
+        .map_err(|error| format!("`{path}` cannot be read: {error}"))?;
     let mut head = [0u8; 8];
     let mut filled = 0;
     while filled < head.len() {
@@ -218,7 +217,7 @@ mod tests {
 
     fn file(dir: &tempfile::TempDir, name: &str, bytes: &[u8]) -> String {
         let path = dir.path().join(name);
-        File::create(&path).unwrap().write_all(bytes).unwrap();
+        std::fs::File::create(&path).unwrap().write_all(bytes).unwrap();
         path.to_string_lossy().into_owned()
     }
 

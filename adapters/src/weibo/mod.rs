@@ -168,7 +168,9 @@ impl WeiboAdapter {
     /// file may have changed since `check`.
     async fn multipart(&self, text: &str, path: &str) -> Result<Form, DeliveryError> {
         let refuse = |message: String| DeliveryError::permanent(PlatformAnswer::default(), message);
-        let bytes = tokio::fs::read(path).await.map_err(|error| refuse(format!("`{path}` cannot be read: {error}")))?;
+        let bytes = crate::files::read_bounded_async(path, MAX_PICTURE_BYTES)
+            .await
+            .map_err(|error| refuse(format!("`{path}` cannot be read: {error}")))?;
         if bytes.len() as u64 >= MAX_PICTURE_BYTES {
             return Err(refuse(format!("`{path}` is {} bytes; Weibo takes pictures under 5 MB", bytes.len())));
         }

@@ -134,8 +134,8 @@ impl Rules {
 /// Check a picture file: readable, under 5 MB, JPEG, GIF or PNG. Returns
 /// its MIME type.
 pub(super) fn check_picture(path: &str) -> Result<&'static str, String> {
-    let mut file = std::fs::File::open(path).map_err(|error| format!("`{path}` cannot be read: {error}"))?;
-    let size = file.metadata().map_err(|error| format!("`{path}` cannot be read: {error}"))?.len();
+    let (mut file, size) = crate::files::open_regular(std::path::Path::new(path))
+        .map_err(|error| format!("`{path}` cannot be read: {error}"))?;
     if size >= MAX_PICTURE_BYTES {
         return Err(format!("`{path}` is {size} bytes; Weibo takes pictures under 5 MB ({MAX_PICTURE_BYTES} bytes)"));
     }

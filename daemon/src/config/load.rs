@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
+use herald_adapters::files::{FileError, read_bounded};
 use herald_adapters::registry::{self, HttpOptions};
 use herald_adapters::{AccountSettings, Platform, PostContent, Services};
 use serde::Deserialize;
@@ -361,21 +362,17 @@ impl Loader {
             ),
             None => diags.file_error(path, format!("cannot read the config file: {problem}")),
         };
-        let meta = match std::fs::metadata(path) {
-            Ok(meta) => meta,
-            Err(e) => {
-                refuse(&mut self.diags, &self.files, e.to_string());
+        let bytes = match read_bounded(path, MAX_FILE_BYTES) {
+            Ok(bytes) => bytes,
+            Err(FileError::TooLarge { size, limit }) => {
+                let size = size.map_or_else(|| format!("over {limit}"), |s| s.to_string());
+                refuse(
+                    &mut self.diags,
+                    &self.files,
+                    format!("the file is {size} bytes; config files are limited to {limit} bytes"),
+                );
                 return None;
             }
-        };
-        if meta.len() > MAX_FILE_BYTES {
-            let problem =
-                format!("the file is {} bytes; config files are limited to {MAX_FILE_BYTES} bytes", meta.len());
-            refuse(&mut self.diags, &self.files, problem);
-            return None;
-        }
-        let bytes = match std::fs::read(path) {
-            Ok(bytes) => bytes,
             Err(e) => {
                 refuse(&mut self.diags, &self.files, e.to_string());
                 return None;
@@ -1302,8 +1299,10 @@ fn daemon_section(text: &str) -> String {
 
 /// Read [`Peek`] from the main config file.
 pub fn peek(path: &Path) -> Result<Peek, String> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read the config file: {e}", path.display()))?;
+    let bytes = read_bounded(path, MAX_FILE_BYTES)
+        .map_err(|e| format!("{}: cannot read the config file: {e}", path.display()))?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| format!("{}: cannot read the config file: it is not valid UTF-8", path.display()))?;
     let doc = match toml_edit::Document::parse(text.clone()) {
         Ok(doc) => doc,
         // A half-edited file elsewhere must not cut the CLI off from the

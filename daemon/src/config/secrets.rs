@@ -27,6 +27,22 @@ pub fn world_readable(path: &Path) -> Option<u32> {
     (mode & 0o004 != 0).then_some(mode)
 }
 
+/// Secrets are short: a token, a key, a password. A file longer than this
+/// is not a secret (and `/dev/zero` behind a symlink is refused before).
+pub const MAX_SECRET_BYTES: u64 = 64 * 1024;
+
+/// A systemd credential name: one path component, nothing that leaves
+/// `$CREDENTIALS_DIRECTORY`.
+fn plain_credential_name(name: &str) -> bool {
+    !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\0'])
+}
+
+/// Read a secret file: a regular file of at most [`MAX_SECRET_BYTES`], UTF-8.
+fn read_secret(path: &Path) -> Result<String, String> {
+    let bytes = herald_adapters::files::read_bounded(path, MAX_SECRET_BYTES).map_err(|e| e.to_string())?;
+    String::from_utf8(bytes).map_err(|_| "it is not valid UTF-8".to_string())
+}
+
 /// Read the secret an account setting points at. Errors say what is missing,
 /// never the value.
 pub fn resolve(key: &str, item: &Item, config_dir: &Path, credentials_dir: Option<&Path>) -> Result<Resolved, String> {
@@ -46,12 +62,18 @@ pub fn resolve(key: &str, item: &Item, config_dir: &Path, credentials_dir: Optio
             .map_err(|_| format!("`{key}` comes from environment variable {name}, which is not set"))?,
         "file" => {
             let path = config_dir.join(name);
-            let text = std::fs::read_to_string(&path)
+            let text = read_secret(&path)
                 .map_err(|e| format!("`{key}` comes from file {}, which cannot be read: {e}", path.display()))?;
             exposed = world_readable(&path).map(|mode| (path, mode));
             text
         }
         "credential" => {
+            if !plain_credential_name(name) {
+                return Err(format!(
+                    "`{key}` names systemd credential `{name}`; a credential name is a plain name \
+                     (not empty, no `/`, not `.` or `..`), as given to LoadCredential="
+                ));
+            }
             let dir = credentials_dir.ok_or_else(|| {
                 format!(
                     "`{key}` comes from systemd credential `{name}`, but $CREDENTIALS_DIRECTORY is not set \
@@ -59,8 +81,7 @@ pub fn resolve(key: &str, item: &Item, config_dir: &Path, credentials_dir: Optio
                      --credentials-dir /etc/herald/secrets` reads them from that folder)"
                 )
             })?;
-            let path = dir.join(name);
-            std::fs::read_to_string(&path)
+            read_secret(&dir.join(name))
                 .map_err(|e| format!("`{key}` comes from systemd credential `{name}`, which cannot be read: {e}"))?
         }
         other => return Err(format!("`{key}` has an unknown source `{other}`; {form}")),
