@@ -301,6 +301,60 @@ fn fifos_and_oversized_files_are_refused_without_hanging() {
     }
 }
 
+/// Group shapes that were exponential, overflowed the stack or printed
+/// megabytes: each must be answered (the 30 s limit is a safety net, not a
+/// timing claim) with at most one error.
+#[test]
+fn hostile_group_shapes_are_expanded_in_linear_time() {
+    let head = "[daemon]\nstate_dir = \"state\"\n\n[accounts.wuhan-hook]\nplatform = \"webhook\"\nurl = \"http://127.0.0.1:9/hook\"\n\n[[posts]]\nid = \"warning\"\nbody = \"Beware.\"\ntargets = [\"top\"]\ncron = \"0 9 * * 1\"\n\n[groups]\n";
+    let work = tempfile::tempdir().unwrap();
+    let check = |name: &str, groups: &str| {
+        let dir = work.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("herald.toml"), format!("{head}{groups}")).unwrap();
+        let config = dir.join("herald.toml");
+        run_bounded(herald(&["check", "--config", config.to_str().unwrap()]), Duration::from_secs(30))
+    };
+
+    // A 50-level diamond: each level's two groups both include both groups
+    // of the level below (2^50 paths). Valid: one account, reached once.
+    let mut groups = String::from("top = [\"a0\", \"b0\"]\n");
+    for level in 0..50 {
+        let below =
+            if level == 49 { "\"wuhan-hook\"".to_string() } else { format!("\"a{}\", \"b{}\"", level + 1, level + 1) };
+        groups.push_str(&format!("a{level} = [{below}]\nb{level} = [{below}]\n"));
+    }
+    let out = check("diamond", &groups);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "the diamond was refused:\n{}", text(&out.stderr));
+    assert!(stdout.contains("targets:  1 account(s): wuhan-hook"), "{stdout}");
+
+    // A chain of 50,000 groups: refused once, where it passes the depth bound.
+    let mut groups = String::from("top = [\"g0\"]\n");
+    for i in 0..50_000 {
+        let next = if i == 49_999 { "wuhan-hook".to_string() } else { format!("g{}", i + 1) };
+        groups.push_str(&format!("g{i} = [\"{next}\"]\n"));
+    }
+    let out = check("chain", &groups);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(!stderr.contains("panicked") && !stderr.contains("overflow"), "{stderr}");
+    assert_eq!(stderr.matches(": error: ").count(), 1, "{stderr}");
+    assert!(stderr.contains("nests groups more than 64 levels deep"), "{stderr}");
+
+    // A circle of 2,000 groups: one error, of bounded length.
+    let mut groups = String::from("top = [\"c0\"]\n");
+    for i in 0..2_000 {
+        groups.push_str(&format!("c{i} = [\"c{}\"]\n", (i + 1) % 2_000));
+    }
+    let out = check("circle", &groups);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.matches(": error: ").count(), 1, "{stderr}");
+    assert!(stderr.contains("groups include each other in a circle: c0 -> c1 -> "), "{stderr}");
+    assert!(stderr.len() < 1_000, "{} bytes of errors:\n{stderr}", stderr.len());
+}
+
 /// Broken versions of a running daemon's config, sent by SIGHUP: each is
 /// refused with its place, and the daemon keeps publishing its post.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
