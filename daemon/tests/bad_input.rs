@@ -355,6 +355,26 @@ fn hostile_group_shapes_are_expanded_in_linear_time() {
     assert!(stderr.len() < 1_000, "{} bytes of errors:\n{stderr}", stderr.len());
 }
 
+/// `check --upcoming` with counts that panicked ("capacity overflow") or
+/// aborted on a 12 GB allocation: a usage error (exit 2) naming the bound.
+#[test]
+fn check_upcoming_is_bounded_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("herald.toml");
+    std::fs::write(&config, "[daemon]\nstate_dir = \"state\"\n\n[accounts.wuhan-hook]\nplatform = \"webhook\"\nurl = \"http://127.0.0.1:9/hook\"\n\n[[posts]]\nid = \"weekly\"\nbody = \"Beware.\"\ntargets = [\"wuhan-hook\"]\ncron = \"* * * * *\"\n").unwrap();
+    let config = config.to_str().unwrap();
+    for n in ["18446744073709551615", "1000000000", "1001", "99999999999999999999999999"] {
+        let out = run_bounded(herald(&["check", "--config", config, "--upcoming", n]), Duration::from_secs(30));
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "--upcoming {n}:\n{stderr}");
+        assert!(stderr.contains("at most 1000 occurrences per post can be listed"), "--upcoming {n}:\n{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    let out = run_bounded(herald(&["check", "--config", config, "--upcoming", "1000"]), Duration::from_secs(30));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).lines().filter(|l| l.trim_start().starts_with("at ")).count(), 1000);
+}
+
 /// Broken versions of a running daemon's config, sent by SIGHUP: each is
 /// refused with its place, and the daemon keeps publishing its post.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -73,6 +73,28 @@ struct RenderedView {
     characters: usize,
 }
 
+/// The most occurrences `check --upcoming` lists per post: enough for a
+/// year of weekly posts, little enough that the listing cannot exhaust memory.
+pub const MAX_UPCOMING: usize = 1000;
+
+/// Parse `--upcoming N`, refusing counts beyond [`MAX_UPCOMING`] with the reason.
+pub fn parse_upcoming(text: &str) -> Result<usize, String> {
+    let too_many = || {
+        format!(
+            "at most {MAX_UPCOMING} occurrences per post can be listed; for the schedule of a running daemon \
+             use `herald upcoming`"
+        )
+    };
+    let digits = text.trim();
+    if digits.is_empty() || !digits.chars().all(|c| c.is_ascii_digit()) {
+        return Err(format!("`{text}` is not a whole number from 0 to {MAX_UPCOMING}"));
+    }
+    match digits.parse::<usize>() {
+        Ok(n) if n <= MAX_UPCOMING => Ok(n),
+        _ => Err(too_many()),
+    }
+}
+
 pub fn run(
     path: &Path,
     upcoming: usize,

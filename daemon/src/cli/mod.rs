@@ -60,8 +60,8 @@ enum Command {
     Check {
         #[command(flatten)]
         config: ConfigArg,
-        /// How many upcoming occurrences of each post to list.
-        #[arg(long, default_value_t = 3)]
+        /// How many upcoming occurrences of each post to list (at most 1000).
+        #[arg(long, default_value_t = 3, value_parser = check::parse_upcoming)]
         upcoming: usize,
         #[arg(long, value_enum, default_value_t = CheckFormat::Text)]
         format: CheckFormat,

@@ -755,6 +755,9 @@ impl Loader {
             }
         }
         let file = &self.files[idx];
+        // Where each setting's value is written, for errors the adapter finds in it.
+        let value_spans: HashMap<String, Range<usize>> =
+            table.iter().filter_map(|(key, item)| Some((key.to_string(), item.span()?))).collect();
         let value = toml_edit::Value::InlineTable(table.into_inline_table());
         let settings = match AccountSettings::deserialize(platform, value.into_deserializer()) {
             Ok(s) => s,
@@ -776,7 +779,11 @@ impl Loader {
         let adapter = match registry::build(&settings, http, &Services::in_memory(&id)) {
             Ok(a) => a,
             Err(e) => {
-                self.diags.error(file, Some(span), format!("account `{id}` ({platform}): {e}"));
+                let at = match &e {
+                    registry::BuildError::InvalidSetting { field, .. } => value_spans.get(*field).cloned(),
+                    _ => None,
+                };
+                self.diags.error(file, at.or(Some(span)), format!("account `{id}` ({platform}): {e}"));
                 return;
             }
         };
