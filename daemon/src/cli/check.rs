@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::CheckFormat;
+use super::output::printable;
 use crate::config::{self, Config, Diagnostic, Post};
 use crate::occurrences::Renderer;
 
@@ -221,8 +222,10 @@ fn plan(config: &Config, post: &Post, now: DateTime<Utc>, upcoming: usize) -> Po
 }
 
 fn print_text(report: &Report, config: Option<&Config>) {
+    // Everything printed goes through `printable`: file names, ids and
+    // platform answers cannot drive the terminal.
     for d in report.errors.iter().chain(&report.warnings) {
-        eprintln!("{d}");
+        eprintln!("{}", printable(&d.to_string()));
     }
     let Some(config) = config else {
         eprintln!(
@@ -252,7 +255,7 @@ fn print_text(report: &Report, config: Option<&Config>) {
                 (true, true) => "ok    ",
             };
             let expires = p.expires_at.as_deref().map(|t| format!("; expires {t}")).unwrap_or_default();
-            println!("  {verdict} {} ({}): {}{expires}", p.account, p.platform, p.detail);
+            println!("  {verdict} {} ({}): {}{expires}", p.account, p.platform, printable(&p.detail));
         }
         let failed = probes.iter().filter(|p| !p.ok).count();
         if failed > 0 {
@@ -261,7 +264,7 @@ fn print_text(report: &Report, config: Option<&Config>) {
     }
     for post in &report.posts {
         println!();
-        println!("post {}  ({}:{})", post.id, post.file, post.line);
+        println!("post {}  ({}:{})", post.id, printable(&post.file), post.line);
         println!("  schedule: {}; misfire {} within {}", post.schedule, post.misfire, post.grace);
         println!("  targets:  {} account(s): {}", post.targets.len(), abbreviate(&post.targets, 8));
         for o in &post.upcoming {
@@ -273,16 +276,16 @@ fn print_text(report: &Report, config: Option<&Config>) {
         for r in &post.rendered {
             println!("  {} text ({} characters) for {}:", r.platform, r.characters, abbreviate(&r.accounts, 4));
             if let Some(title) = &r.title {
-                println!("    | title: {title}");
+                println!("    | title: {}", printable(title));
             }
             for line in r.text.lines() {
-                println!("    | {line}");
+                println!("    | {}", printable(line));
             }
             if let Some(link) = &r.link {
-                println!("    | link: {link}");
+                println!("    | link: {}", printable(link));
             }
             for image in &r.images {
-                println!("    | image: {image}");
+                println!("    | image: {}", printable(image));
             }
         }
     }

@@ -74,11 +74,32 @@ fn row(r: &AuditRecord) -> [String; 14] {
     ]
 }
 
-/// A readable table; the last column (detail) is not padded.
+/// `text` safe to print on a terminal: control characters (escape
+/// sequences, BEL, line breaks, tabs) and bidirectional overrides are shown
+/// as `\u{1b}` rather than acted on. Platform answers and file names reach
+/// the operator's terminal through this.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    let escape = |c: char| c.is_control() || herald_adapters::content::is_hostile_char(c);
+    if !text.chars().any(escape) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if escape(c) {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// A readable table; the last column (detail) is not padded. Cells are
+/// [`printable`]: an answer cannot drive the terminal.
 pub fn table(records: &[AuditRecord], out: &mut impl Write) -> std::io::Result<()> {
     // Columns shown in the table (content hash and occurrence are in JSON/CSV).
     let shown = [0usize, 1, 2, 4, 5, 6, 8, 9, 10, 11, 13];
-    let rows: Vec<[String; 14]> = records.iter().map(row).collect();
+    let rows: Vec<[String; 14]> = records.iter().map(|r| row(r).map(|cell| printable(&cell).into_owned())).collect();
     let mut widths = [0usize; 14];
     for (i, name) in COLUMNS.iter().enumerate() {
         widths[i] = name.len();
@@ -128,18 +149,63 @@ pub fn csv(records: &[AuditRecord], out: &mut impl Write) -> std::io::Result<()>
     Ok(())
 }
 
+/// One CSV cell, quoted when needed, and formula-safe: a cell a spreadsheet
+/// would read as a formula (starting with `=`, `+`, `-`, `@`, tab or CR, as
+/// OWASP lists them) starts with `'`, so `=HYPERLINK(...)` in a platform's
+/// answer stays text.
 fn csv_cell(text: &str) -> String {
-    if text.contains([',', '"', '\n', '\r']) { format!("\"{}\"", text.replace('"', "\"\"")) } else { text.to_string() }
+    let text: std::borrow::Cow<str> =
+        if text.starts_with(['=', '+', '-', '@', '\t', '\r']) { format!("'{text}").into() } else { text.into() };
+    if text.contains([',', '"', '\n', '\r']) { format!("\"{}\"", text.replace('"', "\"\"")) } else { text.into_owned() }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::csv_cell;
+    use super::*;
+    use crate::model::Event;
+    use herald_adapters::Platform;
 
     #[test]
     fn csv_cells_are_quoted_when_needed() {
         assert_eq!(csv_cell("plain"), "plain");
         assert_eq!(csv_cell("a,b"), "\"a,b\"");
         assert_eq!(csv_cell("say \"hi\""), "\"say \"\"hi\"\"\"");
+    }
+
+    #[test]
+    fn csv_cells_a_spreadsheet_would_evaluate_stay_text() {
+        assert_eq!(csv_cell("=HYPERLINK(\"http://x\",\"y\")"), "\"'=HYPERLINK(\"\"http://x\"\",\"\"y\"\")\"");
+        for cell in ["+1+1", "-1+1", "@SUM(A1)", "\tx", "\rx"] {
+            assert!(csv_cell(cell).trim_start_matches('"').starts_with('\''), "{cell:?} -> {}", csv_cell(cell));
+        }
+        assert_eq!(csv_cell("1+1"), "1+1");
+    }
+
+    /// A record whose platform answer carries a terminal escape, a bidi
+    /// override and a formula, as a hostile platform or proxy could send.
+    fn hostile_record() -> AuditRecord {
+        let time = chrono::DateTime::parse_from_rfc3339("2026-12-01T01:00:00Z").unwrap().to_utc();
+        let mut r = AuditRecord::about_account("wuhan-hook", Platform::Webhook, Event::Failed, time, "refused".into());
+        r.answer.message = Some("\u{1b}]0;owned\u{7}\u{1b}[2J\u{202e}evil\nline".into());
+        r.url = Some("=HYPERLINK(\"http://evil.example/\",\"click\")".into());
+        r
+    }
+
+    #[test]
+    fn the_table_escapes_what_would_drive_a_terminal() {
+        let mut out = Vec::new();
+        table(&[hostile_record()], &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(!text.chars().any(|c| (c.is_control() && c != '\n') || c == '\u{202e}'), "{text:?}");
+        assert_eq!(text.lines().count(), 2, "a line break in an answer split the row: {text}");
+        assert!(text.contains("platform said: \\u{1b}]0;owned\\u{7}\\u{1b}[2J\\u{202e}evil\\u{a}line"), "{text}");
+    }
+
+    #[test]
+    fn the_csv_export_is_formula_safe() {
+        let mut out = Vec::new();
+        csv(&[hostile_record()], &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains(",\"'=HYPERLINK(\"\"http://evil.example/\"\",\"\"click\"\")\","), "{text}");
     }
 }

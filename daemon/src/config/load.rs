@@ -1258,6 +1258,24 @@ impl Loader {
         };
         post.compute_hash();
 
+        // What no platform may receive: control characters, bidi overrides, script links.
+        let mut hostile: Vec<(String, herald_adapters::ContentProblem)> =
+            herald_adapters::content::hostile_content(&post.content).into_iter().map(|p| (String::new(), p)).collect();
+        for (platform, o) in &post.overrides {
+            let only = PostContent {
+                title: o.title.clone(),
+                body: o.body.clone().unwrap_or_default(),
+                link: o.link.clone(),
+                images: Vec::new(),
+            };
+            let context = format!(" (overrides.{platform})");
+            hostile.extend(herald_adapters::content::hostile_content(&only).into_iter().map(|p| (context.clone(), p)));
+        }
+        for (context, problem) in hostile {
+            self.diags.error(file, Some(span.clone()), format!("post `{id}`{context}: {problem}"));
+            ok = false;
+        }
+
         // What each platform would say of the content.
         let mut refused: BTreeMap<(Platform, String), Vec<String>> = BTreeMap::new();
         let mut contents: BTreeMap<Platform, PostContent> = BTreeMap::new();
