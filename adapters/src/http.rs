@@ -25,15 +25,21 @@ pub const EXCERPT_CHARS: usize = 300;
 ///
 /// Redirects are not followed: a publish is a POST that must reach the
 /// configured endpoint or fail visibly. Proxies from the environment are
-/// ignored, so what the config says is what the daemon does.
+/// ignored, so what the config says is what the daemon does. A private CA
+/// (`extra_roots_pem`) is trusted besides the public roots.
 pub fn client(options: &HttpOptions) -> Result<reqwest::Client, reqwest::Error> {
-    reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder()
         .user_agent(USER_AGENT)
         .connect_timeout(options.connect_timeout)
         .timeout(options.timeout)
         .redirect(reqwest::redirect::Policy::none())
-        .no_proxy()
-        .build()
+        .no_proxy();
+    if let Some(pem) = &options.extra_roots_pem {
+        for certificate in reqwest::Certificate::from_pem_bundle(pem)? {
+            builder = builder.add_root_certificate(certificate);
+        }
+    }
+    builder.build()
 }
 
 /// What an HTTP status says about an attempt: `Ok` for 2xx, otherwise the

@@ -150,18 +150,21 @@ impl AccountSettings {
 
 const HOUR: Duration = Duration::from_secs(3600);
 
-/// Per-request network limits, common to every platform.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Per-request network settings, common to every platform.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpOptions {
     /// Time allowed to establish a connection.
     pub connect_timeout: Duration,
     /// Time allowed for a whole request, from sending to the end of the answer.
     pub timeout: Duration,
+    /// Certificates (PEM) of a private CA this account's client trusts
+    /// besides the public roots: an office behind its own TLS proxy.
+    pub extra_roots_pem: Option<Arc<[u8]>>,
 }
 
 impl Default for HttpOptions {
     fn default() -> Self {
-        Self { connect_timeout: Duration::from_secs(10), timeout: Duration::from_secs(30) }
+        Self { connect_timeout: Duration::from_secs(10), timeout: Duration::from_secs(30), extra_roots_pem: None }
     }
 }
 

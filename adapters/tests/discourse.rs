@@ -21,7 +21,7 @@ async fn emulator() -> DiscourseEmulator {
 }
 
 fn quick() -> HttpOptions {
-    HttpOptions { connect_timeout: Duration::from_secs(2), timeout: Duration::from_secs(5) }
+    HttpOptions { connect_timeout: Duration::from_secs(2), timeout: Duration::from_secs(5), ..HttpOptions::default() }
 }
 
 fn settings(base_url: &str, key: &str) -> Settings {
@@ -139,7 +139,11 @@ async fn lookup_finds_a_topic_an_earlier_attempt_created() {
 async fn a_timeout_is_maybe_sent_and_lookup_then_finds_the_topic() {
     let discourse = emulator().await;
     discourse.fail_next(1, Fault::Delay(Duration::from_millis(800)));
-    let http = HttpOptions { connect_timeout: Duration::from_secs(2), timeout: Duration::from_millis(200) };
+    let http = HttpOptions {
+        connect_timeout: Duration::from_secs(2),
+        timeout: Duration::from_millis(200),
+        ..HttpOptions::default()
+    };
     let adapter = adapter_with(&discourse, http);
     let delivery = Delivery::new(&adapter, "d-slow", "A slow warning about fake refund calls.");
 

@@ -22,7 +22,7 @@ async fn emulator() -> MastodonEmulator {
 }
 
 fn quick() -> HttpOptions {
-    HttpOptions { connect_timeout: Duration::from_secs(2), timeout: Duration::from_secs(5) }
+    HttpOptions { connect_timeout: Duration::from_secs(2), timeout: Duration::from_secs(5), ..HttpOptions::default() }
 }
 
 fn settings(base_url: &str, token: &str) -> Settings {
@@ -144,7 +144,11 @@ async fn a_crash_recovered_retry_with_the_same_key_creates_one_status() {
 async fn a_timeout_is_maybe_sent_and_the_retry_answers_the_original_status() {
     let mastodon = emulator().await;
     mastodon.fail_next(1, Fault::Delay(Duration::from_millis(800)));
-    let http = HttpOptions { connect_timeout: Duration::from_secs(2), timeout: Duration::from_millis(200) };
+    let http = HttpOptions {
+        connect_timeout: Duration::from_secs(2),
+        timeout: Duration::from_millis(200),
+        ..HttpOptions::default()
+    };
     let adapter = MastodonAdapter::new(settings(mastodon.base_url(), TOKEN), http).unwrap();
     let mut delivery = Delivery::new("d-slow", text("Slow but sure."));
 

@@ -25,7 +25,11 @@ fn request<'a>(id: &'a str, uncertain: bool, content: &'a herald_adapters::Rende
 async fn every_adapter_publishes_to_the_mounted_emulators() {
     let sandbox = Sandbox::start("127.0.0.1:0".parse().unwrap(), SandboxOptions::default()).await.unwrap();
     let base = format!("http://{}", sandbox.addr());
-    let http = HttpOptions { connect_timeout: Duration::from_secs(2), timeout: Duration::from_secs(5) };
+    let http = HttpOptions {
+        connect_timeout: Duration::from_secs(2),
+        timeout: Duration::from_secs(5),
+        ..HttpOptions::default()
+    };
     let accounts = [
         (
             Platform::Weibo,
@@ -45,7 +49,7 @@ async fn every_adapter_publishes_to_the_mounted_emulators() {
     };
     for (platform, table) in accounts {
         let settings = AccountSettings::deserialize(platform, table).unwrap();
-        let adapter = registry::build(&settings, http, &Services::in_memory("a")).unwrap();
+        let adapter = registry::build(&settings, http.clone(), &Services::in_memory("a")).unwrap();
         let rendered = adapter.render(&post).unwrap();
         let receipt = adapter.publish(request("d-suite", false, &rendered)).await.unwrap();
         assert!(receipt.remote_id.is_some(), "{platform}");

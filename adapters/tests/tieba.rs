@@ -24,7 +24,7 @@ async fn emulator() -> TiebaEmulator {
 }
 
 fn quick() -> HttpOptions {
-    HttpOptions { connect_timeout: Duration::from_secs(2), timeout: Duration::from_secs(5) }
+    HttpOptions { connect_timeout: Duration::from_secs(2), timeout: Duration::from_secs(5), ..HttpOptions::default() }
 }
 
 fn settings(emulator: &TiebaEmulator) -> Settings {

@@ -19,7 +19,7 @@ async fn receiver(secret: Option<&str>) -> WebhookReceiver {
 }
 
 fn quick() -> HttpOptions {
-    HttpOptions { connect_timeout: Duration::from_secs(2), timeout: Duration::from_secs(5) }
+    HttpOptions { connect_timeout: Duration::from_secs(2), timeout: Duration::from_secs(5), ..HttpOptions::default() }
 }
 
 fn adapter(url: &str, secret: Option<&str>, http: HttpOptions) -> WebhookAdapter {
@@ -194,7 +194,11 @@ async fn a_wrong_secret_is_refused_permanently() {
 async fn a_timeout_is_transient_and_maybe_sent_and_the_retry_is_a_duplicate() {
     let receiver = receiver(None).await;
     receiver.fail_next(1, Fault::Delay(Duration::from_millis(800)));
-    let http = HttpOptions { connect_timeout: Duration::from_secs(2), timeout: Duration::from_millis(200) };
+    let http = HttpOptions {
+        connect_timeout: Duration::from_secs(2),
+        timeout: Duration::from_millis(200),
+        ..HttpOptions::default()
+    };
     let adapter = adapter(&receiver.url(), None, http);
     let mut delivery = Delivery::new("d-slow");
 

@@ -35,7 +35,7 @@ async fn emulator_with(config: WechatConfig) -> WechatEmulator {
 }
 
 fn quick() -> HttpOptions {
-    HttpOptions { connect_timeout: Duration::from_secs(2), timeout: Duration::from_secs(5) }
+    HttpOptions { connect_timeout: Duration::from_secs(2), timeout: Duration::from_secs(5), ..HttpOptions::default() }
 }
 
 fn settings(emulator: &WechatEmulator) -> Settings {

@@ -26,7 +26,7 @@ async fn emulator() -> WeiboEmulator {
 }
 
 fn quick() -> HttpOptions {
-    HttpOptions { connect_timeout: Duration::from_secs(2), timeout: Duration::from_secs(5) }
+    HttpOptions { connect_timeout: Duration::from_secs(2), timeout: Duration::from_secs(5), ..HttpOptions::default() }
 }
 
 fn settings(base_url: &str, token: &str) -> Settings {
@@ -301,7 +301,11 @@ async fn an_error_code_counts_whatever_the_http_status() {
 async fn a_timeout_is_maybe_sent_and_lookup_then_finds_the_status() {
     let weibo = emulator().await;
     weibo.fail_next(1, Fault::Delay(Duration::from_millis(800)));
-    let http = HttpOptions { connect_timeout: Duration::from_secs(2), timeout: Duration::from_millis(200) };
+    let http = HttpOptions {
+        connect_timeout: Duration::from_secs(2),
+        timeout: Duration::from_millis(200),
+        ..HttpOptions::default()
+    };
     let adapter = WeiboAdapter::new(settings(weibo.base_url(), TOKEN), http).unwrap();
     let delivery = Delivery::of(&adapter, "d-slow", "迟到的提示");
 

@@ -64,7 +64,10 @@ pub fn load_with(path: &Path, now: DateTime<Utc>, credentials_dir: Option<PathBu
 /// before their occurrence.
 pub const DEFAULT_SCHEDULE_AHEAD: Duration = Duration::from_secs(3600);
 const MAIN_KEYS: &[&str] = &["daemon", "retry", "alerts", "accounts", "groups", "posts"];
-const ACCOUNT_KEYS_OWNED_BY_DAEMON: &[&str] = &["platform", "rate", "concurrency", "timeout", "connect_timeout"];
+const ACCOUNT_KEYS_OWNED_BY_DAEMON: &[&str] =
+    &["platform", "rate", "concurrency", "timeout", "connect_timeout", "ca_file"];
+/// A CA bundle is a few certificates; more than this is not one.
+const MAX_CA_FILE_BYTES: u64 = 1024 * 1024;
 const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
 /// How deep groups may include groups (`all` -> `province` -> `city` is 3).
 pub const MAX_GROUP_DEPTH: usize = 64;
@@ -82,6 +85,10 @@ struct Loader {
     /// (so a reference to them is not reported a second time).
     declared: BTreeSet<String>,
     raw_posts: Vec<PostDef>,
+    /// Groups that may read secret files without a warning: root's, this
+    /// process's (herald's under systemd) and the main config file's
+    /// (`root:herald` as installed).
+    trusted_groups: Vec<u32>,
     /// Target lists seen so far, so that posts with the same targets share one.
     target_lists: HashMap<Vec<String>, super::Targets>,
 }
@@ -241,6 +248,9 @@ fn describe_de_error(e: &toml_edit::de::Error) -> String {
 
 impl Loader {
     fn run(&mut self, path: &Path) -> Option<Config> {
+        use std::os::unix::fs::MetadataExt;
+        self.trusted_groups = vec![0, rustix::process::getegid().as_raw()];
+        self.trusted_groups.extend(std::fs::metadata(path).ok().map(|m| m.gid()));
         let main = self.read_file(path)?;
         let doc = self.parse(main)?;
         let root = doc.into_table();
@@ -747,6 +757,31 @@ impl Loader {
                 }
             }
         }
+        if let Some((name, at)) = take_str(&mut table, "ca_file", &mut self.diags, file, &mut ok) {
+            match read_ca_file(&file_dir.join(&name)) {
+                Ok(pem) => http.extra_roots_pem = Some(pem.into()),
+                Err(msg) => {
+                    self.diags.error(file, at, format!("account `{id}`: `ca_file` {name}: {msg}"));
+                    ok = false;
+                }
+            }
+        }
+        // An endpoint in clear text over the network, when the account sends a secret.
+        let carries_secret =
+            platform == Platform::Webhook || platform.secret_fields().iter().any(|k| table.contains_key(k));
+        for key in ["url", "base_url"] {
+            if let Some(item) = table.get(key)
+                && let Some(url) = item.as_str()
+                && carries_secret
+                && clear_text_off_host(url)
+            {
+                let msg = format!(
+                    "account `{id}`: `{key}` is http://, so its credentials (and, for a webhook, the URL's own \
+                     token) cross the network unencrypted; use https:// (a private CA can be trusted with `ca_file`)"
+                );
+                self.diags.warning(file, item.span(), msg);
+            }
+        }
         table.remove("platform");
         for key in platform.secret_fields() {
             let Some(item) = table.get_mut(key) else { continue };
@@ -776,7 +811,7 @@ impl Loader {
         if !ok {
             return;
         }
-        let adapter = match registry::build(&settings, http, &Services::in_memory(&id)) {
+        let adapter = match registry::build(&settings, http.clone(), &Services::in_memory(&id)) {
             Ok(a) => a,
             Err(e) => {
                 let at = match &e {
@@ -820,14 +855,21 @@ impl Loader {
     fn resolve_secret(&mut self, idx: usize, owner: &str, key: &str, item: &mut Item, dir: &Path) -> bool {
         let at = item.span();
         let file = &self.files[idx];
-        match secrets::resolve(key, item, dir, self.credentials_dir.as_deref()) {
+        match secrets::resolve(key, item, dir, self.credentials_dir.as_deref(), &self.trusted_groups) {
             Ok(Resolved::Value(value)) => secrets::replace(item, value),
-            Ok(Resolved::Exposed { value, path, mode }) => {
-                let msg = format!(
-                    "{owner} `{key}` comes from {}, which every user on this host can read (mode {mode:o}); \
-                     chmod o-r it",
-                    path.display()
-                );
+            Ok(Resolved::Exposed { value, path, mode, group }) => {
+                let msg = match group {
+                    None => format!(
+                        "{owner} `{key}` comes from {}, which every user on this host can read (mode {mode:o}); \
+                         chmod o-r it",
+                        path.display()
+                    ),
+                    Some(gid) => format!(
+                        "{owner} `{key}` comes from {}, which the members of group {gid} can read (mode {mode:o}), \
+                         a group other than herald's and root's; chmod g-r it, or chgrp it to herald's group",
+                        path.display()
+                    ),
+                };
                 self.diags.warning(file, at, msg);
                 secrets::replace(item, value);
             }
@@ -1323,6 +1365,27 @@ impl Loader {
     }
 }
 
+/// Read a private CA's certificates (PEM) through the bounded reader; at
+/// least one certificate, or an error saying what is wrong.
+fn read_ca_file(path: &Path) -> Result<Vec<u8>, String> {
+    let pem = read_bounded(path, MAX_CA_FILE_BYTES).map_err(|e| format!("cannot be read: {e}"))?;
+    match reqwest::Certificate::from_pem_bundle(&pem) {
+        Ok(certificates) if !certificates.is_empty() => Ok(pem),
+        Ok(_) => Err("holds no PEM certificate (-----BEGIN CERTIFICATE-----)".to_string()),
+        Err(e) => Err(format!("is not a PEM certificate bundle: {e}")),
+    }
+}
+
+/// An `http://` URL to a host other than this one (loopback addresses and
+/// `localhost` stay on the host).
+fn clear_text_off_host(url: &str) -> bool {
+    let Ok(url) = reqwest::Url::parse(url.trim()) else { return false };
+    let host = url.host_str().unwrap_or("localhost").trim_start_matches('[').trim_end_matches(']');
+    let local =
+        host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    url.scheme() == "http" && !local
+}
+
 /// The include patterns of `[daemon]` and where each is written, read
 /// leniently (errors are reported when [daemon] itself is checked).
 fn include_patterns(item: &Item) -> Vec<(String, Option<Range<usize>>)> {
@@ -1621,6 +1684,78 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("not set"), "the campaign's secret was looked up: {text}");
+    }
+
+    #[test]
+    fn clear_text_endpoints_that_carry_secrets_are_warned_about() {
+        let account = |id: &str, url: &str, secret: &str| {
+            format!(
+                "\n[accounts.{id}]\nplatform = \"discourse\"\nbase_url = \"{url}\"\napi_key = {{ env = \"PATH\" }}\napi_username = \"h\"\ncategory = 1\n{secret}"
+            )
+        };
+        let text = format!(
+            "[daemon]\nstate_dir = \"s\"\n{}{}{}\n[accounts.hook]\nplatform = \"webhook\"\nurl = \"http://hooks.example.org/T0KEN\"\n",
+            account("office", "http://forum.example.gov.cn/", ""),
+            account("local", "http://127.0.0.1:9/", ""),
+            account("tls", "https://forum.example.gov.cn/", ""),
+        );
+        let outcome = check(&[("herald.toml", &text)]);
+        let text = lines(&outcome).join("\n");
+        assert!(outcome.config.is_some(), "{text}");
+        assert!(text.contains("herald.toml:6:12: warning: account `office`: `base_url` is http://"), "{text}");
+        assert!(text.contains(":27:7: warning: account `hook`: `url` is http://"), "{text}");
+        assert_eq!(text.matches("is http://").count(), 2, "loopback and https are not warned about: {text}");
+    }
+
+    #[test]
+    fn secrets_a_foreign_group_can_read_are_warned_about() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("hook.key");
+        std::fs::write(&key, "s3cret-value").unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).unwrap();
+        // A group that is neither root's, this process's nor the config's.
+        if std::os::unix::fs::chown(&key, None, Some(4242)).is_err() {
+            println!("NOTE: cannot chown here (not root); group-readable case skipped");
+            return;
+        }
+        let main = dir.path().join("herald.toml");
+        std::fs::write(&main, "[daemon]\nstate_dir = \"s\"\n\n[accounts.a]\nplatform = \"webhook\"\nurl = \"http://127.0.0.1:9/\"\nsecret = { file = \"hook.key\" }\n").unwrap();
+        let outcome = load_at(&main, utc("2026-12-01T00:00:00Z"));
+        let all = outcome.diagnostics.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n");
+        assert!(all.contains(":7:10: warning: account `a`: `secret` comes from"), "{all}");
+        assert!(all.contains("which the members of group 4242 can read (mode 640)"), "{all}");
+        assert!(!all.contains("s3cret"), "{all}");
+        // The config file's own group (root:herald as installed) is trusted.
+        std::os::unix::fs::chown(&main, None, Some(4242)).unwrap();
+        let outcome = load_at(&main, utc("2026-12-01T00:00:00Z"));
+        assert!(!outcome.diagnostics.iter().any(|d| d.message.contains("hook.key")), "{:?}", outcome.diagnostics);
+    }
+
+    #[test]
+    fn a_private_ca_is_read_bounded_and_must_be_pem() {
+        let ca = include_str!("../../../adapters/tests/data/private-ca/ca.pem");
+        let account = |ca_file: &str| {
+            format!(
+                "[daemon]\nstate_dir = \"s\"\n\n[accounts.office]\nplatform = \"webhook\"\nurl = \"https://127.0.0.1:9/\"\nca_file = \"{ca_file}\"\n"
+            )
+        };
+        let outcome = check(&[("herald.toml", &account("ca.pem")), ("ca.pem", ca)]);
+        let config = outcome.config.expect("a PEM CA is accepted");
+        assert_eq!(config.accounts["office"].http.extra_roots_pem.as_deref(), Some(ca.as_bytes()));
+
+        let outcome = check(&[("herald.toml", &account("ca.pem")), ("ca.pem", "not a certificate\n")]);
+        let text = lines(&outcome).join("\n");
+        assert!(
+            text.contains("herald.toml:7:11: error: account `office`: `ca_file` ca.pem: holds no PEM certificate"),
+            "{text}"
+        );
+        let outcome = check(&[("herald.toml", &account("/dev/zero"))]);
+        let text = lines(&outcome).join("\n");
+        assert!(
+            text.contains("`ca_file` /dev/zero: cannot be read: it is a character device, not a regular file"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -249,8 +249,9 @@ impl Config {
     /// in-memory cache, which is all `check` needs.
     pub fn bind(&mut self, services: impl Fn(&str) -> herald_adapters::Services) -> Result<(), String> {
         for account in self.accounts.values_mut() {
-            account.adapter = herald_adapters::registry::build(&account.settings, account.http, &services(&account.id))
-                .map_err(|e| format!("account `{}`: {e}", account.id))?;
+            account.adapter =
+                herald_adapters::registry::build(&account.settings, account.http.clone(), &services(&account.id))
+                    .map_err(|e| format!("account `{}`: {e}", account.id))?;
         }
         Ok(())
     }

@@ -14,6 +14,8 @@ pub enum Resolved {
         value: String,
         path: std::path::PathBuf,
         mode: u32,
+        /// The group that may read it, when only that group (not every user) can.
+        group: Option<u32>,
     },
     /// An inline secret: accepted, but `check` warns.
     Inline(String),
@@ -25,6 +27,20 @@ pub fn world_readable(path: &Path) -> Option<u32> {
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
     (mode & 0o004 != 0).then_some(mode)
+}
+
+/// Who besides its owner may read the secret file at `path`: its mode, and
+/// `Some(gid)` when that is the members of a group other than `trusted`
+/// (root's, herald's own, the main config file's), `None` when it is every
+/// user. Nothing when only trusted readers can.
+pub fn readable_by_others(path: &Path, trusted: &[u32]) -> Option<(u32, Option<u32>)> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).ok()?;
+    let mode = meta.mode() & 0o777;
+    if mode & 0o004 != 0 {
+        return Some((mode, None));
+    }
+    (mode & 0o040 != 0 && !trusted.contains(&meta.gid())).then_some((mode, Some(meta.gid())))
 }
 
 /// Secrets are short: a token, a key, a password. A file longer than this
@@ -45,7 +61,14 @@ fn read_secret(path: &Path) -> Result<String, String> {
 
 /// Read the secret an account setting points at. Errors say what is missing,
 /// never the value.
-pub fn resolve(key: &str, item: &Item, config_dir: &Path, credentials_dir: Option<&Path>) -> Result<Resolved, String> {
+/// `trusted_groups` may read secret files without a warning.
+pub fn resolve(
+    key: &str,
+    item: &Item,
+    config_dir: &Path,
+    credentials_dir: Option<&Path>,
+    trusted_groups: &[u32],
+) -> Result<Resolved, String> {
     let form = "expected { env = \"VAR\" }, { file = \"path\" }, { credential = \"name\" } or a string";
     if let Some(s) = item.as_str() {
         return Ok(Resolved::Inline(s.to_string()));
@@ -64,7 +87,7 @@ pub fn resolve(key: &str, item: &Item, config_dir: &Path, credentials_dir: Optio
             let path = config_dir.join(name);
             let text = read_secret(&path)
                 .map_err(|e| format!("`{key}` comes from file {}, which cannot be read: {e}", path.display()))?;
-            exposed = world_readable(&path).map(|mode| (path, mode));
+            exposed = readable_by_others(&path, trusted_groups).map(|(mode, group)| (path, mode, group));
             text
         }
         "credential" => {
@@ -91,7 +114,7 @@ pub fn resolve(key: &str, item: &Item, config_dir: &Path, credentials_dir: Optio
         return Err(format!("`{key}` is empty ({kind} `{name}`)"));
     }
     Ok(match exposed {
-        Some((path, mode)) => Resolved::Exposed { value: text, path, mode },
+        Some((path, mode, group)) => Resolved::Exposed { value: text, path, mode, group },
         None => Resolved::Value(text),
     })
 }

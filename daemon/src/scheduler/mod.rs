@@ -358,7 +358,7 @@ impl Scheduler {
     }
 
     fn spawn(&mut self, d: Delivery, now: DateTime<Utc>) -> Result<()> {
-        let account = self.config.accounts.get(&d.account).map(|a| (Arc::clone(&a.adapter), a.http));
+        let account = self.config.accounts.get(&d.account).map(|a| (Arc::clone(&a.adapter), a.http.clone()));
         let content = self.content(&d.content_hash)?;
         let (Some((adapter, http)), Some(content)) = (account, content) else {
             let reason = "the account or the content of this delivery is missing from the config or the store";
