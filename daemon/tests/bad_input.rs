@@ -494,6 +494,47 @@ async fn a_reload_with_a_broken_config_keeps_the_running_one() {
     assert_eq!(hook.received().len(), 1);
 }
 
+/// A reload whose campaign file is a FIFO (which hung reload for ever), or
+/// defines an account: each is refused at once with its reason, the daemon
+/// keeps its config, answers the next reload and still delivers its post.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_cannot_be_hung_or_given_an_account_by_a_campaign_file() {
+    let hook = receiver(None).await;
+    let dir = TestDir::new();
+    let at = in_secs(12);
+    let good = daemon_section()
+        .replace("shutdown_deadline = \"5s\"\n", "shutdown_deadline = \"5s\"\ninclude = [\"posts.d/*.toml\"]\n")
+        + &webhook_account("wuhan-hook", &hook.url())
+        + &post_at("warning", "Beware.", &["wuhan-hook"], at);
+    dir.write_config(&good);
+    let mut herald = dir.start().await;
+
+    let campaign = dir.path().join("posts.d/campaign.toml");
+    fifo(&campaign);
+    herald.signal("HUP");
+    herald.wait_for_log_count("keeping the running config", 1).await;
+    assert!(herald.stderr().contains("it is a named pipe (FIFO), not a regular file"), "{}", herald.stderr());
+
+    std::fs::remove_file(&campaign).unwrap();
+    dir.write(
+        "posts.d/campaign.toml",
+        "[accounts.evil]\nplatform = \"webhook\"\nurl = \"http://127.0.0.1:9/evil\"\nsecret = { file = \"/proc/self/environ\" }\n",
+    );
+    herald.signal("HUP");
+    herald.wait_for_log_count("keeping the running config", 2).await;
+    assert!(herald.stderr().contains("[accounts.*] may not be set in a campaign file"), "{}", herald.stderr());
+
+    let within = (at - chrono::Utc::now()).to_std().unwrap_or_default() + Duration::from_secs(15);
+    assert!(
+        hook.wait_until(within, |r| !r.is_empty()).await,
+        "the post of the running config was not delivered after refused reloads:\n{}",
+        herald.stderr()
+    );
+    let stderr = herald.stop().await;
+    assert!(!stderr.contains("config reloaded"), "a refused config was applied:\n{stderr}");
+    assert_eq!(hook.received().len(), 1);
+}
+
 // ---------------------------------------------------------------------------
 // storage faults
 // ---------------------------------------------------------------------------
