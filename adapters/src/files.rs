@@ -48,9 +48,13 @@ fn kind_of(kind: std::fs::FileType) -> &'static str {
 }
 
 /// Open `path` for reading (following symbolic links) if it is a regular
-/// file; the open never blocks, whatever the file is.
+/// file; the open never blocks and never acquires a terminal, whatever the
+/// file is.
 pub fn open_regular(path: &Path) -> Result<(File, u64), FileError> {
-    let file = OpenOptions::new().read(true).custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32).open(path)?;
+    // NONBLOCK: a FIFO without a writer cannot hold the open; NOCTTY: a
+    // terminal named by mistake never becomes the daemon's controlling one.
+    let flags = rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::NOCTTY;
+    let file = OpenOptions::new().read(true).custom_flags(flags.bits() as i32).open(path)?;
     let meta = file.metadata()?;
     if !meta.file_type().is_file() {
         return Err(FileError::NotRegular { kind: kind_of(meta.file_type()) });
