@@ -113,6 +113,11 @@ impl Diagnostics {
     pub fn has_errors(&self) -> bool {
         self.items.iter().any(Diagnostic::is_error)
     }
+
+    /// How many errors were reported so far.
+    pub fn error_count(&self) -> usize {
+        self.items.iter().filter(|d| d.is_error()).count()
+    }
 }
 
 #[cfg(test)]

@@ -1,5 +1,11 @@
 //! Reading the config: the main file, its includes, every section, and the
 //! cross-checks between them. All findings are collected before answering.
+//!
+//! This file reads the files (bounded, regular files only), keeps the trust
+//! boundary between account and campaign files, and holds what every section
+//! shares: one way to collect errors ([`Loader::mark`] / `valid_since`), one
+//! range check ([`Loader::in_range`]), durations. Each section is read in a
+//! module of its own: `daemon`, `retry`, `alerts`, `accounts`, `groups`, `posts`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Range;
@@ -21,6 +27,17 @@ use super::secrets::{self, Resolved};
 use super::values::{Misfire, Rate, TimeValue, parse_duration};
 use super::{Account, Config, ContentOverride, DaemonSettings, Diagnostic, Post, RetryPolicy};
 use crate::schedule::{CronExpr, Recurrence, Schedule};
+
+// One module per section; this file reads the files and holds what they share.
+mod accounts;
+mod alerts;
+mod daemon;
+mod groups;
+mod posts;
+mod retry;
+
+use groups::GroupDef;
+use posts::PostDef;
 
 /// The result of reading a config: the config when it has no errors, and
 /// every error and warning found.
@@ -64,13 +81,11 @@ pub fn load_with(path: &Path, now: DateTime<Utc>, credentials_dir: Option<PathBu
 /// before their occurrence.
 pub const DEFAULT_SCHEDULE_AHEAD: Duration = Duration::from_secs(3600);
 const MAIN_KEYS: &[&str] = &["daemon", "retry", "alerts", "accounts", "groups", "posts"];
-const ACCOUNT_KEYS_OWNED_BY_DAEMON: &[&str] =
-    &["platform", "rate", "concurrency", "timeout", "connect_timeout", "ca_file"];
-/// A CA bundle is a few certificates; more than this is not one.
-const MAX_CA_FILE_BYTES: u64 = 1024 * 1024;
 const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
-/// How deep groups may include groups (`all` -> `province` -> `city` is 3).
-pub const MAX_GROUP_DEPTH: usize = 64;
+
+/// The number of errors reported when a section began (see [`Loader::mark`]).
+#[derive(Clone, Copy)]
+struct ErrorMark(usize);
 
 #[derive(Default)]
 struct Loader {
@@ -91,23 +106,6 @@ struct Loader {
     trusted_groups: Vec<u32>,
     /// Target lists seen so far, so that posts with the same targets share one.
     target_lists: HashMap<Vec<String>, super::Targets>,
-}
-
-/// A group as written: its members, and the file index and span defining it.
-#[derive(Clone)]
-struct GroupDef {
-    members: Vec<Spanned<String>>,
-    file: usize,
-    span: Range<usize>,
-}
-
-/// A post as written, before checks.
-struct PostDef {
-    raw: RawPost,
-    file: usize,
-    span: Range<usize>,
-    /// Where each `overrides.<platform>` key is.
-    override_spans: BTreeMap<String, Range<usize>>,
 }
 
 /// The two kinds of included file, and what each may hold. The main file
@@ -154,72 +152,6 @@ impl IncludedFile {
             _ => format!("unknown section `{key}`; {here} may hold {}", self.sections().join(" and ")),
         }
     }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawDaemon {
-    state_dir: Option<Spanned<String>>,
-    time_zone: Option<Spanned<String>>,
-    include: Option<Vec<Spanned<String>>>,
-    concurrency: Option<Spanned<i64>>,
-    cache_mb: Option<Spanned<i64>>,
-    shutdown_deadline: Option<Spanned<String>>,
-    schedule_ahead: Option<Spanned<String>>,
-    control_socket: Option<String>,
-    socket_group: Option<String>,
-    metrics_listen: Option<Spanned<String>>,
-    log_level: Option<Spanned<String>>,
-    accounts_include: Option<Vec<Spanned<String>>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRetry {
-    max_attempts: Option<Spanned<i64>>,
-    initial_backoff: Option<Spanned<String>>,
-    max_backoff: Option<Spanned<String>>,
-    multiplier: Option<Spanned<f64>>,
-    jitter: Option<Spanned<f64>>,
-    max_retry_after: Option<Spanned<String>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawAlerts {
-    webhook: Option<Spanned<String>>,
-    secret: Option<herald_adapters::Secret>,
-    command: Option<Spanned<Vec<String>>>,
-    pause_threshold: Option<Spanned<String>>,
-    credential_warning: Option<Spanned<String>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawPost {
-    id: Spanned<String>,
-    title: Option<String>,
-    body: Option<String>,
-    link: Option<String>,
-    images: Option<Vec<String>>,
-    targets: Spanned<Vec<Spanned<String>>>,
-    at: Option<Spanned<TimeValue>>,
-    cron: Option<Spanned<String>>,
-    time_zone: Option<Spanned<String>>,
-    start: Option<Spanned<TimeValue>>,
-    until: Option<Spanned<TimeValue>>,
-    misfire: Option<Misfire>,
-    grace: Option<Spanned<String>>,
-    overrides: Option<BTreeMap<String, RawOverride>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawOverride {
-    title: Option<String>,
-    body: Option<String>,
-    link: Option<String>,
-    images: Option<Vec<String>>,
 }
 
 fn span_of<T>(s: &Spanned<T>) -> Option<Range<usize>> {
@@ -306,59 +238,6 @@ impl Loader {
         })
     }
 
-    /// `[alerts]`; `Some(None)` when absent, `None` when it has errors.
-    fn alerts(&mut self, idx: usize, item: Option<Item>) -> Option<Option<super::AlertSettings>> {
-        let Some(mut item) = item else { return Some(None) };
-        let span = item.span();
-        let dir = self.files[idx].dir().to_path_buf();
-        if let Some(secret) = item.as_table_like_mut().and_then(|t| t.get_mut("secret"))
-            && !self.resolve_secret(idx, "[alerts]", "secret", secret, &dir)
-        {
-            return None;
-        }
-        let raw: RawAlerts = match from_item(item) {
-            Ok(raw) => raw,
-            Err(e) => {
-                self.de_error(idx, span, "in [alerts]", &e);
-                return None;
-            }
-        };
-        let mut ok = true;
-        let pause_threshold = self.duration(idx, raw.pause_threshold.as_ref(), Duration::from_secs(30 * 60), &mut ok);
-        let credential_warning =
-            self.duration(idx, raw.credential_warning.as_ref(), Duration::from_secs(14 * 86_400), &mut ok);
-        let file = &self.files[idx];
-        if let Some(url) = &raw.webhook
-            && !(url.get_ref().starts_with("http://") || url.get_ref().starts_with("https://"))
-        {
-            self.diags.error(file, span_of(url), "[alerts] `webhook` must be an http:// or https:// URL");
-            ok = false;
-        }
-        if let Some(command) = &raw.command
-            && command.get_ref().is_empty()
-        {
-            self.diags.error(
-                file,
-                span_of(command),
-                "[alerts] `command` must name a program, e.g. [\"/usr/local/bin/page-ops\"]",
-            );
-            ok = false;
-        }
-        if raw.webhook.is_none() && raw.command.is_none() {
-            self.diags.error(file, span, "[alerts] needs `webhook` or `command` (or remove the section)");
-            ok = false;
-        }
-        ok.then(|| {
-            Some(super::AlertSettings {
-                webhook: raw.webhook.map(Spanned::into_inner),
-                secret: raw.secret,
-                command: raw.command.map(Spanned::into_inner),
-                pause_threshold,
-                credential_warning,
-            })
-        })
-    }
-
     fn read_file(&mut self, path: &Path) -> Option<usize> {
         self.read_file_from(path, None)
     }
@@ -421,192 +300,47 @@ impl Loader {
         self.diags.error(&self.files[idx], span, format!("{context}: {}", describe_de_error(e)));
     }
 
-    fn daemon_settings(&mut self, idx: usize, item: Option<Item>) -> Option<DaemonSettings> {
-        let span = item.as_ref().and_then(Item::span);
-        let raw: RawDaemon = match item {
-            None => {
-                self.diags.error(&self.files[idx], None, "missing [daemon] section; it needs at least `state_dir`");
-                return None;
-            }
-            Some(item) => match from_item(item) {
-                Ok(raw) => raw,
-                Err(e) => {
-                    self.de_error(idx, span, "in [daemon]", &e);
-                    return None;
-                }
-            },
-        };
-        let file = &self.files[idx];
-        let mut ok = true;
-        let state_dir = match raw.state_dir {
-            Some(dir) if !dir.get_ref().trim().is_empty() => file.dir().join(dir.get_ref()),
-            Some(dir) => {
-                self.diags.error(file, span_of(&dir), "`state_dir` is empty; give a folder herald may write to");
-                ok = false;
-                PathBuf::new()
-            }
-            None => {
-                self.diags.error(
-                    file,
-                    span.clone(),
-                    "[daemon] needs `state_dir`, the folder where herald keeps its state",
-                );
-                ok = false;
-                PathBuf::new()
-            }
-        };
-        let time_zone = match raw.time_zone {
-            Some(tz) => match parse_tz(tz.get_ref()) {
-                Ok(tz) => tz,
-                Err(msg) => {
-                    self.diags.error(file, span_of(&tz), msg);
-                    ok = false;
-                    Tz::UTC
-                }
-            },
-            None => Tz::UTC,
-        };
-        let concurrency = match raw.concurrency {
-            Some(c) if (1..=10_000).contains(c.get_ref()) => *c.get_ref() as usize,
-            Some(c) => {
-                self.diags.error(file, span_of(&c), format!("`concurrency` is {}; expected 1 to 10000", c.get_ref()));
-                ok = false;
-                1
-            }
-            None => 64,
-        };
-        let cache_mb = match raw.cache_mb {
-            Some(c) if (1..=65_536).contains(c.get_ref()) => *c.get_ref() as u64,
-            Some(c) => {
-                self.diags.error(file, span_of(&c), format!("`cache_mb` is {}; expected 1 to 65536", c.get_ref()));
-                ok = false;
-                1
-            }
-            None => 64,
-        };
-        let shutdown_deadline = self.duration(idx, raw.shutdown_deadline.as_ref(), Duration::from_secs(30), &mut ok);
-        let schedule_ahead = self.duration(idx, raw.schedule_ahead.as_ref(), DEFAULT_SCHEDULE_AHEAD, &mut ok);
-        let include = raw.include.unwrap_or_default().into_iter().map(Spanned::into_inner).collect();
-        let accounts_include = raw.accounts_include.unwrap_or_default().into_iter().map(Spanned::into_inner).collect();
-        let file = &self.files[idx];
-        let metrics_listen = match &raw.metrics_listen {
-            Some(addr) => match addr.get_ref().parse::<std::net::SocketAddr>() {
-                Ok(a) => Some(a),
-                Err(_) => {
-                    let msg = format!(
-                        "`metrics_listen` is `{}`; expected an address and port such as \"127.0.0.1:9464\"",
-                        addr.get_ref()
-                    );
-                    self.diags.error(file, span_of(addr), msg);
-                    ok = false;
-                    None
-                }
-            },
-            None => None,
-        };
-        let log_level = match raw.log_level {
-            Some(level) if ["error", "warn", "info", "debug", "trace"].contains(&level.get_ref().as_str()) => {
-                Some(level.into_inner())
-            }
-            Some(level) => {
-                let msg = format!("`log_level` is `{}`; expected error, warn, info, debug or trace", level.get_ref());
-                self.diags.error(file, span_of(&level), msg);
-                ok = false;
-                None
-            }
-            None => None,
-        };
-        let control_socket = raw.control_socket.map(|p| file.dir().join(p));
-        ok.then_some(DaemonSettings {
-            state_dir,
-            time_zone,
-            include,
-            accounts_include,
-            concurrency,
-            cache_mb,
-            shutdown_deadline,
-            schedule_ahead,
-            control_socket,
-            socket_group: raw.socket_group,
-            metrics_listen,
-            log_level,
-        })
+    /// The one way a section knows whether it is valid: take a mark before
+    /// reading it, report every problem as it is found, and ask at the end
+    /// whether any error was reported since.
+    fn mark(&self) -> ErrorMark {
+        ErrorMark(self.diags.error_count())
     }
 
-    fn duration(&mut self, idx: usize, value: Option<&Spanned<String>>, default: Duration, ok: &mut bool) -> Duration {
+    fn valid_since(&self, mark: ErrorMark) -> bool {
+        self.diags.error_count() == mark.0
+    }
+
+    /// A duration setting, `default` when absent; an error at the value when it does not parse.
+    fn duration(&mut self, idx: usize, value: Option<&Spanned<String>>, default: Duration) -> Duration {
         match value {
             None => default,
             Some(v) => match parse_duration(v.get_ref()) {
                 Ok(d) => d,
                 Err(msg) => {
                     self.diags.error(&self.files[idx], span_of(v), msg);
-                    *ok = false;
                     default
                 }
             },
         }
     }
 
-    fn retry_policy(&mut self, idx: usize, item: Option<Item>) -> Option<RetryPolicy> {
-        let defaults = RetryPolicy::default();
-        let Some(item) = item else { return Some(defaults) };
-        let span = item.span();
-        let raw: RawRetry = match from_item(item) {
-            Ok(raw) => raw,
-            Err(e) => {
-                self.de_error(idx, span, "in [retry]", &e);
-                return None;
-            }
-        };
-        let mut ok = true;
-        let max_attempts = match raw.max_attempts {
-            Some(n) if (1..=100).contains(n.get_ref()) => *n.get_ref() as u32,
-            Some(n) => {
-                let msg = format!("`max_attempts` is {}; expected 1 to 100 (1 means no retry)", n.get_ref());
-                self.diags.error(&self.files[idx], span_of(&n), msg);
-                ok = false;
-                1
-            }
-            None => defaults.max_attempts,
-        };
-        // Compare the backoffs only when both parsed: a default standing in
-        // for a bad value would give a second, misleading error.
-        let mut backoffs_ok = true;
-        let initial_backoff =
-            self.duration(idx, raw.initial_backoff.as_ref(), defaults.initial_backoff, &mut backoffs_ok);
-        let max_backoff = self.duration(idx, raw.max_backoff.as_ref(), defaults.max_backoff, &mut backoffs_ok);
-        ok &= backoffs_ok;
-        let max_retry_after = self.duration(idx, raw.max_retry_after.as_ref(), defaults.max_retry_after, &mut ok);
-        let file = &self.files[idx];
-        if initial_backoff.is_zero() {
-            let at = raw.initial_backoff.as_ref().and_then(span_of);
-            self.diags.error(file, at, "`initial_backoff` must be longer than zero");
-            ok = false;
+    /// The one range check: `value` (written at `at`) when it lies in
+    /// `range`, else an error "`key` is V; expected E" at it, and `None`.
+    fn in_range<T: PartialOrd + std::fmt::Display>(
+        &mut self,
+        idx: usize,
+        key: &str,
+        value: T,
+        at: Option<Range<usize>>,
+        range: std::ops::RangeInclusive<T>,
+        expected: &str,
+    ) -> Option<T> {
+        if range.contains(&value) {
+            return Some(value);
         }
-        if backoffs_ok && max_backoff < initial_backoff {
-            let at = raw.max_backoff.as_ref().and_then(span_of).or(span.clone());
-            self.diags.error(file, at, "`max_backoff` is shorter than `initial_backoff`");
-            ok = false;
-        }
-        let multiplier = match raw.multiplier {
-            Some(m) if (1.0..=10.0).contains(m.get_ref()) => *m.get_ref(),
-            Some(m) => {
-                self.diags.error(file, span_of(&m), format!("`multiplier` is {}; expected 1.0 to 10.0", m.get_ref()));
-                ok = false;
-                1.0
-            }
-            None => defaults.multiplier,
-        };
-        let jitter = match raw.jitter {
-            Some(j) if (0.0..=1.0).contains(j.get_ref()) => *j.get_ref(),
-            Some(j) => {
-                self.diags.error(file, span_of(&j), format!("`jitter` is {}; expected 0.0 to 1.0", j.get_ref()));
-                ok = false;
-                0.0
-            }
-            None => defaults.jitter,
-        };
-        ok.then_some(RetryPolicy { max_attempts, initial_backoff, max_backoff, multiplier, jitter, max_retry_after })
+        self.diags.error(&self.files[idx], at, format!("`{key}` is {value}; expected {expected}"));
+        None
     }
 
     /// Read the sections a file of posts may hold: accounts, groups, posts.
@@ -650,261 +384,6 @@ impl Loader {
                     self.diags.error(&self.files[idx], other.span(), "`posts` must be written as [[posts]] tables")
                 }
             }
-        }
-    }
-
-    fn add_group(&mut self, idx: usize, name: &str, members: Vec<Spanned<String>>, span: Range<usize>) {
-        if let Some(GroupDef { file: other, .. }) = self.groups.get(name) {
-            let other = self.files[*other].path.display().to_string();
-            self.diags.error(&self.files[idx], Some(span), format!("group `{name}` is already defined in {other}"));
-            return;
-        }
-        self.groups.insert(name.to_string(), GroupDef { members, file: idx, span });
-    }
-
-    fn account(&mut self, idx: usize, id: String, item: Item) {
-        let file_dir = self.files[idx].dir().to_path_buf();
-        let header = item.span();
-        let Item::Table(mut table) = item else {
-            self.diags.error(&self.files[idx], header, format!("account `{id}` must be a table [accounts.{id}]"));
-            return;
-        };
-        let span = header.unwrap_or(0..0);
-        self.declared.insert(id.clone());
-        if !valid_id(&id) {
-            self.diags.error(&self.files[idx], Some(span.clone()), format!("account id `{id}` {ID_RULE}"));
-        }
-        if let Some((_, other, _)) = self.accounts.get(&id) {
-            let other = self.files[*other].path.display().to_string();
-            self.diags.error(&self.files[idx], Some(span), format!("account `{id}` is already defined in {other}"));
-            return;
-        }
-        let platform = match table.get("platform").map(|i| (i.as_str(), i.span())) {
-            None => {
-                let names: Vec<_> = Platform::ALL.iter().map(|p| p.name()).collect();
-                let msg = format!("account `{id}` needs `platform`, one of {}", names.join(", "));
-                self.diags.error(&self.files[idx], Some(span), msg);
-                return;
-            }
-            Some((Some(name), at)) => match Platform::parse(name) {
-                Some(p) => p,
-                None => {
-                    let names: Vec<_> = Platform::ALL.iter().map(|p| p.name()).collect();
-                    let msg = format!("unknown platform `{name}`; expected one of {}", names.join(", "));
-                    self.diags.error(&self.files[idx], at, msg);
-                    return;
-                }
-            },
-            Some((None, at)) => {
-                self.diags.error(&self.files[idx], at, "`platform` must be a string");
-                return;
-            }
-        };
-        let mut ok = true;
-        let take_str = |table: &mut Table, key: &str, diags: &mut Diagnostics, file: &SourceFile, ok: &mut bool| {
-            let item = table.remove(key)?;
-            match item.as_str() {
-                Some(s) => Some((s.to_string(), item.span())),
-                None => {
-                    diags.error(file, item.span(), format!("`{key}` must be a string"));
-                    *ok = false;
-                    None
-                }
-            }
-        };
-        let file = &self.files[idx];
-        let rate = match take_str(&mut table, "rate", &mut self.diags, file, &mut ok) {
-            Some((text, at)) => match Rate::parse(&text) {
-                Ok(rate) => Some(rate),
-                Err(msg) => {
-                    self.diags.error(file, at, msg);
-                    ok = false;
-                    None
-                }
-            },
-            None => platform.default_rate().map(|(count, per)| Rate { count, per }),
-        };
-        let concurrency = match table.remove("concurrency") {
-            None => 1,
-            Some(item) => match item.as_integer() {
-                Some(n) if (1..=1000).contains(&n) => n as u32,
-                _ => {
-                    self.diags.error(file, item.span(), "`concurrency` must be a whole number from 1 to 1000");
-                    ok = false;
-                    1
-                }
-            },
-        };
-        let mut http = HttpOptions::default();
-        for key in ["timeout", "connect_timeout"] {
-            if let Some((text, at)) = take_str(&mut table, key, &mut self.diags, file, &mut ok) {
-                match parse_duration(&text) {
-                    Ok(d) if !d.is_zero() => {
-                        if key == "timeout" {
-                            http.timeout = d;
-                        } else {
-                            http.connect_timeout = d;
-                        }
-                    }
-                    Ok(_) => {
-                        self.diags.error(file, at, format!("`{key}` must be longer than zero"));
-                        ok = false;
-                    }
-                    Err(msg) => {
-                        self.diags.error(file, at, msg);
-                        ok = false;
-                    }
-                }
-            }
-        }
-        if let Some((name, at)) = take_str(&mut table, "ca_file", &mut self.diags, file, &mut ok) {
-            match read_ca_file(&file_dir.join(&name)) {
-                Ok(pem) => http.extra_roots_pem = Some(pem.into()),
-                Err(msg) => {
-                    self.diags.error(file, at, format!("account `{id}`: `ca_file` {name}: {msg}"));
-                    ok = false;
-                }
-            }
-        }
-        // An endpoint in clear text over the network, when the account sends a secret.
-        let carries_secret =
-            platform == Platform::Webhook || platform.secret_fields().iter().any(|k| table.contains_key(k));
-        for key in ["url", "base_url"] {
-            if let Some(item) = table.get(key)
-                && let Some(url) = item.as_str()
-                && carries_secret
-                && clear_text_off_host(url)
-            {
-                let msg = format!(
-                    "account `{id}`: `{key}` is http://, so its credentials (and, for a webhook, the URL's own \
-                     token) cross the network unencrypted; use https:// (a private CA can be trusted with `ca_file`)"
-                );
-                self.diags.warning(file, item.span(), msg);
-            }
-        }
-        table.remove("platform");
-        for key in platform.secret_fields() {
-            let Some(item) = table.get_mut(key) else { continue };
-            if !self.resolve_secret(idx, &format!("account `{id}`:"), key, item, &file_dir) {
-                ok = false;
-            }
-        }
-        let file = &self.files[idx];
-        // Where each setting's value is written, for errors the adapter finds in it.
-        let value_spans: HashMap<String, Range<usize>> =
-            table.iter().filter_map(|(key, item)| Some((key.to_string(), item.span()?))).collect();
-        let value = toml_edit::Value::InlineTable(table.into_inline_table());
-        let settings = match AccountSettings::deserialize(platform, value.into_deserializer()) {
-            Ok(s) => s,
-            Err(e) => {
-                let mut msg = describe_de_error(&e);
-                if msg.starts_with("unknown key") {
-                    msg.push_str(&format!(
-                        " (or one of {}, which herald reads for every account)",
-                        ACCOUNT_KEYS_OWNED_BY_DAEMON.join(", ")
-                    ));
-                }
-                self.diags.error(file, e.span().or(Some(span)), format!("account `{id}` ({platform}): {msg}"));
-                return;
-            }
-        };
-        if !ok {
-            return;
-        }
-        let adapter = match registry::build(&settings, http.clone(), &Services::in_memory(&id)) {
-            Ok(a) => a,
-            Err(e) => {
-                let at = match &e {
-                    registry::BuildError::InvalidSetting { field, .. } => value_spans.get(*field).cloned(),
-                    _ => None,
-                };
-                self.diags.error(file, at.or(Some(span)), format!("account `{id}` ({platform}): {e}"));
-                return;
-            }
-        };
-        if let Some(expires) = settings.credentials_expire_at() {
-            let left = expires - self.now;
-            if left <= chrono::Duration::zero() {
-                let msg = format!(
-                    "account `{id}`: its credentials expired at {}; re-authorize the account",
-                    expires.to_rfc3339()
-                );
-                self.diags.error(file, Some(span.clone()), msg);
-                return;
-            } else if left <= chrono::Duration::days(14) {
-                let msg = format!(
-                    "account `{id}`: its credentials expire at {} (in {} days); re-authorize it before then",
-                    expires.to_rfc3339(),
-                    left.num_days()
-                );
-                self.diags.warning(file, Some(span.clone()), msg);
-            }
-        }
-        if platform.experimental() {
-            let msg =
-                format!("account `{id}`: the {platform} adapter is experimental; read the README before relying on it");
-            self.diags.warning(file, Some(span.clone()), msg);
-        }
-        let account = Account { id: id.clone(), platform, settings, adapter, rate, concurrency, http };
-        self.accounts.insert(id, (account, idx, span));
-    }
-
-    /// Resolve a secret setting in place (its item becomes the value);
-    /// errors and warnings are reported, prefixed with `owner`. False when it
-    /// cannot be resolved.
-    fn resolve_secret(&mut self, idx: usize, owner: &str, key: &str, item: &mut Item, dir: &Path) -> bool {
-        let at = item.span();
-        let file = &self.files[idx];
-        match secrets::resolve(key, item, dir, self.credentials_dir.as_deref(), &self.trusted_groups) {
-            Ok(Resolved::Value(value)) => secrets::replace(item, value),
-            Ok(Resolved::Exposed { value, path, mode, group }) => {
-                let msg = match group {
-                    None => format!(
-                        "{owner} `{key}` comes from {}, which every user on this host can read (mode {mode:o}); \
-                         chmod o-r it",
-                        path.display()
-                    ),
-                    Some(gid) => format!(
-                        "{owner} `{key}` comes from {}, which the members of group {gid} can read (mode {mode:o}), \
-                         a group other than herald's and root's; chmod g-r it, or chgrp it to herald's group",
-                        path.display()
-                    ),
-                };
-                self.diags.warning(file, at, msg);
-                secrets::replace(item, value);
-            }
-            Ok(Resolved::Inline(value)) => {
-                let mut msg = format!(
-                    "{owner} `{key}` is written inline; prefer {{ env = \"VAR\" }}, {{ file = \"path\" }} \
-                     or {{ credential = \"name\" }} so the secret stays out of the config file"
-                );
-                if let Some(mode) = secrets::world_readable(&file.path) {
-                    msg.push_str(&format!(", which every user on this host can read (mode {mode:o})"));
-                }
-                self.diags.warning(file, at, msg);
-                secrets::replace(item, value);
-            }
-            Err(msg) => {
-                self.diags.error(file, at, format!("{owner} {msg}"));
-                secrets::replace(item, String::new());
-                return false;
-            }
-        }
-        true
-    }
-
-    fn raw_post(&mut self, idx: usize, table: Table) {
-        let span = table.span().unwrap_or(0..0);
-        let mut override_spans = BTreeMap::new();
-        if let Some(overrides) = table.get("overrides").and_then(Item::as_table_like) {
-            for (name, item) in overrides.iter() {
-                let at = overrides.key(name).and_then(|k| k.span()).or_else(|| item.span()).unwrap_or(span.clone());
-                override_spans.insert(name.to_string(), at);
-            }
-        }
-        match from_item::<RawPost>(Item::Table(table)) {
-            Ok(raw) => self.raw_posts.push(PostDef { raw, file: idx, span, override_spans }),
-            Err(e) => self.de_error(idx, Some(span), "in [[posts]]", &e),
         }
     }
 
@@ -993,397 +472,6 @@ impl Loader {
             self.diags.warning(&self.files[main_idx], at, msg);
         }
     }
-
-    /// Expand groups into sorted account lists, reporting unknown members,
-    /// circles (one error each) and nesting deeper than [`MAX_GROUP_DEPTH`].
-    ///
-    /// One iterative depth-first walk, each group expanded once and its
-    /// expansion reused by every group that includes it: a 50-level diamond
-    /// costs 100 expansions, not 2^50, and a 50,000-group chain uses no
-    /// call stack. A group that cannot be expanded (a circle, too deep, or
-    /// including such a group) is left out of the result, with one error
-    /// where the problem is; posts naming it fail without another.
-    fn expand_groups(&mut self) -> BTreeMap<String, Vec<String>> {
-        let names: Vec<String> = self.groups.keys().cloned().collect();
-        let index: HashMap<&str, usize> = names.iter().enumerate().map(|(i, n)| (n.as_str(), i)).collect();
-        // Each group's direct accounts and included groups (with where they are written).
-        let mut accounts: Vec<BTreeSet<String>> = vec![BTreeSet::new(); names.len()];
-        let mut children: Vec<Vec<(usize, Range<usize>)>> = vec![Vec::new(); names.len()];
-        let mut usable = vec![true; names.len()];
-        for (g, name) in names.iter().enumerate() {
-            let GroupDef { members, file: idx, span } = &self.groups[name];
-            if self.accounts.contains_key(name) {
-                let msg = format!("group `{name}` has the same name as an account; rename one of them");
-                self.diags.error(&self.files[*idx], Some(span.clone()), msg);
-                usable[g] = false;
-                continue;
-            }
-            for member in members {
-                let m = member.get_ref();
-                if self.accounts.contains_key(m) {
-                    accounts[g].insert(m.clone());
-                } else if let Some(&child) = index.get(m.as_str()) {
-                    children[g].push((child, member.span()));
-                } else if !self.declared.contains(m) {
-                    let msg = format!("group `{name}` lists `{m}`, which is neither an account nor a group");
-                    self.diags.error(&self.files[*idx], span_of(member), msg);
-                }
-            }
-        }
-
-        #[derive(Clone, Copy, PartialEq)]
-        enum Visit {
-            New,
-            /// On the walk's stack, at this position.
-            Open(usize),
-            Done,
-        }
-        let mut visit = vec![Visit::New; names.len()];
-        let mut depth = vec![0usize; names.len()];
-        // A group's expansion, shared with the groups that include it; None when it cannot be expanded.
-        let mut expanded: Vec<Option<std::rc::Rc<BTreeSet<String>>>> = vec![None; names.len()];
-        let mut stack: Vec<(usize, usize)> = Vec::new();
-        for root in 0..names.len() {
-            if visit[root] != Visit::New {
-                continue;
-            }
-            visit[root] = Visit::Open(0);
-            stack.push((root, 0));
-            while let Some(&mut (g, ref mut next)) = stack.last_mut() {
-                if let Some((child, at)) = children[g].get(*next).cloned() {
-                    *next += 1;
-                    match visit[child] {
-                        Visit::New => {
-                            visit[child] = Visit::Open(stack.len());
-                            stack.push((child, 0));
-                        }
-                        Visit::Open(from) => {
-                            let mut circle: Vec<&str> = stack[from..].iter().map(|&(n, _)| names[n].as_str()).collect();
-                            circle.push(&names[child]);
-                            let shown = if circle.len() > 12 {
-                                format!(
-                                    "{} -> ... ({} more) -> {}",
-                                    circle[..6].join(" -> "),
-                                    circle.len() - 9,
-                                    circle[circle.len() - 3..].join(" -> ")
-                                )
-                            } else {
-                                circle.join(" -> ")
-                            };
-                            let idx = self.groups[&names[g]].file;
-                            let msg = format!("groups include each other in a circle: {shown}");
-                            self.diags.error(&self.files[idx], Some(at), msg);
-                            usable[g] = false;
-                        }
-                        Visit::Done => {}
-                    }
-                    continue;
-                }
-                stack.pop();
-                visit[g] = Visit::Done;
-                let mut deepest = 0;
-                for (child, _) in &children[g] {
-                    usable[g] &= expanded[*child].is_some();
-                    deepest = deepest.max(depth[*child]);
-                }
-                depth[g] = deepest + 1;
-                if depth[g] > MAX_GROUP_DEPTH {
-                    // Said once, by the group that crosses the bound; those above it just fail.
-                    if deepest == MAX_GROUP_DEPTH && usable[g] {
-                        let GroupDef { file: idx, span, .. } = &self.groups[&names[g]];
-                        let msg = format!(
-                            "group `{}` nests groups more than {MAX_GROUP_DEPTH} levels deep; flatten it",
-                            names[g]
-                        );
-                        self.diags.error(&self.files[*idx], Some(span.clone()), msg);
-                    }
-                    usable[g] = false;
-                }
-                if usable[g] {
-                    let mut members = std::mem::take(&mut accounts[g]);
-                    for (child, _) in &children[g] {
-                        if let Some(set) = &expanded[*child] {
-                            members.extend(set.iter().cloned());
-                        }
-                    }
-                    expanded[g] = Some(std::rc::Rc::new(members));
-                }
-            }
-        }
-        names.into_iter().zip(expanded).filter_map(|(name, set)| Some((name, set?.iter().cloned().collect()))).collect()
-    }
-
-    fn posts(&mut self, default_tz: Tz, groups: &BTreeMap<String, Vec<String>>) -> BTreeMap<String, Post> {
-        let mut posts: BTreeMap<String, Post> = BTreeMap::new();
-        let mut defined_at: BTreeMap<String, (usize, Range<usize>)> = BTreeMap::new();
-        for PostDef { raw, file: idx, span, override_spans } in std::mem::take(&mut self.raw_posts) {
-            let id = raw.id.get_ref().clone();
-            if let Some((other_idx, other_span)) = defined_at.get(&id) {
-                let other = &self.files[*other_idx];
-                let (line, _) = other.line_col(other_span.start);
-                let msg = format!(
-                    "post id `{id}` is already used at {}:{line}; post ids must be unique",
-                    other.path.display()
-                );
-                self.diags.error(&self.files[idx], span_of(&raw.id), msg);
-                continue;
-            }
-            defined_at.insert(id.clone(), (idx, span.clone()));
-            if let Some(post) = self.post(raw, idx, span, override_spans, default_tz, groups) {
-                posts.insert(id, post);
-            }
-        }
-        posts
-    }
-
-    fn post(
-        &mut self,
-        raw: RawPost,
-        idx: usize,
-        span: Range<usize>,
-        override_spans: BTreeMap<String, Range<usize>>,
-        default_tz: Tz,
-        groups: &BTreeMap<String, Vec<String>>,
-    ) -> Option<Post> {
-        let id = raw.id.get_ref().clone();
-        let file = &self.files[idx];
-        let dir = file.dir().to_path_buf();
-        let mut ok = true;
-        if !valid_id(&id) {
-            self.diags.error(file, span_of(&raw.id), format!("post id `{id}` {ID_RULE}"));
-            ok = false;
-        }
-        let tz = match &raw.time_zone {
-            Some(tz) => match parse_tz(tz.get_ref()) {
-                Ok(tz) => tz,
-                Err(msg) => {
-                    self.diags.error(file, span_of(tz), msg);
-                    return None;
-                }
-            },
-            None => default_tz,
-        };
-        let resolve = |value: &Option<Spanned<TimeValue>>, diags: &mut Diagnostics, ok: &mut bool| {
-            let v = value.as_ref()?;
-            match v.get_ref().resolve(&tz) {
-                Ok(t) => Some(t),
-                Err(msg) => {
-                    diags.error(file, span_of(v), msg);
-                    *ok = false;
-                    None
-                }
-            }
-        };
-        let start = resolve(&raw.start, &mut self.diags, &mut ok);
-        let until = resolve(&raw.until, &mut self.diags, &mut ok);
-        let at = resolve(&raw.at, &mut self.diags, &mut ok);
-        let recurrence = match (&raw.at, &raw.cron) {
-            (Some(_), Some(cron)) => {
-                self.diags.error(file, span_of(cron), format!("post `{id}` has both `at` and `cron`; give one"));
-                return None;
-            }
-            (None, None) => {
-                let msg = format!(
-                    "post `{id}` has no schedule; add `at = 2026-12-01T09:00:00+08:00` (once) or `cron = \"0 9 * * 1\"` (recurring)"
-                );
-                self.diags.error(file, Some(span.clone()), msg);
-                return None;
-            }
-            (Some(_), None) => {
-                for (name, bound) in [("start", &raw.start), ("until", &raw.until)] {
-                    if let Some(b) = bound {
-                        let msg = format!("`{name}` applies to `cron` schedules; a post with `at` happens once");
-                        self.diags.error(file, span_of(b), msg);
-                        ok = false;
-                    }
-                }
-                Recurrence::Once(at?)
-            }
-            (None, Some(cron)) => match CronExpr::parse(cron.get_ref()) {
-                Ok(expr) => Recurrence::Cron(expr),
-                Err(e) => {
-                    // Point at the offending part: the string starts one byte after its quote.
-                    let at = cron.span().start + 1 + byte_offset(cron.get_ref(), e.offset);
-                    self.diags.error(file, Some(at..at), format!("bad cron expression `{}`: {e}", cron.get_ref()));
-                    return None;
-                }
-            },
-        };
-        if let (Some(s), Some(u)) = (start, until)
-            && u < s
-        {
-            self.diags.error(file, raw.until.as_ref().and_then(span_of), "`until` is before `start`");
-            ok = false;
-        }
-        let grace = match &raw.grace {
-            None => Duration::from_secs(3600),
-            Some(g) => match parse_duration(g.get_ref()) {
-                Ok(d) => d,
-                Err(msg) => {
-                    self.diags.error(file, span_of(g), msg);
-                    ok = false;
-                    Duration::ZERO
-                }
-            },
-        };
-        let misfire = raw.misfire.unwrap_or_default();
-        let schedule = Schedule { recurrence, tz, start, until };
-
-        // Targets.
-        let mut targets = BTreeSet::new();
-        if raw.targets.get_ref().is_empty() {
-            self.diags.error(
-                file,
-                span_of(&raw.targets),
-                format!("post `{id}` has no targets; name accounts or groups"),
-            );
-            ok = false;
-        }
-        for target in raw.targets.get_ref() {
-            let name = target.get_ref();
-            if let Some((account, _, _)) = self.accounts.get(name) {
-                targets.insert(account.id.clone());
-            } else if let Some(members) = groups.get(name) {
-                targets.extend(members.iter().cloned());
-            } else if self.declared.contains(name) || self.groups.contains_key(name) {
-                ok = false; // the account or group itself has errors, reported there
-            } else {
-                let mut msg = format!("target `{name}` is neither an account nor a group");
-                if let Some(close) = closest(name, self.declared.iter().chain(self.groups.keys())) {
-                    msg.push_str(&format!("; did you mean `{close}`?"));
-                }
-                self.diags.error(file, span_of(target), msg);
-                ok = false;
-            }
-        }
-
-        // Content.
-        let resolve_images =
-            |images: Vec<String>| images.into_iter().map(|p| dir.join(p).to_string_lossy().into_owned()).collect();
-        let content = PostContent {
-            title: raw.title,
-            body: raw.body.unwrap_or_default(),
-            link: raw.link,
-            images: resolve_images(raw.images.unwrap_or_default()),
-        };
-        let mut overrides = BTreeMap::new();
-        for (name, o) in raw.overrides.unwrap_or_default() {
-            match Platform::parse(&name) {
-                Some(p) => {
-                    let images = o.images.map(resolve_images);
-                    overrides.insert(p, ContentOverride { title: o.title, body: o.body, link: o.link, images });
-                }
-                None => {
-                    let names: Vec<_> = Platform::ALL.iter().map(|p| p.name()).collect();
-                    let msg = format!("`overrides.{name}`: unknown platform; expected one of {}", names.join(", "));
-                    self.diags.error(file, override_spans.get(&name).cloned(), msg);
-                    ok = false;
-                }
-            }
-        }
-        let (line, _) = file.line_col(span.start);
-        let mut post = Post {
-            id: id.clone(),
-            content,
-            overrides,
-            targets: self
-                .target_lists
-                .entry(targets.into_iter().collect())
-                .or_insert_with_key(|l| l.clone().into())
-                .clone(),
-            schedule,
-            misfire,
-            grace,
-            file: file.path.clone(),
-            line,
-            hash: String::new(),
-        };
-        post.compute_hash();
-
-        // What no platform may receive: control characters, bidi overrides, script links.
-        let mut hostile: Vec<(String, herald_adapters::ContentProblem)> =
-            herald_adapters::content::hostile_content(&post.content).into_iter().map(|p| (String::new(), p)).collect();
-        for (platform, o) in &post.overrides {
-            let only = PostContent {
-                title: o.title.clone(),
-                body: o.body.clone().unwrap_or_default(),
-                link: o.link.clone(),
-                images: Vec::new(),
-            };
-            let context = format!(" (overrides.{platform})");
-            hostile.extend(herald_adapters::content::hostile_content(&only).into_iter().map(|p| (context.clone(), p)));
-        }
-        for (context, problem) in hostile {
-            self.diags.error(file, Some(span.clone()), format!("post `{id}`{context}: {problem}"));
-            ok = false;
-        }
-
-        // What each platform would say of the content.
-        let mut refused: BTreeMap<(Platform, String), Vec<String>> = BTreeMap::new();
-        let mut contents: BTreeMap<Platform, PostContent> = BTreeMap::new();
-        for account_id in &post.targets {
-            let Some((account, _, _)) = self.accounts.get(account_id) else { continue };
-            let content = contents.entry(account.platform).or_insert_with(|| post.content_for(account.platform));
-            if let Err(problems) = account.adapter.render(content) {
-                for p in problems {
-                    refused.entry((account.platform, p.to_string())).or_default().push(account_id.clone());
-                }
-            }
-        }
-        for ((platform, problem), accounts) in refused {
-            let msg = format!("post `{id}` would be refused by {platform} ({}): {problem}", list_accounts(&accounts));
-            self.diags.error(file, Some(span.clone()), msg);
-            ok = false;
-        }
-
-        if let Recurrence::Once(at) = post.schedule.recurrence
-            && at <= self.now
-        {
-            let late = (self.now - at).to_std().unwrap_or_default();
-            let what = match post.misfire {
-                Misfire::Skip => "it will be skipped (misfire = \"skip\") and recorded in the audit log".to_string(),
-                _ if late <= post.grace => format!(
-                    "if not yet published, it goes out as soon as herald runs (misfire = \"{}\"), until the grace \
-                     window of {} ends",
-                    post.misfire,
-                    humantime::format_duration(post.grace)
-                ),
-                _ => format!(
-                    "it is past its grace window of {} (misfire = \"{}\"), so it will be skipped and recorded in \
-                     the audit log",
-                    humantime::format_duration(post.grace),
-                    post.misfire
-                ),
-            };
-            let msg = format!("post `{id}`: `at` {} is already past; {what}", at.to_rfc3339());
-            self.diags.warning(file, raw.at.as_ref().and_then(span_of), msg);
-        } else if post.schedule.next_after(self.now).is_none() && post.schedule.is_recurring() {
-            let msg = format!("post `{id}`: the schedule has no occurrence after now (check `until`)");
-            self.diags.warning(file, Some(span.clone()), msg);
-        }
-        ok.then_some(post)
-    }
-}
-
-/// Read a private CA's certificates (PEM) through the bounded reader; at
-/// least one certificate, or an error saying what is wrong.
-fn read_ca_file(path: &Path) -> Result<Vec<u8>, String> {
-    let pem = read_bounded(path, MAX_CA_FILE_BYTES).map_err(|e| format!("cannot be read: {e}"))?;
-    match reqwest::Certificate::from_pem_bundle(&pem) {
-        Ok(certificates) if !certificates.is_empty() => Ok(pem),
-        Ok(_) => Err("holds no PEM certificate (-----BEGIN CERTIFICATE-----)".to_string()),
-        Err(e) => Err(format!("is not a PEM certificate bundle: {e}")),
-    }
-}
-
-/// An `http://` URL to a host other than this one (loopback addresses and
-/// `localhost` stay on the host).
-fn clear_text_off_host(url: &str) -> bool {
-    let Ok(url) = reqwest::Url::parse(url.trim()) else { return false };
-    let host = url.host_str().unwrap_or("localhost").trim_start_matches('[').trim_end_matches(']');
-    let local =
-        host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
-    url.scheme() == "http" && !local
 }
 
 /// The include patterns of `[daemon]` and where each is written, read
@@ -1403,17 +491,6 @@ fn valid_id(id: &str) -> bool {
 fn parse_tz(name: &str) -> Result<Tz, String> {
     name.parse::<Tz>()
         .map_err(|_| format!("unknown time zone `{name}`; expected an IANA name such as \"Asia/Shanghai\" or \"UTC\""))
-}
-
-fn byte_offset(text: &str, char_offset: usize) -> usize {
-    text.char_indices().nth(char_offset).map_or(text.len(), |(i, _)| i)
-}
-
-fn list_accounts(accounts: &[String]) -> String {
-    match accounts.len() {
-        0..=3 => accounts.join(", "),
-        n => format!("{}, and {} more", accounts[..3].join(", "), n - 3),
-    }
 }
 
 /// The known name closest to a misspelt one, if one is close enough.
