@@ -9,6 +9,7 @@
 pub mod alerts;
 pub mod cli;
 pub mod config;
+pub mod connections;
 pub mod control;
 pub mod credentials;
 pub mod demo;

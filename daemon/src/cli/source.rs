@@ -14,6 +14,10 @@ use crate::model::AuditRecord;
 use crate::operations::{self, Selection};
 use crate::store::{SledStore, Store, StoreError};
 
+/// How long the CLI keeps asking a daemon that is at its connection bound
+/// (idle connections are cut after 5 s, so a slot frees up well within it).
+const BUSY_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
+
 pub enum Source {
     Daemon { client: reqwest::Client, socket: PathBuf, runtime: tokio::runtime::Runtime },
     Store { store: SledStore, peek: Peek },
@@ -64,12 +68,25 @@ impl Source {
 
     fn call<T: DeserializeOwned>(
         &self,
-        request: impl FnOnce(&reqwest::Client) -> reqwest::RequestBuilder,
+        request: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
     ) -> anyhow::Result<T> {
         let Source::Daemon { client, socket, runtime } = self else { bail!("not connected to a daemon") };
         runtime.block_on(async {
-            let response =
-                request(client).send().await.with_context(|| format!("asking herald through {}", socket.display()))?;
+            // A daemon at its connection bound answers 503 before reading
+            // anything: nothing was done, so asking again is safe.
+            let started = std::time::Instant::now();
+            let response = loop {
+                let response = request(client)
+                    .send()
+                    .await
+                    .with_context(|| format!("asking herald through {}", socket.display()))?;
+                let busy = response.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE
+                    && response.headers().contains_key(reqwest::header::RETRY_AFTER);
+                if !busy || started.elapsed() > BUSY_PATIENCE {
+                    break response;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            };
             let status = response.status();
             let body = response.bytes().await?;
             if !status.is_success() {

@@ -1,0 +1,258 @@
+//! The control plane under attack from the host: floods of idle
+//! connections to the control socket and the metrics port, peers that
+//! vanish before herald reads their credentials, a `control_socket` that
+//! names a file herald must not remove, and a CLI pointed at the wrong
+//! daemon. Real processes, real sockets, loopback only.
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::helpers::*;
+
+/// Raise this test process's soft limit of open files to its hard limit:
+/// it holds two thousand connections.
+fn raise_own_open_files_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    setrlimit(Resource::Nofile, rustix::process::Rlimit { current: limit.maximum, maximum: limit.maximum })
+        .expect("raising the test's open-files limit");
+}
+
+/// Hold `n` idle Unix connections to `path` (none sends a byte).
+async fn idle_unix(path: &std::path::Path, n: usize) -> Vec<tokio::net::UnixStream> {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let mut held = Vec::with_capacity(n);
+    while held.len() < n {
+        match tokio::net::UnixStream::connect(path).await {
+            Ok(stream) => held.push(stream),
+            // The listen backlog is full: herald has not accepted yet.
+            Err(e) => {
+                assert!(tokio::time::Instant::now() < deadline, "{} connections only: {e}", held.len());
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+    held
+}
+
+/// Hold `n` idle TCP connections to `addr`.
+async fn idle_tcp(addr: &str, n: usize) -> Vec<tokio::net::TcpStream> {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let mut held = Vec::with_capacity(n);
+    while held.len() < n {
+        match tokio::net::TcpStream::connect(addr).await {
+            Ok(stream) => held.push(stream),
+            Err(e) => {
+                assert!(tokio::time::Instant::now() < deadline, "{} connections only: {e}", held.len());
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+    held
+}
+
+/// herald runs with a limit of 256 open files; 1,000 idle connections to
+/// the control socket and 1,000 to the metrics port, all held open, would
+/// need four times that. The post due meanwhile still goes out, the CLI
+/// answers, and so does the metrics endpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_idle_connections_to_each_listener_do_not_stop_deliveries_or_the_cli() {
+    raise_own_open_files_limit();
+    let dir = TestDir::new();
+    let hook = receiver(None).await;
+    let port = free_port();
+    let due = in_secs(6);
+    let config = daemon_section().replace("[daemon]\n", &format!("[daemon]\nmetrics_listen = \"127.0.0.1:{port}\"\n"))
+        + &webhook_account("wuhan-hook", &hook.url())
+        + &post_at("during-flood", "Sent during a flood.", &["wuhan-hook"], due);
+    dir.write_config(&config);
+    let mut herald = dir.start().await;
+    let pid = rustix::process::Pid::from_raw(herald.pid() as i32).expect("a pid");
+    let low = rustix::process::Rlimit { current: Some(256), maximum: Some(256) };
+    rustix::process::prlimit(Some(pid), rustix::process::Resource::Nofile, low).expect("lowering herald's limit");
+
+    let control = idle_unix(&dir.socket(), 1000).await;
+    let metrics = idle_tcp(&format!("127.0.0.1:{port}"), 1000).await;
+
+    eventually("the post due during the flood reached the receiver", until_after(due), || {
+        distinct_accepted(&hook.received()) == 1
+    })
+    .await;
+    let status = dir.ask_daemon_ok(&["status"]);
+    assert!(status.contains("1 delivered"), "{status}");
+    let client = reqwest::Client::new();
+    let mut scraped = false;
+    for _ in 0..100 {
+        if let Ok(r) = client.get(format!("http://127.0.0.1:{port}/metrics")).send().await
+            && r.status().is_success()
+        {
+            scraped = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(scraped, "the metrics endpoint never answered during the flood");
+    let stderr = herald.stderr();
+    assert!(!stderr.contains("Too many open files"), "herald ran out of file descriptors:\n{stderr}");
+    assert!(stderr.contains("too many connections at once"), "no connection was refused:\n{stderr}");
+    assert!(herald.exited().is_none(), "herald exited:\n{stderr}");
+    drop((control, metrics));
+    herald.stop().await;
+}
+
+fn until_after(t: chrono::DateTime<chrono::Utc>) -> Duration {
+    (t - chrono::Utc::now()).to_std().unwrap_or_default() + DEADLINE
+}
+
+// The peer check of the control socket
+
+/// `setpriv` arguments that run a command as `user`, when this test runs
+/// as root and setpriv is installed.
+fn as_user(user: &str, group: &str, groups: &str) -> Option<Vec<String>> {
+    let root = rustix::process::getuid().as_raw() == 0;
+    let setpriv = std::path::Path::new("/usr/bin/setpriv").exists() || std::path::Path::new("/bin/setpriv").exists();
+    (root && setpriv).then(|| {
+        vec!["setpriv".into(), format!("--reuid={user}"), format!("--regid={group}"), groups.to_string(), "--".into()]
+    })
+}
+
+/// Let other users reach the socket (the temporary folder is 0700).
+fn open_the_way(dir: &TestDir) {
+    for path in [dir.path(), dir.state_dir().as_path()] {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o711)).unwrap();
+    }
+}
+
+fn run_as(prefix: &[String], program: &str, args: &[&str]) -> std::process::Output {
+    let mut command = Command::new(&prefix[0]);
+    command
+        .args(&prefix[1..])
+        .arg(program)
+        .args(args)
+        .current_dir("/")
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("RUNTIME_DIRECTORY")
+        .env_remove("HERALD_CONFIG");
+    blocking(|| command.output().expect("running a command as another user"))
+}
+
+async fn one_pending(dir: &TestDir, extra_daemon: &str) -> (herald_sandbox::WebhookReceiver, Herald) {
+    let hook = receiver(None).await;
+    let config = daemon_section().replace("[daemon]\n", &format!("[daemon]\n{extra_daemon}"))
+        + &webhook_account("wuhan-hook", &hook.url())
+        + &post_at("later", "Later.", &["wuhan-hook"], in_secs(1800));
+    dir.write_config(&config);
+    let herald = dir.start().await;
+    (hook, herald)
+}
+
+fn pending(status: &str) -> u64 {
+    status_counts(status).get("pending").copied().unwrap_or(0)
+}
+
+/// A client that connects, sends `POST /v1/cancel` and exits at once is
+/// gone (no /proc entry) by the time herald reads its credentials, or soon
+/// after. Whatever the timing, a peer that is not root nor herald's user
+/// or group is refused: twenty such clients as `nobody`, with the socket's
+/// mode widened to 0666, cancel nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_is_gone_before_herald_looks_is_refused_not_let_in() {
+    let perl = std::path::Path::new("/usr/bin/perl");
+    let Some(prefix) = as_user("nobody", "nogroup", "--clear-groups").filter(|_| perl.exists()) else {
+        eprintln!("NOTE: skipped: the test is not running as root, or setpriv or perl is missing");
+        return;
+    };
+    let dir = TestDir::new();
+    let (_hook, mut herald) = one_pending(&dir, "").await;
+    open_the_way(&dir);
+    std::fs::set_permissions(dir.socket(), std::fs::Permissions::from_mode(0o666)).unwrap();
+    let socket = dir.socket().display().to_string();
+    let script = r#"use IO::Socket::UNIX; $SIG{PIPE} = "IGNORE"; my $s = IO::Socket::UNIX->new(Type => SOCK_STREAM(), Peer => $ARGV[0]) or exit 3;
+        my $b = q({"post":"later"});
+        print $s "POST /v1/cancel HTTP/1.1\r\nhost: herald\r\ncontent-type: application/json\r\ncontent-length: " . length($b) . "\r\n\r\n" . $b;
+        exit 0"#;
+    for _ in 0..20 {
+        let out = run_as(&prefix, "/usr/bin/perl", &["-e", script, &socket]);
+        assert!(out.status.success(), "the client could not connect: {out:?}");
+    }
+    herald.wait_for_log_count("refused a peer", 20).await;
+    assert_eq!(pending(&dir.ask_daemon_ok(&["status"])), 1, "a vanished peer cancelled the delivery");
+    let cancelled = dir.log_from_daemon(&["--event", "cancelled"]);
+    assert!(cancelled.is_empty(), "cancelled by a refused peer: {cancelled:?}");
+    herald.stop().await;
+}
+
+/// A user of the host's group database who is a member of the socket's
+/// group (not its primary group) is answered; a process that merely
+/// carries that group id, for a user the database does not put in the
+/// group, is refused: membership comes from the group database, not from
+/// what the process or /proc says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_of_the_sockets_group_comes_from_the_group_database() {
+    // A group with a listed member whose primary group is another one.
+    let groups = std::fs::read_to_string("/etc/group").unwrap_or_default();
+    let pair = groups.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split(':').collect();
+        let (name, gid, members) = (fields.first()?, fields.get(2)?, fields.get(3)?);
+        members.split(',').filter(|m| !m.is_empty()).find_map(|member| {
+            let out = Command::new("id").arg("-g").arg(member).output().ok()?;
+            let primary = text(&out.stdout).trim().to_string();
+            (out.status.success() && primary != *gid)
+                .then(|| (name.to_string(), gid.to_string(), member.to_string(), primary))
+        })
+    });
+    let Some((group, gid, member, primary)) = pair else {
+        eprintln!("NOTE: skipped: no group in /etc/group lists a member whose primary group is another one");
+        return;
+    };
+    let Some(prefix) = as_user(&member, &primary, "--init-groups") else {
+        eprintln!("NOTE: skipped: the test is not running as root, or setpriv is missing");
+        return;
+    };
+    let dir = TestDir::new();
+    let (_hook, mut herald) = one_pending(&dir, &format!("socket_group = \"{group}\"\n")).await;
+    open_the_way(&dir);
+    let config = dir.config().display().to_string();
+    let out = run_as(&prefix, herald_binary(), &["status", "--config", &config]);
+    let said = text(&out.stdout) + &text(&out.stderr);
+    assert!(out.status.success(), "{member}, a member of {group} in the database, was refused:\n{said}");
+    assert_eq!(pending(&text(&out.stdout)), 1, "{said}");
+
+    let nobody = as_user("nobody", "nogroup", &format!("--groups={gid}")).expect("setpriv");
+    let out = run_as(&nobody, herald_binary(), &["status", "--config", &config]);
+    let said = text(&out.stdout) + &text(&out.stderr);
+    assert!(!out.status.success(), "nobody, not a member of {group} in the database, was answered:\n{said}");
+    assert!(!text(&out.stdout).contains("deliveries:"), "{said}");
+    herald.wait_for_log("refused a peer").await;
+    herald.stop().await;
+}
+
+// What `control_socket` may name
+
+/// `control_socket` pointing at one of the store's own files: herald
+/// refuses to start, says why, and the file (and every delivery) is intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_control_socket_naming_a_store_file_is_refused_and_the_file_kept() {
+    let dir = TestDir::new();
+    let (_hook, herald) = one_pending(&dir, "").await;
+    herald.stop().await;
+    let victim = dir.state_dir().join("store-created");
+    let before = std::fs::read(&victim).expect("the store's marker file");
+
+    let config = std::fs::read_to_string(dir.config()).unwrap();
+    dir.write_config(&config.replace("[daemon]\n", "[daemon]\ncontrol_socket = \"state/store-created\"\n"));
+    let mut herald = dir.spawn(&[]);
+    let status = herald.wait_exit().await;
+    let stderr = herald.stderr();
+    assert!(!status.success(), "herald started with its socket on a store file:\n{stderr}");
+    assert!(stderr.contains("exists and is not a socket"), "no clear error:\n{stderr}");
+    assert!(stderr.contains("state/store-created"), "the error does not name the path:\n{stderr}");
+    let after = std::fs::read(&victim).ok();
+    assert!(after.as_ref() == Some(&before), "the store's marker file was changed or removed");
+
+    dir.write_config(&config);
+    let herald = dir.start().await;
+    assert_eq!(pending(&dir.ask_daemon_ok(&["status"])), 1, "the pending delivery is gone");
+    herald.stop().await;
+}
