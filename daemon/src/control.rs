@@ -69,6 +69,39 @@ pub struct ReloadView {
     pub errors: Vec<String>,
 }
 
+/// What `GET /v1/hello` answers: which state directory this daemon serves,
+/// so the CLI acts only on the daemon of its own config.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HelloView {
+    pub identity: StateIdentity,
+    pub version: String,
+}
+
+/// A state directory: its canonical path, and its device and inode (the
+/// same path in another mount namespace or after a move is another store).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateIdentity {
+    pub path: PathBuf,
+    pub device: u64,
+    pub inode: u64,
+}
+
+impl StateIdentity {
+    /// The identity of the state directory `dir`, which must exist.
+    pub fn of(dir: &Path) -> std::io::Result<StateIdentity> {
+        use std::os::unix::fs::MetadataExt;
+        let path = std::fs::canonicalize(dir)?;
+        let meta = std::fs::metadata(&path)?;
+        Ok(StateIdentity { path, device: meta.dev(), inode: meta.ino() })
+    }
+
+    /// Same directory (the path is only for messages: a directory seen
+    /// through a different path is still the same one).
+    pub fn same_as(&self, other: &StateIdentity) -> bool {
+        self.device == other.device && self.inode == other.inode
+    }
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 pub struct CountView {
     pub count: usize,
@@ -90,6 +123,7 @@ struct Ctx {
     control: mpsc::Sender<Control>,
     reloader: Arc<dyn Reloader>,
     time_zone: chrono_tz::Tz,
+    identity: StateIdentity,
 }
 
 struct ApiError(StatusCode, String);
@@ -121,6 +155,7 @@ type ApiResult<T> = Result<Json<T>, ApiError>;
 
 fn router(ctx: Ctx) -> Router {
     Router::new()
+        .route("/v1/hello", get(hello))
         .route("/v1/status", get(status))
         .route("/v1/log", get(log))
         .route("/v1/content/{hash}", get(content))
@@ -134,6 +169,10 @@ fn router(ctx: Ctx) -> Router {
 #[derive(Deserialize)]
 struct Limit {
     limit: Option<usize>,
+}
+
+async fn hello(AxumState(ctx): AxumState<Ctx>) -> Json<HelloView> {
+    Json(HelloView { identity: ctx.identity.clone(), version: env!("CARGO_PKG_VERSION").to_string() })
 }
 
 async fn status(AxumState(ctx): AxumState<Ctx>, Query(limit): Query<Limit>) -> ApiResult<StatusView> {
@@ -445,9 +484,10 @@ fn clear_stale_socket(path: &Path) -> Result<(), SocketError> {
 }
 
 /// Bind the control socket at `path` (mode 0660, optionally owned by `group`)
-/// and serve it.
+/// and serve it for the store in `state_dir`.
 pub fn serve(
     path: &Path,
+    state_dir: &Path,
     group: Option<&str>,
     store: Arc<dyn Store>,
     control: mpsc::Sender<Control>,
@@ -481,7 +521,9 @@ pub fn serve(
     }
     let peers = Arc::new(Peers { uid: rustix::process::getuid().as_raw(), gid });
     let authorized = Authorized { inner: listener, peers };
-    let ctx = Ctx { store, control, reloader, time_zone };
+    let identity =
+        StateIdentity::of(state_dir).with_context(|| format!("reading the state directory {}", state_dir.display()))?;
+    let ctx = Ctx { store, control, reloader, time_zone, identity };
     let app = router(ctx);
     let task = tokio::spawn(crate::connections::serve(authorized, app, crate::connections::Limits::CONTROL, "control"));
     tracing::info!(socket = %path.display(), "control socket listening");

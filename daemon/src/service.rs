@@ -113,6 +113,7 @@ impl Daemon {
         let socket = config.daemon.socket_path();
         let control_server = control::serve(
             &socket,
+            &dir,
             config.daemon.socket_group.as_deref(),
             Arc::clone(&shared),
             control.clone(),

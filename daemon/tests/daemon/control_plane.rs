@@ -256,3 +256,40 @@ async fn a_control_socket_naming_a_store_file_is_refused_and_the_file_kept() {
     assert_eq!(pending(&dir.ask_daemon_ok(&["status"])), 1, "the pending delivery is gone");
     herald.stop().await;
 }
+
+// The CLI acts only on the daemon of its own state directory
+
+/// Two daemons with different state directories, both with a pending
+/// delivery of a post `later`. A config for A that names B's socket (as a
+/// rehearsal config copied from production would) is refused before any
+/// action; with A's own socket, a cancel changes A only. B never loses
+/// its delivery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cli_command_with_one_config_never_acts_on_another_daemon() {
+    let b = TestDir::new();
+    let (_hook_b, herald_b) = one_pending(&b, "").await;
+    let a = TestDir::new();
+    let (_hook_a, herald_a) = one_pending(&a, "").await;
+    herald_a.stop().await;
+
+    let config_a = std::fs::read_to_string(a.config()).unwrap();
+    let socket_b = b.socket().display().to_string();
+    a.write_config(&config_a.replace("[daemon]\n", &format!("[daemon]\ncontrol_socket = \"{socket_b}\"\n")));
+    for args in [&["cancel", "--post", "later"][..], &["retry", "--post", "later"], &["status"], &["log"]] {
+        let out = a.cli(args);
+        let stderr = text(&out.stderr);
+        assert!(!out.status.success(), "herald {args:?} with A's config was answered by B:\n{stderr}");
+        assert!(stderr.contains("refusing to act on another daemon"), "no clear refusal for {args:?}:\n{stderr}");
+        assert!(!text(&out.stdout).contains("deliveries:"), "B's status was shown with A's config");
+    }
+    assert_eq!(pending(&b.ask_daemon_ok(&["status"])), 1, "B lost its pending delivery");
+
+    a.write_config(&config_a);
+    let out = a.cli(&["cancel", "--post", "later"]);
+    assert!(out.status.success(), "cancel on A's own store failed: {}", text(&out.stderr));
+    assert!(text(&out.stderr).contains(READ_STORE), "A's cancel did not read A's store: {}", text(&out.stderr));
+    assert_eq!(pending(&a.status()), 0, "A's delivery was not cancelled");
+    assert_eq!(pending(&b.ask_daemon_ok(&["status"])), 1, "B lost its pending delivery");
+    assert!(b.log_from_daemon(&["--event", "cancelled"]).is_empty(), "B has a cancelled record");
+    herald_b.stop().await;
+}
