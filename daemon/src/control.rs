@@ -246,9 +246,50 @@ async fn upcoming(AxumState(ctx): AxumState<Ctx>, Query(limit): Query<Limit>) ->
     Ok(Json(upcoming_list(ctx.store.as_ref(), limit.limit.unwrap_or(50))?))
 }
 
-async fn log(AxumState(ctx): AxumState<Ctx>, Query(params): Query<LogParams>) -> ApiResult<Vec<AuditRecord>> {
+/// How many audit records one page reads at most: the memory and time of
+/// one `GET /v1/log` are bounded whatever the log's size and the filters.
+pub const LOG_PAGE_SCAN: usize = 2_000;
+
+/// One page of the audit log (`GET /v1/log`).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct LogPage {
+    /// The records of this page that match the filters, in sequence order.
+    pub records: Vec<AuditRecord>,
+    /// Ask again with `after` = this to read on; `None` at the end of the log.
+    pub next: Option<u64>,
+}
+
+/// Where a `GET /v1/log` page starts (after this sequence number).
+#[derive(Debug, Default, Deserialize)]
+struct After {
+    after: Option<u64>,
+}
+
+/// The page of the log after sequence number `after`: at most
+/// [`LOG_PAGE_SCAN`] records are read, and those matching `query` kept.
+pub fn log_page(
+    store: &dyn Store,
+    query: &AuditQuery,
+    after: Option<u64>,
+) -> Result<LogPage, crate::store::StoreError> {
+    let scan = AuditQuery { after_seq: after, limit: Some(LOG_PAGE_SCAN), ..AuditQuery::default() };
+    let read = store.audit(&scan)?;
+    let next = (read.len() == LOG_PAGE_SCAN).then(|| read.last().map(|r| r.seq)).flatten();
+    let records = read.into_iter().filter(|r| query.matches(r)).collect();
+    Ok(LogPage { records, next })
+}
+
+async fn log(
+    AxumState(ctx): AxumState<Ctx>,
+    Query(params): Query<LogParams>,
+    Query(after): Query<After>,
+) -> ApiResult<LogPage> {
     let query = params.to_query().map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))?;
-    Ok(Json(ctx.store.audit(&query)?))
+    let store = Arc::clone(&ctx.store);
+    let page = tokio::task::spawn_blocking(move || log_page(store.as_ref(), &query, after.after))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    Ok(Json(page))
 }
 
 async fn content(

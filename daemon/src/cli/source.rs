@@ -10,10 +10,9 @@ use serde::de::DeserializeOwned;
 
 use crate::config::Peek;
 use crate::control::{
-    CountView, ErrorView, HelloView, LogParams, ReloadView, StateIdentity, StatusView, Upcoming, status_view,
-    upcoming_list,
+    CountView, ErrorView, HelloView, LogPage, LogParams, ReloadView, StateIdentity, StatusView, Upcoming, log_page,
+    status_view, upcoming_list,
 };
-use crate::model::AuditRecord;
 use crate::operations::{self, Selection};
 use crate::store::{SledStore, Store, StoreError};
 
@@ -139,10 +138,17 @@ impl Source {
         }
     }
 
-    pub fn log(&self, params: &LogParams) -> anyhow::Result<Vec<AuditRecord>> {
+    /// One page of the log, after sequence number `after` (see [`LogPage`]).
+    pub fn log_page(&self, params: &LogParams, after: Option<u64>) -> anyhow::Result<LogPage> {
         match self {
-            Source::Daemon { .. } => self.call(|c| c.get(url("/v1/log")).query(params)),
-            Source::Store { store, .. } => Ok(store.audit(&params.to_query().map_err(anyhow::Error::msg)?)?),
+            Source::Daemon { .. } => self.call(|c| {
+                let request = c.get(url("/v1/log")).query(params);
+                match after {
+                    Some(after) => request.query(&[("after", after)]),
+                    None => request,
+                }
+            }),
+            Source::Store { store, .. } => Ok(log_page(store, &params.to_query().map_err(anyhow::Error::msg)?, after)?),
         }
     }
 

@@ -293,3 +293,52 @@ async fn a_cli_command_with_one_config_never_acts_on_another_daemon() {
     assert!(b.log_from_daemon(&["--event", "cancelled"]).is_empty(), "B has a cancelled record");
     herald_b.stop().await;
 }
+
+// `herald log` through the socket, page by page
+
+/// Write `n` account records (`alerted`) into the audit log of the store
+/// in `state_dir`, before herald opens it.
+fn fill_audit_log(state_dir: &std::path::Path, n: usize) {
+    use herald::model::{AuditRecord, Event};
+    use herald::store::{Changes, SledStore, Store};
+    let store = SledStore::open(state_dir, 64).expect("opening the store");
+    let mut written = 0;
+    while written < n {
+        let batch = (n - written).min(10_000);
+        let notes = (0..batch)
+            .map(|i| {
+                let reason = format!("filler record {} with some text an alert would carry", written + i);
+                AuditRecord::about_account(
+                    "wuhan-hook",
+                    herald_adapters::Platform::Webhook,
+                    Event::Alerted,
+                    chrono::Utc::now(),
+                    reason,
+                )
+            })
+            .collect();
+        store.apply(Changes { notes, ..Changes::default() }).expect("writing audit records");
+        written += batch;
+    }
+    store.flush().expect("flushing the store");
+}
+
+/// A log several pages long (a page reads at most 2,000 records) comes out
+/// whole through the daemon, in order and without gaps, as JSON and CSV;
+/// filters apply across pages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn herald_log_through_the_socket_reads_a_long_log_page_by_page() {
+    let dir = TestDir::new();
+    fill_audit_log(&dir.state_dir(), 4_500);
+    let (_hook, herald) = one_pending(&dir, "").await;
+    let records = dir.log_from_daemon(&[]);
+    assert!(records.len() > 4_500, "{} records", records.len());
+    assert_gapless(&records);
+    let scheduled = dir.log_from_daemon(&["--event", "scheduled"]);
+    assert_eq!(scheduled.len(), 1, "the filter across pages: {scheduled:?}");
+    let csv = dir.ask_daemon_ok(&["log", "--format", "csv"]);
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), records.len() + 1, "CSV rows (and one header)");
+    assert_eq!(lines.iter().filter(|l| l.starts_with("seq,")).count(), 1, "more than one CSV header");
+    herald.stop().await;
+}
