@@ -22,6 +22,7 @@ pub mod operations;
 pub mod reconcile;
 pub mod schedule;
 pub mod scheduler;
+pub mod scrub;
 pub mod service;
 pub mod store;
 #[cfg(test)]

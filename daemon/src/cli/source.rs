@@ -43,6 +43,9 @@ impl Source {
             let client = reqwest::Client::builder()
                 .unix_socket(socket.as_path())
                 .timeout(std::time::Duration::from_secs(60))
+                // A connection per request: herald closes idle and old
+                // connections, and a request sent on one as it closes fails.
+                .pool_max_idle_per_host(0)
                 .build()?;
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let source = Source::Daemon { client, socket, runtime };

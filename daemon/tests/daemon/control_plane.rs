@@ -342,3 +342,204 @@ async fn herald_log_through_the_socket_reads_a_long_log_page_by_page() {
     assert_eq!(lines.iter().filter(|l| l.starts_with("seq,")).count(), 1, "more than one CSV header");
     herald.stop().await;
 }
+/// A field of /proc/<pid>/status, in KiB (VmRSS, VmHWM).
+fn status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("reading /proc/<pid>/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.trim_start_matches(':').trim().strip_suffix(" kB")?.parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+/// The daemon's memory during `herald log` of a million-record audit log
+/// (ignored by default: its own `.ci/run` step; RELIABILITY.md quotes
+/// what it prints). The daemon's peak resident memory may grow by what the
+/// store's page cache holds (`cache_mb = 16` here) and a page's worth, not
+/// by the log's size (the whole log was read at once before: +875 MiB).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "writes a million audit records; run with --ignored (a .ci/run step)"]
+async fn herald_log_of_a_million_records_keeps_the_daemons_memory_flat() {
+    const RECORDS: usize = 1_000_000;
+    let dir = TestDir::new();
+    blocking(|| fill_audit_log(&dir.state_dir(), RECORDS));
+    let (_hook, herald) = one_pending(&dir, "cache_mb = 16\n").await;
+    let pid = herald.pid();
+    let (rss_before, peak_before) = (status_kib(pid, "VmRSS"), status_kib(pid, "VmHWM"));
+    let out = dir.cli(&["log", "--format", "json"]);
+    assert!(out.status.success(), "herald log failed: {}", text(&out.stderr));
+    let lines = out.stdout.iter().filter(|&&b| b == b'\n').count();
+    assert!(lines > RECORDS, "{lines} records printed");
+    let (rss_after, peak_after) = (status_kib(pid, "VmRSS"), status_kib(pid, "VmHWM"));
+    println!(
+        "herald log of {lines} records through the socket: daemon RSS {} MiB before, peak {} MiB before and {} MiB \
+         during (RSS {} MiB after)",
+        rss_before / 1024,
+        peak_before / 1024,
+        peak_after / 1024,
+        rss_after / 1024
+    );
+    assert!(
+        peak_after < peak_before + 100 * 1024,
+        "the daemon's peak memory grew from {} to {} MiB during `herald log`",
+        peak_before / 1024,
+        peak_after / 1024
+    );
+    herald.stop().await;
+}
+
+// Alerts: bounded, supervised, and no wider than the adapters
+
+/// Twelve deliveries fail at once. Their alerts run the command at most
+/// four at a time (the fixed number of senders), with none of herald's
+/// environment; herald is stopped right after the failures are recorded,
+/// and every alert is still sent and recorded before it exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_run_a_few_at_a_time_with_a_bare_environment_and_are_sent_before_herald_stops() {
+    const SECRET: &str = "env-secret-the-alert-command-must-not-see";
+    let hook = receiver(None).await;
+    hook.fail_next(12, herald_sandbox::Fault::status_with_body(400, r#"{"error": "refused"}"#));
+    let dir = TestDir::new();
+    let marks = dir.path().join("marks");
+    let envs = dir.path().join("envs");
+    let script = format!(
+        "cat > /dev/null; echo + >> {m}; env >> {e}; echo ---- >> {e}; sleep 1; echo - >> {m}",
+        m = marks.display(),
+        e = envs.display()
+    );
+    let mut config = daemon_section()
+        + &format!("\n[alerts]\ncommand = [\"/bin/sh\", \"-c\", \"{script}\"]\n")
+        + &webhook_account("hefei-hook", &hook.url());
+    let due = in_secs(2);
+    for n in 0..12 {
+        config += &post_at(&format!("refused-{n}"), "Refused.", &["hefei-hook"], due);
+    }
+    dir.write_config(&config);
+    let mut herald = dir.start_with(&[("HERALD_TEST_SECRET_ENV", SECRET)]).await;
+    eventually("twelve deliveries failed", until_after(due), || {
+        dir.log_from_daemon(&["--event", "failed"]).len() == 12
+    })
+    .await;
+    herald.signal("TERM");
+    let status = herald.wait_exit().await;
+    assert!(status.success(), "herald did not stop cleanly:\n{}", herald.stderr());
+
+    let alerted = dir.log_args(&["--event", "alerted"]);
+    assert_eq!(alerted.len(), 12, "alerts lost at shutdown: {alerted:#?}");
+    for r in &alerted {
+        let reason = r.reason.as_deref().unwrap_or("");
+        assert!(reason.contains("succeeded"), "{reason}");
+    }
+    let marks = std::fs::read_to_string(&marks).expect("the command never ran");
+    let (mut running, mut most) = (0i32, 0i32);
+    for mark in marks.lines() {
+        running += if mark == "+" { 1 } else { -1 };
+        most = most.max(running);
+    }
+    assert_eq!(marks.lines().filter(|m| *m == "+").count(), 12, "{marks}");
+    assert!(most <= 4, "{most} alert commands ran at once:\n{marks}");
+    let envs = std::fs::read_to_string(&envs).unwrap();
+    assert!(!envs.contains(SECRET) && !envs.contains("HERALD_TEST_SECRET_ENV"), "herald's env reached the command");
+    assert!(envs.contains("PATH=/usr/local/bin:/usr/bin:/bin"), "no PATH for the command:\n{envs}");
+}
+
+/// The alert webhook answers 307 to another receiver: herald does not
+/// follow (the signed body goes nowhere else) and records the 307. With
+/// HTTP_PROXY and http_proxy set, the alert still goes straight to its
+/// receiver and the proxy sees no connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_alert_webhook_follows_no_redirect_and_ignores_http_proxy() {
+    let hook = receiver(None).await;
+    hook.fail_next(2, herald_sandbox::Fault::status_with_body(400, r#"{"error": "refused"}"#));
+    let elsewhere = receiver(None).await;
+    let direct = receiver(None).await;
+    // A webhook that redirects to `elsewhere`.
+    let target = elsewhere.url();
+    let redirect = axum::Router::new().fallback(move || {
+        let target = target.clone();
+        async move { (axum::http::StatusCode::TEMPORARY_REDIRECT, [(axum::http::header::LOCATION, target)]) }
+    });
+    let redirector = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let redirect_url = format!("http://{}/alerts", redirector.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(redirector, redirect).await });
+    // A "proxy" that only counts connections.
+    let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy_url = format!("http://{}", proxy.local_addr().unwrap());
+    let proxied = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = std::sync::Arc::clone(&proxied);
+    tokio::spawn(async move {
+        while let Ok((_stream, _)) = proxy.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+
+    for (webhook, env) in [
+        (redirect_url.clone(), vec![]),
+        (direct.url(), vec![("HTTP_PROXY", proxy_url.as_str()), ("http_proxy", proxy_url.as_str())]),
+    ] {
+        let dir = TestDir::new();
+        let due = in_secs(1);
+        let config = daemon_section()
+            + &format!("\n[alerts]\nwebhook = \"{webhook}\"\n")
+            + &webhook_account("hefei-hook", &hook.url())
+            + &post_at("refused", "Refused.", &["hefei-hook"], due);
+        dir.write_config(&config);
+        let herald = dir.start_with(&env).await;
+        eventually("an `alerted` record", until_after(due), || {
+            !dir.log_from_daemon(&["--event", "alerted"]).is_empty()
+        })
+        .await;
+        let alerted = dir.log_from_daemon(&["--event", "alerted"]);
+        let reason = alerted[0].reason.clone().unwrap_or_default();
+        if webhook == redirect_url {
+            assert!(reason.contains("webhook answered 307"), "{reason}");
+        } else {
+            assert!(reason.contains("webhook answered 200"), "{reason}");
+        }
+        herald.stop().await;
+    }
+    assert!(elsewhere.received().is_empty(), "the alert followed the redirect: {:?}", elsewhere.received());
+    assert_eq!(direct.received().len(), 1, "the alert did not reach its webhook: {:?}", direct.received());
+    assert_eq!(proxied.load(std::sync::atomic::Ordering::SeqCst), 0, "the alert went through HTTP_PROXY");
+}
+
+// Secrets a platform echoes
+
+/// The platform answers 400 with an error that echoes the account's
+/// signing secret and the token in its URL (as proxies and some platforms
+/// do). Neither reaches `herald log`, the alert, nor herald's own log; the
+/// answer is kept with `<redacted>` in their place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_a_platform_echoes_never_reach_the_audit_log_or_the_alert() {
+    const SECRET: &str = "hook-signing-s3cret-0123456789";
+    const TOKEN: &str = "T0kenInTheUrl0123456789abcdef";
+    let hook = receiver(Some(SECRET)).await;
+    let url = format!("{}/{TOKEN}", hook.url());
+    let echo = format!(r#"{{"error": "bad request: secret={SECRET} url={url}"}}"#);
+    hook.fail_next(1, herald_sandbox::Fault::status_with_body(400, echo));
+    let dir = TestDir::new();
+    let alert_file = dir.path().join("alert.json");
+    let due = in_secs(1);
+    let config = daemon_section()
+        + &format!("\n[alerts]\ncommand = [\"sh\", \"-c\", \"cat >> {}\"]\n", alert_file.display())
+        + &format!(
+            "\n[accounts.hefei-hook]\nplatform = \"webhook\"\nurl = \"{url}\"\nsecret = {{ env = \"HOOK_SECRET\" }}\n"
+        )
+        + &post_at("echoed", "Echoed.", &["hefei-hook"], due);
+    dir.write_config(&config);
+    let herald = dir.start_with(&[("HOOK_SECRET", SECRET)]).await;
+    eventually("the failure and its alert recorded", until_after(due), || {
+        !dir.log_from_daemon(&["--event", "alerted"]).is_empty()
+    })
+    .await;
+    let stderr = herald.stop().await;
+    let json = text(&dir.cli(&["log", "--format", "json"]).stdout);
+    let csv = text(&dir.cli(&["log", "--format", "csv"]).stdout);
+    let alert = std::fs::read_to_string(&alert_file).unwrap_or_default();
+    assert!(json.contains("bad request: secret=<redacted>"), "the answer is not kept, scrubbed: {json}");
+    for (what, said) in
+        [("herald log (JSON)", &json), ("herald log (CSV)", &csv), ("the alert", &alert), ("herald's log", &stderr)]
+    {
+        assert!(!said.contains(SECRET), "{what} holds the account's secret");
+        assert!(!said.contains(TOKEN), "{what} holds the URL's token");
+    }
+}
