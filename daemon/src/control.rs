@@ -570,3 +570,34 @@ pub fn serve(
     tracing::info!(socket = %path.display(), "control socket listening");
     Ok(server(task))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A uid no user database knows (and a gid that is not herald's): the
+    /// groups cannot be read, so the peer is refused, never let in.
+    #[tokio::test]
+    async fn a_peer_whose_groups_cannot_be_read_is_refused() {
+        let me = rustix::process::getuid().as_raw();
+        let peers = Arc::new(Peers { uid: me, gid: 4_000_000_001 });
+        assert!(!Arc::clone(&peers).allows(4_000_000_000, 4_000_000_002).await);
+        assert!(Arc::clone(&peers).allows(me, 4_000_000_002).await, "herald's own user");
+        assert!(peers.allows(4_000_000_000, 4_000_000_001).await, "herald's group as primary group");
+    }
+
+    #[test]
+    fn only_a_stale_socket_of_our_own_is_cleared() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("store-file");
+        std::fs::write(&file, b"data").unwrap();
+        assert!(matches!(clear_stale_socket(&file), Err(SocketError::NotASocket(_))));
+        assert_eq!(std::fs::read(&file).unwrap(), b"data");
+        assert!(matches!(clear_stale_socket(dir.path()), Err(SocketError::NotASocket(_))));
+        let socket = dir.path().join("stale.sock");
+        drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+        clear_stale_socket(&socket).unwrap();
+        assert!(!socket.exists(), "the stale socket was not removed");
+        clear_stale_socket(&socket).unwrap();
+    }
+}
