@@ -355,7 +355,8 @@ fn status_kib(pid: u32, field: &str) -> u64 {
 /// (ignored by default: its own `.ci/run` step; RELIABILITY.md quotes
 /// what it prints). The daemon's peak resident memory may grow by what the
 /// store's page cache holds (`cache_mb = 16` here) and a page's worth, not
-/// by the log's size (the whole log was read at once before: +875 MiB).
+/// by the log's size (reading the whole log at once, as before, took the
+/// peak from 85 to 845 MiB here).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "writes a million audit records; run with --ignored (a .ci/run step)"]
 async fn herald_log_of_a_million_records_keeps_the_daemons_memory_flat() {
