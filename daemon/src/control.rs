@@ -171,12 +171,22 @@ struct Limit {
     limit: Option<usize>,
 }
 
+/// The most rows `status` (failed deliveries) and `upcoming` answer at
+/// once, whatever the client asks: every answer of the socket is bounded.
+pub const MAX_ROWS: usize = 10_000;
+
+impl Limit {
+    fn or(&self, default: usize) -> usize {
+        self.limit.unwrap_or(default).min(MAX_ROWS)
+    }
+}
+
 async fn hello(AxumState(ctx): AxumState<Ctx>) -> Json<HelloView> {
     Json(HelloView { identity: ctx.identity.clone(), version: env!("CARGO_PKG_VERSION").to_string() })
 }
 
 async fn status(AxumState(ctx): AxumState<Ctx>, Query(limit): Query<Limit>) -> ApiResult<StatusView> {
-    Ok(Json(status_view(ctx.store.as_ref(), ctx.time_zone, limit.limit.unwrap_or(20))?))
+    Ok(Json(status_view(ctx.store.as_ref(), ctx.time_zone, limit.or(20))?))
 }
 
 /// The status of a store: counts, the next due delivery, failed deliveries.
@@ -243,7 +253,7 @@ pub fn upcoming_list(store: &dyn Store, limit: usize) -> Result<Vec<Upcoming>, c
 }
 
 async fn upcoming(AxumState(ctx): AxumState<Ctx>, Query(limit): Query<Limit>) -> ApiResult<Vec<Upcoming>> {
-    Ok(Json(upcoming_list(ctx.store.as_ref(), limit.limit.unwrap_or(50))?))
+    Ok(Json(upcoming_list(ctx.store.as_ref(), limit.or(50))?))
 }
 
 /// How many audit records one page reads at most: the memory and time of
