@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use chrono::{DateTime, Utc};
 
-use crate::{Adapter, Services, discourse, mastodon, tieba, webhook, wechat, weibo};
+use crate::{Adapter, Secret, Services, discourse, mastodon, tieba, webhook, wechat, weibo};
 
 /// The platforms herald can publish to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -132,6 +132,21 @@ impl AccountSettings {
             AccountSettings::Wechat(_) => Platform::Wechat,
             AccountSettings::Tieba(_) => Platform::Tieba,
         }
+    }
+
+    /// What must never be stored or shown, should a platform (or a proxy)
+    /// echo it in an answer: the account's secrets, and its endpoint URL
+    /// (a webhook URL often carries a token in its path or query).
+    pub fn sensitive_values(&self) -> Vec<&str> {
+        let (secrets, url): (Vec<&Secret>, Option<&str>) = match self {
+            AccountSettings::Weibo(s) => (vec![&s.access_token], s.base_url.as_deref()),
+            AccountSettings::Discourse(s) => (vec![&s.api_key], Some(&s.base_url)),
+            AccountSettings::Mastodon(s) => (vec![&s.access_token], Some(&s.base_url)),
+            AccountSettings::Webhook(s) => (s.secret.iter().collect(), Some(&s.url)),
+            AccountSettings::Wechat(s) => (vec![&s.secret], Some(&s.base_url)),
+            AccountSettings::Tieba(s) => (vec![&s.bduss], Some(&s.base_url)),
+        };
+        secrets.into_iter().map(Secret::expose).chain(url).collect()
     }
 
     /// When the account's credentials stop working, when its settings say

@@ -264,9 +264,22 @@ impl Herald {
         Ok(counts)
     }
 
-    /// Audit records of one event, from the control API.
+    /// Audit records of one event, from the control API (page by page).
     pub fn audit(&self, event: &str) -> anyhow::Result<Vec<serde_json::Value>> {
-        http::unix(&self.socket, "GET", &format!("/v1/log?events={event}"), Duration::from_secs(300))?.json()
+        let mut records = Vec::new();
+        let mut after = None;
+        loop {
+            let path = match after {
+                Some(after) => format!("/v1/log?events={event}&after={after}"),
+                None => format!("/v1/log?events={event}"),
+            };
+            let page: serde_json::Value = http::unix(&self.socket, "GET", &path, Duration::from_secs(300))?.json()?;
+            records.extend(page["records"].as_array().cloned().unwrap_or_default());
+            match page["next"].as_u64() {
+                Some(next) => after = Some(next),
+                None => return Ok(records),
+            }
+        }
     }
 
     /// SIGTERM, then wait for a clean exit (killed after `within`).

@@ -1,8 +1,12 @@
 //! Alerts: a delivery that ends `failed`, or an account paused by a rate
 //! limit for longer than a threshold, is reported to a webhook (JSON, signed
 //! like the webhook adapter) and/or a command (JSON on its stdin). Alerts
-//! are sent from their own task, never blocking the scheduler, and each is
-//! recorded in the audit log (`alerted`) with what became of it.
+//! wait in a bounded queue ([`QUEUE`]) served by a fixed number of senders
+//! ([`SENDERS`]), never blocking the scheduler; an alert that finds the
+//! queue full is recorded as not sent. What is queued is sent at shutdown
+//! within the shutdown deadline. Each alert is recorded in the audit log
+//! (`alerted`) with what became of it. The command runs with a minimal
+//! environment; the webhook client follows no redirect and uses no proxy.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,100 +57,178 @@ struct Body<'a> {
     time: chrono::DateTime<Utc>,
 }
 
-pub struct Alerter {
+/// Alerts waiting to be sent, at most.
+pub const QUEUE: usize = 256;
+/// Alerts sent at once, at most (webhook requests and commands).
+pub const SENDERS: usize = 4;
+
+/// The environment of the alert command: nothing of herald's own (which
+/// may hold secrets), only a fixed PATH and locale.
+const COMMAND_ENV: [(&str, &str); 2] = [("PATH", "/usr/local/bin:/usr/bin:/bin"), ("LANG", "C.UTF-8")];
+
+/// One alert to send, and the audit record that says what became of it.
+struct Job {
+    body: Vec<u8>,
+    account: String,
+    what: String,
+    record: AuditRecord,
+}
+
+/// What the senders share.
+struct Sender {
     settings: AlertSettings,
     signer: Option<Signer>,
     client: reqwest::Client,
     store: Arc<dyn Store>,
 }
 
+pub struct Alerter {
+    sender: Arc<Sender>,
+    queue: std::sync::Mutex<Option<tokio::sync::mpsc::Sender<Job>>>,
+    senders: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
 impl Alerter {
+    /// Start the senders; must run inside a tokio runtime.
     pub fn new(settings: AlertSettings, store: Arc<dyn Store>) -> anyhow::Result<Alerter> {
         let signer = settings.secret.as_ref().map(Signer::new).transpose()?;
-        let client = reqwest::Client::builder().timeout(SEND_LIMIT).connect_timeout(Duration::from_secs(10)).build()?;
-        Ok(Alerter { settings, signer, client, store })
+        // Like the adapters' client: no redirects (a redirect would re-send
+        // the signed body elsewhere), no proxy from the environment.
+        let client = reqwest::Client::builder()
+            .timeout(SEND_LIMIT)
+            .connect_timeout(Duration::from_secs(10))
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .build()?;
+        let runtime = tokio::runtime::Handle::try_current()?;
+        let sender = Arc::new(Sender { settings, signer, client, store });
+        let (tx, rx) = tokio::sync::mpsc::channel::<Job>(QUEUE);
+        let rx = Arc::new(tokio::sync::Mutex::new(rx));
+        let senders = (0..SENDERS)
+            .map(|_| {
+                let (sender, rx) = (Arc::clone(&sender), Arc::clone(&rx));
+                runtime.spawn(async move {
+                    loop {
+                        let job = rx.lock().await.recv().await;
+                        let Some(job) = job else { return };
+                        sender.deliver(job).await;
+                    }
+                })
+            })
+            .collect();
+        Ok(Alerter { sender, queue: std::sync::Mutex::new(Some(tx)), senders: std::sync::Mutex::new(senders) })
     }
 
     pub fn pause_threshold(&self) -> Duration {
-        self.settings.pause_threshold
+        self.sender.settings.pause_threshold
     }
 
     /// How long before credentials expire to alert.
     pub fn credential_warning(&self) -> Duration {
-        self.settings.credential_warning
+        self.sender.settings.credential_warning
     }
 
-    /// Send an alert about `delivery` in the background.
+    /// Queue an alert about `delivery`.
     pub fn raise(self: &Arc<Self>, delivery: &Delivery, alert: Alert) {
-        let this = Arc::clone(self);
-        let delivery = delivery.clone();
-        tokio::spawn(async move {
-            let body = Body {
-                alert: &alert,
-                delivery: Some(delivery.id.to_string()),
-                post: Some(&delivery.post_id),
-                account: &delivery.account,
-                platform: delivery.platform.name(),
-                occurrence: Some(crate::model::from_millis(delivery.occurrence)),
-                time: Utc::now(),
-            };
-            let outcome = this.send(&body, &delivery.account).await;
-            let mut record = AuditRecord::of(&delivery, Event::Alerted, Utc::now());
-            record.reason = Some(format!("alert ({}): {outcome}", alert.what()));
-            this.record(record);
-        });
+        let body = Body {
+            alert: &alert,
+            delivery: Some(delivery.id.to_string()),
+            post: Some(&delivery.post_id),
+            account: &delivery.account,
+            platform: delivery.platform.name(),
+            occurrence: Some(crate::model::from_millis(delivery.occurrence)),
+            time: Utc::now(),
+        };
+        let record = AuditRecord::of(delivery, Event::Alerted, Utc::now());
+        self.enqueue(&body, alert.what().to_string(), record);
     }
 
-    /// Send an alert about an account (no delivery) in the background; the
-    /// audit log gets an account record of `event`.
+    /// Queue an alert about an account (no delivery); the audit log gets an
+    /// account record of `event`.
     pub fn raise_for_account(self: &Arc<Self>, account: &str, platform: Platform, event: Event, alert: Alert) {
-        let this = Arc::clone(self);
-        let account = account.to_string();
-        tokio::spawn(async move {
-            let body = Body {
-                alert: &alert,
-                delivery: None,
-                post: None,
-                account: &account,
-                platform: platform.name(),
-                occurrence: None,
-                time: Utc::now(),
-            };
-            let outcome = this.send(&body, &account).await;
-            let detail = match &alert {
-                Alert::CredentialsExpiring { expires_at, days_left } => {
-                    format!("credentials expire at {} (in {days_left} days)", expires_at.to_rfc3339())
-                }
-                other => other.what().to_string(),
-            };
-            let reason = format!("alert ({detail}): {outcome}");
-            this.record(AuditRecord::about_account(&account, platform, event, Utc::now(), reason));
-        });
+        let body = Body {
+            alert: &alert,
+            delivery: None,
+            post: None,
+            account,
+            platform: platform.name(),
+            occurrence: None,
+            time: Utc::now(),
+        };
+        let what = match &alert {
+            Alert::CredentialsExpiring { expires_at, days_left } => {
+                format!("credentials expire at {} (in {days_left} days)", expires_at.to_rfc3339())
+            }
+            other => other.what().to_string(),
+        };
+        let record = AuditRecord::about_account(account, platform, event, Utc::now(), String::new());
+        self.enqueue(&body, what, record);
     }
 
-    fn record(&self, record: AuditRecord) {
+    fn enqueue(&self, body: &Body<'_>, what: String, record: AuditRecord) {
+        let account = body.account.to_string();
+        let Ok(body) = serde_json::to_vec(body) else {
+            self.sender.record(record, &what, "could not encode the alert");
+            return;
+        };
+        let job = Job { body, account, what, record };
+        let queue = self.queue.lock().ok().and_then(|q| q.clone());
+        let refused = match queue {
+            Some(queue) => match queue.try_send(job) {
+                Ok(()) => return,
+                Err(tokio::sync::mpsc::error::TrySendError::Full(job)) => (job, "not sent: too many alerts waiting"),
+                Err(tokio::sync::mpsc::error::TrySendError::Closed(job)) => (job, "not sent: herald is stopping"),
+            },
+            None => (job, "not sent: herald is stopping"),
+        };
+        let (job, why) = refused;
+        tracing::warn!(account = %job.account, alert = %job.what, "{why}");
+        self.sender.record(job.record, &job.what, why);
+    }
+
+    /// Stop taking alerts and send those queued, until `deadline`; what is
+    /// still unsent then is given up (and said in the journal).
+    pub async fn finish(&self, deadline: tokio::time::Instant) {
+        drop(self.queue.lock().ok().and_then(|mut q| q.take()));
+        let senders = self.senders.lock().map(|mut s| std::mem::take(&mut *s)).unwrap_or_default();
+        for mut sender in senders {
+            if tokio::time::timeout_at(deadline, &mut sender).await.is_err() {
+                sender.abort();
+                tracing::warn!("shutdown deadline reached; alerts still queued were not sent");
+            }
+        }
+    }
+}
+
+impl Sender {
+    async fn deliver(&self, job: Job) {
+        let outcome = self.send(&job.body, &job.account).await;
+        self.record(job.record, &job.what, &outcome);
+    }
+
+    fn record(&self, mut record: AuditRecord, what: &str, outcome: &str) {
+        record.reason = Some(format!("alert ({what}): {outcome}"));
         let changes = Changes { notes: vec![record], ..Changes::default() };
         if let Err(e) = self.store.apply(changes).and_then(|_| self.store.flush()) {
             tracing::error!(error = %e, "cannot record an alert in the audit log");
         }
     }
 
-    async fn send(&self, body: &Body<'_>, account: &str) -> String {
-        let Ok(json) = serde_json::to_vec(body) else { return "could not encode the alert".into() };
+    async fn send(&self, json: &[u8], account: &str) -> String {
         let mut results = Vec::new();
         if let Some(url) = &self.settings.webhook {
             let mut request = self.client.post(url.as_str()).header("Content-Type", "application/json");
             if let Some(signer) = &self.signer {
-                request = request.header("X-Herald-Signature", signer.sign(&json));
+                request = request.header("X-Herald-Signature", signer.sign(json));
             }
-            results.push(match request.body(json.clone()).send().await {
+            results.push(match request.body(json.to_vec()).send().await {
                 Ok(r) if r.status().is_success() => format!("webhook answered {}", r.status().as_u16()),
                 Ok(r) => format!("webhook answered {}", r.status().as_u16()),
                 Err(e) => format!("webhook failed: {}", e.without_url()),
             });
         }
         if let Some(command) = &self.settings.command {
-            results.push(run_command(command, &json).await);
+            results.push(run_command(command, json).await);
         }
         for r in &results {
             tracing::info!(account, outcome = %r, "alert sent");
@@ -159,6 +241,8 @@ async fn run_command(command: &[String], json: &[u8]) -> String {
     let Some((program, args)) = command.split_first() else { return "no command".into() };
     let child = tokio::process::Command::new(program)
         .args(args)
+        .env_clear()
+        .envs(COMMAND_ENV)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())

@@ -69,6 +69,39 @@ pub struct ReloadView {
     pub errors: Vec<String>,
 }
 
+/// What `GET /v1/hello` answers: which state directory this daemon serves,
+/// so the CLI acts only on the daemon of its own config.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HelloView {
+    pub identity: StateIdentity,
+    pub version: String,
+}
+
+/// A state directory: its canonical path, and its device and inode (the
+/// same path in another mount namespace or after a move is another store).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateIdentity {
+    pub path: PathBuf,
+    pub device: u64,
+    pub inode: u64,
+}
+
+impl StateIdentity {
+    /// The identity of the state directory `dir`, which must exist.
+    pub fn of(dir: &Path) -> std::io::Result<StateIdentity> {
+        use std::os::unix::fs::MetadataExt;
+        let path = std::fs::canonicalize(dir)?;
+        let meta = std::fs::metadata(&path)?;
+        Ok(StateIdentity { path, device: meta.dev(), inode: meta.ino() })
+    }
+
+    /// Same directory (the path is only for messages: a directory seen
+    /// through a different path is still the same one).
+    pub fn same_as(&self, other: &StateIdentity) -> bool {
+        self.device == other.device && self.inode == other.inode
+    }
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 pub struct CountView {
     pub count: usize,
@@ -90,6 +123,7 @@ struct Ctx {
     control: mpsc::Sender<Control>,
     reloader: Arc<dyn Reloader>,
     time_zone: chrono_tz::Tz,
+    identity: StateIdentity,
 }
 
 struct ApiError(StatusCode, String);
@@ -121,6 +155,7 @@ type ApiResult<T> = Result<Json<T>, ApiError>;
 
 fn router(ctx: Ctx) -> Router {
     Router::new()
+        .route("/v1/hello", get(hello))
         .route("/v1/status", get(status))
         .route("/v1/log", get(log))
         .route("/v1/content/{hash}", get(content))
@@ -136,8 +171,22 @@ struct Limit {
     limit: Option<usize>,
 }
 
+/// The most rows `status` (failed deliveries) and `upcoming` answer at
+/// once, whatever the client asks: every answer of the socket is bounded.
+pub const MAX_ROWS: usize = 10_000;
+
+impl Limit {
+    fn or(&self, default: usize) -> usize {
+        self.limit.unwrap_or(default).min(MAX_ROWS)
+    }
+}
+
+async fn hello(AxumState(ctx): AxumState<Ctx>) -> Json<HelloView> {
+    Json(HelloView { identity: ctx.identity.clone(), version: env!("CARGO_PKG_VERSION").to_string() })
+}
+
 async fn status(AxumState(ctx): AxumState<Ctx>, Query(limit): Query<Limit>) -> ApiResult<StatusView> {
-    Ok(Json(status_view(ctx.store.as_ref(), ctx.time_zone, limit.limit.unwrap_or(20))?))
+    Ok(Json(status_view(ctx.store.as_ref(), ctx.time_zone, limit.or(20))?))
 }
 
 /// The status of a store: counts, the next due delivery, failed deliveries.
@@ -204,12 +253,53 @@ pub fn upcoming_list(store: &dyn Store, limit: usize) -> Result<Vec<Upcoming>, c
 }
 
 async fn upcoming(AxumState(ctx): AxumState<Ctx>, Query(limit): Query<Limit>) -> ApiResult<Vec<Upcoming>> {
-    Ok(Json(upcoming_list(ctx.store.as_ref(), limit.limit.unwrap_or(50))?))
+    Ok(Json(upcoming_list(ctx.store.as_ref(), limit.or(50))?))
 }
 
-async fn log(AxumState(ctx): AxumState<Ctx>, Query(params): Query<LogParams>) -> ApiResult<Vec<AuditRecord>> {
+/// How many audit records one page reads at most: the memory and time of
+/// one `GET /v1/log` are bounded whatever the log's size and the filters.
+pub const LOG_PAGE_SCAN: usize = 2_000;
+
+/// One page of the audit log (`GET /v1/log`).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct LogPage {
+    /// The records of this page that match the filters, in sequence order.
+    pub records: Vec<AuditRecord>,
+    /// Ask again with `after` = this to read on; `None` at the end of the log.
+    pub next: Option<u64>,
+}
+
+/// Where a `GET /v1/log` page starts (after this sequence number).
+#[derive(Debug, Default, Deserialize)]
+struct After {
+    after: Option<u64>,
+}
+
+/// The page of the log after sequence number `after`: at most
+/// [`LOG_PAGE_SCAN`] records are read, and those matching `query` kept.
+pub fn log_page(
+    store: &dyn Store,
+    query: &AuditQuery,
+    after: Option<u64>,
+) -> Result<LogPage, crate::store::StoreError> {
+    let scan = AuditQuery { after_seq: after, limit: Some(LOG_PAGE_SCAN), ..AuditQuery::default() };
+    let read = store.audit(&scan)?;
+    let next = (read.len() == LOG_PAGE_SCAN).then(|| read.last().map(|r| r.seq)).flatten();
+    let records = read.into_iter().filter(|r| query.matches(r)).collect();
+    Ok(LogPage { records, next })
+}
+
+async fn log(
+    AxumState(ctx): AxumState<Ctx>,
+    Query(params): Query<LogParams>,
+    Query(after): Query<After>,
+) -> ApiResult<LogPage> {
     let query = params.to_query().map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))?;
-    Ok(Json(ctx.store.audit(&query)?))
+    let store = Arc::clone(&ctx.store);
+    let page = tokio::task::spawn_blocking(move || log_page(store.as_ref(), &query, after.after))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    Ok(Json(page))
 }
 
 async fn content(
@@ -281,94 +371,174 @@ impl LogParams {
     }
 }
 
-/// A Unix listener that refuses peers other than root, the daemon's user,
-/// or members of the daemon's group.
+/// The control socket's listener: it serves root, the daemon's user, and
+/// members of the socket's group, and refuses everyone else.
 struct Authorized {
     inner: UnixListener,
+    peers: Arc<Peers>,
+}
+
+/// Who may use the control socket.
+struct Peers {
     uid: u32,
     gid: u32,
 }
 
-impl Authorized {
-    /// Root, herald's user, or a member of herald's group (primary or
-    /// supplementary). The socket's mode (0660) already keeps others out;
-    /// this check refuses them even if the mode was widened. A peer whose
-    /// groups cannot be read (systemd's ProtectProc hides other users'
-    /// processes) passed the kernel's 0660 check, so it is a member.
-    fn allows(&self, uid: u32, gid: u32, pid: Option<i32>) -> bool {
+/// How long the group database may take to answer (LDAP, SSSD) before a
+/// peer is refused.
+const GROUP_LOOKUP_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl Peers {
+    /// Root, herald's user, or a member of herald's group: by the peer's
+    /// primary group (SO_PEERCRED) or, for its supplementary groups, by
+    /// the system's group database (`getgrouplist`, so LDAP and SSSD
+    /// users count). Nothing is read from /proc. Whatever cannot be
+    /// decided (no such user, the lookup fails or hangs) is a refusal.
+    async fn allows(self: Arc<Self>, uid: u32, gid: u32) -> bool {
         if uid == 0 || uid == self.uid || gid == self.gid {
             return true;
         }
-        let groups = pid.and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok());
-        match groups {
-            Some(status) => status
-                .lines()
-                .find_map(|l| l.strip_prefix("Groups:"))
-                .is_some_and(|list| list.split_whitespace().any(|g| g.parse() == Ok(self.gid))),
-            None => true,
-        }
-    }
-}
-
-impl axum::serve::Listener for Authorized {
-    type Io = UnixStream;
-    type Addr = tokio::net::unix::SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            match self.inner.accept().await {
-                Ok((stream, addr)) => match stream.peer_cred() {
-                    Ok(cred) if self.allows(cred.uid(), cred.gid(), cred.pid()) => {
-                        return (stream, addr);
-                    }
-                    Ok(cred) => {
-                        tracing::warn!(
-                            uid = cred.uid(),
-                            gid = cred.gid(),
-                            "control socket: refused a peer that is not root nor herald's user or group"
-                        );
-                    }
-                    Err(e) => tracing::warn!(error = %e, "control socket: cannot read the peer's credentials"),
-                },
-                Err(e) => {
-                    tracing::warn!(error = %e, "control socket: accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                }
+        let target = self.gid;
+        let lookup = tokio::task::spawn_blocking(move || member_of(uid, gid, target));
+        match tokio::time::timeout(GROUP_LOOKUP_LIMIT, lookup).await {
+            Ok(Ok(Ok(member))) => member,
+            Ok(Ok(Err(e))) => {
+                tracing::warn!(uid, error = %e, "control socket: cannot read the peer's groups; refusing it");
+                false
+            }
+            Ok(Err(_)) | Err(_) => {
+                tracing::warn!(uid, "control socket: the group database did not answer; refusing the peer");
+                false
             }
         }
     }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        self.inner.local_addr()
-    }
 }
 
-/// The group id named `name` in /etc/group.
-fn group_id(name: &str) -> Option<u32> {
-    let text = std::fs::read_to_string("/etc/group").ok()?;
-    text.lines().find_map(|line| {
-        let mut fields = line.split(':');
-        (fields.next()? == name).then(|| fields.nth(1)?.parse().ok())?
-    })
+/// Why a peer's groups could not be read.
+#[derive(Debug, thiserror::Error)]
+enum GroupLookupError {
+    #[error("no user with uid {0} in the user database")]
+    NoSuchUser(u32),
+    #[error("the user or group database: {0}")]
+    Database(#[from] nix::Error),
+    #[error("user name with a NUL byte")]
+    BadName,
+}
+
+/// Does the group database put user `uid` (primary group `gid`) in `target`?
+fn member_of(uid: u32, gid: u32, target: u32) -> Result<bool, GroupLookupError> {
+    use nix::unistd::{Gid, Uid, User, getgrouplist};
+    let user = User::from_uid(Uid::from_raw(uid))?.ok_or(GroupLookupError::NoSuchUser(uid))?;
+    let name = std::ffi::CString::new(user.name).map_err(|_| GroupLookupError::BadName)?;
+    let groups = getgrouplist(&name, Gid::from_raw(gid))?;
+    Ok(groups.contains(&Gid::from_raw(target)))
+}
+
+impl crate::connections::Incoming for Authorized {
+    type Io = UnixStream;
+
+    async fn accept(&mut self) -> std::io::Result<UnixStream> {
+        self.inner.accept().await.map(|(stream, _)| stream)
+    }
+
+    fn admit(&self, stream: UnixStream) -> impl Future<Output = Option<UnixStream>> + Send + 'static {
+        let peers = Arc::clone(&self.peers);
+        async move {
+            let cred = match stream.peer_cred() {
+                Ok(cred) => cred,
+                Err(e) => {
+                    tracing::warn!(error = %e, "control socket: cannot read the peer's credentials; refusing it");
+                    return None;
+                }
+            };
+            if peers.allows(cred.uid(), cred.gid()).await {
+                Some(stream)
+            } else {
+                tracing::warn!(
+                    uid = cred.uid(),
+                    gid = cred.gid(),
+                    "control socket: refused a peer that is not root nor herald's user or group"
+                );
+                None
+            }
+        }
+    }
 }
 
 /// A running control server; it removes its socket file when dropped.
 pub struct ControlServer {
     path: PathBuf,
+    /// The socket file herald bound (device, inode): only that is removed.
+    bound: Option<(u64, u64)>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for ControlServer {
     fn drop(&mut self) {
+        use std::os::unix::fs::MetadataExt;
         self.task.abort();
-        let _ = std::fs::remove_file(&self.path);
+        // Remove the socket only if it is still the one herald bound.
+        if let Ok(meta) = std::fs::symlink_metadata(&self.path)
+            && Some((meta.dev(), meta.ino())) == self.bound
+        {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
+/// Why the control socket cannot be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SocketError {
+    #[error(
+        "control_socket {0} exists and is not a socket; herald only ever replaces a stale socket of its own. \
+         Name another path in `[daemon] control_socket` (or remove that file yourself if it is really not needed)"
+    )]
+    NotASocket(PathBuf),
+    #[error(
+        "control_socket {path} is a socket of another user (uid {owner}); herald only ever replaces a stale socket \
+         of its own. Name another path in `[daemon] control_socket`"
+    )]
+    NotOurs { path: PathBuf, owner: u32 },
+    #[error("another process answers on the control socket {0}")]
+    InUse(PathBuf),
+    #[error("socket_group `{0}` is not a group on this host")]
+    NoSuchGroup(String),
+    #[error("{what} {path}: {error}")]
+    Io { what: &'static str, path: PathBuf, error: std::io::Error },
+}
+
+/// Make way for the socket at `path`: nothing there, or a socket of this
+/// user that nobody answers on (left by a herald that died), which is
+/// removed. Anything else is refused and left alone.
+fn clear_stale_socket(path: &Path) -> Result<(), SocketError> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(error) => return Err(SocketError::Io { what: "reading", path: path.to_path_buf(), error }),
+    };
+    if !meta.file_type().is_socket() {
+        return Err(SocketError::NotASocket(path.to_path_buf()));
+    }
+    let me = rustix::process::geteuid().as_raw();
+    if meta.uid() != me {
+        return Err(SocketError::NotOurs { path: path.to_path_buf(), owner: meta.uid() });
+    }
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(SocketError::InUse(path.to_path_buf()));
+    }
+    std::fs::remove_file(path).map_err(|error| SocketError::Io {
+        what: "removing the stale socket",
+        path: path.to_path_buf(),
+        error,
+    })
+}
+
 /// Bind the control socket at `path` (mode 0660, optionally owned by `group`)
-/// and serve it.
+/// and serve it for the store in `state_dir`.
 pub fn serve(
     path: &Path,
+    state_dir: &Path,
     group: Option<&str>,
     store: Arc<dyn Store>,
     control: mpsc::Sender<Control>,
@@ -376,36 +546,68 @@ pub fn serve(
     time_zone: chrono_tz::Tz,
 ) -> anyhow::Result<ControlServer> {
     use anyhow::Context;
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    // A socket left by a process that died is stale: nobody answers on it.
-    if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            anyhow::bail!("another process answers on the control socket {}", path.display());
-        }
-        std::fs::remove_file(path).with_context(|| format!("removing the stale socket {}", path.display()))?;
-    }
+    clear_stale_socket(path)?;
     let listener =
         UnixListener::bind(path).with_context(|| format!("binding the control socket {}", path.display()))?;
+    let bound =
+        std::fs::symlink_metadata(path).with_context(|| format!("reading the control socket {}", path.display()))?;
+    let server = |task| ControlServer { path: path.to_path_buf(), bound: Some((bound.dev(), bound.ino())), task };
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
         .with_context(|| format!("setting the mode of {}", path.display()))?;
     let mut gid = rustix::process::getgid().as_raw();
     if let Some(name) = group {
-        let id = group_id(name).with_context(|| format!("socket_group `{name}` is not a group on this host"))?;
+        let id = nix::unistd::Group::from_name(name)
+            .ok()
+            .flatten()
+            .ok_or_else(|| SocketError::NoSuchGroup(name.to_string()))?
+            .gid
+            .as_raw();
         rustix::fs::chown(path, None, Some(rustix::fs::Gid::from_raw(id)))
             .with_context(|| format!("giving the control socket to group `{name}`"))?;
         gid = id;
     }
-    let authorized = Authorized { inner: listener, uid: rustix::process::getuid().as_raw(), gid };
-    let ctx = Ctx { store, control, reloader, time_zone };
+    let peers = Arc::new(Peers { uid: rustix::process::getuid().as_raw(), gid });
+    let authorized = Authorized { inner: listener, peers };
+    let identity =
+        StateIdentity::of(state_dir).with_context(|| format!("reading the state directory {}", state_dir.display()))?;
+    let ctx = Ctx { store, control, reloader, time_zone, identity };
     let app = router(ctx);
-    let task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(authorized, app).await {
-            tracing::error!(error = %e, "the control socket stopped");
-        }
-    });
+    let task = tokio::spawn(crate::connections::serve(authorized, app, crate::connections::Limits::CONTROL, "control"));
     tracing::info!(socket = %path.display(), "control socket listening");
-    Ok(ControlServer { path: path.to_path_buf(), task })
+    Ok(server(task))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A uid no user database knows (and a gid that is not herald's): the
+    /// groups cannot be read, so the peer is refused, never let in.
+    #[tokio::test]
+    async fn a_peer_whose_groups_cannot_be_read_is_refused() {
+        let me = rustix::process::getuid().as_raw();
+        let peers = Arc::new(Peers { uid: me, gid: 4_000_000_001 });
+        assert!(!Arc::clone(&peers).allows(4_000_000_000, 4_000_000_002).await);
+        assert!(Arc::clone(&peers).allows(me, 4_000_000_002).await, "herald's own user");
+        assert!(peers.allows(4_000_000_000, 4_000_000_001).await, "herald's group as primary group");
+    }
+
+    #[test]
+    fn only_a_stale_socket_of_our_own_is_cleared() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("store-file");
+        std::fs::write(&file, b"data").unwrap();
+        assert!(matches!(clear_stale_socket(&file), Err(SocketError::NotASocket(_))));
+        assert_eq!(std::fs::read(&file).unwrap(), b"data");
+        assert!(matches!(clear_stale_socket(dir.path()), Err(SocketError::NotASocket(_))));
+        let socket = dir.path().join("stale.sock");
+        drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+        clear_stale_socket(&socket).unwrap();
+        assert!(!socket.exists(), "the stale socket was not removed");
+        clear_stale_socket(&socket).unwrap();
+    }
 }

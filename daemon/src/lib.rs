@@ -9,6 +9,7 @@
 pub mod alerts;
 pub mod cli;
 pub mod config;
+pub mod connections;
 pub mod control;
 pub mod credentials;
 pub mod demo;
@@ -21,6 +22,7 @@ pub mod operations;
 pub mod reconcile;
 pub mod schedule;
 pub mod scheduler;
+pub mod scrub;
 pub mod service;
 pub mod store;
 #[cfg(test)]

@@ -113,6 +113,7 @@ impl Daemon {
         let socket = config.daemon.socket_path();
         let control_server = control::serve(
             &socket,
+            &dir,
             config.daemon.socket_group.as_deref(),
             Arc::clone(&shared),
             control.clone(),
@@ -176,11 +177,24 @@ fn serve_metrics(
         }),
     );
     tracing::info!(%addr, "metrics listening");
-    Ok(tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "the metrics endpoint stopped");
+    let limits = crate::connections::Limits::METRICS;
+    Ok(tokio::spawn(crate::connections::serve(crate::connections::Tcp(listener), app, limits, "metrics")))
+}
+
+/// Raise the soft limit of open files to the hard limit: deliveries, the
+/// store and the listeners share it, and the default soft limit (1024) is
+/// far below what the host allows. Under the unit (`SystemCallFilter=`
+/// without `@resources`) this is refused; `LimitNOFILE=` sets it there.
+fn raise_open_files_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current.is_some() && limit.current < limit.maximum {
+        let raised = rustix::process::Rlimit { current: limit.maximum, maximum: limit.maximum };
+        match setrlimit(Resource::Nofile, raised) {
+            Ok(()) => tracing::debug!(soft = ?limit.maximum, "raised the open-files limit to the hard limit"),
+            Err(e) => tracing::debug!(soft = ?limit.current, error = %e, "cannot raise the open-files limit"),
         }
-    }))
+    }
 }
 
 /// The config has errors, so herald did not start. `herald run` exits with
@@ -207,6 +221,7 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
     let Some(config) = outcome.config else {
         return Err(ConfigRefused(path.to_path_buf()).into());
     };
+    raise_open_files_limit();
     let daemon = Daemon::start(config, Arc::new(Notifier::from_env()))?;
     if let Err(e) = wait_for_signals(&daemon).await {
         // The scheduler stopped on its own (a storage error): say why.

@@ -77,6 +77,7 @@ write_config() {
 # herald's config for the VM test (written by guest-test.sh).
 [daemon]
 state_dir = "/var/lib/herald"
+control_socket = "/run/herald/herald.sock"
 time_zone = "Asia/Shanghai"
 shutdown_deadline = "30s"
 

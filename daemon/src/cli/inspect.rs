@@ -66,17 +66,34 @@ pub fn status(source: &Source, failed_limit: usize) -> anyhow::Result<ExitCode> 
 
 pub fn log(source: &Source, params: &LogParams, format: LogOutput) -> anyhow::Result<ExitCode> {
     params.to_query().map_err(anyhow::Error::msg)?;
-    let records = source.log(params)?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    match format {
-        LogOutput::Table => output::table(&records, &mut out)?,
-        LogOutput::Json => output::json_lines(&records, &mut out)?,
-        LogOutput::Csv => output::csv(&records, &mut out)?,
+    // Page by page: JSON and CSV are written as they come, so neither the
+    // daemon nor this command holds the whole log; a table needs every row
+    // to size its columns.
+    let mut table = Vec::new();
+    let mut after = None;
+    if format == LogOutput::Csv {
+        output::csv(&[], &mut out)?;
+    }
+    loop {
+        let page = source.log_page(params, after)?;
+        match format {
+            LogOutput::Table => table.extend(page.records),
+            LogOutput::Json => output::json_lines(&page.records, &mut out)?,
+            LogOutput::Csv => output::csv_rows(&page.records, &mut out)?,
+        }
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    if format == LogOutput::Table {
+        output::table(&table, &mut out)?;
     }
     out.flush()?;
     if format == LogOutput::Table {
-        eprintln!("{} record(s); `herald log --content HASH` shows the exact text sent", records.len());
+        eprintln!("{} record(s); `herald log --content HASH` shows the exact text sent", table.len());
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -142,6 +142,11 @@ pub fn json_lines(records: &[AuditRecord], out: &mut impl Write) -> std::io::Res
 /// CSV (RFC 4180) with a header row.
 pub fn csv(records: &[AuditRecord], out: &mut impl Write) -> std::io::Result<()> {
     writeln!(out, "{}", COLUMNS.join(","))?;
+    csv_rows(records, out)
+}
+
+/// CSV rows without the header (for a log read page by page).
+pub fn csv_rows(records: &[AuditRecord], out: &mut impl Write) -> std::io::Result<()> {
     for r in records {
         let cells: Vec<String> = row(r).iter().map(|c| csv_cell(c)).collect();
         writeln!(out, "{}", cells.join(","))?;

@@ -9,45 +9,55 @@ use chrono::Utc;
 use serde::de::DeserializeOwned;
 
 use crate::config::Peek;
-use crate::control::{CountView, ErrorView, LogParams, ReloadView, StatusView, Upcoming, status_view, upcoming_list};
-use crate::model::AuditRecord;
+use crate::control::{
+    CountView, ErrorView, HelloView, LogPage, LogParams, ReloadView, StateIdentity, StatusView, Upcoming, log_page,
+    status_view, upcoming_list,
+};
 use crate::operations::{self, Selection};
 use crate::store::{SledStore, Store, StoreError};
+
+/// How long the CLI keeps asking a daemon that is at its connection bound
+/// (idle connections are cut after 5 s, so a slot frees up well within it).
+const BUSY_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
 
 pub enum Source {
     Daemon { client: reqwest::Client, socket: PathBuf, runtime: tokio::runtime::Runtime },
     Store { store: SledStore, peek: Peek },
 }
 
-/// The sockets a running daemon may listen on, in the order tried.
-fn candidates(peek: &Peek) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    if let Some(path) = &peek.control_socket {
-        out.push(path.clone());
-    }
-    out.push(PathBuf::from("/run/herald/herald.sock"));
-    out.push(peek.state_dir.join("herald.sock"));
-    out
+/// The one socket the CLI asks: the config's `control_socket`, else
+/// `<state_dir>/herald.sock`. Never another daemon's default socket: the
+/// CLI acts only on the daemon of its own state directory.
+fn socket_of(peek: &Peek) -> PathBuf {
+    peek.control_socket.clone().unwrap_or_else(|| peek.state_dir.join("herald.sock"))
 }
 
 impl Source {
-    /// The running daemon if one answers, else the store (which needs the
+    /// The running daemon if one answers on the config's socket and serves
+    /// the config's state directory, else the store (which needs the
     /// daemon to be stopped).
     pub fn open(peek: Peek) -> anyhow::Result<Source> {
-        if let Some(socket) = candidates(&peek).into_iter().find(|p| std::os::unix::net::UnixStream::connect(p).is_ok())
-        {
+        let socket = socket_of(&peek);
+        if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
             eprintln!("(asking the running herald daemon through {})", socket.display());
             let client = reqwest::Client::builder()
                 .unix_socket(socket.as_path())
                 .timeout(std::time::Duration::from_secs(60))
+                // A connection per request: herald closes idle and old
+                // connections, and a request sent on one as it closes fails.
+                .pool_max_idle_per_host(0)
                 .build()?;
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            return Ok(Source::Daemon { client, socket, runtime });
+            let source = Source::Daemon { client, socket, runtime };
+            source.verify(&peek)?;
+            return Ok(source);
         }
         let dir = &peek.state_dir;
         if !dir.join("db").exists() {
             bail!(
-                "no herald daemon is running and there is no herald state in {} (has herald run with this config yet?)",
+                "no herald daemon answers on {} and there is no herald state in {} (has herald run with this config yet? \
+                 under systemd, name its socket in `[daemon] control_socket`)",
+                socket.display(),
                 dir.display()
             );
         }
@@ -56,20 +66,63 @@ impl Source {
                 eprintln!("(no herald daemon is running: reading the state directory {} directly)", dir.display());
                 Ok(Source::Store { store, peek })
             }
-            Err(e @ StoreError::Locked { .. }) => Err(anyhow::Error::new(e)
-                .context("herald is running but its control socket does not answer; check `[daemon] control_socket`")),
+            Err(e @ StoreError::Locked { .. }) => Err(anyhow::Error::new(e).context(format!(
+                "herald is running but does not answer on {}; name its socket in `[daemon] control_socket` \
+                 (under systemd: /run/herald/herald.sock)",
+                socket.display()
+            ))),
             Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Refuse a daemon that serves another state directory than the
+    /// config's, before anything is asked of it.
+    fn verify(&self, peek: &Peek) -> anyhow::Result<()> {
+        let Source::Daemon { socket, .. } = self else { return Ok(()) };
+        let hello: HelloView = self.call(|c| c.get(url("/v1/hello"))).with_context(|| {
+            format!("the daemon on {} did not say which state directory it serves", socket.display())
+        })?;
+        let ours = StateIdentity::of(&peek.state_dir);
+        match ours {
+            Ok(ours) if ours.same_as(&hello.identity) => Ok(()),
+            Ok(ours) => bail!(
+                "the herald daemon on {} serves the state directory {}, not {} (this config's); \
+                 refusing to act on another daemon. Name this daemon's own socket in `[daemon] control_socket`",
+                socket.display(),
+                hello.identity.path.display(),
+                ours.path.display()
+            ),
+            Err(e) => bail!(
+                "the herald daemon on {} serves the state directory {}; this config's state directory {} \
+                 cannot be read ({e}), so it is not that daemon's: refusing to act on it",
+                socket.display(),
+                hello.identity.path.display(),
+                peek.state_dir.display()
+            ),
         }
     }
 
     fn call<T: DeserializeOwned>(
         &self,
-        request: impl FnOnce(&reqwest::Client) -> reqwest::RequestBuilder,
+        request: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
     ) -> anyhow::Result<T> {
         let Source::Daemon { client, socket, runtime } = self else { bail!("not connected to a daemon") };
         runtime.block_on(async {
-            let response =
-                request(client).send().await.with_context(|| format!("asking herald through {}", socket.display()))?;
+            // A daemon at its connection bound answers 503 before reading
+            // anything: nothing was done, so asking again is safe.
+            let started = std::time::Instant::now();
+            let response = loop {
+                let response = request(client)
+                    .send()
+                    .await
+                    .with_context(|| format!("asking herald through {}", socket.display()))?;
+                let busy = response.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE
+                    && response.headers().contains_key(reqwest::header::RETRY_AFTER);
+                if !busy || started.elapsed() > BUSY_PATIENCE {
+                    break response;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            };
             let status = response.status();
             let body = response.bytes().await?;
             if !status.is_success() {
@@ -88,10 +141,17 @@ impl Source {
         }
     }
 
-    pub fn log(&self, params: &LogParams) -> anyhow::Result<Vec<AuditRecord>> {
+    /// One page of the log, after sequence number `after` (see [`LogPage`]).
+    pub fn log_page(&self, params: &LogParams, after: Option<u64>) -> anyhow::Result<LogPage> {
         match self {
-            Source::Daemon { .. } => self.call(|c| c.get(url("/v1/log")).query(params)),
-            Source::Store { store, .. } => Ok(store.audit(&params.to_query().map_err(anyhow::Error::msg)?)?),
+            Source::Daemon { .. } => self.call(|c| {
+                let request = c.get(url("/v1/log")).query(params);
+                match after {
+                    Some(after) => request.query(&[("after", after)]),
+                    None => request,
+                }
+            }),
+            Source::Store { store, .. } => Ok(log_page(store, &params.to_query().map_err(anyhow::Error::msg)?, after)?),
         }
     }
 

@@ -397,7 +397,12 @@ impl Scheduler {
             }
             let latency = Some(f.latency.as_millis() as u64);
             let mut paused = false;
-            let (event, answer) = match f.result {
+            // The one place an attempt's outcome becomes a record: scrub secrets the answer echoes.
+            let result = match self.config.accounts.get(&d.account) {
+                Some(account) => crate::scrub::Scrubber::for_account(account).outcome(f.result),
+                None => f.result,
+            };
+            let (event, answer) = match result {
                 Ok(receipt) => {
                     if let Some(gate) = self.gates.get(&d.account) {
                         gate.consecutive_failures = 0;
@@ -664,6 +669,10 @@ impl Scheduler {
                     break;
                 }
             }
+        }
+        // Alerts raised up to now (the last failures included) go out within the deadline.
+        if let Some(alerter) = &self.alerter {
+            alerter.finish(deadline).await;
         }
         self.store.flush()
     }

@@ -5,7 +5,7 @@
 //! Real processes, real signals, real sockets, loopback only.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -861,26 +861,7 @@ async fn refused_as_nobody(dir: &TestDir, herald: &mut Herald) {
     assert_eq!(count(&dir.ask_daemon_ok(&["status"]), "pending"), 1, "herald stopped answering its own user");
 }
 
-/// The README: "run them as root or as a member of group `herald`".
-/// Operators are members through a supplementary group; their primary group
-/// is their own.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_member_of_the_sockets_group_through_a_supplementary_group_is_answered() {
-    let dir = TestDir::new();
-    let (_hook, herald) = started_with_one_pending(&dir).await;
-    let group = std::fs::metadata(dir.socket()).expect("no control socket").gid();
-    let Some(prefix) = as_nobody(Some(group)) else {
-        eprintln!("NOTE: skipped: the test is not running as root, or setpriv is not installed");
-        return;
-    };
-    open_the_way_to_the_socket(&dir);
-    let out = status_as(&prefix, &dir);
-    let said = text(&out.stdout) + &text(&out.stderr);
-    assert!(out.status.success(), "a member of group {group} was refused:\n{said}\nherald:\n{}", herald.stderr());
-    assert!(text(&out.stderr).contains(ASKED_DAEMON), "{said}");
-    assert_eq!(count(&text(&out.stdout), "pending"), 1, "{said}");
-    herald.stop().await;
-}
+// Membership of the socket's group: `control_plane.rs`.
 
 /// A Weibo token with a fixed lifetime that ends within `credential_warning`
 /// raises an alert (once a day) and an account record in the audit log.
