@@ -335,6 +335,16 @@ check journal-structured "entries with delivery, post, account, platform: ${got:
 sample=$(journalctl -u herald -o json | jq -r '.MESSAGE | strings' | grep -m1 '"post"' | cut -c1-240)
 note "journal sample: $sample"
 
+# --- syslog priorities: herald's warnings and errors are filed as such ---------------------------------------------
+# The kill -9 above made herald warn at its restart ("recovered deliveries
+# that were in flight"); the broken reload logged errors (the unknown key).
+warnings=$(journalctl -u herald -p warning -o cat)
+check journal-priority-warning "journalctl -u herald -p warning: $(echo "$warnings" | grep -m1 'recovered deliveries' | cut -c1-160)" \
+    eval 'echo "$warnings" | grep -q "recovered deliveries" && ! echo "$warnings" | grep -q "herald is ready"'
+errors=$(journalctl -u herald -p err -o cat)
+check journal-priority-err "journalctl -u herald -p err: $(echo "$errors" | grep -m1 colour | cut -c1-160)" \
+    eval 'echo "$errors" | grep -q "unknown key.*colour" && ! echo "$errors" | grep -q "recovered deliveries"'
+
 # --- stop while deliveries are in flight: they finish (drain), then a clean exit ------------------------------------
 T5=$(at_in 10)
 write_config "vm-p1@$T1" "vm-p2@$T1" "vm-p3@$T3" "vm-p4@$T4" "vm-p5@$T5"

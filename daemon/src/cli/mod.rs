@@ -169,7 +169,9 @@ pub fn main() -> ExitCode {
     match run(cli.command) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("herald: {e:#}");
+            // Under systemd, the journal files this line as an error.
+            let priority = if crate::logging::stderr_is_journal() { "<3>" } else { "" };
+            eprintln!("{priority}herald: {e:#}");
             match e.downcast_ref::<crate::service::ConfigRefused>() {
                 Some(_) => ExitCode::from(crate::service::ConfigRefused::EXIT_CODE),
                 None => ExitCode::FAILURE,

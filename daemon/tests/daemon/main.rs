@@ -497,6 +497,52 @@ async fn a_bad_config_is_refused_with_every_error_and_its_place() {
     assert!(stderr.contains("nothing is scheduled"), "{stderr}");
 }
 
+/// Under systemd, stderr is the journal's stream: journald reads a `<N>`
+/// prefix as the line's syslog priority, which `journalctl -p` filters on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_the_journal_each_line_carries_its_syslog_priority() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = TestDir::new();
+    // A warning (a secret written inline) and an error (an unknown key).
+    let (bad, _) = config_with_unknown_key("http://127.0.0.1:9/hook");
+    dir.write_config(&bad.replacen(
+        "platform = \"webhook\"\n",
+        "platform = \"webhook\"\nsecret = \"inline-hunter2\"\n",
+        1,
+    ));
+    // systemd names the stream in JOURNAL_STREAM as device:inode; here the
+    // "journal" is a file, named the same way.
+    let journal = dir.path().join("journal");
+    let file = std::fs::File::create(&journal).unwrap();
+    let meta = file.metadata().unwrap();
+    let stream = format!("{}:{}", meta.dev(), meta.ino());
+    let status = blocking(|| {
+        dir.command(&[("JOURNAL_STREAM", &stream)])
+            .args(["run", "--config"])
+            .arg(dir.config())
+            .stderr(file)
+            .status()
+            .expect("running herald")
+    });
+    assert_eq!(status.code(), Some(78));
+    let written = std::fs::read_to_string(&journal).unwrap();
+    let lines: Vec<&str> = written.lines().collect();
+    assert!(lines.iter().all(|l| l.starts_with('<')), "a line without its priority:\n{written}");
+    let warning = lines.iter().find(|l| l.contains("is written inline"));
+    assert!(warning.is_some_and(|l| l.starts_with("<4>{")), "the inline-secret warning is not priority 4:\n{written}");
+    let error = lines.iter().find(|l| l.contains("unknown key `colour`"));
+    assert!(error.is_some_and(|l| l.starts_with("<3>{")), "the config error is not priority 3:\n{written}");
+    let refused = lines.iter().find(|l| l.contains("did not start"));
+    assert!(refused.is_some_and(|l| l.starts_with("<3>")), "the refusal is not priority 3:\n{written}");
+    assert!(!written.contains("inline-hunter2"), "a secret reached the journal");
+
+    // The same stream variable, but stderr elsewhere (a child that
+    // redirected it): no prefixes.
+    let out = dir.cli_with(&["run"], &[("JOURNAL_STREAM", &stream)]);
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("unknown key `colour`") && !stderr.contains("<3>"), "{stderr}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_prints_the_plan_as_json_and_warns_about_a_past_time() {
     let dir = TestDir::new();
