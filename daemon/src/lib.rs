@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod credentials;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod logging;
 pub mod metrics;

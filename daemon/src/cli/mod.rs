@@ -146,7 +146,14 @@ enum Command {
         #[arg(long, conflicts_with = "delivery")]
         post: Option<String>,
     },
-    /// Run herald against local emulators for a minute: posts due in seconds, one failure retried.
+    /// herald's job end to end on local emulators, in about ten seconds.
+    ///
+    /// Starts emulators of Weibo, WeChat, Tieba, Discourse, Mastodon and a webhook receiver on
+    /// 127.0.0.1, writes a config for seven accounts with two posts due within seconds, runs the
+    /// daemon on a temporary state directory until every delivery has settled, and prints the
+    /// audit log. On the way Weibo answers one request "rate limited", the archive webhook fails
+    /// twice and the WeChat token expires: herald waits, retries and refreshes. Nothing leaves the
+    /// machine. Builds without the `demo` feature (the installed binary) do not have it.
     Demo,
 }
 
@@ -223,11 +230,17 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Cancel { state, delivery, post } => {
             inspect::cancel(&state.source()?, crate::operations::Selection { delivery, post })
         }
+        #[cfg(feature = "demo")]
         Command::Demo => {
             logging::init(None, "info,herald_sandbox=warn");
             runtime()?.block_on(crate::demo::run())?;
             Ok(ExitCode::SUCCESS)
         }
+        #[cfg(not(feature = "demo"))]
+        Command::Demo => anyhow::bail!(
+            "this herald was built without the demo (cargo feature `demo`, left out of the installed binary); \
+             from a clone of the repository, run `cargo run -p herald -- demo`"
+        ),
     }
 }
 
