@@ -82,6 +82,8 @@ struct Loader {
     raw_posts: Vec<PostDef>,
     /// Target lists seen so far, so that posts with the same targets share one.
     target_lists: HashMap<Vec<String>, super::Targets>,
+    /// Whether `[daemon] time_zone` is written (else posts default to UTC).
+    zone_chosen: bool,
 }
 
 /// A group as written: its members, and the file index and span defining it.
@@ -220,6 +222,7 @@ impl Loader {
             self.include(main_idx, pattern, at.clone());
         }
         let groups = self.expand_groups();
+        self.zone_chosen = time_zone.is_some();
         let default_tz = daemon.as_ref().map(|d| d.time_zone).or(time_zone).unwrap_or(Tz::UTC);
         let posts = self.posts(default_tz, &groups);
         let daemon = daemon?;
@@ -969,6 +972,16 @@ impl Loader {
         let start = resolve(&raw.start, &mut self.diags, &mut ok);
         let until = resolve(&raw.until, &mut self.diags, &mut ok);
         let at = resolve(&raw.at, &mut self.diags, &mut ok);
+        // A wall-clock time in a zone nobody chose is read in UTC: 09:00 is 17:00 in Beijing.
+        let local_at = raw.at.as_ref().filter(|v| matches!(v.get_ref(), TimeValue::Local(_)));
+        if raw.time_zone.is_none() && !self.zone_chosen && (local_at.is_some() || raw.cron.is_some()) {
+            let what = if local_at.is_some() { "`at` has no offset" } else { "`cron` runs on wall-clock time" };
+            let msg = format!(
+                "post `{id}`: {what} and neither the post nor [daemon] sets `time_zone`, so it is read in UTC; \
+                 set `time_zone = \"Asia/Shanghai\"` (your zone) in [daemon] or in the post"
+            );
+            self.diags.warning(file, local_at.and_then(span_of).or_else(|| raw.cron.as_ref().and_then(span_of)), msg);
+        }
         let recurrence = match (&raw.at, &raw.cron) {
             (Some(_), Some(cron)) => {
                 self.diags.error(file, span_of(cron), format!("post `{id}` has both `at` and `cron`; give one"));
@@ -1110,28 +1123,9 @@ impl Loader {
             ok = false;
         }
 
-        if let Recurrence::Once(at) = post.schedule.recurrence
-            && at <= self.now
-        {
-            let late = (self.now - at).to_std().unwrap_or_default();
-            let what = match post.misfire {
-                Misfire::Skip => "it will be skipped (misfire = \"skip\") and recorded in the audit log".to_string(),
-                _ if late <= post.grace => format!(
-                    "if not yet published, it goes out as soon as herald runs (misfire = \"{}\"), until the grace \
-                     window of {} ends",
-                    post.misfire,
-                    humantime::format_duration(post.grace)
-                ),
-                _ => format!(
-                    "it is past its grace window of {} (misfire = \"{}\"), so it will be skipped and recorded in \
-                     the audit log",
-                    humantime::format_duration(post.grace),
-                    post.misfire
-                ),
-            };
-            let msg = format!("post `{id}`: `at` {} is already past; {what}", at.to_rfc3339());
-            self.diags.warning(file, raw.at.as_ref().and_then(span_of), msg);
-        } else if post.schedule.next_after(self.now).is_none() && post.schedule.is_recurring() {
+        // A one-shot `at` already past: `check` says what will become of it
+        // (it reads the store), the daemon when it settles it.
+        if post.schedule.next_after(self.now).is_none() && post.schedule.is_recurring() {
             let msg = format!("post `{id}`: the schedule has no occurrence after now (check `until`)");
             self.diags.warning(file, Some(span.clone()), msg);
         }
@@ -1376,18 +1370,25 @@ mod tests {
     }
 
     #[test]
-    fn a_past_one_shot_time_warns_with_what_the_misfire_policy_will_do() {
-        let outcome = check(&[(
-            "herald.toml",
-            &format!("{HEAD}\n[[posts]]\nid = \"a\"\nbody = \"x\"\ntargets = [\"wuhan\"]\nat = 2026-11-30T23:30:00Z\n"),
-        )]);
-        assert!(outcome.config.is_some());
-        let text = lines(&outcome).join("\n");
-        assert!(
-            text.contains("herald.toml:12:6: warning: post `a`: `at` 2026-11-30T23:30:00+00:00 is already past"),
-            "{text}"
-        );
-        assert!(text.contains("grace window of 1h"), "{text}");
+    fn a_wall_clock_time_in_no_chosen_zone_is_warned_about() {
+        let post = |schedule: &str, zone: &str| {
+            format!("{HEAD}\n[[posts]]\nid = \"a\"\nbody = \"x\"\ntargets = [\"wuhan\"]\n{schedule}\n{zone}")
+        };
+        let warned = |text: &str| lines(&check(&[("herald.toml", text)])).join("\n");
+        let text = warned(&post("at = \"2027-01-05T09:00\"", ""));
+        assert!(text.contains("herald.toml:12:6: warning: post `a`: `at` has no offset"), "{text}");
+        assert!(text.contains("read in UTC"), "{text}");
+        let text = warned(&post("cron = \"0 9 * * 1\"", ""));
+        assert!(text.contains("herald.toml:12:8: warning: post `a`: `cron` runs on wall-clock time"), "{text}");
+        // A zone on the post, in [daemon], or an offset on the time: no warning.
+        for quiet in [
+            post("at = \"2027-01-05T09:00\"", "time_zone = \"Asia/Shanghai\""),
+            post("at = \"2027-01-05T09:00+08:00\"", ""),
+            post("cron = \"0 9 * * 1\"", "").replace("state_dir = \"s\"", "state_dir = \"s\"\ntime_zone = \"UTC\""),
+        ] {
+            let text = warned(&quiet);
+            assert!(!text.contains("read in UTC"), "{quiet}\n{text}");
+        }
     }
 
     #[test]

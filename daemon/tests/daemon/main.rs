@@ -595,10 +595,48 @@ async fn check_prints_the_plan_as_json_and_warns_about_a_past_time() {
         .find(|w| w["message"].as_str().unwrap_or("").contains("`missed`"))
         .unwrap_or_else(|| panic!("no warning about the past `at`: {warnings:?}"));
     let message = warning["message"].as_str().unwrap();
-    assert!(message.contains("already past"), "{message}");
+    assert!(message.contains("is past and herald has not handled it"), "{message}");
+    assert!(message.contains("goes out as soon as herald runs"), "{message}");
     assert!(message.contains("misfire"), "the warning does not mention the misfire policy: {message}");
     assert_eq!(warning["severity"], "warning");
-    assert_eq!(warning["line"].as_u64().unwrap() as usize, line_of(&config, &rfc3339(missed)));
+    assert_eq!(warning["line"].as_u64().unwrap() as usize, line_of(&config, "id = \"missed\"") - 1);
+}
+
+/// A past one-shot post is warned about while it is still to happen, and
+/// never again once herald has handled it (delivered, or skipped, or cancelled).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_past_one_shot_post_is_warned_about_only_until_herald_handles_it() {
+    let hook = receiver(None).await;
+    let dir = TestDir::new();
+    let config = daemon_section()
+        + &webhook_account("wuhan-hook", &hook.url())
+        + &post_at("missed", "Already late.", &["wuhan-hook"], in_secs(-600))
+        + &post_at("long-gone", "Past its grace.", &["wuhan-hook"], in_secs(-3 * 3600));
+    dir.write_config(&config);
+    let warned =
+        |stderr: &str, post: &str| stderr.lines().any(|l| l.contains("warning") && l.contains(&format!("`{post}`")));
+
+    let out = dir.cli(&["check"]);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("post `missed`: `at`") && stderr.contains("goes out as soon as herald runs"), "{stderr}");
+    assert!(stderr.contains("post `long-gone`: `at`") && stderr.contains("it will be skipped"), "{stderr}");
+
+    // The daemon says so once, when it happens.
+    let herald = dir.start().await;
+    assert!(hook.wait_until(DEADLINE, |r| !r.is_empty()).await, "the late post never arrived");
+    let stderr = herald.stop().await;
+    assert!(stderr.contains("published late"), "{stderr}");
+    assert!(stderr.contains("by more than the grace window"), "{stderr}");
+
+    // Handled: `check` and the next start are quiet about both.
+    let out = dir.cli(&["check"]);
+    let stderr = text(&out.stderr);
+    assert!(!warned(&stderr, "missed") && !warned(&stderr, "long-gone"), "{stderr}");
+    let herald = dir.start().await;
+    let stderr = herald.stop().await;
+    assert!(!stderr.contains("WARN"), "a restart warned again:\n{stderr}");
+    assert_eq!(hook.received().len(), 1, "the late post went out again");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
