@@ -216,9 +216,9 @@ async fn content(
     AxumState(ctx): AxumState<Ctx>,
     UrlPath(hash): UrlPath<String>,
 ) -> ApiResult<herald_adapters::Rendered> {
-    match ctx.store.content(&hash)? {
-        Some(rendered) => Ok(Json(rendered)),
-        None => Err(ApiError(StatusCode::NOT_FOUND, format!("no content with hash {hash}"))),
+    match crate::store::content_by_prefix(ctx.store.as_ref(), &hash)? {
+        Ok(rendered) => Ok(Json(rendered)),
+        Err(message) => Err(ApiError(StatusCode::NOT_FOUND, message)),
     }
 }
 

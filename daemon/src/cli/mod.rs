@@ -1,6 +1,7 @@
 //! The `herald` command line: argument parsing and the commands.
 
 mod check;
+mod filters;
 mod inspect;
 mod output;
 mod source;
@@ -95,21 +96,24 @@ enum Command {
         /// Only this platform (webhook, weibo, wechat, ...).
         #[arg(long)]
         platform: Option<String>,
-        /// Only these events (delivered, failed, attempt, retry_scheduled, cancelled, skipped, ...); repeatable.
+        /// Only these events (delivered, failed, attempt, retry_scheduled, cancelled, skipped, ...);
+        /// repeatable, or comma-separated.
         #[arg(long = "event", value_name = "EVENT")]
         events: Vec<String>,
         /// Only one delivery.
         #[arg(long)]
         delivery: Option<String>,
-        /// From this time on (RFC 3339, or a date such as 2026-03-01, UTC).
-        #[arg(long)]
+        /// From this time on: RFC 3339, a date such as 2026-03-01 (midnight UTC), `today`,
+        /// `yesterday`, `now`, or a time ago such as `-2h` or `2 days ago`.
+        #[arg(long, allow_hyphen_values = true)]
         since: Option<String>,
-        /// Before this time (RFC 3339, or a date such as 2026-04-01, UTC).
-        #[arg(long)]
+        /// Before this time (the same forms as --since).
+        #[arg(long, allow_hyphen_values = true)]
         until: Option<String>,
         #[arg(long, value_enum, default_value_t = LogOutput::Table)]
         format: LogOutput,
-        /// Print the exact content sent under this content hash, instead of records.
+        /// Print the exact content sent under this content hash (or an unambiguous prefix of
+        /// it), instead of records.
         #[arg(long, value_name = "HASH")]
         content: Option<String>,
     },
@@ -215,6 +219,10 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             if let Some(hash) = content {
                 return inspect::content(&source, &hash);
             }
+            let now = chrono::Utc::now();
+            let since = since.map(|t| filters::instant("since", &t, now)).transpose().map_err(anyhow::Error::msg)?;
+            let until = until.map(|t| filters::instant("until", &t, now)).transpose().map_err(anyhow::Error::msg)?;
+            let events = filters::events(&events).map_err(anyhow::Error::msg)?;
             let events = (!events.is_empty()).then(|| events.join(","));
             let params = crate::control::LogParams { post, account, platform, events, delivery, since, until };
             inspect::log(&source, &params, format)

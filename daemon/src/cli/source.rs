@@ -98,7 +98,7 @@ impl Source {
     pub fn content(&self, hash: &str) -> anyhow::Result<herald_adapters::Rendered> {
         match self {
             Source::Daemon { .. } => self.call(|c| c.get(url(&format!("/v1/content/{hash}")))),
-            Source::Store { store, .. } => store.content(hash)?.with_context(|| format!("no content with hash {hash}")),
+            Source::Store { store, .. } => crate::store::content_by_prefix(store, hash)?.map_err(anyhow::Error::msg),
         }
     }
 

@@ -639,6 +639,65 @@ async fn a_past_one_shot_post_is_warned_about_only_until_herald_handles_it() {
     assert_eq!(hook.received().len(), 1, "the late post went out again");
 }
 
+/// `herald log` filters as people type them: relative times, content-hash
+/// prefixes (ambiguous ones listed), and a suggestion for a mistyped event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_filters_take_relative_times_hash_prefixes_and_suggest_event_names() {
+    let dir = TestDir::new();
+    // 17 posts with different texts: two of their content hashes share a
+    // first character (there are 16), so some prefix is ambiguous.
+    let mut config = daemon_section() + &webhook_account("wuhan-hook", "http://127.0.0.1:9/hook");
+    for i in 0..17 {
+        config += &post_at(&format!("p{i}"), &format!("Notice number {i}."), &["wuhan-hook"], in_secs(1800));
+    }
+    dir.write_config(&config);
+    let herald = dir.start().await;
+    let records = dir.log_from_daemon(&[]);
+    assert_eq!(records.len(), 17, "{records:?}");
+    let hashes: Vec<(String, String)> = records.iter().map(|r| (r.content_hash.clone(), r.post.clone())).collect();
+    // A prefix of one hash that no other hash starts with, asked of the running daemon.
+    let (hash, post) = &hashes[0];
+    let unique = (1..=hash.len())
+        .map(|n| &hash[..n])
+        .find(|p| hashes.iter().filter(|(h, _)| h.starts_with(p)).count() == 1)
+        .unwrap();
+    let body = format!("Notice number {}.", &post[1..]);
+    let shown = dir.ask_daemon_ok(&["log", "--content", unique]);
+    assert!(shown.contains(&body), "--content {unique} showed:\n{shown}");
+    herald.stop().await;
+
+    // The same from the store, and an ambiguous prefix lists the candidates.
+    let out = dir.cli(&["log", "--content", unique]);
+    assert!(text(&out.stdout).contains(&body), "{}", text(&out.stderr));
+    let (a, b) = hashes
+        .iter()
+        .enumerate()
+        .find_map(|(i, (a, _))| hashes[i + 1..].iter().find(|(b, _)| a[..1] == b[..1]).map(|(b, _)| (a, b)))
+        .expect("17 hex hashes: two share a first character");
+    let common: String = a.chars().zip(b.chars()).take_while(|(x, y)| x == y).map(|(x, _)| x).collect();
+    let out = dir.cli(&["log", "--content", &common]);
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "an ambiguous prefix was accepted");
+    assert!(stderr.contains("several content hashes") && stderr.contains(a) && stderr.contains(b), "{stderr}");
+
+    // Relative times.
+    assert_eq!(dir.log_args(&["--since", "-1h"]).len(), 17);
+    assert_eq!(dir.log_args(&["--since", "2 days ago"]).len(), 17);
+    assert_eq!(dir.log_args(&["--since", "today", "--until", "now"]).len(), 17);
+    assert_eq!(dir.log_args(&["--until", "yesterday"]).len(), 0);
+    let out = dir.cli(&["log", "--since", "yesterdy"]);
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("`yesterdy` is not a time"), "{stderr}");
+    assert!(stderr.contains("2 days ago") && !stderr.contains("time zone"), "{stderr}");
+
+    // A mistyped event: the nearest name and the list.
+    let out = dir.cli(&["log", "--event", "deliverd"]);
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("did you mean `delivered`?") && stderr.contains("retry_scheduled"), "{stderr}");
+    assert_eq!(dir.log_args(&["--event", "scheduled,late"]).len(), 17);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_daemon_on_the_same_state_is_refused() {
     let hook = receiver(None).await;
