@@ -38,6 +38,28 @@ pub fn instant(flag: &str, text: &str, now: DateTime<Utc>) -> Result<String, Str
     }
 }
 
+/// The instant `upcoming --until` names: an absolute time as for `herald log`,
+/// `tomorrow` (midnight UTC), or a time from now (`2h`, `+3d`, `in 2 days`).
+pub fn ahead(flag: &str, text: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
+    let trimmed = text.trim();
+    let lower = trimmed.to_ascii_lowercase();
+    if lower == "tomorrow" {
+        let day = now.date_naive() + chrono::Duration::days(1);
+        return Ok(day.and_time(NaiveTime::MIN).and_utc());
+    }
+    let span = lower.strip_prefix('+').or_else(|| lower.strip_prefix("in ")).unwrap_or(&lower);
+    if let Some(d) = ago(&format!("{span} ago")) {
+        return Ok(now + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX));
+    }
+    let full = if trimmed.len() == 10 { format!("{trimmed}T00:00:00") } else { trimmed.to_string() };
+    crate::config::TimeValue::parse(&full).and_then(|v| v.resolve(&chrono_tz::Tz::UTC)).map_err(|_| {
+        format!(
+            "--{flag} `{trimmed}` is not a time; expected RFC 3339 (2026-03-01T09:00:00+08:00), a date \
+             (2026-03-01, midnight UTC), `tomorrow`, or a time from now: `2h`, `+3d`, `in 2 days`"
+        )
+    })
+}
+
 /// `-2h`, `2h ago`, `2 days ago`, `1h 30m ago`: how long ago.
 fn ago(text: &str) -> Option<Duration> {
     let span = match (text.strip_prefix('-'), text.strip_suffix("ago")) {
@@ -118,6 +140,18 @@ mod tests {
         assert!(!e.contains("post's time zone"), "{e}");
         assert!(instant("since", "2 fortnights ago", now).is_err());
         assert!(instant("since", "ago", now).is_err());
+    }
+
+    #[test]
+    fn times_ahead_count_from_now() {
+        let now = at("2026-03-10T15:20:00Z");
+        let until = |t: &str| ahead("until", t, now).unwrap().to_rfc3339();
+        assert_eq!(until("2h"), "2026-03-10T17:20:00+00:00");
+        assert_eq!(until("+3d"), "2026-03-13T15:20:00+00:00");
+        assert_eq!(until("in 2 days"), "2026-03-12T15:20:00+00:00");
+        assert_eq!(until("tomorrow"), "2026-03-11T00:00:00+00:00");
+        assert_eq!(until("2026-04-01"), "2026-04-01T00:00:00+00:00");
+        assert!(ahead("until", "soonish", now).unwrap_err().contains("in 2 days"));
     }
 
     #[test]

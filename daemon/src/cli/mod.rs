@@ -127,20 +127,35 @@ enum Command {
         #[arg(long, conflicts_with = "delivery")]
         post: Option<String>,
     },
-    /// List pending deliveries in the order they are due (the plan).
+    /// List every delivery due next, in order: pending ones and planned ones.
+    ///
+    /// Pending deliveries exist (from `schedule_ahead` before their occurrence); planned ones are
+    /// the occurrences further ahead, every one of them within the window asked (`--until`),
+    /// up to `--limit` rows. `herald cancel` takes the id of a pending or planned row; "planned
+    /// (later)" rows, after a post's next occurrence, only once they are next.
     Upcoming {
         #[command(flatten)]
         state: StateArgs,
-        /// How many to list.
+        /// How many rows to list at most.
         #[arg(long, default_value_t = 50)]
         limit: usize,
+        /// Only what is due by then: RFC 3339, a date (midnight UTC), `tomorrow`, or a time from
+        /// now such as `2h`, `+3d` or `in 2 days`.
+        #[arg(long)]
+        until: Option<String>,
     },
     /// Ask the running daemon to re-read its config (like SIGHUP); a config with errors is refused.
     Reload {
         #[command(flatten)]
         state: StateArgs,
     },
-    /// Cancel a pending delivery, or every pending delivery of a post.
+    /// Cancel a pending or planned delivery, or every one of a post.
+    ///
+    /// Takes a delivery id as `herald upcoming` lists it: pending, or planned (recorded cancelled
+    /// at once). Rows marked "planned (later)", occurrences after a post's next one, cannot be
+    /// cancelled until they are next. `--post` cancels the post's pending deliveries and its next
+    /// planned occurrence; later occurrences stay scheduled. A cancellation holds until the post
+    /// is changed in the config.
     Cancel {
         #[command(flatten)]
         state: StateArgs,
@@ -227,9 +242,10 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             let params = crate::control::LogParams { post, account, platform, events, delivery, since, until };
             inspect::log(&source, &params, format)
         }
-        Command::Upcoming { state, limit } => {
+        Command::Upcoming { state, limit, until } => {
             let tz = state.peek()?.time_zone;
-            inspect::upcoming(&state.source()?, limit, tz)
+            let until = until.map(|t| filters::ahead("until", &t, chrono::Utc::now())).transpose();
+            inspect::upcoming(&state.source()?, limit, until.map_err(anyhow::Error::msg)?, &state.config, tz)
         }
         Command::Reload { state } => inspect::reload(&state.source()?),
         Command::Retry { state, delivery, post } => {

@@ -9,7 +9,7 @@ use chrono::Utc;
 use serde::de::DeserializeOwned;
 
 use crate::config::Peek;
-use crate::control::{CountView, ErrorView, LogParams, ReloadView, StatusView, Upcoming, status_view, upcoming_list};
+use crate::control::{CountView, ErrorView, LogParams, ReloadView, StatusView, Upcoming, status_view};
 use crate::model::AuditRecord;
 use crate::operations::{self, Selection};
 use crate::store::{SledStore, Store, StoreError};
@@ -102,10 +102,30 @@ impl Source {
         }
     }
 
-    pub fn upcoming(&self, limit: usize) -> anyhow::Result<Vec<Upcoming>> {
+    /// Every occurrence due by `until`, at most `limit`. Without a daemon, the
+    /// occurrences after each post's next one come from the config at
+    /// `config` when it can be read here (its secrets included).
+    pub fn upcoming(
+        &self,
+        limit: usize,
+        until: Option<chrono::DateTime<Utc>>,
+        config: &std::path::Path,
+    ) -> anyhow::Result<Vec<Upcoming>> {
         match self {
-            Source::Daemon { .. } => self.call(|c| c.get(url("/v1/upcoming")).query(&[("limit", limit)])),
-            Source::Store { store, .. } => Ok(upcoming_list(store, limit)?),
+            Source::Daemon { .. } => {
+                let query = crate::control::UpcomingParams { limit: Some(limit), until };
+                self.call(|c| c.get(url("/v1/upcoming")).query(&query))
+            }
+            Source::Store { store, .. } => {
+                let config = crate::config::load(config).config;
+                if config.is_none() {
+                    eprintln!(
+                        "(the config cannot be read in full here, so each post shows only its next occurrence; \
+                         a running herald lists them all)"
+                    );
+                }
+                Ok(crate::control::upcoming_window(store, config.as_ref(), until, limit)?)
+            }
         }
     }
 

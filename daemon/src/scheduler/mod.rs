@@ -49,6 +49,12 @@ pub enum Control {
     Retry(Selection, oneshot::Sender<std::result::Result<usize, OperationError>>),
     /// Cancel pending deliveries (`herald cancel` through the control socket).
     Cancel(Selection, oneshot::Sender<std::result::Result<usize, OperationError>>),
+    /// `herald upcoming` through the control socket: the plan, from the store and the config.
+    Upcoming {
+        until: Option<DateTime<Utc>>,
+        limit: usize,
+        reply: oneshot::Sender<Result<Vec<crate::control::Upcoming>>>,
+    },
     /// Stop dispatching, wait for in-flight deliveries up to the deadline, return.
     Shutdown,
 }
@@ -604,6 +610,10 @@ impl Scheduler {
                     }
                     Some(Control::Cancel(selection, reply)) => {
                         let _ = reply.send(operations::cancel(self.store.as_ref(), &selection, Utc::now()));
+                    }
+                    Some(Control::Upcoming { until, limit, reply }) => {
+                        let config = Arc::clone(&self.config);
+                        let _ = reply.send(crate::control::upcoming_window(self.store.as_ref(), Some(&config), until, limit));
                     }
                     Some(Control::Shutdown) | None => return self.drain().await,
                 },
