@@ -6,7 +6,7 @@ mod inspect;
 mod output;
 mod source;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -178,22 +178,29 @@ enum Command {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum CheckFormat {
+    /// The plan for people: each post's next occurrences and the exact text per platform.
     Text,
+    /// The same, with every error and warning, as one JSON document for tools.
     Json,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogOutput {
+    /// Aligned columns for a terminal.
     Table,
+    /// One JSON object per record, one per line (JSON lines), every field.
     Json,
+    /// Comma-separated values with a header row, for a spreadsheet.
     Csv,
 }
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
+    quiet_on_broken_pipe();
     let cli = Cli::parse();
     match run(cli.command) {
         Ok(code) => code,
+        Err(e) if broken_pipe(&e) => ExitCode::from(BROKEN_PIPE),
         Err(e) => {
             // Under systemd, the journal files this line as an error.
             let priority = if crate::logging::stderr_is_journal() { "<3>" } else { "" };
@@ -204,6 +211,28 @@ pub fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// The exit status of a command whose reader went away (as if killed by SIGPIPE).
+const BROKEN_PIPE: u8 = 128 + 13;
+
+/// `herald check … | head`: when the reader goes away, end quietly. Rust
+/// ignores SIGPIPE, so a write to the closed pipe fails: `print!` panics
+/// (caught here, by its message) and `write!` returns an error (`main`).
+fn quiet_on_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload.downcast_ref::<String>().map(String::as_str).or(payload.downcast_ref::<&str>().copied());
+        if message.is_some_and(|m| m.starts_with("failed printing to std") && m.contains("Broken pipe")) {
+            std::process::exit(BROKEN_PIPE.into());
+        }
+        default(info);
+    }));
+}
+
+fn broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe))
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -272,6 +301,12 @@ impl StateArgs {
     fn peek(&self) -> anyhow::Result<crate::config::Peek> {
         let mut peek = match crate::config::peek(&self.config) {
             Ok(peek) => peek,
+            Err(e) if self.state_dir.is_none() && !self.config.exists() && self.config == Path::new(DEFAULT_CONFIG) => {
+                anyhow::bail!(
+                    "{e}\nno config given: name it with --config FILE or the HERALD_CONFIG environment variable \
+                     (the default is {DEFAULT_CONFIG}), or give the state directory with --state-dir DIR"
+                )
+            }
             Err(e) if self.state_dir.is_none() => return Err(anyhow::Error::msg(e)),
             Err(_) => crate::config::Peek {
                 state_dir: PathBuf::new(),
@@ -284,6 +319,8 @@ impl StateArgs {
         if let Some(dir) = &self.state_dir {
             peek.state_dir = dir.clone();
         }
+        // Messages name the state directory: say where it is.
+        peek.state_dir = std::path::absolute(&peek.state_dir).unwrap_or(peek.state_dir);
         Ok(peek)
     }
 

@@ -698,6 +698,36 @@ async fn log_filters_take_relative_times_hash_prefixes_and_suggest_event_names()
     assert_eq!(dir.log_args(&["--event", "scheduled,late"]).len(), 17);
 }
 
+/// `herald check … | head`: every command ends quietly when its reader goes
+/// away, like any Unix tool (status 141, as if by SIGPIPE; nothing on stderr).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_command_ends_quietly_when_its_reader_goes_away() {
+    let dir = TestDir::new();
+    let config = daemon_section()
+        + &webhook_account("wuhan-hook", "http://127.0.0.1:9/hook")
+        + &post_at("later", "In half an hour.", &["wuhan-hook"], in_secs(1800));
+    dir.write_config(&config);
+    dir.start().await.stop().await;
+    for args in [
+        &["check"][..],
+        &["check", "--format", "json"],
+        &["status"],
+        &["upcoming"],
+        &["log"],
+        &["log", "--format", "csv"],
+        &["log", "--format", "json"],
+    ] {
+        // The reading end is closed before herald starts: its first write fails.
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out =
+            blocking(|| dir.command(&[]).args(args).arg("--config").arg(dir.config()).stdout(writer).output().unwrap());
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(141), "herald {args:?}: {stderr}");
+        assert!(!stderr.contains("panicked") && !stderr.contains("Broken pipe"), "herald {args:?}: {stderr}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_daemon_on_the_same_state_is_refused() {
     let hook = receiver(None).await;
