@@ -728,6 +728,36 @@ async fn every_command_ends_quietly_when_its_reader_goes_away() {
     }
 }
 
+/// A local time inside a daylight-saving gap means the first instant after
+/// the gap, for `at`, `start` and `cron` alike (README, "Schedules").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_time_in_a_dst_gap_is_the_first_instant_after_it_for_every_schedule() {
+    let dir = TestDir::new();
+    // 2027-03-28, Europe/Berlin: 02:00 CET jumps to 03:00 CEST (01:00 UTC).
+    let post = |id: &str, schedule: &str| {
+        format!(
+            "\n[[posts]]\nid = \"{id}\"\nbody = \"x\"\ntargets = [\"wuhan-hook\"]\ntime_zone = \"Europe/Berlin\"\n{schedule}\n"
+        )
+    };
+    let config = daemon_section()
+        + &webhook_account("wuhan-hook", "http://127.0.0.1:9/hook")
+        + &post("once", "at = \"2027-03-28T02:30:00\"")
+        + &post("cron", "cron = \"30 2 * * *\"\nstart = \"2027-03-28T00:00:00\"")
+        + &post("started", "cron = \"*/20 * * * *\"\nstart = \"2027-03-28T02:10:00\"");
+    dir.write_config(&config);
+    let out = dir.cli(&["check", "--format", "json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let first = |id: &str| {
+        let post = report["posts"].as_array().unwrap().iter().find(|p| p["id"] == id).unwrap().clone();
+        post["upcoming"][0]["utc"].as_str().unwrap().to_string()
+    };
+    assert_eq!(first("once"), "2027-03-28T01:00:00Z");
+    assert_eq!(first("cron"), "2027-03-28T01:00:00Z");
+    // start 02:10 does not exist: from 03:00 CEST on, so 03:00 is the first */20.
+    assert_eq!(first("started"), "2027-03-28T01:00:00Z");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_daemon_on_the_same_state_is_refused() {
     let hook = receiver(None).await;
