@@ -88,10 +88,10 @@ impl Alerter {
                 account: &delivery.account,
                 platform: delivery.platform.name(),
                 occurrence: Some(crate::model::from_millis(delivery.occurrence)),
-                time: Utc::now(),
+                time: crate::clock::now(),
             };
             let outcome = this.send(&body, &delivery.account).await;
-            let mut record = AuditRecord::of(&delivery, Event::Alerted, Utc::now());
+            let mut record = AuditRecord::of(&delivery, Event::Alerted, crate::clock::now());
             record.reason = Some(format!("alert ({}): {outcome}", alert.what()));
             this.record(record);
         });
@@ -110,7 +110,7 @@ impl Alerter {
                 account: &account,
                 platform: platform.name(),
                 occurrence: None,
-                time: Utc::now(),
+                time: crate::clock::now(),
             };
             let outcome = this.send(&body, &account).await;
             let detail = match &alert {
@@ -120,7 +120,7 @@ impl Alerter {
                 other => other.what().to_string(),
             };
             let reason = format!("alert ({detail}): {outcome}");
-            this.record(AuditRecord::about_account(&account, platform, event, Utc::now(), reason));
+            this.record(AuditRecord::about_account(&account, platform, event, crate::clock::now(), reason));
         });
     }
 

@@ -156,7 +156,7 @@ pub fn status_view(
     // From the index of failed deliveries: as many as asked for, whatever the history.
     let failed = store.deliveries_in_state(State::Failed, failed)?;
     Ok(StatusView {
-        line: crate::scheduler::status_line(store, tz, in_flight, chrono::Utc::now())?,
+        line: crate::scheduler::status_line(store, tz, in_flight, crate::clock::now())?,
         retrying: store.retrying()?,
         planned: store.planned_deliveries()?,
         failed,

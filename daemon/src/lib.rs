@@ -8,6 +8,7 @@
 
 pub mod alerts;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod control;
 pub mod credentials;
