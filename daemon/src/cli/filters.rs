@@ -27,7 +27,7 @@ pub fn instant(flag: &str, text: &str, now: DateTime<Utc>) -> Result<String, Str
         lower => ago(lower).map(|d| now - chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)),
     };
     if let Some(when) = when {
-        return Ok(when.to_rfc3339_opts(SecondsFormat::Secs, true));
+        return Ok(when.to_rfc3339_opts(SecondsFormat::AutoSi, true));
     }
     // An absolute time: checked here with the same rules the query uses, so
     // a mistake is answered with every form accepted.
@@ -127,6 +127,9 @@ mod tests {
         assert_eq!(since("2 days ago"), "2026-03-08T15:20:00Z");
         assert_eq!(since("1h 30m ago"), "2026-03-10T13:50:00Z");
         assert_eq!(since("-1 week"), "2026-03-03T15:20:00Z");
+        // `--until now` includes what was recorded a moment ago, within the second.
+        let now = at("2026-03-10T15:20:00.250Z");
+        assert_eq!(instant("until", "now", now).unwrap(), "2026-03-10T15:20:00.250Z");
     }
 
     #[test]
