@@ -62,10 +62,30 @@ if [ -z "$mirror" ]; then
 fi
 [ -n "$mirror" ] || die "no apt source for $suite/main amd64 is configured on this machine"
 
+# --- the README's install section, as written ------------------------------------
+# The ```sh blocks between <!-- install:begin --> and <!-- install:secrets-in-place -->
+# (part 1), and from there to <!-- install:end --> (part 2). Its `cargo` lines
+# run here, on the host; everything else runs in the guest, in a copy of the
+# repository's layout (target/release/herald, systemd/...).
+readme_block() {
+    awk -v from="$1" -v to="$2" '
+        index($0, from) == 1 { on = 1; next }
+        index($0, to) == 1 { on = 0 }
+        on && /^```sh$/ { code = 1; next }
+        on && /^```$/ { code = 0; next }
+        on && code { print }' "$repo/README.md"
+}
+install_1=$(readme_block '<!-- install:begin -->' '<!-- install:secrets-in-place -->')
+install_2=$(readme_block '<!-- install:secrets-in-place -->' '<!-- install:end -->')
+[ -n "$install_1" ] && [ -n "$install_2" ] ||
+    die "README.md has no install section between <!-- install:begin/secrets-in-place/end --> markers"
+build_commands=$(printf '%s\n' "$install_1" | grep '^cargo ' || true)
+[ -n "$build_commands" ] || die "the README's install section builds nothing (no cargo line)"
+
 # --- the binaries --------------------------------------------------------------
 if [ -z "${HERALD_BIN:-}" ] || [ -z "${SANDBOX_BIN:-}" ]; then
-    log "building the release binaries"
-    (cd "$repo" && cargo build --release --locked -q -p herald -p herald-sandbox)
+    log "building the release binaries (herald as README.md's install section does: $build_commands)"
+    (cd "$repo" && eval "$build_commands" && cargo build --release --locked -q -p herald-sandbox)
     target=$(cd "$repo" && cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
     HERALD_BIN=${HERALD_BIN:-$target/release/herald}
     SANDBOX_BIN=${SANDBOX_BIN:-$target/release/herald-sandbox}
@@ -149,6 +169,12 @@ install -m 0755 "$SANDBOX_BIN" "$payload/herald-sandbox"
 install -m 0644 "$here/herald.service" "$here/herald.sysusers" "$payload/"
 install -m 0755 "$here/vm/guest-test.sh" "$here/vm/probe.sh" "$payload/"
 echo "$expected_score" >"$payload/expected-security-score"
+# The README's install commands run in $payload/repo, laid out like the repository.
+install -d "$payload/repo/target/release" "$payload/repo/systemd"
+install -m 0755 "$HERALD_BIN" "$payload/repo/target/release/herald"
+install -m 0644 "$here/herald.service" "$here/herald.sysusers" "$here/herald.toml.example" "$payload/repo/systemd/"
+printf '%s\n' "$install_1" | grep -v '^cargo ' >"$payload/repo/install-1.sh"
+printf '%s\n' "$install_2" >"$payload/repo/install-2.sh"
 
 # --- the disk image, without mounting anything -----------------------------------------
 log "making the disk image (mkfs.ext4 -d)"

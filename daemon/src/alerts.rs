@@ -137,9 +137,9 @@ impl Alerter {
             account: &delivery.account,
             platform: delivery.platform.name(),
             occurrence: Some(crate::model::from_millis(delivery.occurrence)),
-            time: Utc::now(),
+            time: crate::clock::now(),
         };
-        let record = AuditRecord::of(delivery, Event::Alerted, Utc::now());
+        let record = AuditRecord::of(delivery, Event::Alerted, crate::clock::now());
         self.enqueue(&body, alert.what().to_string(), record);
     }
 
@@ -153,7 +153,7 @@ impl Alerter {
             account,
             platform: platform.name(),
             occurrence: None,
-            time: Utc::now(),
+            time: crate::clock::now(),
         };
         let what = match &alert {
             Alert::CredentialsExpiring { expires_at, days_left } => {
@@ -161,7 +161,7 @@ impl Alerter {
             }
             other => other.what().to_string(),
         };
-        let record = AuditRecord::about_account(account, platform, event, Utc::now(), String::new());
+        let record = AuditRecord::about_account(account, platform, event, crate::clock::now(), String::new());
         self.enqueue(&body, what, record);
     }
 

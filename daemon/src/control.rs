@@ -46,6 +46,10 @@ pub struct Upcoming {
     /// Not created yet: its occurrence is more than `schedule_ahead` away.
     #[serde(default)]
     pub planned: bool,
+    /// An occurrence after the post's next one, read from the schedule: the
+    /// store holds nothing of it yet, so `cancel` cannot take it until it is next.
+    #[serde(default)]
+    pub later: bool,
 }
 
 /// The filters of `GET /v1/log`, as the CLI writes them.
@@ -201,7 +205,7 @@ pub fn status_view(
     // From the index of failed deliveries: as many as asked for, whatever the history.
     let failed = store.deliveries_in_state(State::Failed, failed)?;
     Ok(StatusView {
-        line: crate::scheduler::status_line(store, tz, in_flight, chrono::Utc::now())?,
+        line: crate::scheduler::status_line(store, tz, in_flight, crate::clock::now())?,
         retrying: store.retrying()?,
         planned: store.planned_deliveries()?,
         failed,
@@ -224,6 +228,7 @@ pub fn upcoming_list(store: &dyn Store, limit: usize) -> Result<Vec<Upcoming>, c
                 platform: d.platform.to_string(),
                 attempt: d.attempt,
                 planned: false,
+                later: false,
             });
         }
     }
@@ -244,6 +249,7 @@ pub fn upcoming_list(store: &dyn Store, limit: usize) -> Result<Vec<Upcoming>, c
                 platform: platform.to_string(),
                 attempt: 0,
                 planned: true,
+                later: false,
             });
         }
     }
@@ -252,8 +258,65 @@ pub fn upcoming_list(store: &dyn Store, limit: usize) -> Result<Vec<Upcoming>, c
     Ok(out)
 }
 
-async fn upcoming(AxumState(ctx): AxumState<Ctx>, Query(limit): Query<Limit>) -> ApiResult<Vec<Upcoming>> {
-    Ok(Json(upcoming_list(ctx.store.as_ref(), limit.or(50))?))
+/// Every occurrence due by `until` (all of them without it), at most `limit`
+/// rows in due order: the store's pending and planned deliveries and, given
+/// the config, each post's occurrences after the ones the store holds (also
+/// planned: they are created one occurrence at a time, `schedule_ahead`
+/// before each).
+pub fn upcoming_window(
+    store: &dyn Store,
+    config: Option<&crate::config::Config>,
+    until: Option<chrono::DateTime<chrono::Utc>>,
+    limit: usize,
+) -> Result<Vec<Upcoming>, crate::store::StoreError> {
+    let mut out = upcoming_list(store, limit)?;
+    let until = until.unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC);
+    for post in config.map(|c| c.posts.values()).into_iter().flatten() {
+        let Some(record) = store.post(&post.id)? else { continue };
+        let Some(mut t) = record.planned.as_ref().map(|p| p.occurrence).or(record.current).map(from_millis) else {
+            continue;
+        };
+        let mut rows = 0;
+        while rows < limit {
+            let Some(next) = post.schedule.next_after(t).filter(|n| *n <= until) else { break };
+            for account in post.targets.iter() {
+                let Some(a) = config.and_then(|c| c.accounts.get(account)) else { continue };
+                let id = crate::model::DeliveryId::derive(&post.id, crate::model::to_millis(next), account);
+                out.push(Upcoming {
+                    due: next,
+                    delivery: id.to_string(),
+                    post: post.id.clone(),
+                    account: account.clone(),
+                    platform: a.platform.to_string(),
+                    attempt: 0,
+                    planned: true,
+                    later: true,
+                });
+                rows += 1;
+            }
+            t = next;
+        }
+    }
+    out.retain(|u| u.due <= until);
+    out.sort_by_key(|u| u.due);
+    out.truncate(limit);
+    Ok(out)
+}
+
+/// The query of `GET /v1/upcoming`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct UpcomingParams {
+    pub limit: Option<usize>,
+    pub until: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+async fn upcoming(AxumState(ctx): AxumState<Ctx>, Query(q): Query<UpcomingParams>) -> ApiResult<Vec<Upcoming>> {
+    // The scheduler holds the config the occurrences come from.
+    let (tx, rx) = oneshot::channel();
+    let stopped = || ApiError(StatusCode::SERVICE_UNAVAILABLE, "herald is stopping".into());
+    let limit = q.limit.unwrap_or(50).min(MAX_ROWS);
+    ctx.control.send(Control::Upcoming { until: q.until, limit, reply: tx }).await.map_err(|_| stopped())?;
+    Ok(Json(rx.await.map_err(|_| stopped())??))
 }
 
 /// How many audit records one page reads at most: the memory and time of
@@ -306,9 +369,9 @@ async fn content(
     AxumState(ctx): AxumState<Ctx>,
     UrlPath(hash): UrlPath<String>,
 ) -> ApiResult<herald_adapters::Rendered> {
-    match ctx.store.content(&hash)? {
-        Some(rendered) => Ok(Json(rendered)),
-        None => Err(ApiError(StatusCode::NOT_FOUND, format!("no content with hash {hash}"))),
+    match crate::store::content_by_prefix(ctx.store.as_ref(), &hash)? {
+        Ok(rendered) => Ok(Json(rendered)),
+        Err(message) => Err(ApiError(StatusCode::NOT_FOUND, message)),
     }
 }
 

@@ -212,6 +212,7 @@ impl<'a> Builder<'a> {
         let existing: std::collections::HashMap<DeliveryId, Delivery> =
             existing.into_iter().map(|d| (d.id, d)).collect();
         let mut created = 0;
+        let mut missed = 0;
         let now = to_millis(self.now);
         for account_id in &post.targets {
             let Some(account) = self.config.accounts.get(account_id) else { continue };
@@ -220,6 +221,7 @@ impl<'a> Builder<'a> {
                 Some(d) if d.state == State::Pending && d.attempt == 0 => {
                     // Already scheduled: settle it if it was missed.
                     let mut d = d.clone();
+                    missed += 1;
                     match verdict {
                         Verdict::OnTime => continue,
                         Verdict::Late(reason) => {
@@ -283,10 +285,19 @@ impl<'a> Builder<'a> {
                     if let Ok(hash) = content {
                         d.content_hash = hash;
                     }
+                    if matches!(event, Event::Late | Event::Skipped) {
+                        missed += 1;
+                    }
                     self.record(d, event);
                     created += 1;
                 }
             }
+        }
+        // Said once per occurrence, and only when it happens now: an
+        // occurrence settled before (delivered, cancelled, skipped) is quiet.
+        if let (Verdict::Late(reason) | Verdict::Skip(reason), 1..) = (verdict, missed) {
+            let published = matches!(verdict, Verdict::Late(_));
+            tracing::warn!(post = %post.id, occurrence = %t.to_rfc3339(), deliveries = missed, published, "{reason}");
         }
         Ok(created)
     }

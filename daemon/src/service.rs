@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
-use chrono::Utc;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{self, Config};
@@ -100,7 +99,7 @@ impl Daemon {
         let metrics = Arc::new(Metrics::default());
         let mut scheduler = Scheduler::new(Arc::clone(&shared), Arc::clone(&config))
             .observed_by(Arc::clone(&notifier), Arc::clone(&metrics));
-        let now = Utc::now();
+        let now = crate::clock::now();
         let recovered = scheduler.recover(now).context("recovering deliveries that were in flight")?;
         let summary = scheduler.reconcile(Arc::clone(&config), now).context("applying the config to the store")?;
         let (control, rx) = mpsc::channel(8);

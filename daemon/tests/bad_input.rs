@@ -560,20 +560,23 @@ fn assert_refuses_to_run(config: &Path, message: &str) -> String {
 
 /// Run herald until it is ready, then stop it: a real store with a post.
 fn make_store(config: &Path, state: &Path) {
+    // Its stderr goes to a file, read until herald says it is ready.
+    let log = state.with_extension("stderr");
     let child = herald(&["run", "--config", config.to_str().unwrap()])
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .expect("starting herald");
     let started = Instant::now();
-    while !state.join("store-created").exists() || started.elapsed() < Duration::from_millis(500) {
-        assert!(started.elapsed() < Duration::from_secs(20), "herald did not create its store");
+    while !std::fs::read_to_string(&log).unwrap_or_default().contains("herald is ready") {
+        assert!(started.elapsed() < Duration::from_secs(20), "herald did not become ready");
         std::thread::sleep(Duration::from_millis(50));
     }
-    std::thread::sleep(Duration::from_millis(500));
+    assert!(state.join("store-created").exists());
     Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "herald did not stop cleanly:\n{}", text(&out.stderr));
+    let stderr = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(out.status.success(), "herald did not stop cleanly:\n{stderr}");
 }
 
 /// Every file under `dir` with its bytes.

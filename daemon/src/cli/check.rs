@@ -114,10 +114,11 @@ pub fn run(
         _ => None,
     };
     let probes_ok = probes.as_ref().is_none_or(|p| p.iter().all(|p| p.ok));
+    let past = outcome.config.as_ref().map(|c| past_warnings(c, now)).unwrap_or_default();
     let report = Report {
         ok: outcome.config.is_some() && probes_ok,
         errors: outcome.errors().collect(),
-        warnings: outcome.warnings().collect(),
+        warnings: outcome.warnings().chain(&past).collect(),
         accounts,
         posts,
         probes,
@@ -127,6 +128,106 @@ pub fn run(
         CheckFormat::Text => print_text(&report, outcome.config.as_ref()),
     }
     Ok(if report.ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// What herald's store says of past one-shot occurrences.
+enum History {
+    /// Readable: these occurrences already have deliveries (whatever became of them).
+    Known(std::collections::HashSet<String>),
+    /// No store yet: nothing was ever published with this state directory.
+    None,
+    /// Not readable now; why.
+    Unknown(String),
+}
+
+/// A warning for each one-shot post whose `at` is past and that herald has
+/// not settled yet, saying what the misfire policy will do with it. The store
+/// is read when no daemon holds it and it belongs to this user (reading it as
+/// root could leave root-owned files in the daemon's state directory).
+fn past_warnings(config: &Config, now: DateTime<Utc>) -> Vec<Diagnostic> {
+    use crate::schedule::Recurrence;
+    let past: Vec<(&Post, DateTime<Utc>)> = config
+        .posts
+        .values()
+        .filter_map(|p| match p.schedule.recurrence {
+            Recurrence::Once(at) if at <= now => Some((p, at)),
+            _ => None,
+        })
+        .collect();
+    if past.is_empty() {
+        return Vec::new();
+    }
+    let history = history(config, &past);
+    past.into_iter()
+        .filter_map(|(post, at)| {
+            let fate = match crate::occurrences::verdicts(post, &[at], now).pop()? {
+                crate::occurrences::Verdict::Skip(_) => format!(
+                    "it will be skipped (misfire = \"{}\", grace {}) and recorded in the audit log",
+                    post.misfire,
+                    humantime::format_duration(post.grace)
+                ),
+                _ => format!(
+                    "it goes out as soon as herald runs (misfire = \"{}\"), until its grace window of {} ends",
+                    post.misfire,
+                    humantime::format_duration(post.grace)
+                ),
+            };
+            let message = match &history {
+                History::Known(done) if done.contains(&post.id) => return None,
+                History::Known(_) | History::None => {
+                    format!(
+                        "post `{}`: `at` {} is past and herald has not handled it; {fate}",
+                        post.id,
+                        at.to_rfc3339()
+                    )
+                }
+                History::Unknown(why) => format!(
+                    "post `{}`: `at` {} is past; if herald has not handled it yet, {fate} ({why})",
+                    post.id,
+                    at.to_rfc3339()
+                ),
+            };
+            Some(Diagnostic {
+                severity: crate::config::Severity::Warning,
+                file: post.file.clone(),
+                line: post.line,
+                column: 1,
+                message,
+            })
+        })
+        .collect()
+}
+
+fn history(config: &Config, past: &[(&Post, DateTime<Utc>)]) -> History {
+    use std::os::unix::fs::MetadataExt;
+    let dir = &config.daemon.state_dir;
+    let dir_text = std::path::absolute(dir).unwrap_or_else(|_| dir.clone()).display().to_string();
+    let meta = match std::fs::metadata(dir.join("db")) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return History::None,
+        Err(e) => return History::Unknown(format!("cannot read the state directory {dir_text}: {e}")),
+    };
+    if meta.uid() != rustix::process::geteuid().as_raw() {
+        return History::Unknown(format!("the state directory {dir_text} belongs to another user; not read"));
+    }
+    let store = match crate::store::SledStore::open(dir, 8) {
+        Ok(store) => store,
+        Err(crate::store::StoreError::Locked { .. }) => {
+            return History::Unknown("herald is running; a reload settles it".into());
+        }
+        Err(e) => return History::Unknown(format!("the state directory {dir_text} could not be read: {e}")),
+    };
+    let mut done = std::collections::HashSet::new();
+    for (post, at) in past {
+        match crate::store::Store::deliveries_of_occurrence(&store, &post.id, crate::model::to_millis(*at)) {
+            Ok(found) if !found.is_empty() => {
+                done.insert(post.id.clone());
+            }
+            Ok(_) => {}
+            Err(e) => return History::Unknown(format!("the state directory {dir_text} could not be read: {e}")),
+        }
+    }
+    History::Known(done)
 }
 
 /// One harmless authenticated call per account, a few at a time.

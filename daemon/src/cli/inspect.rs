@@ -103,10 +103,19 @@ pub fn content(source: &Source, hash: &str) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn upcoming(source: &Source, limit: usize, tz: chrono_tz::Tz) -> anyhow::Result<ExitCode> {
-    let list = source.upcoming(limit)?;
+pub fn upcoming(
+    source: &Source,
+    limit: usize,
+    until: Option<chrono::DateTime<Utc>>,
+    config: &std::path::Path,
+    tz: chrono_tz::Tz,
+) -> anyhow::Result<ExitCode> {
+    let list = source.upcoming(limit, until, config)?;
     if list.is_empty() {
         println!("nothing pending");
+    }
+    if list.len() == limit {
+        eprintln!("(the first {limit}; --limit N or --until TIME for more)");
     }
     for u in list {
         println!(
@@ -116,7 +125,11 @@ pub fn upcoming(source: &Source, limit: usize, tz: chrono_tz::Tz) -> anyhow::Res
             u.post,
             u.account,
             u.platform,
-            if u.planned { "planned".to_string() } else { format!("attempt {}", u.attempt + 1) },
+            match (u.planned, u.later) {
+                (true, true) => "planned (later)".to_string(),
+                (true, false) => "planned".to_string(),
+                _ => format!("attempt {}", u.attempt + 1),
+            },
             u.delivery
         );
     }

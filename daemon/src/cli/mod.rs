@@ -1,11 +1,12 @@
 //! The `herald` command line: argument parsing and the commands.
 
 mod check;
+mod filters;
 mod inspect;
 mod output;
 mod source;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -95,21 +96,24 @@ enum Command {
         /// Only this platform (webhook, weibo, wechat, ...).
         #[arg(long)]
         platform: Option<String>,
-        /// Only these events (delivered, failed, attempt, retry_scheduled, cancelled, skipped, ...); repeatable.
+        /// Only these events (delivered, failed, attempt, retry_scheduled, cancelled, skipped, ...);
+        /// repeatable, or comma-separated.
         #[arg(long = "event", value_name = "EVENT")]
         events: Vec<String>,
         /// Only one delivery.
         #[arg(long)]
         delivery: Option<String>,
-        /// From this time on (RFC 3339, or a date such as 2026-03-01, UTC).
-        #[arg(long)]
+        /// From this time on: RFC 3339, a date such as 2026-03-01 (midnight UTC), `today`,
+        /// `yesterday`, `now`, or a time ago such as `-2h` or `2 days ago`.
+        #[arg(long, allow_hyphen_values = true)]
         since: Option<String>,
-        /// Before this time (RFC 3339, or a date such as 2026-04-01, UTC).
-        #[arg(long)]
+        /// Before this time (the same forms as --since).
+        #[arg(long, allow_hyphen_values = true)]
         until: Option<String>,
         #[arg(long, value_enum, default_value_t = LogOutput::Table)]
         format: LogOutput,
-        /// Print the exact content sent under this content hash, instead of records.
+        /// Print the exact content sent under this content hash (or an unambiguous prefix of
+        /// it), instead of records.
         #[arg(long, value_name = "HASH")]
         content: Option<String>,
     },
@@ -123,20 +127,35 @@ enum Command {
         #[arg(long, conflicts_with = "delivery")]
         post: Option<String>,
     },
-    /// List pending deliveries in the order they are due (the plan).
+    /// List every delivery due next, in order: pending ones and planned ones.
+    ///
+    /// Pending deliveries exist (from `schedule_ahead` before their occurrence); planned ones are
+    /// the occurrences further ahead, every one of them within the window asked (`--until`),
+    /// up to `--limit` rows. `herald cancel` takes the id of a pending or planned row; "planned
+    /// (later)" rows, after a post's next occurrence, only once they are next.
     Upcoming {
         #[command(flatten)]
         state: StateArgs,
-        /// How many to list.
+        /// How many rows to list at most.
         #[arg(long, default_value_t = 50)]
         limit: usize,
+        /// Only what is due by then: RFC 3339, a date (midnight UTC), `tomorrow`, or a time from
+        /// now such as `2h`, `+3d` or `in 2 days`.
+        #[arg(long)]
+        until: Option<String>,
     },
     /// Ask the running daemon to re-read its config (like SIGHUP); a config with errors is refused.
     Reload {
         #[command(flatten)]
         state: StateArgs,
     },
-    /// Cancel a pending delivery, or every pending delivery of a post.
+    /// Cancel a pending or planned delivery, or every one of a post.
+    ///
+    /// Takes a delivery id as `herald upcoming` lists it: pending, or planned (recorded cancelled
+    /// at once). Rows marked "planned (later)", occurrences after a post's next one, cannot be
+    /// cancelled until they are next. `--post` cancels the post's pending deliveries and its next
+    /// planned occurrence; later occurrences stay scheduled. A cancellation holds until the post
+    /// is changed in the config.
     Cancel {
         #[command(flatten)]
         state: StateArgs,
@@ -146,36 +165,74 @@ enum Command {
         #[arg(long, conflicts_with = "delivery")]
         post: Option<String>,
     },
-    /// Run herald against local emulators for a minute: posts due in seconds, one failure retried.
+    /// herald's job end to end on local emulators, in about ten seconds.
+    ///
+    /// Starts emulators of Weibo, WeChat, Tieba, Discourse, Mastodon and a webhook receiver on
+    /// 127.0.0.1, writes a config for seven accounts with two posts due within seconds, runs the
+    /// daemon on a temporary state directory until every delivery has settled, and prints the
+    /// audit log. On the way Weibo answers one request "rate limited", the archive webhook fails
+    /// twice and the WeChat token expires: herald waits, retries and refreshes. Nothing leaves the
+    /// machine. Builds without the `demo` feature (the installed binary) do not have it.
     Demo,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum CheckFormat {
+    /// The plan for people: each post's next occurrences and the exact text per platform.
     Text,
+    /// The same, with every error and warning, as one JSON document for tools.
     Json,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogOutput {
+    /// Aligned columns for a terminal.
     Table,
+    /// One JSON object per record, one per line (JSON lines), every field.
     Json,
+    /// Comma-separated values with a header row, for a spreadsheet.
     Csv,
 }
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
+    quiet_on_broken_pipe();
     let cli = Cli::parse();
     match run(cli.command) {
         Ok(code) => code,
+        Err(e) if broken_pipe(&e) => ExitCode::from(BROKEN_PIPE),
         Err(e) => {
-            eprintln!("herald: {e:#}");
+            // Under systemd, the journal files this line as an error.
+            let priority = if crate::logging::stderr_is_journal() { "<3>" } else { "" };
+            eprintln!("{priority}herald: {e:#}");
             match e.downcast_ref::<crate::service::ConfigRefused>() {
                 Some(_) => ExitCode::from(crate::service::ConfigRefused::EXIT_CODE),
                 None => ExitCode::FAILURE,
             }
         }
     }
+}
+
+/// The exit status of a command whose reader went away (as if killed by SIGPIPE).
+const BROKEN_PIPE: u8 = 128 + 13;
+
+/// `herald check … | head`: when the reader goes away, end quietly. Rust
+/// ignores SIGPIPE, so a write to the closed pipe fails: `print!` panics
+/// (caught here, by its message) and `write!` returns an error (`main`).
+fn quiet_on_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload.downcast_ref::<String>().map(String::as_str).or(payload.downcast_ref::<&str>().copied());
+        if message.is_some_and(|m| m.starts_with("failed printing to std") && m.contains("Broken pipe")) {
+            std::process::exit(BROKEN_PIPE.into());
+        }
+        default(info);
+    }));
+}
+
+fn broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe))
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -206,13 +263,18 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             if let Some(hash) = content {
                 return inspect::content(&source, &hash);
             }
+            let now = chrono::Utc::now();
+            let since = since.map(|t| filters::instant("since", &t, now)).transpose().map_err(anyhow::Error::msg)?;
+            let until = until.map(|t| filters::instant("until", &t, now)).transpose().map_err(anyhow::Error::msg)?;
+            let events = filters::events(&events).map_err(anyhow::Error::msg)?;
             let events = (!events.is_empty()).then(|| events.join(","));
             let params = crate::control::LogParams { post, account, platform, events, delivery, since, until };
             inspect::log(&source, &params, format)
         }
-        Command::Upcoming { state, limit } => {
+        Command::Upcoming { state, limit, until } => {
             let tz = state.peek()?.time_zone;
-            inspect::upcoming(&state.source()?, limit, tz)
+            let until = until.map(|t| filters::ahead("until", &t, chrono::Utc::now())).transpose();
+            inspect::upcoming(&state.source()?, limit, until.map_err(anyhow::Error::msg)?, &state.config, tz)
         }
         Command::Reload { state } => inspect::reload(&state.source()?),
         Command::Retry { state, delivery, post } => {
@@ -221,11 +283,17 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Cancel { state, delivery, post } => {
             inspect::cancel(&state.source()?, crate::operations::Selection { delivery, post })
         }
+        #[cfg(feature = "demo")]
         Command::Demo => {
             logging::init(None, "info,herald_sandbox=warn");
             runtime()?.block_on(crate::demo::run())?;
             Ok(ExitCode::SUCCESS)
         }
+        #[cfg(not(feature = "demo"))]
+        Command::Demo => anyhow::bail!(
+            "this herald was built without the demo (cargo feature `demo`, left out of the installed binary); \
+             from a clone of the repository, run `cargo run -p herald -- demo`"
+        ),
     }
 }
 
@@ -233,6 +301,12 @@ impl StateArgs {
     fn peek(&self) -> anyhow::Result<crate::config::Peek> {
         let mut peek = match crate::config::peek(&self.config) {
             Ok(peek) => peek,
+            Err(e) if self.state_dir.is_none() && !self.config.exists() && self.config == Path::new(DEFAULT_CONFIG) => {
+                anyhow::bail!(
+                    "{e}\nno config given: name it with --config FILE or the HERALD_CONFIG environment variable \
+                     (the default is {DEFAULT_CONFIG}), or give the state directory with --state-dir DIR"
+                )
+            }
             Err(e) if self.state_dir.is_none() => return Err(anyhow::Error::msg(e)),
             Err(_) => crate::config::Peek {
                 state_dir: PathBuf::new(),
@@ -245,6 +319,8 @@ impl StateArgs {
         if let Some(dir) = &self.state_dir {
             peek.state_dir = dir.clone();
         }
+        // Messages name the state directory: say where it is.
+        peek.state_dir = std::path::absolute(&peek.state_dir).unwrap_or(peek.state_dir);
         Ok(peek)
     }
 

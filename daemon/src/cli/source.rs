@@ -11,10 +11,10 @@ use serde::de::DeserializeOwned;
 use crate::config::Peek;
 use crate::control::{
     CountView, ErrorView, HelloView, LogPage, LogParams, ReloadView, StateIdentity, StatusView, Upcoming, log_page,
-    status_view, upcoming_list,
+    status_view,
 };
 use crate::operations::{self, Selection};
-use crate::store::{SledStore, Store, StoreError};
+use crate::store::{SledStore, StoreError};
 
 /// How long the CLI keeps asking a daemon that is at its connection bound
 /// (idle connections are cut after 5 s, so a slot frees up well within it).
@@ -158,14 +158,34 @@ impl Source {
     pub fn content(&self, hash: &str) -> anyhow::Result<herald_adapters::Rendered> {
         match self {
             Source::Daemon { .. } => self.call(|c| c.get(url(&format!("/v1/content/{hash}")))),
-            Source::Store { store, .. } => store.content(hash)?.with_context(|| format!("no content with hash {hash}")),
+            Source::Store { store, .. } => crate::store::content_by_prefix(store, hash)?.map_err(anyhow::Error::msg),
         }
     }
 
-    pub fn upcoming(&self, limit: usize) -> anyhow::Result<Vec<Upcoming>> {
+    /// Every occurrence due by `until`, at most `limit`. Without a daemon, the
+    /// occurrences after each post's next one come from the config at
+    /// `config` when it can be read here (its secrets included).
+    pub fn upcoming(
+        &self,
+        limit: usize,
+        until: Option<chrono::DateTime<Utc>>,
+        config: &std::path::Path,
+    ) -> anyhow::Result<Vec<Upcoming>> {
         match self {
-            Source::Daemon { .. } => self.call(|c| c.get(url("/v1/upcoming")).query(&[("limit", limit)])),
-            Source::Store { store, .. } => Ok(upcoming_list(store, limit)?),
+            Source::Daemon { .. } => {
+                let query = crate::control::UpcomingParams { limit: Some(limit), until };
+                self.call(|c| c.get(url("/v1/upcoming")).query(&query))
+            }
+            Source::Store { store, .. } => {
+                let config = crate::config::load(config).config;
+                if config.is_none() {
+                    eprintln!(
+                        "(the config cannot be read in full here, so each post shows only its next occurrence; \
+                         a running herald lists them all)"
+                    );
+                }
+                Ok(crate::control::upcoming_window(store, config.as_ref(), until, limit)?)
+            }
         }
     }
 

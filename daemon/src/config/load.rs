@@ -106,6 +106,8 @@ struct Loader {
     trusted_groups: Vec<u32>,
     /// Target lists seen so far, so that posts with the same targets share one.
     target_lists: HashMap<Vec<String>, super::Targets>,
+    /// Whether `[daemon] time_zone` is written (else posts default to UTC).
+    zone_chosen: bool,
 }
 
 /// The two kinds of included file, and what each may hold. The main file
@@ -219,6 +221,7 @@ impl Loader {
             self.include(main_idx, IncludedFile::Campaign, pattern, at.clone(), &mut read_as);
         }
         let groups = self.expand_groups();
+        self.zone_chosen = time_zone.is_some();
         let default_tz = daemon.as_ref().map(|d| d.time_zone).or(time_zone).unwrap_or(Tz::UTC);
         let posts = self.posts(default_tz, &groups);
         let daemon = daemon?;
@@ -495,22 +498,7 @@ fn parse_tz(name: &str) -> Result<Tz, String> {
 
 /// The known name closest to a misspelt one, if one is close enough.
 fn closest<'a>(name: &str, known: impl Iterator<Item = &'a String>) -> Option<&'a String> {
-    known.map(|k| (edit_distance(name, k), k)).filter(|(d, _)| *d <= 2).min_by_key(|(d, _)| *d).map(|(_, k)| k)
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut prev = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let cur = row[j + 1];
-            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
-            prev = cur;
-        }
-    }
-    row[b.len()]
+    known.map(|k| (strsim::levenshtein(name, k), k)).filter(|(d, _)| *d <= 2).min_by_key(|(d, _)| *d).map(|(_, k)| k)
 }
 
 /// What the inspecting commands (`status`, `log`, `retry`, `cancel`,
@@ -702,18 +690,25 @@ mod tests {
     }
 
     #[test]
-    fn a_past_one_shot_time_warns_with_what_the_misfire_policy_will_do() {
-        let outcome = check(&[(
-            "herald.toml",
-            &format!("{HEAD}\n[[posts]]\nid = \"a\"\nbody = \"x\"\ntargets = [\"wuhan\"]\nat = 2026-11-30T23:30:00Z\n"),
-        )]);
-        assert!(outcome.config.is_some());
-        let text = lines(&outcome).join("\n");
-        assert!(
-            text.contains("herald.toml:12:6: warning: post `a`: `at` 2026-11-30T23:30:00+00:00 is already past"),
-            "{text}"
-        );
-        assert!(text.contains("grace window of 1h"), "{text}");
+    fn a_wall_clock_time_in_no_chosen_zone_is_warned_about() {
+        let post = |schedule: &str, zone: &str| {
+            format!("{HEAD}\n[[posts]]\nid = \"a\"\nbody = \"x\"\ntargets = [\"wuhan\"]\n{schedule}\n{zone}")
+        };
+        let warned = |text: &str| lines(&check(&[("herald.toml", text)])).join("\n");
+        let text = warned(&post("at = \"2027-01-05T09:00\"", ""));
+        assert!(text.contains("herald.toml:12:6: warning: post `a`: `at` has no offset"), "{text}");
+        assert!(text.contains("read in UTC"), "{text}");
+        let text = warned(&post("cron = \"0 9 * * 1\"", ""));
+        assert!(text.contains("herald.toml:12:8: warning: post `a`: `cron` runs on wall-clock time"), "{text}");
+        // A zone on the post, in [daemon], or an offset on the time: no warning.
+        for quiet in [
+            post("at = \"2027-01-05T09:00\"", "time_zone = \"Asia/Shanghai\""),
+            post("at = \"2027-01-05T09:00+08:00\"", ""),
+            post("cron = \"0 9 * * 1\"", "").replace("state_dir = \"s\"", "state_dir = \"s\"\ntime_zone = \"UTC\""),
+        ] {
+            let text = warned(&quiet);
+            assert!(!text.contains("read in UTC"), "{quiet}\n{text}");
+        }
     }
 
     #[test]

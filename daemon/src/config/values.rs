@@ -5,7 +5,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
+use chrono::{DateTime, NaiveDateTime, Utc};
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
@@ -115,19 +115,14 @@ impl TimeValue {
         ))
     }
 
-    /// The instant this value names in `tz`. A local time that does not
-    /// exist (clocks go forward) is an error; an ambiguous one takes the
-    /// earlier instant.
+    /// The instant this value names in `tz`, by the rules `cron` follows: a
+    /// local time that does not exist (clocks go forward) is the first
+    /// instant after the gap; one that happens twice, the earlier instant.
     pub fn resolve(&self, tz: &Tz) -> Result<DateTime<Utc>, String> {
         match self {
             TimeValue::Absolute(t) => Ok(*t),
-            TimeValue::Local(local) => match tz.from_local_datetime(local) {
-                chrono::LocalResult::Single(t) => Ok(t.with_timezone(&Utc)),
-                chrono::LocalResult::Ambiguous(a, _) => Ok(a.with_timezone(&Utc)),
-                chrono::LocalResult::None => {
-                    Err(format!("{local} does not exist in {tz} (the clocks skip it); give the time with an offset"))
-                }
-            },
+            TimeValue::Local(local) => crate::schedule::cron::fire_instant(tz, *local)
+                .ok_or_else(|| format!("{local} cannot be placed in {tz}; give the time with an offset")),
         }
     }
 }
@@ -179,7 +174,8 @@ mod tests {
         assert_eq!(local.resolve(&tz).unwrap().to_rfc3339(), "2026-12-01T01:00:00+00:00");
         let berlin: Tz = "Europe/Berlin".parse().unwrap();
         let gap = TimeValue::parse("2026-03-29T02:30:00").unwrap();
-        assert!(gap.resolve(&berlin).unwrap_err().contains("does not exist"));
+        // Inside the spring-forward gap: the first instant after it (03:00 CEST), as for cron.
+        assert_eq!(gap.resolve(&berlin).unwrap().to_rfc3339(), "2026-03-29T01:00:00+00:00");
         let ambiguous = TimeValue::parse("2026-10-25T02:30:00").unwrap();
         assert_eq!(ambiguous.resolve(&berlin).unwrap().to_rfc3339(), "2026-10-25T00:30:00+00:00");
         assert!(TimeValue::parse("tomorrow 9am").unwrap_err().contains("RFC 3339"));

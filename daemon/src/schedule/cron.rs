@@ -402,7 +402,9 @@ fn earliest_instant<Tz: TimeZone>(r: LocalResult<DateTime<Tz>>) -> Option<DateTi
 }
 
 /// Maps a local wall-clock time to the instant it fires at (see the module docs for the DST rules).
-fn fire_instant<Tz: TimeZone>(tz: &Tz, local: NaiveDateTime) -> Option<DateTime<Utc>> {
+/// Also how `at`, `start` and `until` written without an offset are read, so every kind of
+/// schedule treats a daylight-saving gap and a repeated hour alike.
+pub(crate) fn fire_instant<Tz: TimeZone>(tz: &Tz, local: NaiveDateTime) -> Option<DateTime<Utc>> {
     match tz.from_local_datetime(&local) {
         LocalResult::None => instant_after_gap(tz, local),
         other => earliest_instant(other),

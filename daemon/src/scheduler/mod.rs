@@ -49,6 +49,12 @@ pub enum Control {
     Retry(Selection, oneshot::Sender<std::result::Result<usize, OperationError>>),
     /// Cancel pending deliveries (`herald cancel` through the control socket).
     Cancel(Selection, oneshot::Sender<std::result::Result<usize, OperationError>>),
+    /// `herald upcoming` through the control socket: the plan, from the store and the config.
+    Upcoming {
+        until: Option<DateTime<Utc>>,
+        limit: usize,
+        reply: oneshot::Sender<Result<Vec<crate::control::Upcoming>>>,
+    },
     /// Stop dispatching, wait for in-flight deliveries up to the deadline, return.
     Shutdown,
 }
@@ -572,7 +578,7 @@ impl Scheduler {
                 }
             }
         }
-        self.record(finished, Utc::now())
+        self.record(finished, crate::clock::now())
     }
 
     /// The loop: runs until [`Control::Shutdown`] (or the control channel
@@ -580,7 +586,7 @@ impl Scheduler {
     pub async fn run(mut self, mut control: mpsc::Receiver<Control>) -> Result<()> {
         let max_sleep = self.notifier.watchdog_interval().map_or(MAX_SLEEP, |w| w.min(MAX_SLEEP));
         loop {
-            let now = Utc::now();
+            let now = crate::clock::now();
             self.tick(now)?;
             // Pinged from the loop itself: a stuck scheduler gets restarted by systemd.
             self.notifier.watchdog();
@@ -591,7 +597,7 @@ impl Scheduler {
             // started: a tick that created a campaign's deliveries took
             // time, and the next due instant has not moved.
             let sleep = match wake {
-                Some(t) => Duration::from_millis((t - to_millis(Utc::now())).max(0) as u64).min(max_sleep),
+                Some(t) => Duration::from_millis((t - to_millis(crate::clock::now())).max(0) as u64).min(max_sleep),
                 None => max_sleep,
             };
             tokio::select! {
@@ -599,16 +605,20 @@ impl Scheduler {
                 _ = tokio::time::sleep(sleep) => {}
                 message = control.recv() => match message {
                     Some(Control::Reload(config, reply)) => {
-                        let result = self.reconcile(config, Utc::now());
+                        let result = self.reconcile(config, crate::clock::now());
                         let _ = reply.send(result);
                     }
                     Some(Control::Retry(selection, reply)) => {
-                        let result = operations::retry(self.store.as_ref(), &selection, Utc::now());
+                        let result = operations::retry(self.store.as_ref(), &selection, crate::clock::now());
                         self.cursor = None;
                         let _ = reply.send(result);
                     }
                     Some(Control::Cancel(selection, reply)) => {
-                        let _ = reply.send(operations::cancel(self.store.as_ref(), &selection, Utc::now()));
+                        let _ = reply.send(operations::cancel(self.store.as_ref(), &selection, crate::clock::now()));
+                    }
+                    Some(Control::Upcoming { until, limit, reply }) => {
+                        let config = Arc::clone(&self.config);
+                        let _ = reply.send(crate::control::upcoming_window(self.store.as_ref(), Some(&config), until, limit));
                     }
                     Some(Control::Shutdown) | None => return self.drain().await,
                 },

@@ -167,6 +167,8 @@ pub trait Store: Send + Sync {
     fn timers_due(&self, until: Millis) -> Result<Vec<(Millis, String)>>;
     fn next_timer(&self) -> Result<Option<Millis>>;
     fn content(&self, hash: &str) -> Result<Option<Rendered>>;
+    /// Up to `limit` stored content hashes that start with `prefix`, in order.
+    fn content_hashes(&self, prefix: &str, limit: usize) -> Result<Vec<String>>;
     /// A small metadata value written through [`Changes::meta`].
     fn meta(&self, key: &str) -> Result<Option<Vec<u8>>>;
     fn has_content(&self, hash: &str) -> Result<bool>;
@@ -194,6 +196,25 @@ pub struct DueKey {
     pub due: Millis,
     pub id: DeliveryId,
     pub account: String,
+}
+
+/// The content stored under `hash`, or under the one stored hash that starts
+/// with it (`herald log --content 3f9c2a`). `Ok(Err(message))` when there is
+/// none, or several (the message lists them).
+pub fn content_by_prefix(store: &dyn Store, hash: &str) -> Result<std::result::Result<Rendered, String>> {
+    if let Some(rendered) = store.content(hash)? {
+        return Ok(Ok(rendered));
+    }
+    let found = if hash.is_empty() { Vec::new() } else { store.content_hashes(hash, 11)? };
+    Ok(match found.as_slice() {
+        [] => Err(format!("no content with hash {hash}")),
+        [one] => store.content(one)?.ok_or_else(|| format!("no content with hash {hash}")),
+        many => {
+            let more = if many.len() > 10 { " and more" } else { "" };
+            let shown: Vec<&str> = many.iter().take(10).map(String::as_str).collect();
+            Err(format!("`{hash}` is the start of several content hashes: {}{more}; give more of it", shown.join(", ")))
+        }
+    })
 }
 
 /// Match `value` against a pattern where `*` stands for any run of characters

@@ -359,6 +359,14 @@ impl Store for SledStore {
         Ok(self.meta.get(format!("user/{key}"))?.map(|v| v.to_vec()))
     }
 
+    fn content_hashes(&self, prefix: &str, limit: usize) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for entry in self.content.scan_prefix(prefix.as_bytes()).keys().take(limit) {
+            out.push(String::from_utf8_lossy(&entry?).into_owned());
+        }
+        Ok(out)
+    }
+
     fn has_content(&self, hash: &str) -> Result<bool> {
         Ok(self.content.contains_key(hash.as_bytes())?)
     }

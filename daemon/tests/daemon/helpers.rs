@@ -163,7 +163,8 @@ impl TestDir {
         std::fs::rename(&tmp, &path).unwrap();
     }
 
-    fn command(&self, envs: &[(&str, &str)]) -> Command {
+    /// A `herald` command in this directory, with a clean environment plus `envs`.
+    pub fn command(&self, envs: &[(&str, &str)]) -> Command {
         let mut command = Command::new(HERALD);
         command
             .current_dir(self.path())

@@ -205,6 +205,48 @@ fn upcoming_rows(stdout: &str) -> Vec<(DateTime<Utc>, String, String)> {
         .collect()
 }
 
+/// An every-minute post: `upcoming` lists every occurrence within the window
+/// asked, not only the one the store holds, from the daemon and from the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upcoming_lists_every_occurrence_within_the_window() {
+    let dir = TestDir::new();
+    let config = daemon_section()
+        + &webhook_account("wuhan-hook", "http://127.0.0.1:9/hook")
+        + &webhook_account("xian-hook", "http://127.0.0.1:9/xian")
+        + &post_cron("every-minute", "Each minute.", &["wuhan-hook", "xian-hook"], "* * * * *");
+    dir.write_config(&config);
+    let herald = dir.start().await;
+
+    let check = |rows: &[(DateTime<Utc>, String, String)], listing: &str| {
+        // 30 minutes ahead: 29 or 30 whole minutes (now is not one), two accounts each.
+        let minutes: BTreeSet<DateTime<Utc>> = rows.iter().map(|r| r.0).collect();
+        assert!((29..=30).contains(&minutes.len()), "{listing}");
+        assert_eq!(rows.len(), 2 * minutes.len(), "{listing}");
+        let first = *minutes.first().unwrap();
+        for (i, m) in minutes.iter().enumerate() {
+            assert_eq!(*m, first + chrono::Duration::minutes(i as i64), "not every minute:\n{listing}");
+        }
+        let ids: BTreeSet<&str> = rows.iter().map(|r| r.2.as_str()).collect();
+        assert_eq!(ids.len(), rows.len(), "a delivery id listed twice:\n{listing}");
+        assert!(listing.contains("planned (later)"), "{listing}");
+    };
+    let listing = dir.ask_daemon_ok(&["upcoming", "--until", "30m", "--limit", "1000"]);
+    check(&upcoming_rows(&listing), &listing);
+    let first_five = upcoming_rows(&dir.ask_daemon_ok(&["upcoming", "--until", "30m", "--limit", "5"]));
+    assert_eq!(first_five.len(), 5, "--limit 5: {first_five:?}");
+    assert!(first_five.windows(2).all(|w| w[0].0 <= w[1].0), "{first_five:?}");
+    herald.stop().await;
+
+    // From the store (the config is readable here: no secrets).
+    let out = dir.cli(&["upcoming", "--until", "30m", "--limit", "1000"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let listing = text(&out.stdout);
+    check(&upcoming_rows(&listing), &listing);
+
+    let help = text(&dir.cli(&["cancel", "--help"]).stdout);
+    assert!(help.contains("planned (later)"), "{help}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_cli_command_works_against_the_running_daemon_through_its_socket() {
     let hook = receiver(None).await;

@@ -118,6 +118,16 @@ impl Loader {
         let start = resolve(&raw.start, &mut self.diags);
         let until = resolve(&raw.until, &mut self.diags);
         let at = resolve(&raw.at, &mut self.diags);
+        // A wall-clock time in a zone nobody chose is read in UTC: 09:00 is 17:00 in Beijing.
+        let local_at = raw.at.as_ref().filter(|v| matches!(v.get_ref(), TimeValue::Local(_)));
+        if raw.time_zone.is_none() && !self.zone_chosen && (local_at.is_some() || raw.cron.is_some()) {
+            let what = if local_at.is_some() { "`at` has no offset" } else { "`cron` runs on wall-clock time" };
+            let msg = format!(
+                "post `{id}`: {what} and neither the post nor [daemon] sets `time_zone`, so it is read in UTC; \
+                 set `time_zone = \"Asia/Shanghai\"` (your zone) in [daemon] or in the post"
+            );
+            self.diags.warning(file, local_at.and_then(span_of).or_else(|| raw.cron.as_ref().and_then(span_of)), msg);
+        }
         let recurrence = match (&raw.at, &raw.cron) {
             (Some(_), Some(cron)) => {
                 self.diags.error(file, span_of(cron), format!("post `{id}` has both `at` and `cron`; give one"));
@@ -270,28 +280,9 @@ impl Loader {
             self.diags.error(file, Some(span.clone()), msg);
         }
 
-        if let Recurrence::Once(at) = post.schedule.recurrence
-            && at <= self.now
-        {
-            let late = (self.now - at).to_std().unwrap_or_default();
-            let what = match post.misfire {
-                Misfire::Skip => "it will be skipped (misfire = \"skip\") and recorded in the audit log".to_string(),
-                _ if late <= post.grace => format!(
-                    "if not yet published, it goes out as soon as herald runs (misfire = \"{}\"), until the grace \
-                     window of {} ends",
-                    post.misfire,
-                    humantime::format_duration(post.grace)
-                ),
-                _ => format!(
-                    "it is past its grace window of {} (misfire = \"{}\"), so it will be skipped and recorded in \
-                     the audit log",
-                    humantime::format_duration(post.grace),
-                    post.misfire
-                ),
-            };
-            let msg = format!("post `{id}`: `at` {} is already past; {what}", at.to_rfc3339());
-            self.diags.warning(file, raw.at.as_ref().and_then(span_of), msg);
-        } else if post.schedule.next_after(self.now).is_none() && post.schedule.is_recurring() {
+        // A one-shot `at` already past: `check` says what will become of it
+        // (it reads the store), the daemon when it settles it.
+        if post.schedule.next_after(self.now).is_none() && post.schedule.is_recurring() {
             let msg = format!("post `{id}`: the schedule has no occurrence after now (check `until`)");
             self.diags.warning(file, Some(span.clone()), msg);
         }
