@@ -21,6 +21,10 @@ pub(super) enum Api {
     Submit,
     PublishStatus,
     MassSend,
+    /// `freepublish/batchget`: the published articles (the look-up).
+    BatchGet,
+    /// `draft/delete`: an abandoned draft.
+    DraftDelete,
 }
 
 impl Api {
@@ -35,6 +39,8 @@ impl Api {
             Api::Submit => "cgi-bin/freepublish/submit",
             Api::PublishStatus => "cgi-bin/freepublish/get",
             Api::MassSend => "cgi-bin/message/mass/sendall",
+            Api::BatchGet => "cgi-bin/freepublish/batchget",
+            Api::DraftDelete => "cgi-bin/draft/delete",
         }
     }
 }
