@@ -9,7 +9,9 @@ use std::time::Duration;
 use chrono::{Timelike, Utc};
 use herald_adapters::registry::{self, AccountSettings, HttpOptions, Platform};
 use herald_adapters::weibo::{Settings, WeiboAdapter, weibo_length};
-use herald_adapters::{Adapter, ErrorClass, PostContent, PublishRequest, Rendered, Secret, Services};
+use herald_adapters::{
+    Adapter, DeliveryError, ErrorClass, PostContent, PublishRequest, Receipt, Rendered, Secret, Services,
+};
 use herald_sandbox::weibo::{Encoding, WeiboOutcome};
 use herald_sandbox::{Fault, Tokens, WeiboConfig, WeiboEmulator};
 use serde_json::json;
@@ -445,4 +447,61 @@ async fn the_registry_builds_weibo_from_account_settings() {
     assert_eq!(Platform::Weibo.default_rate(), Some((30, Duration::from_secs(3600))));
     let refresh = adapter.refresh_credentials().await.unwrap_err();
     assert_eq!((refresh.class, refresh.reason.as_str()), (ErrorClass::Permanent, TOKEN_REASON));
+}
+
+/// An emulator whose app may not read the user timeline (10014 there).
+async fn emulator_without_timeline() -> WeiboEmulator {
+    let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let mut config = WeiboConfig::new(Tokens::new([TOKEN]), DOMAIN);
+    config.timeline_permission = false;
+    WeiboEmulator::start(addr, config).await.unwrap()
+}
+
+/// One attempt as the daemon makes it: look up an uncertain delivery, then publish.
+async fn attempt(adapter: &WeiboAdapter, delivery: &Delivery) -> Result<Receipt, DeliveryError> {
+    if delivery.uncertain
+        && let Some(receipt) = adapter.lookup(delivery.request()).await?
+    {
+        return Ok(receipt);
+    }
+    adapter.publish(delivery.request()).await
+}
+
+#[tokio::test]
+async fn a_refused_look_up_after_job_expired_re_sends_and_says_so() {
+    let weibo = emulator_without_timeline().await;
+    let adapter = adapter(&weibo);
+    let delivery = Delivery::of(&adapter, "d-expired", "过期的提示");
+    weibo.answer_next(1, 10010);
+    let error = adapter.publish(delivery.request()).await.unwrap_err();
+    assert!(error.maybe_sent && error.class == ErrorClass::Transient, "{error:?}");
+    assert!(weibo.published().is_empty(), "job expired: nothing went out");
+
+    let receipt = attempt(&adapter, &delivery.retried_uncertain()).await.unwrap();
+
+    assert_eq!(weibo.published().len(), 1, "re-sent, not failed");
+    assert_eq!(receipt.remote_id, Some(weibo.published()[0].id.to_string()));
+    let message = receipt.answer.message.unwrap();
+    assert!(message.contains("look-up before re-sending was impossible (user_timeline answered 10014)"), "{message}");
+}
+
+#[tokio::test]
+async fn a_refused_look_up_after_a_timeout_that_published_ends_delivered_once() {
+    let weibo = emulator_without_timeline().await;
+    weibo.fail_next(1, Fault::Delay(Duration::from_millis(800)));
+    let http = HttpOptions { connect_timeout: Duration::from_secs(2), timeout: Duration::from_millis(200) };
+    let adapter = WeiboAdapter::new(settings(weibo.base_url(), TOKEN), http).unwrap();
+    let delivery = Delivery::of(&adapter, "d-live", "已经发出的提示");
+    assert!(adapter.publish(delivery.request()).await.unwrap_err().maybe_sent);
+    while weibo.published().is_empty() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let receipt = attempt(&adapter, &delivery.retried_uncertain()).await.unwrap();
+
+    assert_eq!(weibo.published().len(), 1, "the repeat was refused by Weibo, not published twice");
+    assert_eq!(receipt.answer.code.as_deref(), Some("20019"));
+    let message = receipt.answer.message.unwrap();
+    assert!(message.contains("look-up before re-sending was impossible"), "{message}");
+    assert!(message.contains("taken as evidence it was published"), "{message}");
 }

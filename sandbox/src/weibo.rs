@@ -50,6 +50,9 @@ pub struct WeiboConfig {
     pub max_length: usize,
     /// The same text from the same user within this window is refused (20019).
     pub duplicate_window: Duration,
+    /// Whether the app may read the user timeline; many share.json apps
+    /// may not, and are answered 10014 there.
+    pub timeline_permission: bool,
 }
 
 impl WeiboConfig {
@@ -59,6 +62,7 @@ impl WeiboConfig {
             safe_domain: safe_domain.into().to_ascii_lowercase(),
             max_length: 140,
             duplicate_window: Duration::from_secs(600),
+            timeline_permission: true,
         }
     }
 }
@@ -281,6 +285,7 @@ fn message(code: u32) -> &'static str {
         10001 => "system error",
         10006 => "source paramter(appkey) is missing",
         10010 => "job expired",
+        10014 => "Insufficient app permissions",
         10016 => "miss required parameter (status) , see doc for more info.",
         10017 => "text not find domain",
         10022 => "IP requests out of rate limit",
@@ -564,6 +569,19 @@ async fn user_timeline(
         let statuses: Vec<Value> = mine.iter().rev().take(count).map(|post| status_json(post)).collect();
         json!({ "statuses": statuses, "total_number": mine.len() })
     };
+    if !weibo.config.timeline_permission {
+        let refused = weibo.clone().read(USER_TIMELINE, token, |_, _| Value::Null);
+        return detached(&extensions, async move {
+            match refused.await {
+                // Authenticated, but this app may not read the timeline.
+                Reply::Answer(response) if response.status().is_success() => {
+                    error(StatusCode::FORBIDDEN, USER_TIMELINE, 10014, false).into()
+                }
+                other => other,
+            }
+        })
+        .await;
+    }
     detached(&extensions, weibo.read(USER_TIMELINE, token, answer)).await
 }
 

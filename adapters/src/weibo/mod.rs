@@ -15,8 +15,10 @@ mod errors;
 mod render;
 mod wire;
 
+use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
@@ -96,7 +98,14 @@ pub struct WeiboAdapter {
     expires_at: Option<DateTime<Utc>>,
     rules: render::Rules,
     client: reqwest::Client,
+    /// Deliveries whose look-up Weibo refused, with why, until their
+    /// re-send says so in its answer (the audit log).
+    unlooked: Mutex<HashMap<String, String>>,
 }
+
+/// At most this many refused look-ups are remembered (a look-up whose
+/// re-send never came, e.g. after a timeout, is forgotten past it).
+const MAX_UNLOOKED: usize = 1024;
 
 impl WeiboAdapter {
     pub fn new(settings: Settings, http: HttpOptions) -> Result<Self, BuildError> {
@@ -126,6 +135,7 @@ impl WeiboAdapter {
             expires_at: settings.expires_at,
             rules: render::Rules { safe_domain, max_length: settings.max_length },
             client: http::client(&http)?,
+            unlooked: Mutex::default(),
         })
     }
 
@@ -145,7 +155,27 @@ impl WeiboAdapter {
             }),
             Some(path) => builder.multipart(self.multipart(&content.text, path).await?),
         };
-        let answer = self.call(builder, "share", Some(&request)).await?;
+        let unlooked = self.unlooked.lock().ok().and_then(|mut unlooked| unlooked.remove(request.delivery_id));
+        let result = self.share_once(builder, &request).await;
+        let Some(why) = unlooked else { return result };
+        let note = format!("look-up before re-sending was impossible ({why}): re-sent");
+        match result {
+            Ok(mut receipt) => {
+                let message =
+                    receipt.answer.message.take().map_or(note.clone(), |message| format!("{note}; {message}"));
+                receipt.answer.message = Some(message);
+                Ok(receipt)
+            }
+            Err(error) => Err(DeliveryError { reason: format!("{}; {note}", error.reason), ..error }),
+        }
+    }
+
+    async fn share_once(
+        &self,
+        builder: reqwest::RequestBuilder,
+        request: &PublishRequest<'_>,
+    ) -> Result<Receipt, DeliveryError> {
+        let answer = self.call(builder, "share", Some(request)).await?;
 
         if let Some(error) = wire::error(answer.status.as_u16(), &answer.body) {
             let note = errors::publish_outcome(&error, request.uncertain, Utc::now())?;
@@ -189,7 +219,11 @@ impl WeiboAdapter {
     }
 
     /// Look for the delivery in the account's recent statuses: the exact
-    /// text, created no earlier than shortly before the occurrence.
+    /// text, created no earlier than shortly before the occurrence. When
+    /// Weibo refuses the look-up for good (10014: many share.json apps may
+    /// not read the timeline), say so and answer "not there": the re-send
+    /// is safe, since Weibo answers a repeat with 20019, which counts as
+    /// published on such a retry.
     async fn find(&self, request: PublishRequest<'_>) -> Result<Option<Receipt>, DeliveryError> {
         let builder = self
             .client
@@ -197,7 +231,25 @@ impl WeiboAdapter {
             .query(&[("count", LOOKUP_COUNT)])
             .header(AUTHORIZATION, self.authorization.clone());
         let answer = self.call(builder, "user_timeline", Some(&request)).await?;
-        let statuses = self.read(&answer, wire::timeline, "timeline")?;
+        let statuses = match self.read(&answer, wire::timeline, "timeline") {
+            Ok(statuses) => statuses,
+            Err(error) if error.class == crate::ErrorClass::Permanent => {
+                let why = match &error.answer.code {
+                    Some(code) => format!("user_timeline answered {code}"),
+                    None => error.reason.clone(),
+                };
+                tracing::warn!(delivery = request.delivery_id, reason = %error.reason,
+                    "look-up refused; re-sending (a repeat is answered 20019, taken as published)");
+                if let Ok(mut unlooked) = self.unlooked.lock() {
+                    if unlooked.len() >= MAX_UNLOOKED {
+                        unlooked.clear();
+                    }
+                    unlooked.insert(request.delivery_id.to_string(), why);
+                }
+                return Ok(None);
+            }
+            Err(error) => return Err(error),
+        };
 
         let since = DateTime::parse_from_rfc3339(request.occurrence).ok().map(|t| t.with_timezone(&Utc) - LOOKUP_SLACK);
         let found = statuses.iter().find(|status| {
