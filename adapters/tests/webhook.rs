@@ -344,3 +344,18 @@ async fn write_a_signed_request_for_the_reference_verifier() {
     assert!(receiver.received()[0].signature_verified());
     receiver.dump_first_accepted(std::path::Path::new(&path)).unwrap();
 }
+
+#[tokio::test]
+async fn a_503_with_retry_after_waits_as_asked() {
+    let receiver = receiver(None).await;
+    let adapter = adapter(&receiver.url(), None, quick());
+    receiver.fail_next(
+        1,
+        Fault::Status(herald_sandbox::faults::StatusFault { status: 503, retry_after: Some(90), body: None }),
+    );
+
+    let error = adapter.publish(Delivery::new("d-503").request()).await.unwrap_err();
+
+    assert_eq!(error.class, ErrorClass::RateLimited { retry_after: Some(Duration::from_secs(90)) });
+    assert!(error.reason.contains("retry after 90s"), "{}", error.reason);
+}

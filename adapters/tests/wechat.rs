@@ -303,11 +303,25 @@ async fn a_wrong_secret_is_permanent_and_never_shown() {
     let error = adapter.publish(Delivery::new("d-secret", &adapter, &post).request()).await.unwrap_err();
 
     assert_eq!(error.class, ErrorClass::Permanent);
-    assert_eq!(error.answer.code.as_deref(), Some("40001"));
-    assert!(error.reason.contains("wrong AppSecret"), "{}", error.reason);
+    assert_eq!(error.answer.code.as_deref(), Some("40125"));
+    assert!(error.reason.contains("wrong AppSecret: check appid and secret"), "{}", error.reason);
     assert_eq!(emulator.calls().len(), 1, "nothing but the token call");
     let shown = format!("{error:?} {error}");
     assert!(!shown.contains("not-the-s3cret") && !shown.contains(SECRET), "{shown}");
+
+    // `check --probe` says the same.
+    let probe = adapter.probe().await.unwrap_err();
+    assert_eq!((probe.class, probe.answer.code.as_deref()), (ErrorClass::Permanent, Some("40125")));
+    assert!(probe.reason.contains("check appid and secret"), "{}", probe.reason);
+
+    // The older token call answers 40001 for the same mistake.
+    let mut classic = self::settings(&emulator);
+    classic.secret = Secret::new("not-the-s3cret");
+    classic.token_endpoint = TokenEndpoint::Classic;
+    let classic = self::adapter(classic, &Services::in_memory(ACCOUNT));
+    let error = classic.publish(Delivery::new("d-classic", &classic, &post).request()).await.unwrap_err();
+    assert_eq!((error.class, error.answer.code.as_deref()), (ErrorClass::Permanent, Some("40001")));
+    assert!(error.reason.contains("check appid and secret"), "{}", error.reason);
 }
 
 #[tokio::test]

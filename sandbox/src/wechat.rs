@@ -605,11 +605,13 @@ impl Wechat {
         result.unwrap_or_else(|error| error)
     }
 
+    /// `stable_token` answers a wrong secret 40125, the older `token` 40001.
     fn check_credentials(
         &self,
         grant_type: Option<&str>,
         appid: Option<&str>,
         secret: Option<&str>,
+        wrong_secret: i64,
     ) -> Result<(), Value> {
         if grant_type != Some("client_credential") {
             return Err(error(40002, "invalid grant_type"));
@@ -618,7 +620,7 @@ impl Wechat {
             return Err(error(40013, "invalid appid"));
         }
         if secret != Some(self.config.secret.as_str()) {
-            return Err(error(40001, "invalid credential, appsecret is wrong"));
+            return Err(error(wrong_secret, "invalid appsecret"));
         }
         Ok(())
     }
@@ -630,7 +632,7 @@ impl Wechat {
     fn stable_token(&self, state: &mut Platform, body: Option<&Value>) -> Result<Value, Value> {
         let body = body.ok_or_else(|| error(47001, "data format error"))?;
         let text = |key: &str| body.get(key).and_then(Value::as_str);
-        self.check_credentials(text("grant_type"), text("appid"), text("secret"))?;
+        self.check_credentials(text("grant_type"), text("appid"), text("secret"), 40125)?;
         let force = body.get("force_refresh").and_then(Value::as_bool).unwrap_or(false);
         let now = Instant::now();
         if !force
@@ -649,7 +651,7 @@ impl Wechat {
 
     fn classic_token(&self, state: &mut Platform, query: &BTreeMap<String, String>) -> Result<Value, Value> {
         let text = |key: &str| query.get(key).map(String::as_str);
-        self.check_credentials(text("grant_type"), text("appid"), text("secret"))?;
+        self.check_credentials(text("grant_type"), text("appid"), text("secret"), 40001)?;
         // A new classic token ends the older ones within five minutes.
         let soon = Instant::now() + Duration::from_secs(300);
         for token in state.tokens.values_mut().filter(|token| !token.stable) {

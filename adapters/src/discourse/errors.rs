@@ -47,6 +47,8 @@ pub(super) fn class(rule: &Rule, wait: Option<Duration>) -> Option<ErrorClass> {
         Rule::Ok => None,
         Rule::RateLimited => Some(ErrorClass::RateLimited { retry_after: wait }),
         Rule::Validation | Rule::Credentials => Some(ErrorClass::Permanent),
+        // A server error with a Retry-After: wait as asked.
+        Rule::Other(ErrorClass::Transient) if wait.is_some() => Some(ErrorClass::RateLimited { retry_after: wait }),
         Rule::Other(class) => Some(class.clone()),
     }
 }
@@ -75,6 +77,7 @@ mod tests {
         }
         for status in [500, 501, 502, 503, 504] {
             assert_eq!(class(&rule(status), None), Some(ErrorClass::Transient), "{status}");
+            assert_eq!(class(&rule(status), wait), Some(ErrorClass::RateLimited { retry_after: wait }), "{status}");
         }
     }
 

@@ -279,7 +279,12 @@ impl DiscourseAdapter {
             },
             errors::Rule::Validation => format!("Discourse refused the topic ({status})"),
             errors::Rule::Credentials => format!("Discourse refused the API key or username ({status})"),
-            _ => format!("Discourse answered {status}"),
+            _ => match (wait, &class) {
+                (Some(wait), crate::ErrorClass::RateLimited { .. }) => {
+                    format!("Discourse answered {status} (retry after {}s)", wait.as_secs())
+                }
+                _ => format!("Discourse answered {status}"),
+            },
         };
         DeliveryError::new(class, platform, reason)
     }

@@ -183,7 +183,8 @@ impl MastodonAdapter {
             Utc::now(),
             errors::MAX_WAIT,
         );
-        let Err(class) = errors::classify(status, reset) else {
+        let retry_after = http::retry_after(&answer.headers, errors::MAX_WAIT);
+        let Err(class) = errors::classify(status, reset, retry_after) else {
             return Ok(());
         };
         let message = wire::error_message(&answer.body).or_else(|| Some(answer.excerpt()).filter(|m| !m.is_empty()));
@@ -192,7 +193,14 @@ impl MastodonAdapter {
             Some(wait) if status == 429 => {
                 format!("Mastodon answered 429 (rate limited; the window resets in {}s)", wait.as_secs())
             }
-            _ => format!("Mastodon answered {status}: {}", errors::describe(status)),
+            _ => match retry_after {
+                Some(wait) if status >= 500 => format!(
+                    "Mastodon answered {status}: {} (retry after {}s)",
+                    errors::describe(status),
+                    wait.as_secs()
+                ),
+                _ => format!("Mastodon answered {status}: {}", errors::describe(status)),
+            },
         };
         Err(DeliveryError::new(class, platform, reason))
     }
