@@ -357,7 +357,9 @@ async fn an_expired_token_is_refreshed_once_and_the_publish_retried_once() {
     assert_eq!(emulator.tokens_issued(), 2, "exactly one refresh");
     let token_calls = emulator.calls_to(WechatApi::StableToken);
     assert_eq!(token_calls.len(), 2);
-    assert_eq!(token_calls[1].body.as_ref().unwrap()["force_refresh"], json!(true));
+    // The token had expired: WeChat gives a new one without forcing, so
+    // none of the day's 20 forced refreshes is spent.
+    assert_eq!(token_calls[1].body.as_ref().unwrap()["force_refresh"], json!(false));
     // The draft was refused once with the stale token, then made once.
     assert_eq!(errcodes(&emulator.calls_to(WechatApi::DraftAdd)), [Some(0), Some(42001), Some(0)]);
     assert_eq!(emulator.calls_to(WechatApi::Submit).len(), 2, "one submit per delivery");
@@ -904,20 +906,58 @@ async fn a_saved_draft_deleted_in_the_console_is_replaced() {
     assert_eq!(emulator.published().len(), 1);
 }
 
+/// The forced-refresh record of the test AppID, as if its last forced
+/// refresh were `ago` seconds back (the clock moving on).
+fn forced_refresh_was(cache: &MemoryCache, ago: i64) -> Value {
+    let key = format!("wechat-appid/{APPID}/forced");
+    let mut record: Value =
+        serde_json::from_slice(&herald_adapters::CredentialCache::load(cache, &key).unwrap()).unwrap();
+    record["last_at"] = json!(chrono::Utc::now().timestamp() - ago);
+    herald_adapters::CredentialCache::save(cache, &key, &serde_json::to_vec(&record).unwrap());
+    record
+}
+
 #[tokio::test]
 async fn token_rejections_after_a_successful_submit_never_end_the_delivery() {
     let emulator = emulator().await;
     emulator.set_publish_plan(PublishPlan { publishing_polls: 2, final_status: 0 });
-    emulator.fail_api(WechatApi::PublishStatus, 2, 42001);
-    let adapter = adapter(settings(&emulator), &Services::in_memory(ACCOUNT));
+    // WeChat rejects a token it still holds current: only a forced refresh
+    // replaces it.
+    emulator.fail_api(WechatApi::PublishStatus, 1, 42001);
+    let cache = Arc::new(MemoryCache::default());
+    let services = Services { account: ACCOUNT.into(), cache: cache.clone() };
+    let adapter = adapter(settings(&emulator), &services);
     let post = Post::new();
 
     let receipt = attempt(&adapter, &Delivery::new("d-tokens", &adapter, &post)).await.unwrap();
     assert_eq!(emulator.calls_to(WechatApi::Submit).len(), 1);
     assert_eq!(receipt.url.as_deref(), Some(emulator.published()[0].article_url.as_str()));
+    let forced: Vec<_> = emulator
+        .calls_to(WechatApi::StableToken)
+        .iter()
+        .map(|call| call.body.clone().unwrap()["force_refresh"].clone())
+        .collect();
+    assert_eq!(forced, [json!(false), json!(false), json!(true)], "asked plainly, then forced once");
 
-    // A refresh that fails once the job exists: transient and uncertain,
-    // never a failed delivery.
+    // A second rejection within 30 s of the forced refresh: WeChat allows no
+    // other forced refresh yet; the attempt waits (rate limited, uncertain),
+    // never fails.
+    emulator.set_publish_plan(PublishPlan { publishing_polls: 1, final_status: 0 });
+    emulator.fail_api(WechatApi::PublishStatus, 1, 42001);
+    let delivery = Delivery::new("d-spaced", &adapter, &post);
+    let error = adapter.publish(delivery.request()).await.unwrap_err();
+    assert!(
+        matches!(error.class, ErrorClass::RateLimited { retry_after: Some(wait) } if wait <= Duration::from_secs(30)),
+        "{error:?}"
+    );
+    assert!(error.maybe_sent, "{error:?}");
+    assert!(error.reason.contains("one every 30s") && error.reason.contains("follows the job"), "{}", error.reason);
+    forced_refresh_was(&cache, 31);
+    adapter.publish(delivery.request()).await.unwrap();
+    assert_eq!(emulator.calls_to(WechatApi::Submit).len(), 2, "one submit per delivery");
+
+    // A refresh that fails once the job exists: transient and uncertain.
+    forced_refresh_was(&cache, 31);
     emulator.set_publish_plan(PublishPlan { publishing_polls: 1, final_status: 0 });
     emulator.fail_api(WechatApi::PublishStatus, 1, 42001);
     emulator.fail_api(WechatApi::StableToken, 1, -1);
@@ -926,5 +966,33 @@ async fn token_rejections_after_a_successful_submit_never_end_the_delivery() {
     assert!(error.class == ErrorClass::Transient && error.maybe_sent, "{error:?}");
     assert!(error.reason.contains("the next attempt follows the job"), "{}", error.reason);
     adapter.publish(delivery.request()).await.unwrap();
-    assert_eq!(emulator.calls_to(WechatApi::Submit).len(), 2, "one submit per delivery");
+    assert_eq!(emulator.calls_to(WechatApi::Submit).len(), 3, "one submit per delivery");
+}
+
+#[tokio::test]
+async fn when_the_days_forced_refreshes_are_used_up_nothing_is_forced() {
+    let emulator = emulator().await;
+    let cache = Arc::new(MemoryCache::default());
+    let services = Services { account: ACCOUNT.into(), cache: cache.clone() };
+    let adapter = adapter(settings(&emulator), &services);
+    let post = Post::new();
+    emulator.fail_api(WechatApi::DraftAdd, 1, 40001);
+    attempt(&adapter, &Delivery::new("d-first", &adapter, &post)).await.unwrap();
+    // Another 19 were forced today (by this or another account of the AppID).
+    let mut record = forced_refresh_was(&cache, 3600);
+    record["count"] = json!(20);
+    herald_adapters::CredentialCache::save(
+        cache.as_ref(),
+        &format!("wechat-appid/{APPID}/forced"),
+        &serde_json::to_vec(&record).unwrap(),
+    );
+    let forced_before = emulator.tokens_issued();
+
+    emulator.fail_api(WechatApi::DraftAdd, 1, 40001);
+    let error = attempt(&adapter, &Delivery::new("d-second", &adapter, &post)).await.unwrap_err();
+
+    assert!(matches!(error.class, ErrorClass::RateLimited { retry_after: Some(_) }), "{error:?}");
+    assert!(error.reason.contains("20 forced refreshes") && error.reason.contains("used up"), "{}", error.reason);
+    assert_eq!(emulator.tokens_issued(), forced_before, "nothing forced");
+    assert_eq!(emulator.published().len(), 1);
 }
