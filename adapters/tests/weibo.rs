@@ -136,12 +136,32 @@ async fn a_configured_user_id_makes_the_url() {
     let weibo = emulator().await;
     let mut settings = settings(weibo.base_url(), TOKEN);
     settings.user_id = Some("1234567890".into());
-    settings.rip = None;
     let adapter = WeiboAdapter::new(settings, quick()).unwrap();
     let receipt = adapter.publish(Delivery::of(&adapter, "d-uid", "提示").request()).await.unwrap();
     let post = &weibo.published()[0];
     assert_eq!(receipt.url, Some(format!("https://weibo.com/1234567890/{}", post.mid)));
-    assert!(!post.fields.contains_key("rip"), "rip is sent only when set");
+}
+
+#[tokio::test]
+async fn an_account_without_rip_is_refused_as_share_json_refuses_its_posts() {
+    let weibo = emulator().await;
+    let mut settings = settings(weibo.base_url(), TOKEN);
+    settings.rip = None;
+    let error = WeiboAdapter::new(settings, quick()).err().unwrap().to_string();
+    assert!(error.starts_with("invalid setting `rip`: required"), "{error}");
+    assert!(error.contains("10016"), "{error}");
+
+    // What Weibo answers a share without it.
+    let form = [("access_token", TOKEN), ("status", "提示 https://www.example.gov.cn/a")];
+    let answer = reqwest::Client::new()
+        .post(format!("{}/2/statuses/share.json", weibo.base_url()))
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    let body: serde_json::Value = answer.json().await.unwrap();
+    assert_eq!(body["error_code"], json!(10016));
+    assert!(weibo.published().is_empty());
 }
 
 #[tokio::test]
@@ -428,6 +448,7 @@ async fn the_registry_builds_weibo_from_account_settings() {
         "base_url": weibo.base_url(),
         "access_token": TOKEN,
         "safe_domain": DOMAIN,
+        "rip": "203.0.113.7",
         "expires_at": "2026-06-01T00:00:00Z",
         "max_length": 100,
     });

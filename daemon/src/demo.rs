@@ -69,12 +69,14 @@ platform = "weibo"
 base_url = "{base}/weibo"
 access_token = {{ file = "wuhan-weibo.token" }}
 safe_domain = "example.gov.cn"
+rip = "127.0.0.1"
 
 [accounts.xian-weibo]
 platform = "weibo"
 base_url = "{base}/weibo"
 access_token = {{ file = "xian-weibo.token" }}
 safe_domain = "example.gov.cn"
+rip = "127.0.0.1"
 
 [accounts.wuhan-wechat]
 platform = "wechat"

@@ -391,7 +391,9 @@ impl Weibo {
         let token = submission.fields.get("access_token").or(submission.header_token.as_ref());
         let uid = self.authenticate(token.map(String::as_str))?;
         let text = submission.fields.get("status").map_or("", String::as_str);
-        if text.trim().is_empty() {
+        // share.json requires `rip`, the real IP of the acting user.
+        let rip = submission.fields.get("rip").map_or("", String::as_str);
+        if text.trim().is_empty() || rip.trim().is_empty() {
             return refuse(10016);
         }
         if weibo_length(text) > self.config.max_length {

@@ -70,7 +70,9 @@ pub struct Settings {
     /// The domain registered for the app: every post must link to it (or a
     /// subdomain).
     pub safe_domain: String,
-    /// The real IP of the acting user, sent as `rip`.
+    /// The real IP of the acting user, sent as `rip`. Required: share.json
+    /// answers 10016 without it. (An `Option` so its absence is reported
+    /// with the reason rather than as a bare missing field.)
     pub rip: Option<String>,
     /// When the access token expires (RFC 3339), for warnings ahead of time.
     #[serde(default, deserialize_with = "optional_time")]
@@ -113,10 +115,18 @@ impl WeiboAdapter {
         let token = settings.access_token;
         let authorization = authorization(&token)?;
         let safe_domain = safe_domain(&settings.safe_domain)?;
-        if let Some(rip) = &settings.rip
-            && rip.trim().parse::<IpAddr>().is_err()
-        {
-            return Err(invalid("rip", "must be an IPv4 or IPv6 address"));
+        match &settings.rip {
+            None => {
+                return Err(invalid(
+                    "rip",
+                    "required: share.json refuses every post without the real IP of the acting user (10016); \
+                     set it to this host's public IP address",
+                ));
+            }
+            Some(rip) if rip.trim().parse::<IpAddr>().is_err() => {
+                return Err(invalid("rip", "must be an IPv4 or IPv6 address"));
+            }
+            Some(_) => {}
         }
         if let Some(id) = &settings.user_id
             && (id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()))
@@ -421,7 +431,8 @@ mod tests {
     use serde_json::json;
 
     fn settings(extra: serde_json::Value) -> Settings {
-        let mut table = json!({ "access_token": "2.00tokenSEKRIT", "safe_domain": "example.gov.cn" });
+        let mut table =
+            json!({ "access_token": "2.00tokenSEKRIT", "safe_domain": "example.gov.cn", "rip": "203.0.113.7" });
         if let (Some(table), Some(extra)) = (table.as_object_mut(), extra.as_object()) {
             table.extend(extra.clone());
         }
@@ -451,6 +462,7 @@ mod tests {
             (json!({ "safe_domain": "https://example.gov.cn/" }), "invalid setting `safe_domain`"),
             (json!({ "safe_domain": "" }), "invalid setting `safe_domain`"),
             (json!({ "rip": "not an ip" }), "invalid setting `rip`"),
+            (json!({ "rip": null }), "invalid setting `rip`: required"),
             (json!({ "user_id": "u123" }), "invalid setting `user_id`"),
             (json!({ "max_length": 0 }), "invalid setting `max_length`"),
             (json!({ "access_token": "" }), "invalid setting `access_token`: must not be empty"),
