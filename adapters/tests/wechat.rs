@@ -279,6 +279,9 @@ async fn errcodes_are_classified_by_the_table() {
     let daily = draft_error(45009).await;
     let ErrorClass::RateLimited { retry_after: Some(wait) } = daily.class else { panic!("{daily:?}") };
     assert!(wait > Duration::ZERO && wait <= Duration::from_secs(24 * 3600), "{wait:?}");
+    // WeChat's quotas are the AppID's: every account of it waits.
+    assert!(daily.shared_limit && draft_error(45011).await.shared_limit);
+    assert!(!draft_error(-1).await.shared_limit);
 
     let whitelist = draft_error(40164).await;
     assert_eq!(whitelist.class, ErrorClass::Permanent);

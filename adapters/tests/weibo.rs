@@ -280,7 +280,10 @@ async fn a_rate_limit_waits_for_the_next_whole_hour() {
             "{code}: {wait:?}"
         );
         assert_eq!(error.answer.code, Some(code.to_string()));
+        // Only the IP limit is shared with the host's other Weibo accounts.
+        assert_eq!(error.shared_limit, code == 10022, "{code}");
     }
+    assert_eq!(adapter.limit_scope().as_deref(), Some("weibo 127.0.0.1 from this host"));
 }
 
 #[tokio::test]

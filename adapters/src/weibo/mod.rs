@@ -323,6 +323,10 @@ impl Adapter for WeiboAdapter {
         Platform::Weibo
     }
 
+    fn limit_scope(&self) -> Option<String> {
+        Some(format!("weibo {} from this host", self.base.host()))
+    }
+
     fn render(&self, content: &PostContent) -> Result<Rendered, Vec<ContentProblem>> {
         self.rules.render(content)
     }

@@ -446,6 +446,9 @@ impl Scheduler {
                             if let Some(gate) = self.gates.get(&d.account) {
                                 gate.pause_until(d.due);
                             }
+                            if e.shared_limit {
+                                self.pause_limit_scope(&d.account, d.due);
+                            }
                             paused = true;
                             if let Some(alerter) = &self.alerter
                                 && wait > alerter.pause_threshold()
@@ -515,6 +518,24 @@ impl Scheduler {
             gate.pause_until(to_millis(now) + wait.as_millis() as Millis);
             if gate.consecutive_failures == 3 {
                 tracing::warn!(account, failures = 3, "the platform keeps failing; the account backs off as a whole");
+            }
+        }
+    }
+
+    /// A rate limit of what `account` shares with others (an AppID's quota,
+    /// the host's IP): pause every account of the same limit scope until
+    /// `until`, so they do not each spend a request to learn it.
+    fn pause_limit_scope(&mut self, account: &str, until: Millis) {
+        let config = Arc::clone(&self.config);
+        let Some(scope) = config.accounts.get(account).and_then(|a| a.adapter.limit_scope()) else { return };
+        for (id, other) in &config.accounts {
+            if id != account
+                && other.adapter.limit_scope().as_deref() == Some(scope.as_str())
+                && let Some(gate) = self.gates.get(id)
+            {
+                gate.pause_until(until);
+                tracing::warn!(account = %id, scope = %scope, until = %from_millis(until).to_rfc3339(),
+                    "rate limit shared with another account; account paused");
             }
         }
     }

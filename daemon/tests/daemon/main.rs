@@ -6,6 +6,7 @@
 
 mod helpers;
 mod operations;
+mod platforms;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;

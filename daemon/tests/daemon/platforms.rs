@@ -1,0 +1,54 @@
+//! Platform behaviour that needs the scheduler: limits that several
+//! accounts share.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use herald_sandbox::{Outcome, Tokens, WeiboConfig, WeiboEmulator};
+
+use crate::helpers::*;
+
+fn weibo_account(id: &str, base_url: &str, token: &str) -> String {
+    format!(
+        "\n[accounts.{id}]\nplatform = \"weibo\"\nbase_url = \"{base_url}\"\naccess_token = \"{token}\"\n\
+         safe_domain = \"example.gov.cn\"\nrip = \"127.0.0.1\"\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weibo_ip_limit_10022_pauses_every_weibo_account_of_the_host() {
+    let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let weibo = WeiboEmulator::start(addr, WeiboConfig::new(Tokens::new(["token-a", "token-b"]), "example.gov.cn"))
+        .await
+        .unwrap();
+    weibo.answer_next(1, 10022);
+    let hook = receiver(None).await;
+    let dir = TestDir::new();
+    let first = in_secs(2);
+    let config = daemon_section()
+        + &weibo_account("wuhan-weibo", weibo.base_url(), "token-a")
+        + &weibo_account("xian-weibo", weibo.base_url(), "token-b")
+        + &webhook_account("archive", &hook.url())
+        + &post_at("first", "Beware https://example.gov.cn/a", &["wuhan-weibo"], first)
+        + &post_at("second", "Beware https://example.gov.cn/b", &["xian-weibo"], first + chrono::Duration::seconds(1))
+        + &post_at("marker", "after both", &["archive"], first + chrono::Duration::seconds(2));
+    dir.write_config(&config);
+    let mut herald = dir.start().await;
+
+    // The marker is due after both Weibo posts: once it arrives, the
+    // scheduler has passed their times.
+    assert!(
+        hook.wait_until(Duration::from_secs(30), |received| received
+            .iter()
+            .any(|post| matches!(post.outcome, Outcome::Accepted { .. })))
+            .await
+    );
+    // One request reached Weibo (refused 10022); xian-weibo waited with it.
+    let requests: Vec<_> = weibo.requests().into_iter().filter(|r| r.path.ends_with("share.json")).collect();
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    herald.wait_for_log("rate limit shared with another account; account paused").await;
+    herald.stop().await;
+    assert!(weibo.published().is_empty());
+    let status = dir.status();
+    assert!(status.contains("2 pending"), "{status}");
+}
