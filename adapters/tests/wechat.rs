@@ -661,6 +661,15 @@ fn render_refuses_what_wechat_would() {
     let problems = adapter.render(&long_body).unwrap_err();
     assert_eq!(problems[0].field, "body");
     assert!(problems[0].message.contains("20000"), "{}", problems[0]);
+
+    // Near the limit, the body image's real URL (not its short placeholder)
+    // tips the article over: refused by check, as WeChat would.
+    let mut near = post.content.clone();
+    near.body = "诈".repeat(19_880);
+    let problems = adapter.render(&near).unwrap_err();
+    assert!(problems[0].message.contains("20000"), "{}", problems[0]);
+    near.images.truncate(1);
+    assert!(adapter.render(&near).is_ok(), "without the body image it fits");
 }
 
 #[tokio::test]

@@ -428,6 +428,18 @@ fn render_counts_the_weibo_way_and_refuses_what_weibo_would() {
     in_body.link = None;
     assert_eq!(adapter.render(&in_body).unwrap().text, format!("详见{LINK}"));
 
+    // Half-width katakana count one each: 121 of them and the link are 140.
+    assert!(adapter.render(&content(&"ｱ".repeat(121))).is_ok());
+    assert!(adapter.render(&content(&"ｱ".repeat(122))).is_err(), "Weibo would answer 20012");
+
+    // share.json refuses #topic# tags; a link's #fragment is not one.
+    let problems = adapter.render(&content("警惕 #电信诈骗# 提醒")).unwrap_err();
+    assert_eq!(problems[0].field, "body");
+    assert!(problems[0].message.contains("`#电信诈骗#` is a #topic# tag"), "{}", problems[0]);
+    let mut fragment = content("提示");
+    fragment.link = Some(format!("{LINK}#details"));
+    assert!(adapter.render(&fragment).is_ok());
+
     let (_folder, not_a_picture) = temp_file("notes.txt", b"just text");
     let mut with_text_file = content("提示");
     with_text_file.images = vec![not_a_picture];
@@ -528,4 +540,29 @@ async fn a_refused_look_up_after_a_timeout_that_published_ends_delivered_once() 
     let message = receipt.answer.message.unwrap();
     assert!(message.contains("look-up before re-sending was impossible"), "{message}");
     assert!(message.contains("taken as evidence it was published"), "{message}");
+}
+
+#[tokio::test]
+async fn an_upper_case_link_host_is_lower_cased_before_comparing_and_sending() {
+    let weibo = emulator().await;
+    let adapter = adapter(&weibo);
+    let mut shouting = content("提示 详见HTTPS://WWW.Example.GOV.CN/alerts/Case42");
+    shouting.link = Some("HTTPS://WWW.EXAMPLE.GOV.CN/alerts/Case42".into());
+    let rendered = adapter.render(&shouting).unwrap();
+    assert_eq!(rendered.link.as_deref(), Some("https://www.example.gov.cn/alerts/Case42"));
+    assert!(rendered.text.contains("详见https://www.example.gov.cn/alerts/Case42"), "{}", rendered.text);
+
+    adapter.publish(Delivery::new("d-case", rendered).request()).await.unwrap();
+    assert_eq!(weibo.published().len(), 1, "accepted: the host was sent lower-cased");
+
+    // Sent as written, Weibo refuses it (10017), as the emulator shows.
+    let form = [("access_token", TOKEN), ("status", "提示 HTTPS://WWW.Example.GOV.CN/a"), ("rip", "203.0.113.7")];
+    let answer = reqwest::Client::new()
+        .post(format!("{}/2/statuses/share.json", weibo.base_url()))
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    let body: serde_json::Value = answer.json().await.unwrap();
+    assert_eq!(body["error_code"], json!(10017));
 }

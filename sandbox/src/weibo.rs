@@ -613,21 +613,27 @@ fn weibo_length(text: &str) -> usize {
     let halves: usize = text
         .chars()
         .map(|c| {
-            let half = c.is_ascii() || ('\u{FF61}'..='\u{FFDC}').contains(&c) || ('\u{FFE8}'..='\u{FFEE}').contains(&c);
+            // Half-width katakana count as whole characters.
+            let katakana = ('\u{FF65}'..='\u{FF9F}').contains(&c);
+            let half = c.is_ascii()
+                || (('\u{FF61}'..='\u{FFDC}').contains(&c) && !katakana)
+                || ('\u{FFE8}'..='\u{FFEE}').contains(&c);
             if half { 1 } else { 2 }
         })
         .sum();
     halves.div_ceil(2)
 }
 
-/// The hosts of the http(s) URLs in `text`, lowercase.
+/// The hosts of the http(s) URLs in `text`, as written: Weibo compares the
+/// safe domain with the host as sent, so `WWW.Example.gov.cn` is not on
+/// `example.gov.cn`.
 fn url_hosts(text: &str) -> Vec<String> {
     let lower = text.to_ascii_lowercase();
     lower
         .match_indices("://")
         .filter(|(at, _)| lower[..*at].ends_with("http") || lower[..*at].ends_with("https"))
         .map(|(at, _)| {
-            lower[at + 3..]
+            text[at + 3..]
                 .chars()
                 .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '.')
                 .collect::<String>()
@@ -661,7 +667,9 @@ mod tests {
     #[test]
     fn text_rules() {
         assert_eq!(weibo_length("ab防诈"), 3);
-        assert_eq!(url_hosts("见https://A.example.gov.cn/x，http://t.cn"), ["a.example.gov.cn", "t.cn"]);
+        assert_eq!(weibo_length("ｱｲ"), 2, "half-width katakana count one each");
+        assert_eq!(url_hosts("见https://A.example.gov.cn/x，HTTP://t.cn"), ["A.example.gov.cn", "t.cn"]);
+        assert!(!on_domain("www.Example.GOV.cn", "example.gov.cn"), "compared as sent");
         assert!(on_domain("a.example.gov.cn", "example.gov.cn"));
         assert!(!on_domain("badexample.gov.cn", "example.gov.cn"));
         assert_eq!(picture_type(b"GIF89a"), Some("gif"));

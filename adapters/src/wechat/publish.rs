@@ -408,6 +408,13 @@ impl WechatAdapter {
             urls.push(self.upload_body_image(token, image).await?);
         }
         let html = render::with_image_urls(&content.text, &urls);
+        let chars = html.chars().count();
+        if chars >= render::MAX_CONTENT_CHARS || html.len() >= render::MAX_CONTENT_BYTES {
+            return Err(refused(&format!(
+                "the article is {chars} characters of HTML with its images' URLs; WeChat needs fewer than {}",
+                render::MAX_CONTENT_CHARS
+            )));
+        }
         let digest = render::digest(&content.text);
         let article = Article {
             title,
