@@ -45,7 +45,7 @@ fn content(body: &str) -> PostContent {
         title: Some("Fraud alert".into()),
         body: body.into(),
         link: Some("https://example.gov.cn/alerts/42".into()),
-        images: vec!["poster.png".into()],
+        images: vec![],
     }
 }
 
@@ -89,7 +89,7 @@ async fn a_status_is_sent_as_json_with_the_idempotency_key() {
     let rendered = adapter.render(&content("Police never ask you to move money.")).unwrap();
     assert_eq!(rendered.text, "Police never ask you to move money.\n\nhttps://example.gov.cn/alerts/42");
     assert_eq!(rendered.title.as_deref(), Some("Fraud alert"));
-    assert!(rendered.images.is_empty(), "media upload is not supported");
+    assert!(rendered.images.is_empty());
 
     let receipt = adapter.publish(Delivery::new("d-001", rendered.clone()).request()).await.unwrap();
 
@@ -232,6 +232,13 @@ fn render_counts_characters_against_the_limit() {
     assert_eq!(problems.len(), 1);
     assert_eq!(problems[0].field, "body");
     assert_eq!(problems[0].message, "the text and link are 501 characters long; the limit is 500");
+
+    // Images are refused with the reason, never dropped silently.
+    let mut with_image = content("提示");
+    with_image.images = vec!["poster.png".into()];
+    let problems = adapter.render(&with_image).unwrap_err();
+    assert_eq!(problems[0].field, "images");
+    assert!(problems[0].message.contains("override `images = []` for mastodon"), "{}", problems[0]);
 
     let mut spoiler = settings("https://social.example.org", TOKEN);
     spoiler.title_as_spoiler = true;

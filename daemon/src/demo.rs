@@ -129,6 +129,12 @@ body = "Fake refund calls: never give a bank code. No real refund needs it."
 [posts.overrides.tieba]
 images = []
 
+[posts.overrides.mastodon]
+images = []
+
+[posts.overrides.discourse]
+images = []
+
 [[posts]]
 id = "campus-loan-education"
 title = "Campus loans: read first"
@@ -142,6 +148,12 @@ at = "{second}"
 body = "Campus loans with no interest and no checks hide fees. Ask your school first."
 
 [posts.overrides.tieba]
+images = []
+
+[posts.overrides.mastodon]
+images = []
+
+[posts.overrides.discourse]
 images = []
 "#,
         hook = sandbox.webhook.url(),

@@ -7,7 +7,9 @@
 //! timeout cannot create a second status: there is no lookup. Statuses are
 //! classified by the one table in `errors.rs`; a 429 waits for
 //! `X-RateLimit-Reset`. The post's title can go out as the content warning
-//! (`spoiler_text`); images are not sent (media upload is not supported).
+//! (`spoiler_text`). Images are not uploaded (the media API is not
+//! supported yet): `render` refuses a post with images, so none is dropped
+//! silently.
 
 mod errors;
 mod wire;
@@ -228,6 +230,13 @@ impl Adapter for MastodonAdapter {
         let body = content.body.trim_end();
         if body.trim().is_empty() {
             problems.push(ContentProblem::new("body", "must not be empty"));
+        }
+        if !content.images.is_empty() {
+            problems.push(ContentProblem::new(
+                "images",
+                "herald does not upload images to Mastodon yet, and a status would go out without them: \
+                 override `images = []` for mastodon to post the text alone",
+            ));
         }
         let link = content.link.as_deref().map(str::trim).filter(|link| !link.is_empty());
         let text = match link {
