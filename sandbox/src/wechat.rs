@@ -323,6 +323,17 @@ impl WechatEmulator {
         *self.wechat.state().lose.entry(api).or_default() += count;
     }
 
+    /// The next `count` calls of `api` wait `wait` before they are handled
+    /// (herald can be killed while one is in flight).
+    pub fn hold(&self, api: WechatApi, count: usize, wait: Duration) {
+        self.wechat.state().hold.insert(api, (count, wait));
+    }
+
+    /// How many calls of `api` arrived, handled or still held.
+    pub fn arrived(&self, api: WechatApi) -> usize {
+        self.wechat.state().arrived.get(&api).copied().unwrap_or(0)
+    }
+
     /// The drafts in the account's draft box, by media_id.
     pub fn drafts(&self) -> BTreeMap<String, Vec<DraftArticle>> {
         self.wechat.state().drafts.iter().map(|(id, articles)| (id.clone(), articles.clone())).collect()
@@ -408,6 +419,11 @@ struct Platform {
     errcodes: HashMap<WechatApi, VecDeque<(usize, i64)>>,
     /// How many of the next calls of an API are handled and then cut.
     lose: HashMap<WechatApi, usize>,
+    /// How many of the next calls of an API wait, and how long, before
+    /// they are handled.
+    hold: HashMap<WechatApi, (usize, Duration)>,
+    /// Calls that arrived, per API, handled or not yet.
+    arrived: HashMap<WechatApi, usize>,
     plan: PublishPlan,
     calls: Vec<WechatCall>,
     last_id: u64,
@@ -538,6 +554,20 @@ impl Wechat {
     }
 
     async fn handle(&self, arrival: Arrival) -> Reply {
+        let hold = {
+            let mut state = self.state();
+            *state.arrived.entry(arrival.api).or_default() += 1;
+            match state.hold.get_mut(&arrival.api) {
+                Some((left, wait)) if *left > 0 => {
+                    *left -= 1;
+                    Some(*wait)
+                }
+                _ => None,
+            }
+        };
+        if let Some(wait) = hold {
+            self.stopping.sleep(wait).await;
+        }
         let injected = self.faults.apply(&self.stopping).await;
         let mut call = WechatCall {
             api: arrival.api,

@@ -52,3 +52,46 @@ async fn weibo_ip_limit_10022_pauses_every_weibo_account_of_the_host() {
     let status = dir.status();
     assert!(status.contains("2 pending"), "{status}");
 }
+
+/// A JPEG header: enough for WeChat's cover checks.
+const JPEG: &[u8] = &[0xFF, 0xD8, 0xFF, 0xE0, 0, 0x10, b'J', b'F', b'I', b'F', 0, 1, 1, 0, 0xFF, 0xD9];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wechat_killed_while_submit_is_in_flight_publishes_one_article() {
+    use herald_sandbox::wechat::{WechatApi, WechatConfig, WechatEmulator};
+
+    let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let wechat = WechatEmulator::start(addr, WechatConfig::new("wx-kill", "wx-kill-secret")).await.unwrap();
+    // The submit is held 1.5 s: herald is killed while it waits for the answer.
+    wechat.hold(WechatApi::Submit, 1, Duration::from_millis(1500));
+    let dir = TestDir::new();
+    std::fs::write(dir.path().join("cover.jpg"), JPEG).unwrap();
+    let config = daemon_section()
+        + &format!(
+            "\n[accounts.wuhan-wechat]\nplatform = \"wechat\"\nbase_url = \"{}\"\nappid = \"wx-kill\"\n\
+             secret = \"wx-kill-secret\"\npoll_interval = \"100ms\"\npoll_timeout = \"3s\"\n",
+            wechat.base_url()
+        )
+        + &post_at("alert", "Police never ask for a bank code.", &["wuhan-wechat"], in_secs(1))
+        + "images = [\"cover.jpg\"]\n";
+    dir.write_config(&config);
+    let herald = dir.start().await;
+
+    eventually("the submit is in flight", Duration::from_secs(30), || wechat.arrived(WechatApi::Submit) == 1).await;
+    let first_run = herald.kill().await;
+    assert!(wechat.calls_to(WechatApi::Submit).is_empty(), "killed before WeChat answered the submit");
+    // WeChat finishes the submit it received.
+    eventually("WeChat publishes", Duration::from_secs(30), || wechat.published().len() == 1).await;
+
+    let herald = dir.start().await;
+    eventually("herald records the delivery", Duration::from_secs(60), || {
+        status_counts(&text(&dir.cli(&["status"]).stdout)).get("delivered").copied() == Some(1)
+    })
+    .await;
+    herald.stop().await;
+
+    assert_eq!(wechat.published().len(), 1, "one article; first run:\n{first_run}");
+    let submits = wechat.calls_to(WechatApi::Submit).len();
+    assert_eq!(submits, 1, "submitted once");
+    assert!(!wechat.calls_to(WechatApi::BatchGet).is_empty(), "the restart looked for the article");
+}
