@@ -95,3 +95,34 @@ async fn wechat_killed_while_submit_is_in_flight_publishes_one_article() {
     assert_eq!(submits, 1, "submitted once");
     assert!(!wechat.calls_to(WechatApi::BatchGet).is_empty(), "the restart looked for the article");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_says_when_a_paused_accounts_next_delivery_can_really_go() {
+    use herald_sandbox::{Fault, StatusFault};
+
+    let hook = receiver(None).await;
+    // Rate limited for an hour.
+    hook.fail_next(1, Fault::Status(StatusFault { status: 429, retry_after: Some(3600), body: None }));
+    let dir = TestDir::new();
+    let second = in_secs(2);
+    let config = daemon_section()
+        + &webhook_account("nanjing-hook", &hook.url())
+        + &post_at("first", "River levels are rising.", &["nanjing-hook"], in_secs(1))
+        + &post_at("second", "Stay away from the banks.", &["nanjing-hook"], second);
+    dir.write_config(&config);
+    let herald = dir.start().await;
+
+    assert!(hook.wait_until(Duration::from_secs(30), |received| !received.is_empty()).await);
+    eventually("the second post is due", Duration::from_secs(30), || chrono::Utc::now() > second).await;
+    eventually("herald records the rate limit", Duration::from_secs(30), || {
+        dir.log().iter().any(|record| record.event == "retry_scheduled")
+    })
+    .await;
+    let status = dir.status();
+    herald.stop().await;
+
+    let next = status.lines().find(|line| line.starts_with("next due:")).unwrap_or_default().to_string();
+    assert!(!next.contains("(now)"), "the account is paused for an hour: {status}");
+    assert!(next.contains("(in 59m") || next.contains("(in 1h"), "{status}");
+    assert_eq!(hook.received().len(), 1, "nothing else was sent while paused");
+}
