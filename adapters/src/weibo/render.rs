@@ -48,6 +48,13 @@ pub fn normalize_link_hosts(text: &str) -> String {
     out
 }
 
+/// The host of `url` as written (between `://` and the next `/`, `?`, `#`
+/// or `:`).
+fn written_host(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    rest.split(['/', '?', '#', ':']).next().unwrap_or_default()
+}
+
 /// Where the next `http://` or `https://` (any case) starts.
 fn find_scheme(text: &str) -> Option<usize> {
     let bytes = text.as_bytes();
@@ -156,6 +163,10 @@ impl Rules {
         let needs_link = || format!("needs a link on {}", self.safe_domain);
         match link.as_deref() {
             Some(link) => match Url::parse(link) {
+                Ok(_) if !written_host(link).is_ascii() => problems.push(ContentProblem::new(
+                    "link",
+                    "write the link's host in its ASCII (IDNA, `xn--`) form: Weibo compares the host as sent",
+                )),
                 Ok(url) if matches!(url.scheme(), "http" | "https") => {
                     let host = url.host_str().unwrap_or_default();
                     if !on_domain(host, &self.safe_domain) {
@@ -246,6 +257,20 @@ mod tests {
         );
         assert_eq!(normalize_link_hosts("no links, HTTP only"), "no links, HTTP only");
         assert_eq!(normalize_link_hosts("https://"), "https://");
+    }
+
+    #[test]
+    fn a_non_ascii_link_host_is_refused_rather_than_sent_as_written() {
+        let rules = Rules { safe_domain: "example.gov.cn".into(), max_length: 140 };
+        let content = PostContent {
+            title: None,
+            body: "提示".into(),
+            link: Some("https://例子.example.gov.cn/a".into()),
+            images: vec![],
+        };
+        let problems = rules.render(&content).unwrap_err();
+        assert!(problems[0].message.contains("IDNA"), "{}", problems[0]);
+        assert_eq!(written_host("https://www.example.gov.cn:443/a?b#c"), "www.example.gov.cn");
     }
 
     #[test]
