@@ -5,7 +5,8 @@
 //! media cached).
 //!
 //! What every adapter must do:
-//! - a connection refused (nothing sent): transient, not uncertain;
+//! - a connection refused or a failed TLS handshake (nothing sent):
+//!   transient, not uncertain;
 //! - no answer in time, or the connection reset after sending: transient
 //!   and uncertain (the next attempt looks before re-sending);
 //! - 5xx without Retry-After: transient; 5xx with Retry-After and 429:
@@ -202,6 +203,22 @@ async fn a_refused_connection_is_transient_and_certain() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let base = format!("http://{}", closed.local_addr().unwrap());
     drop(closed);
+    unreachable_everywhere(&base, "a refused connection").await;
+}
+
+#[tokio::test]
+async fn a_failed_tls_handshake_is_transient_and_certain() {
+    // The sandbox speaks plain HTTP: an https:// client fails its handshake
+    // before anything is sent.
+    let sandbox = Sandbox::start("127.0.0.1:0".parse().unwrap(), SandboxOptions::default()).await.unwrap();
+    unreachable_everywhere(&format!("https://{}", sandbox.addr()), "a TLS failure").await;
+    assert!(sandbox.webhook.received().is_empty() && sandbox.weibo.requests().is_empty());
+}
+
+/// Every adapter pointed at `base`, where no request can be delivered:
+/// transient and certain (nothing was sent).
+async fn unreachable_everywhere(base: &str, what: &str) {
+    let base = base.to_string();
     let mut broken = Vec::new();
     for platform in PLATFORMS {
         let settings = AccountSettings::deserialize(platform, settings(platform, &base)).unwrap();
@@ -227,7 +244,7 @@ async fn a_refused_connection_is_transient_and_certain() {
         };
         let result = adapter.publish(request).await;
         let ok = matches!(&result, Err(e) if e.class == ErrorClass::Transient && !e.maybe_sent);
-        expect(&mut broken, platform, ok, "transient, not sent", &result);
+        expect(&mut broken, platform, ok, &format!("{what}: transient, not sent"), &result);
     }
     assert!(broken.is_empty(), "{}", broken.join("\n"));
 }
