@@ -1,6 +1,11 @@
 //! The one table that maps Discourse's HTTP statuses to what herald does
 //! next, as PLATFORMS.md documents them; other statuses follow the shared
 //! HTTP table ([`crate::http::classify_status`]).
+//!
+//! Uncertain paths: the topic carries the delivery id as `external_id`; the
+//! next attempt after no answer, a reset or a crash looks it up by that id
+//! before creating it, and a 422 on such a retry is looked up the same way
+//! (`adapters/tests/discourse.rs`, `contract.rs`).
 
 use std::time::Duration;
 

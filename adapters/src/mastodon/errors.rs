@@ -1,6 +1,12 @@
 //! The one table that maps Mastodon's HTTP statuses to what herald does
 //! next, as PLATFORMS.md documents them; other statuses follow the shared
 //! HTTP table ([`crate::http::classify_status`]).
+//!
+//! Uncertain paths: every attempt sends the delivery id as
+//! `Idempotency-Key`, which the server remembers for an hour and answers
+//! with the original status, so a re-send after no answer, a reset or a
+//! crash publishes nothing new within that hour (`contract.rs`); after it,
+//! a duplicate is possible (README).
 
 use std::time::Duration;
 

@@ -1,5 +1,15 @@
 //! The one table mapping WeChat's `errcode`s to what herald does next, as
 //! PLATFORMS.md documents them, and the rate-limit windows they imply.
+//!
+//! Uncertain paths (tested in `adapters/tests/wechat.rs`, `contract.rs`
+//! and the daemon's `platforms.rs`): before `freepublish/submit` leaves,
+//! the intent is saved; no answer (timeout, reset, crash) leaves it, and the
+//! next attempt looks in `freepublish/batchget` until a job started then
+//! would have ended, submitting the same draft again only when the article
+//! is not there. A known publish job is followed, whatever happens (token
+//! rejections are refreshed, within the budget, and followed on). Mass send
+//! re-sends with the same `clientmsgid`: 45065 is success. Quotas (45009,
+//! 45011, 45028) are the AppID's and pause every account of it.
 
 use std::time::Duration;
 

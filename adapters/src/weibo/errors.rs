@@ -1,6 +1,14 @@
 //! The one table that maps Weibo's `error_code`s to what herald does next,
 //! as PLATFORMS.md documents them. A code missing from the table is
 //! transient: the daemon bounds the attempts.
+//!
+//! Uncertain paths (each tested in `adapters/tests/weibo.rs` or
+//! `contract.rs`): no answer in time, a reset after sending, 10010 "job
+//! expired" and a 2xx without a status make the next attempt uncertain; it
+//! looks in the user timeline for the exact text, and when that look-up is
+//! refused (10014) it re-sends, saying so in the audit record: 20017, 20019
+//! and 20111 on such a retry count as published. A crash in flight is the
+//! same (the daemon marks the delivery uncertain on start).
 
 use std::time::Duration;
 
