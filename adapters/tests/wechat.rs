@@ -1008,3 +1008,25 @@ async fn when_the_days_forced_refreshes_are_used_up_nothing_is_forced() {
     assert_eq!(emulator.tokens_issued(), forced_before, "nothing forced");
     assert_eq!(emulator.published().len(), 1);
 }
+
+#[tokio::test]
+async fn a_refused_look_up_after_a_lost_submit_is_retried_never_failed_nor_resubmitted() {
+    let emulator = emulator().await;
+    let adapter = adapter(settings(&emulator), &Services::in_memory(ACCOUNT));
+    let post = Post::new();
+    let mut delivery = Delivery::new("d-no-look", &adapter, &post);
+    emulator.lose_answers(WechatApi::Submit, 1);
+    adapter.publish(delivery.request()).await.unwrap_err();
+    emulator.fail_api(WechatApi::BatchGet, 1, 48001);
+
+    delivery.uncertain = true;
+    let error = attempt(&adapter, &delivery).await.unwrap_err();
+
+    assert!(error.class == ErrorClass::Transient && error.maybe_sent, "{error:?}");
+    assert!(error.reason.contains("looking again before any new submit"), "{}", error.reason);
+    assert_eq!(emulator.calls_to(WechatApi::Submit).len(), 1, "not submitted again");
+    // The next attempt can look, and finds it.
+    attempt(&adapter, &delivery).await.unwrap();
+    assert_eq!(emulator.published().len(), 1);
+    assert_eq!(emulator.calls_to(WechatApi::Submit).len(), 1);
+}

@@ -206,7 +206,20 @@ impl WechatAdapter {
                     async move { self.search_published(&token, title, digest, since).await }
                 })
                 .await;
-            match found.map_err(DeliveryError::maybe_sent)? {
+            // Whatever stops the look-up, the article may be public: never
+            // a failure of the delivery for that, never a second submit.
+            let found = found.map_err(|error| {
+                let class = match error.class {
+                    ErrorClass::RateLimited { retry_after } => ErrorClass::RateLimited { retry_after },
+                    _ => ErrorClass::Transient,
+                };
+                let reason = format!(
+                    "{}; the article of an earlier submit may be public: looking again before any new submit",
+                    error.reason
+                );
+                DeliveryError { class, reason, ..error }.maybe_sent()
+            });
+            match found? {
                 Some((article_id, url)) => {
                     tracing::info!(delivery = delivery_id, article_id = %article_id, searches,
                         "found among the published articles: the earlier submit went through");
