@@ -129,9 +129,6 @@ body = "Fake refund calls: never give a bank code. No real refund needs it."
 [posts.overrides.tieba]
 images = []
 
-[posts.overrides.mastodon]
-images = []
-
 [posts.overrides.discourse]
 images = []
 
@@ -148,9 +145,6 @@ at = "{second}"
 body = "Campus loans with no interest and no checks hide fees. Ask your school first."
 
 [posts.overrides.tieba]
-images = []
-
-[posts.overrides.mastodon]
 images = []
 
 [posts.overrides.discourse]
