@@ -42,11 +42,15 @@ pub struct DeliveryError {
     /// True when the request may have reached the platform (a timeout after
     /// sending): the next attempt is marked uncertain.
     pub maybe_sent: bool,
+    /// True when a rate limit belongs to what several accounts share (an
+    /// app id's quota, the host's IP), not to this account: the daemon
+    /// pauses every account with the same [`crate::Adapter::limit_scope`].
+    pub shared_limit: bool,
 }
 
 impl DeliveryError {
     pub fn new(class: ErrorClass, answer: PlatformAnswer, reason: impl Into<String>) -> Self {
-        Self { class, answer, reason: reason.into(), maybe_sent: false }
+        Self { class, answer, reason: reason.into(), maybe_sent: false, shared_limit: false }
     }
 
     pub fn transient(answer: PlatformAnswer, reason: impl Into<String>) -> Self {
@@ -63,6 +67,12 @@ impl DeliveryError {
 
     pub fn credentials_expired(answer: PlatformAnswer, reason: impl Into<String>) -> Self {
         Self::new(ErrorClass::CredentialsExpired, answer, reason)
+    }
+
+    /// Mark a rate limit as shared by every account of the same limit scope.
+    pub fn shared_limit(mut self) -> Self {
+        self.shared_limit = true;
+        self
     }
 
     /// Mark that the request may have reached the platform.

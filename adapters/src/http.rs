@@ -44,15 +44,20 @@ pub fn client(options: &HttpOptions) -> Result<reqwest::Client, reqwest::Error> 
 
 /// What an HTTP status says about an attempt: `Ok` for 2xx, otherwise the
 /// class of the failure. Retried: 408, 429 (rate limited, after
-/// `retry_after`) and 5xx except 501. Everything else (501, 3xx, the other
-/// 4xx) will not change by retrying.
+/// `retry_after`) and 5xx except 501; a 5xx with a `Retry-After` (a 503 in
+/// maintenance, an overloaded proxy) is rate limited for that long, so the
+/// account waits as asked. Everything else (501, 3xx, the other 4xx) will
+/// not change by retrying.
 pub fn classify_status(status: StatusCode, retry_after: Option<Duration>) -> Result<(), ErrorClass> {
     match status.as_u16() {
         200..=299 => Ok(()),
         429 => Err(ErrorClass::RateLimited { retry_after }),
         408 => Err(ErrorClass::Transient),
         501 => Err(ErrorClass::Permanent),
-        500..=599 => Err(ErrorClass::Transient),
+        500..=599 => Err(match retry_after {
+            Some(wait) => ErrorClass::RateLimited { retry_after: Some(wait) },
+            None => ErrorClass::Transient,
+        }),
         _ => Err(ErrorClass::Permanent),
     }
 }
@@ -226,7 +231,8 @@ impl Answer {
     }
 
     /// `Ok` for a 2xx answer, otherwise the [`DeliveryError`] its status
-    /// calls for, with `Retry-After` (clamped to `max_retry_after`) on a 429.
+    /// calls for, with `Retry-After` (clamped to `max_retry_after`) on a 429
+    /// or a 5xx.
     pub fn error_for_status(&self, max_retry_after: Duration) -> Result<(), DeliveryError> {
         let retry_after = retry_after(&self.headers, max_retry_after);
         let Err(class) = classify_status(self.status, retry_after) else {
@@ -263,9 +269,16 @@ mod tests {
         for ok in [200, 201, 202, 204, 299] {
             assert_eq!(class(ok), Ok(()), "{ok}");
         }
+        let none = |code: u16| classify_status(StatusCode::from_u16(code).unwrap(), None);
         for transient in [408, 500, 502, 503, 504, 599] {
-            assert_eq!(class(transient), Err(ErrorClass::Transient), "{transient}");
+            assert_eq!(none(transient), Err(ErrorClass::Transient), "{transient}");
         }
+        // A server error that says when to come back is waited for.
+        for unavailable in [500, 502, 503, 504, 599] {
+            let wait = Some(Duration::from_secs(7));
+            assert_eq!(class(unavailable), Err(ErrorClass::RateLimited { retry_after: wait }), "{unavailable}");
+        }
+        assert_eq!(class(408), Err(ErrorClass::Transient));
         assert_eq!(class(429), Err(ErrorClass::RateLimited { retry_after: Some(Duration::from_secs(7)) }));
         for permanent in [301, 302, 304, 400, 401, 403, 404, 409, 413, 422, 501] {
             assert_eq!(class(permanent), Err(ErrorClass::Permanent), "{permanent}");
@@ -348,6 +361,12 @@ mod tests {
         let clamped = answer(429, Some("7200"), "").error_for_status(HOUR).unwrap_err();
         assert_eq!(clamped.class, ErrorClass::RateLimited { retry_after: Some(HOUR) });
         assert_eq!(clamped.answer.message, None);
+
+        let unavailable = answer(503, Some("120"), "maintenance").error_for_status(HOUR).unwrap_err();
+        assert_eq!(unavailable.class, ErrorClass::RateLimited { retry_after: Some(Duration::from_secs(120)) });
+        assert!(unavailable.reason.contains("retry after 120s"), "{}", unavailable.reason);
+        let busy = answer(503, None, "").error_for_status(HOUR).unwrap_err();
+        assert_eq!(busy.class, ErrorClass::Transient);
 
         let long = "é".repeat(500);
         let bad = answer(400, None, &long).error_for_status(HOUR).unwrap_err();

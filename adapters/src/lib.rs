@@ -113,6 +113,15 @@ pub trait Adapter: Send + Sync {
         })
     }
 
+    /// What this account shares its platform limits with, when some limits
+    /// are not the account's own: accounts with the same scope are paused
+    /// together after a [`DeliveryError::shared_limit`] rate limit. WeChat:
+    /// the AppID (its API quotas); Weibo: the API host as reached from this
+    /// host (its per-IP limit, 10022). `None`: every limit is the account's.
+    fn limit_scope(&self) -> Option<String> {
+        None
+    }
+
     /// How long one attempt may take in all, when the adapter needs longer
     /// than the daemon's default (request timeouts plus a margin): WeChat
     /// follows a publish job for minutes. `None` keeps the default.

@@ -248,6 +248,13 @@ async fn probe_reads_the_current_user() {
 #[test]
 fn render_requires_a_title_and_checks_lengths() {
     let adapter = DiscourseAdapter::new(settings("https://forum.example.org", KEY), quick()).unwrap();
+    // Images are refused with the reason, never dropped silently.
+    let mut with_image = content(Some("Fake refund calls are fraud"), "A warning about fake refund calls.");
+    with_image.images = vec!["poster.png".into()];
+    let problems = adapter.render(&with_image).unwrap_err();
+    assert_eq!(problems[0].field, "images");
+    assert!(problems[0].message.contains("override `images = []` for discourse"), "{}", problems[0]);
+
     let problems = adapter.render(&content(None, "A warning about fake refund calls.")).unwrap_err();
     assert_eq!(problems.len(), 1);
     assert_eq!((problems[0].field.as_str(), problems[0].message.as_str()), ("title", "Discourse needs a title"));

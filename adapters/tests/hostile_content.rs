@@ -33,7 +33,7 @@ fn build() -> Platforms {
     let cover = dir.path().join("cover.jpg");
     std::fs::write(&cover, JPEG).unwrap();
     let settings = [
-        (Platform::Weibo, json!({"access_token": "t", "safe_domain": "example.gov.cn"})),
+        (Platform::Weibo, json!({"access_token": "t", "safe_domain": "example.gov.cn", "rip": "203.0.113.7"})),
         (Platform::Wechat, json!({"appid": "wx0508814484963291", "secret": "s"})),
         (Platform::Tieba, json!({"bduss": "b", "forum": "wuhan"})),
         (Platform::Discourse, json!({"base_url": "http://127.0.0.1:9", "api_key": "k", "api_username": "system"})),

@@ -45,7 +45,7 @@ fn content(body: &str) -> PostContent {
         title: Some("Fraud alert".into()),
         body: body.into(),
         link: Some("https://example.gov.cn/alerts/42".into()),
-        images: vec!["poster.png".into()],
+        images: vec![],
     }
 }
 
@@ -89,7 +89,7 @@ async fn a_status_is_sent_as_json_with_the_idempotency_key() {
     let rendered = adapter.render(&content("Police never ask you to move money.")).unwrap();
     assert_eq!(rendered.text, "Police never ask you to move money.\n\nhttps://example.gov.cn/alerts/42");
     assert_eq!(rendered.title.as_deref(), Some("Fraud alert"));
-    assert!(rendered.images.is_empty(), "media upload is not supported");
+    assert!(rendered.images.is_empty());
 
     let receipt = adapter.publish(Delivery::new("d-001", rendered.clone()).request()).await.unwrap();
 
@@ -237,6 +237,24 @@ fn render_counts_characters_against_the_limit() {
     assert_eq!(problems[0].field, "body");
     assert_eq!(problems[0].message, "the text and link are 501 characters long; the limit is 500");
 
+    // Images: at most 4, each a readable JPEG, PNG or GIF.
+    let dir = tempfile::tempdir().unwrap();
+    let png = dir.path().join("poster.png");
+    std::fs::write(&png, PNG).unwrap();
+    let notes = dir.path().join("notes.txt");
+    std::fs::write(&notes, "not an image").unwrap();
+    let mut five = content("提示");
+    five.images = vec![png.to_string_lossy().into_owned(); 5];
+    let problems = adapter.render(&five).unwrap_err();
+    assert!(problems[0].message.contains("at most 4"), "{}", problems[0]);
+    let mut text_file = content("提示");
+    text_file.images = vec![notes.to_string_lossy().into_owned()];
+    let problems = adapter.render(&text_file).unwrap_err();
+    assert!(problems[0].message.contains("not a JPEG, PNG or GIF"), "{}", problems[0]);
+    let mut missing = content("提示");
+    missing.images = vec!["/nonexistent/poster.png".into()];
+    assert!(adapter.render(&missing).unwrap_err()[0].message.contains("cannot be read"));
+
     let mut spoiler = settings("https://social.example.org", TOKEN);
     spoiler.title_as_spoiler = true;
     let adapter = MastodonAdapter::new(spoiler, quick()).unwrap();
@@ -263,4 +281,57 @@ async fn the_registry_builds_mastodon_from_account_settings() {
     assert_eq!(Platform::Mastodon.default_rate(), Some((300, Duration::from_secs(3 * 3600))));
     let missing = AccountSettings::deserialize(Platform::Mastodon, json!({ "access_token": TOKEN }));
     assert!(missing.unwrap_err().to_string().contains("base_url"));
+}
+
+/// A PNG header: enough for the image checks.
+const PNG: &[u8] = &[0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A, 0, 0, 0, 13, b'I', b'H', b'D', b'R'];
+
+#[tokio::test]
+async fn images_are_uploaded_with_a_description_and_attached_in_order() {
+    let mastodon = emulator().await;
+    let mut settings = settings(mastodon.base_url(), TOKEN);
+    settings.title_as_spoiler = true;
+    let adapter = MastodonAdapter::new(settings, quick()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let first = dir.path().join("first.png");
+    let second = dir.path().join("second.png");
+    std::fs::write(&first, PNG).unwrap();
+    std::fs::write(&second, [PNG, b"more"].concat()).unwrap();
+    let mut post = content("Police never ask you to move money.");
+    post.images = vec![first.to_string_lossy().into_owned(), second.to_string_lossy().into_owned()];
+    let rendered = adapter.render(&post).unwrap();
+    assert_eq!(rendered.images, post.images);
+
+    adapter.publish(Delivery::new("d-images", rendered).request()).await.unwrap();
+
+    let media = mastodon.media();
+    assert_eq!(media.len(), 2);
+    assert_eq!(media.iter().map(|m| m.bytes).collect::<Vec<_>>(), [PNG.len(), PNG.len() + 4], "in order");
+    assert!(media.iter().all(|m| m.description.as_deref() == Some("Fraud alert")), "{media:?}");
+    assert!(media.iter().all(|m| m.content_type.as_deref() == Some("image/png")), "{media:?}");
+    let status = &mastodon.published()[0];
+    assert_eq!(status.body["media_ids"], json!([media[0].id, media[1].id]));
+}
+
+#[tokio::test]
+async fn a_refused_upload_fails_before_any_status_is_created() {
+    let mastodon = emulator().await;
+    let adapter = adapter(&mastodon);
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("poster.png");
+    std::fs::write(&image, PNG).unwrap();
+    let mut post = content("提示");
+    post.images = vec![image.to_string_lossy().into_owned()];
+    let rendered = adapter.render(&post).unwrap();
+    // The file changes after check: no longer an image.
+    std::fs::write(&image, "changed").unwrap();
+    let error = adapter.publish(Delivery::new("d-changed", rendered.clone()).request()).await.unwrap_err();
+    assert_eq!(error.class, ErrorClass::Permanent);
+    assert!(error.reason.contains("not a JPEG, PNG or GIF"), "{}", error.reason);
+
+    std::fs::write(&image, PNG).unwrap();
+    mastodon.fail_next(1, Fault::status(503));
+    let error = adapter.publish(Delivery::new("d-busy", rendered).request()).await.unwrap_err();
+    assert_eq!(error.class, ErrorClass::Transient);
+    assert!(mastodon.published().is_empty());
 }

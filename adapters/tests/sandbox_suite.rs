@@ -33,7 +33,7 @@ async fn every_adapter_publishes_to_the_mounted_emulators() {
     let accounts = [
         (
             Platform::Weibo,
-            json!({ "base_url": format!("{base}/weibo"), "access_token": "sandbox-w", "safe_domain": "example.gov.cn" }),
+            json!({ "base_url": format!("{base}/weibo"), "access_token": "sandbox-w", "safe_domain": "example.gov.cn", "rip": "203.0.113.7" }),
         ),
         (Platform::Mastodon, json!({ "base_url": format!("{base}/mastodon"), "access_token": "sandbox-m" })),
         (

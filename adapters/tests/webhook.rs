@@ -23,7 +23,8 @@ fn quick() -> HttpOptions {
 }
 
 fn adapter(url: &str, secret: Option<&str>, http: HttpOptions) -> WebhookAdapter {
-    WebhookAdapter::new(Settings { url: url.to_string(), secret: secret.map(Secret::new) }, http).unwrap()
+    let settings = Settings { url: url.to_string(), secret: secret.map(Secret::new), legacy_signature: false };
+    WebhookAdapter::new(settings, http).unwrap()
 }
 
 /// One delivery, owning what a [`PublishRequest`] borrows.
@@ -281,7 +282,11 @@ fn render_refuses_an_empty_body_and_keeps_everything_else() {
 
 #[test]
 fn the_secret_never_shows_in_debug_output() {
-    let settings = Settings { url: "https://hooks.example.org/hook".into(), secret: Some(Secret::new(SECRET)) };
+    let settings = Settings {
+        url: "https://hooks.example.org/hook".into(),
+        secret: Some(Secret::new(SECRET)),
+        legacy_signature: false,
+    };
     let adapter = WebhookAdapter::new(settings.clone(), quick()).unwrap();
     let account = AccountSettings::Webhook(settings.clone());
     for shown in [format!("{settings:?}"), format!("{adapter:?}"), format!("{account:?}"), format!("{settings:#?}")] {
@@ -304,4 +309,57 @@ async fn the_registry_builds_a_working_adapter_from_account_settings() {
     assert!(receiver.received()[0].signature_verified());
     let unknown = AccountSettings::deserialize(Platform::Webhook, json!({ "url": "http://x/", "token": "t" }));
     assert!(unknown.unwrap_err().to_string().contains("unknown field `token`"));
+}
+
+#[tokio::test]
+async fn signed_the_standard_way_with_a_whsec_secret_and_the_legacy_header_on_request() {
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let receiver = receiver(Some(secret)).await;
+    let settings = Settings { url: receiver.url(), secret: Some(Secret::new(secret)), legacy_signature: true };
+    let adapter = WebhookAdapter::new(settings, quick()).unwrap();
+
+    adapter.publish(Delivery::new("d-std").request()).await.unwrap();
+    // A retry is signed afresh with the same webhook-id: the same post.
+    adapter.publish(Delivery::new("d-std").request()).await.unwrap();
+
+    let received = receiver.received();
+    assert!(received.iter().all(|post| post.signature_verified()), "{received:?}");
+    assert_eq!(received[0].webhook_headers[0], ("webhook-id".to_string(), "d-std".to_string()));
+    assert_eq!(receiver.accepted().len(), 1);
+    assert!(matches!(received[1].outcome, Outcome::Duplicate { .. }));
+}
+
+/// Writes one request signed by herald, as the sandbox received it, to
+/// `$HERALD_WEBHOOK_SAMPLE` for the Standard Webhooks reference verifier
+/// (`.ci/run`'s step, `adapters/tests/verify_standard_webhook.py`).
+#[tokio::test]
+#[ignore = "run by .ci/run with HERALD_WEBHOOK_SAMPLE set"]
+async fn write_a_signed_request_for_the_reference_verifier() {
+    let path = std::env::var("HERALD_WEBHOOK_SAMPLE").expect("HERALD_WEBHOOK_SAMPLE names the file to write");
+    let secret = std::env::var("HERALD_WEBHOOK_SECRET").expect("HERALD_WEBHOOK_SECRET holds the whsec_ secret");
+    let receiver = receiver(Some(&secret)).await;
+    let settings = Settings { url: receiver.url(), secret: Some(Secret::new(&secret)), legacy_signature: false };
+    let adapter = WebhookAdapter::new(settings, quick()).unwrap();
+    let mut delivery = Delivery::new("d-reference");
+    delivery.content.text = "非 ASCII text, \"quotes\" and a newline\nsurvive signing.".into();
+
+    adapter.publish(delivery.request()).await.unwrap();
+
+    assert!(receiver.received()[0].signature_verified());
+    receiver.dump_first_accepted(std::path::Path::new(&path)).unwrap();
+}
+
+#[tokio::test]
+async fn a_503_with_retry_after_waits_as_asked() {
+    let receiver = receiver(None).await;
+    let adapter = adapter(&receiver.url(), None, quick());
+    receiver.fail_next(
+        1,
+        Fault::Status(herald_sandbox::faults::StatusFault { status: 503, retry_after: Some(90), body: None }),
+    );
+
+    let error = adapter.publish(Delivery::new("d-503").request()).await.unwrap_err();
+
+    assert_eq!(error.class, ErrorClass::RateLimited { retry_after: Some(Duration::from_secs(90)) });
+    assert!(error.reason.contains("retry after 90s"), "{}", error.reason);
 }

@@ -279,6 +279,9 @@ async fn errcodes_are_classified_by_the_table() {
     let daily = draft_error(45009).await;
     let ErrorClass::RateLimited { retry_after: Some(wait) } = daily.class else { panic!("{daily:?}") };
     assert!(wait > Duration::ZERO && wait <= Duration::from_secs(24 * 3600), "{wait:?}");
+    // WeChat's quotas are the AppID's: every account of it waits.
+    assert!(daily.shared_limit && draft_error(45011).await.shared_limit);
+    assert!(!draft_error(-1).await.shared_limit);
 
     let whitelist = draft_error(40164).await;
     assert_eq!(whitelist.class, ErrorClass::Permanent);
@@ -303,11 +306,25 @@ async fn a_wrong_secret_is_permanent_and_never_shown() {
     let error = adapter.publish(Delivery::new("d-secret", &adapter, &post).request()).await.unwrap_err();
 
     assert_eq!(error.class, ErrorClass::Permanent);
-    assert_eq!(error.answer.code.as_deref(), Some("40001"));
-    assert!(error.reason.contains("wrong AppSecret"), "{}", error.reason);
+    assert_eq!(error.answer.code.as_deref(), Some("40125"));
+    assert!(error.reason.contains("wrong AppSecret: check appid and secret"), "{}", error.reason);
     assert_eq!(emulator.calls().len(), 1, "nothing but the token call");
     let shown = format!("{error:?} {error}");
     assert!(!shown.contains("not-the-s3cret") && !shown.contains(SECRET), "{shown}");
+
+    // `check --probe` says the same.
+    let probe = adapter.probe().await.unwrap_err();
+    assert_eq!((probe.class, probe.answer.code.as_deref()), (ErrorClass::Permanent, Some("40125")));
+    assert!(probe.reason.contains("check appid and secret"), "{}", probe.reason);
+
+    // The older token call answers 40001 for the same mistake.
+    let mut classic = self::settings(&emulator);
+    classic.secret = Secret::new("not-the-s3cret");
+    classic.token_endpoint = TokenEndpoint::Classic;
+    let classic = self::adapter(classic, &Services::in_memory(ACCOUNT));
+    let error = classic.publish(Delivery::new("d-classic", &classic, &post).request()).await.unwrap_err();
+    assert_eq!((error.class, error.answer.code.as_deref()), (ErrorClass::Permanent, Some("40001")));
+    assert!(error.reason.contains("check appid and secret"), "{}", error.reason);
 }
 
 #[tokio::test]
@@ -343,7 +360,9 @@ async fn an_expired_token_is_refreshed_once_and_the_publish_retried_once() {
     assert_eq!(emulator.tokens_issued(), 2, "exactly one refresh");
     let token_calls = emulator.calls_to(WechatApi::StableToken);
     assert_eq!(token_calls.len(), 2);
-    assert_eq!(token_calls[1].body.as_ref().unwrap()["force_refresh"], json!(true));
+    // The token had expired: WeChat gives a new one without forcing, so
+    // none of the day's 20 forced refreshes is spent.
+    assert_eq!(token_calls[1].body.as_ref().unwrap()["force_refresh"], json!(false));
     // The draft was refused once with the stale token, then made once.
     assert_eq!(errcodes(&emulator.calls_to(WechatApi::DraftAdd)), [Some(0), Some(42001), Some(0)]);
     assert_eq!(emulator.calls_to(WechatApi::Submit).len(), 2, "one submit per delivery");
@@ -642,6 +661,15 @@ fn render_refuses_what_wechat_would() {
     let problems = adapter.render(&long_body).unwrap_err();
     assert_eq!(problems[0].field, "body");
     assert!(problems[0].message.contains("20000"), "{}", problems[0]);
+
+    // Near the limit, the body image's real URL (not its short placeholder)
+    // tips the article over: refused by check, as WeChat would.
+    let mut near = post.content.clone();
+    near.body = "诈".repeat(19_880);
+    let problems = adapter.render(&near).unwrap_err();
+    assert!(problems[0].message.contains("20000"), "{}", problems[0]);
+    near.images.truncate(1);
+    assert!(adapter.render(&near).is_ok(), "without the body image it fits");
 }
 
 #[tokio::test]
@@ -716,4 +744,289 @@ async fn publishing_through_the_combined_sandbox_with_its_documented_credentials
     assert_eq!(receipt.url.as_deref(), Some(published[0].article_url.as_str()));
     assert!(published[0].article_url.starts_with(&format!("http://{}/wechat/s/", sandbox.addr())));
     sandbox.shutdown().await;
+}
+
+/// The key of a delivery's publish record in the credential cache.
+fn publish_record(cache: &MemoryCache, delivery: &str) -> Option<Value> {
+    let bytes = herald_adapters::CredentialCache::load(cache, &format!("wechat/{ACCOUNT}/publish/{delivery}"))?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+#[tokio::test]
+async fn a_crash_while_submit_is_in_flight_publishes_exactly_one_article() {
+    let emulator = emulator().await;
+    let cache = Arc::new(MemoryCache::default());
+    let services = Services { account: ACCOUNT.into(), cache: cache.clone() };
+    let post = Post::new();
+    // Warm the token and media caches: the next delivery calls only
+    // draft/add and submit, both slowed down.
+    let warm = adapter(settings(&emulator), &services);
+    warm.publish(Delivery::new("d-warm", &warm, &post).request()).await.unwrap();
+    emulator.fail_next(2, Fault::Delay(Duration::from_millis(300)));
+
+    let dying = Arc::new(adapter(settings(&emulator), &services));
+    let delivery = Arc::new(Delivery::new("d-crash", &dying, &post));
+    let in_flight = tokio::spawn({
+        let (dying, delivery) = (dying.clone(), delivery.clone());
+        async move { dying.publish(delivery.request()).await }
+    });
+    // "Kill" the attempt once the intent to submit is durable, while the
+    // submit is on its way.
+    while publish_record(&cache, "d-crash").is_none_or(|record| record["state"] != "submitting") {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    in_flight.abort();
+    assert!(in_flight.await.unwrap_err().is_cancelled());
+    // WeChat finishes the submit it received.
+    while emulator.calls_to(WechatApi::Submit).len() < 2 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    // The restart: a new adapter on the same store, the delivery uncertain.
+    let recovered = adapter(settings(&emulator), &services);
+    let mut delivery = Delivery::new("d-crash", &recovered, &post);
+    delivery.uncertain = true;
+    delivery.attempt = 2;
+    let receipt = attempt(&recovered, &delivery).await.unwrap();
+
+    let published = emulator.published();
+    assert_eq!(published.len(), 2, "d-warm and d-crash, once each");
+    assert_eq!(emulator.calls_to(WechatApi::Submit).len(), 2, "not submitted again");
+    assert_eq!(receipt.url.as_deref(), Some(published[1].article_url.as_str()));
+    assert!(!emulator.calls_to(WechatApi::BatchGet).is_empty(), "found by looking");
+    // Known now: a further attempt answers from the record.
+    let calls = emulator.calls().len();
+    assert!(attempt(&recovered, &delivery).await.is_ok());
+    assert_eq!(emulator.calls().len(), calls);
+}
+
+#[tokio::test]
+async fn a_lost_submit_answer_is_found_by_the_next_attempt_even_without_the_uncertain_flag() {
+    let emulator = emulator().await;
+    let services = Services::in_memory(ACCOUNT);
+    let adapter = adapter(settings(&emulator), &services);
+    let post = Post::new();
+    let delivery = Delivery::new("d-lost", &adapter, &post);
+    emulator.lose_answers(WechatApi::Submit, 1);
+
+    let error = adapter.publish(delivery.request()).await.unwrap_err();
+    assert!(error.maybe_sent && error.class == ErrorClass::Transient, "{error:?}");
+    assert_eq!(emulator.published().len(), 1, "WeChat published it");
+
+    let receipt = adapter.publish(delivery.request()).await.unwrap();
+    assert_eq!(emulator.published().len(), 1);
+    assert_eq!(emulator.calls_to(WechatApi::Submit).len(), 1);
+    assert_eq!(receipt.url.as_deref(), Some(emulator.published()[0].article_url.as_str()));
+}
+
+#[tokio::test]
+async fn a_lost_submit_that_published_nothing_is_submitted_again_with_the_same_draft() {
+    let emulator = emulator().await;
+    let mut settings = settings(&emulator);
+    settings.poll_timeout = "200ms".into();
+    let adapter = adapter(settings, &Services::in_memory(ACCOUNT));
+    let post = Post::new();
+    let mut delivery = Delivery::new("d-gone", &adapter, &post);
+    // The submit is received, its answer lost, and the job fails: nothing
+    // is public.
+    emulator.set_publish_plan(PublishPlan { publishing_polls: 0, final_status: 3 });
+    emulator.lose_answers(WechatApi::Submit, 1);
+    assert!(adapter.publish(delivery.request()).await.unwrap_err().maybe_sent);
+    emulator.set_publish_plan(PublishPlan::default());
+
+    delivery.uncertain = true;
+    delivery.attempt = 2;
+    attempt(&adapter, &delivery).await.unwrap();
+
+    assert_eq!(emulator.published().len(), 1);
+    assert_eq!(emulator.calls_to(WechatApi::Submit).len(), 2, "shown not to exist, then submitted again");
+    assert_eq!(emulator.calls_to(WechatApi::DraftAdd).len(), 1, "the same draft");
+    assert!(!emulator.calls_to(WechatApi::BatchGet).is_empty());
+}
+
+#[tokio::test]
+async fn an_article_published_before_the_lost_submit_is_not_taken_for_it() {
+    let emulator = emulator().await;
+    let mut settings = settings(&emulator);
+    settings.poll_timeout = "100ms".into();
+    let adapter = adapter(settings, &Services::in_memory(ACCOUNT));
+    let post = Post::new();
+    let mut delivery = Delivery::new("d-other", &adapter, &post);
+    // Another article with another title is public; the lost submit
+    // published nothing.
+    let mut other = emulator_article(&delivery);
+    other.title = "another alert".into();
+    emulator.publish_outside(other);
+    emulator.set_publish_plan(PublishPlan { publishing_polls: 0, final_status: 3 });
+    emulator.lose_answers(WechatApi::Submit, 1);
+    adapter.publish(delivery.request()).await.unwrap_err();
+    emulator.set_publish_plan(PublishPlan::default());
+
+    delivery.uncertain = true;
+    assert_eq!(adapter.lookup(delivery.request()).await.unwrap(), None);
+    attempt(&adapter, &delivery).await.unwrap();
+    assert_eq!(emulator.published().len(), 2);
+}
+
+/// The article as herald drafts it for `delivery`, for `publish_outside`.
+fn emulator_article(delivery: &Delivery) -> wechat::DraftArticle {
+    wechat::DraftArticle {
+        title: delivery.content.title.clone().unwrap(),
+        author: None,
+        digest: None,
+        content: delivery.content.text.clone(),
+        content_source_url: None,
+        thumb_media_id: "m".into(),
+        need_open_comment: None,
+        only_fans_can_comment: None,
+    }
+}
+
+#[tokio::test]
+async fn a_retry_after_a_refused_submit_reuses_the_draft_and_a_final_refusal_deletes_it() {
+    let emulator = emulator().await;
+    let adapter = adapter(settings(&emulator), &Services::in_memory(ACCOUNT));
+    let post = Post::new();
+    let delivery = Delivery::new("d-drafts", &adapter, &post);
+
+    emulator.fail_api(WechatApi::Submit, 1, -1);
+    assert_eq!(adapter.publish(delivery.request()).await.unwrap_err().class, ErrorClass::Transient);
+    adapter.publish(delivery.request()).await.unwrap();
+    assert_eq!(emulator.calls_to(WechatApi::DraftAdd).len(), 1, "one draft for both attempts");
+    assert_eq!(emulator.drafts().len(), 1);
+
+    let refused = Delivery::new("d-refused", &adapter, &post);
+    emulator.fail_api(WechatApi::Submit, 1, 45166);
+    assert_eq!(adapter.publish(refused.request()).await.unwrap_err().class, ErrorClass::Permanent);
+    assert_eq!(emulator.drafts().len(), 1, "the refused delivery's draft was deleted");
+    assert_eq!(errcodes(&emulator.calls_to(WechatApi::DraftDelete)), [Some(0)]);
+}
+
+#[tokio::test]
+async fn a_saved_draft_deleted_in_the_console_is_replaced() {
+    let emulator = emulator().await;
+    let adapter = adapter(settings(&emulator), &Services::in_memory(ACCOUNT));
+    let post = Post::new();
+    let delivery = Delivery::new("d-replaced", &adapter, &post);
+    emulator.fail_api(WechatApi::Submit, 1, -1);
+    adapter.publish(delivery.request()).await.unwrap_err();
+    emulator.reset_drafts();
+
+    adapter.publish(delivery.request()).await.unwrap();
+    assert_eq!(errcodes(&emulator.calls_to(WechatApi::Submit)), [Some(-1), Some(40007), Some(0)]);
+    assert_eq!(emulator.calls_to(WechatApi::DraftAdd).len(), 2);
+    assert_eq!(emulator.published().len(), 1);
+}
+
+/// The forced-refresh record of the test AppID, as if its last forced
+/// refresh were `ago` seconds back (the clock moving on).
+fn forced_refresh_was(cache: &MemoryCache, ago: i64) -> Value {
+    let key = format!("wechat-appid/{APPID}/forced");
+    let mut record: Value =
+        serde_json::from_slice(&herald_adapters::CredentialCache::load(cache, &key).unwrap()).unwrap();
+    record["last_at"] = json!(chrono::Utc::now().timestamp() - ago);
+    herald_adapters::CredentialCache::save(cache, &key, &serde_json::to_vec(&record).unwrap());
+    record
+}
+
+#[tokio::test]
+async fn token_rejections_after_a_successful_submit_never_end_the_delivery() {
+    let emulator = emulator().await;
+    emulator.set_publish_plan(PublishPlan { publishing_polls: 2, final_status: 0 });
+    // WeChat rejects a token it still holds current: only a forced refresh
+    // replaces it.
+    emulator.fail_api(WechatApi::PublishStatus, 1, 42001);
+    let cache = Arc::new(MemoryCache::default());
+    let services = Services { account: ACCOUNT.into(), cache: cache.clone() };
+    let adapter = adapter(settings(&emulator), &services);
+    let post = Post::new();
+
+    let receipt = attempt(&adapter, &Delivery::new("d-tokens", &adapter, &post)).await.unwrap();
+    assert_eq!(emulator.calls_to(WechatApi::Submit).len(), 1);
+    assert_eq!(receipt.url.as_deref(), Some(emulator.published()[0].article_url.as_str()));
+    let forced: Vec<_> = emulator
+        .calls_to(WechatApi::StableToken)
+        .iter()
+        .map(|call| call.body.clone().unwrap()["force_refresh"].clone())
+        .collect();
+    assert_eq!(forced, [json!(false), json!(false), json!(true)], "asked plainly, then forced once");
+
+    // A second rejection within 30 s of the forced refresh: WeChat allows no
+    // other forced refresh yet; the attempt waits (rate limited, uncertain),
+    // never fails.
+    emulator.set_publish_plan(PublishPlan { publishing_polls: 1, final_status: 0 });
+    emulator.fail_api(WechatApi::PublishStatus, 1, 42001);
+    let delivery = Delivery::new("d-spaced", &adapter, &post);
+    let error = adapter.publish(delivery.request()).await.unwrap_err();
+    assert!(
+        matches!(error.class, ErrorClass::RateLimited { retry_after: Some(wait) } if wait <= Duration::from_secs(30)),
+        "{error:?}"
+    );
+    assert!(error.maybe_sent, "{error:?}");
+    assert!(error.reason.contains("one every 30s") && error.reason.contains("follows the job"), "{}", error.reason);
+    forced_refresh_was(&cache, 31);
+    adapter.publish(delivery.request()).await.unwrap();
+    assert_eq!(emulator.calls_to(WechatApi::Submit).len(), 2, "one submit per delivery");
+
+    // A refresh that fails once the job exists: transient and uncertain.
+    forced_refresh_was(&cache, 31);
+    emulator.set_publish_plan(PublishPlan { publishing_polls: 1, final_status: 0 });
+    emulator.fail_api(WechatApi::PublishStatus, 1, 42001);
+    emulator.fail_api(WechatApi::StableToken, 1, -1);
+    let delivery = Delivery::new("d-refresh-fails", &adapter, &post);
+    let error = adapter.publish(delivery.request()).await.unwrap_err();
+    assert!(error.class == ErrorClass::Transient && error.maybe_sent, "{error:?}");
+    assert!(error.reason.contains("the next attempt follows the job"), "{}", error.reason);
+    adapter.publish(delivery.request()).await.unwrap();
+    assert_eq!(emulator.calls_to(WechatApi::Submit).len(), 3, "one submit per delivery");
+}
+
+#[tokio::test]
+async fn when_the_days_forced_refreshes_are_used_up_nothing_is_forced() {
+    let emulator = emulator().await;
+    let cache = Arc::new(MemoryCache::default());
+    let services = Services { account: ACCOUNT.into(), cache: cache.clone() };
+    let adapter = adapter(settings(&emulator), &services);
+    let post = Post::new();
+    emulator.fail_api(WechatApi::DraftAdd, 1, 40001);
+    attempt(&adapter, &Delivery::new("d-first", &adapter, &post)).await.unwrap();
+    // Another 19 were forced today (by this or another account of the AppID).
+    let mut record = forced_refresh_was(&cache, 3600);
+    record["count"] = json!(20);
+    herald_adapters::CredentialCache::save(
+        cache.as_ref(),
+        &format!("wechat-appid/{APPID}/forced"),
+        &serde_json::to_vec(&record).unwrap(),
+    );
+    let forced_before = emulator.tokens_issued();
+
+    emulator.fail_api(WechatApi::DraftAdd, 1, 40001);
+    let error = attempt(&adapter, &Delivery::new("d-second", &adapter, &post)).await.unwrap_err();
+
+    assert!(matches!(error.class, ErrorClass::RateLimited { retry_after: Some(_) }), "{error:?}");
+    assert!(error.reason.contains("20 forced refreshes") && error.reason.contains("used up"), "{}", error.reason);
+    assert_eq!(emulator.tokens_issued(), forced_before, "nothing forced");
+    assert_eq!(emulator.published().len(), 1);
+}
+
+#[tokio::test]
+async fn a_refused_look_up_after_a_lost_submit_is_retried_never_failed_nor_resubmitted() {
+    let emulator = emulator().await;
+    let adapter = adapter(settings(&emulator), &Services::in_memory(ACCOUNT));
+    let post = Post::new();
+    let mut delivery = Delivery::new("d-no-look", &adapter, &post);
+    emulator.lose_answers(WechatApi::Submit, 1);
+    adapter.publish(delivery.request()).await.unwrap_err();
+    emulator.fail_api(WechatApi::BatchGet, 1, 48001);
+
+    delivery.uncertain = true;
+    let error = attempt(&adapter, &delivery).await.unwrap_err();
+
+    assert!(error.class == ErrorClass::Transient && error.maybe_sent, "{error:?}");
+    assert!(error.reason.contains("looking again before any new submit"), "{}", error.reason);
+    assert_eq!(emulator.calls_to(WechatApi::Submit).len(), 1, "not submitted again");
+    // The next attempt can look, and finds it.
+    attempt(&adapter, &delivery).await.unwrap();
+    assert_eq!(emulator.published().len(), 1);
+    assert_eq!(emulator.calls_to(WechatApi::Submit).len(), 1);
 }

@@ -9,7 +9,9 @@ use std::time::Duration;
 use chrono::{Timelike, Utc};
 use herald_adapters::registry::{self, AccountSettings, HttpOptions, Platform};
 use herald_adapters::weibo::{Settings, WeiboAdapter, weibo_length};
-use herald_adapters::{Adapter, ErrorClass, PostContent, PublishRequest, Rendered, Secret, Services};
+use herald_adapters::{
+    Adapter, DeliveryError, ErrorClass, PostContent, PublishRequest, Receipt, Rendered, Secret, Services,
+};
 use herald_sandbox::weibo::{Encoding, WeiboOutcome};
 use herald_sandbox::{Fault, Tokens, WeiboConfig, WeiboEmulator};
 use serde_json::json;
@@ -134,12 +136,32 @@ async fn a_configured_user_id_makes_the_url() {
     let weibo = emulator().await;
     let mut settings = settings(weibo.base_url(), TOKEN);
     settings.user_id = Some("1234567890".into());
-    settings.rip = None;
     let adapter = WeiboAdapter::new(settings, quick()).unwrap();
     let receipt = adapter.publish(Delivery::of(&adapter, "d-uid", "提示").request()).await.unwrap();
     let post = &weibo.published()[0];
     assert_eq!(receipt.url, Some(format!("https://weibo.com/1234567890/{}", post.mid)));
-    assert!(!post.fields.contains_key("rip"), "rip is sent only when set");
+}
+
+#[tokio::test]
+async fn an_account_without_rip_is_refused_as_share_json_refuses_its_posts() {
+    let weibo = emulator().await;
+    let mut settings = settings(weibo.base_url(), TOKEN);
+    settings.rip = None;
+    let error = WeiboAdapter::new(settings, quick()).err().unwrap().to_string();
+    assert!(error.starts_with("invalid setting `rip`: required"), "{error}");
+    assert!(error.contains("10016"), "{error}");
+
+    // What Weibo answers a share without it.
+    let form = [("access_token", TOKEN), ("status", "提示 https://www.example.gov.cn/a")];
+    let answer = reqwest::Client::new()
+        .post(format!("{}/2/statuses/share.json", weibo.base_url()))
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    let body: serde_json::Value = answer.json().await.unwrap();
+    assert_eq!(body["error_code"], json!(10016));
+    assert!(weibo.published().is_empty());
 }
 
 #[tokio::test]
@@ -258,7 +280,10 @@ async fn a_rate_limit_waits_for_the_next_whole_hour() {
             "{code}: {wait:?}"
         );
         assert_eq!(error.answer.code, Some(code.to_string()));
+        // Only the IP limit is shared with the host's other Weibo accounts.
+        assert_eq!(error.shared_limit, code == 10022, "{code}");
     }
+    assert_eq!(adapter.limit_scope().as_deref(), Some("weibo 127.0.0.1 from this host"));
 }
 
 #[tokio::test]
@@ -407,6 +432,18 @@ fn render_counts_the_weibo_way_and_refuses_what_weibo_would() {
     in_body.link = None;
     assert_eq!(adapter.render(&in_body).unwrap().text, format!("详见{LINK}"));
 
+    // Half-width katakana count one each: 121 of them and the link are 140.
+    assert!(adapter.render(&content(&"ｱ".repeat(121))).is_ok());
+    assert!(adapter.render(&content(&"ｱ".repeat(122))).is_err(), "Weibo would answer 20012");
+
+    // share.json refuses #topic# tags; a link's #fragment is not one.
+    let problems = adapter.render(&content("警惕 #电信诈骗# 提醒")).unwrap_err();
+    assert_eq!(problems[0].field, "body");
+    assert!(problems[0].message.contains("`#电信诈骗#` is a #topic# tag"), "{}", problems[0]);
+    let mut fragment = content("提示");
+    fragment.link = Some(format!("{LINK}#details"));
+    assert!(adapter.render(&fragment).is_ok());
+
     let (_folder, not_a_picture) = temp_file("notes.txt", b"just text");
     let mut with_text_file = content("提示");
     with_text_file.images = vec![not_a_picture];
@@ -430,6 +467,7 @@ async fn the_registry_builds_weibo_from_account_settings() {
         "base_url": weibo.base_url(),
         "access_token": TOKEN,
         "safe_domain": DOMAIN,
+        "rip": "203.0.113.7",
         "expires_at": "2026-06-01T00:00:00Z",
         "max_length": 100,
     });
@@ -449,4 +487,90 @@ async fn the_registry_builds_weibo_from_account_settings() {
     assert_eq!(Platform::Weibo.default_rate(), Some((30, Duration::from_secs(3600))));
     let refresh = adapter.refresh_credentials().await.unwrap_err();
     assert_eq!((refresh.class, refresh.reason.as_str()), (ErrorClass::Permanent, TOKEN_REASON));
+}
+
+/// An emulator whose app may not read the user timeline (10014 there).
+async fn emulator_without_timeline() -> WeiboEmulator {
+    let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let mut config = WeiboConfig::new(Tokens::new([TOKEN]), DOMAIN);
+    config.timeline_permission = false;
+    WeiboEmulator::start(addr, config).await.unwrap()
+}
+
+/// One attempt as the daemon makes it: look up an uncertain delivery, then publish.
+async fn attempt(adapter: &WeiboAdapter, delivery: &Delivery) -> Result<Receipt, DeliveryError> {
+    if delivery.uncertain
+        && let Some(receipt) = adapter.lookup(delivery.request()).await?
+    {
+        return Ok(receipt);
+    }
+    adapter.publish(delivery.request()).await
+}
+
+#[tokio::test]
+async fn a_refused_look_up_after_job_expired_re_sends_and_says_so() {
+    let weibo = emulator_without_timeline().await;
+    let adapter = adapter(&weibo);
+    let delivery = Delivery::of(&adapter, "d-expired", "过期的提示");
+    weibo.answer_next(1, 10010);
+    let error = adapter.publish(delivery.request()).await.unwrap_err();
+    assert!(error.maybe_sent && error.class == ErrorClass::Transient, "{error:?}");
+    assert!(weibo.published().is_empty(), "job expired: nothing went out");
+
+    let receipt = attempt(&adapter, &delivery.retried_uncertain()).await.unwrap();
+
+    assert_eq!(weibo.published().len(), 1, "re-sent, not failed");
+    assert_eq!(receipt.remote_id, Some(weibo.published()[0].id.to_string()));
+    let message = receipt.answer.message.unwrap();
+    assert!(message.contains("look-up before re-sending was impossible (user_timeline answered 10014)"), "{message}");
+}
+
+#[tokio::test]
+async fn a_refused_look_up_after_a_timeout_that_published_ends_delivered_once() {
+    let weibo = emulator_without_timeline().await;
+    weibo.fail_next(1, Fault::Delay(Duration::from_millis(800)));
+    let http = HttpOptions {
+        connect_timeout: Duration::from_secs(2),
+        timeout: Duration::from_millis(200),
+        ..HttpOptions::default()
+    };
+    let adapter = WeiboAdapter::new(settings(weibo.base_url(), TOKEN), http).unwrap();
+    let delivery = Delivery::of(&adapter, "d-live", "已经发出的提示");
+    assert!(adapter.publish(delivery.request()).await.unwrap_err().maybe_sent);
+    while weibo.published().is_empty() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let receipt = attempt(&adapter, &delivery.retried_uncertain()).await.unwrap();
+
+    assert_eq!(weibo.published().len(), 1, "the repeat was refused by Weibo, not published twice");
+    assert_eq!(receipt.answer.code.as_deref(), Some("20019"));
+    let message = receipt.answer.message.unwrap();
+    assert!(message.contains("look-up before re-sending was impossible"), "{message}");
+    assert!(message.contains("taken as evidence it was published"), "{message}");
+}
+
+#[tokio::test]
+async fn an_upper_case_link_host_is_lower_cased_before_comparing_and_sending() {
+    let weibo = emulator().await;
+    let adapter = adapter(&weibo);
+    let mut shouting = content("提示 详见HTTPS://WWW.Example.GOV.CN/alerts/Case42");
+    shouting.link = Some("HTTPS://WWW.EXAMPLE.GOV.CN/alerts/Case42".into());
+    let rendered = adapter.render(&shouting).unwrap();
+    assert_eq!(rendered.link.as_deref(), Some("https://www.example.gov.cn/alerts/Case42"));
+    assert!(rendered.text.contains("详见https://www.example.gov.cn/alerts/Case42"), "{}", rendered.text);
+
+    adapter.publish(Delivery::new("d-case", rendered).request()).await.unwrap();
+    assert_eq!(weibo.published().len(), 1, "accepted: the host was sent lower-cased");
+
+    // Sent as written, Weibo refuses it (10017), as the emulator shows.
+    let form = [("access_token", TOKEN), ("status", "提示 HTTPS://WWW.Example.GOV.CN/a"), ("rip", "203.0.113.7")];
+    let answer = reqwest::Client::new()
+        .post(format!("{}/2/statuses/share.json", weibo.base_url()))
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    let body: serde_json::Value = answer.json().await.unwrap();
+    assert_eq!(body["error_code"], json!(10017));
 }

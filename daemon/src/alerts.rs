@@ -219,7 +219,10 @@ impl Sender {
         if let Some(url) = &self.settings.webhook {
             let mut request = self.client.post(url.as_str()).header("Content-Type", "application/json");
             if let Some(signer) = &self.signer {
-                request = request.header("X-Herald-Signature", signer.sign(json));
+                let id = herald_adapters::webhook::sign::message_id(json);
+                for (name, value) in signer.headers(&id, json) {
+                    request = request.header(name, value);
+                }
             }
             results.push(match request.body(json.to_vec()).send().await {
                 Ok(r) if r.status().is_success() => format!("webhook answered {}", r.status().as_u16()),

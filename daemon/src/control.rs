@@ -199,7 +199,7 @@ pub fn status_view(
     tz: chrono_tz::Tz,
     failed: usize,
 ) -> Result<StatusView, crate::store::StoreError> {
-    let next = upcoming_list(store, 1)?.into_iter().next();
+    let next = next_due(store, chrono::Utc::now())?;
     let counts = store.counts()?;
     let in_flight = counts.get(&State::InFlight).copied().unwrap_or(0) as usize;
     // From the index of failed deliveries: as many as asked for, whatever the history.
@@ -212,6 +212,44 @@ pub fn status_view(
         counts,
         next,
     })
+}
+
+/// The delivery that can go first: pending ones in due order, each no
+/// earlier than the end of its account's rate-limit pause (a paused
+/// account's delivery is not "due now" while the pause lasts).
+fn next_due(
+    store: &dyn Store,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Option<Upcoming>, crate::store::StoreError> {
+    let mut pauses = std::collections::HashMap::new();
+    let mut first: Option<Upcoming> = None;
+    for mut upcoming in upcoming_list(store, 500)? {
+        if first.as_ref().is_some_and(|first| first.due <= upcoming.due) {
+            break; // in due order: nothing later can go earlier
+        }
+        let paused_until = match pauses.get(&upcoming.account) {
+            Some(until) => *until,
+            None => {
+                let key = crate::scheduler::pause_key(&upcoming.account);
+                let until = store
+                    .meta(&key)?
+                    .and_then(|bytes| String::from_utf8(bytes).ok()?.parse::<i64>().ok())
+                    .map(from_millis)
+                    .filter(|until| *until > now);
+                pauses.insert(upcoming.account.clone(), until);
+                until
+            }
+        };
+        if let Some(until) = paused_until
+            && until > upcoming.due
+        {
+            upcoming.due = until;
+        }
+        if first.as_ref().is_none_or(|first| upcoming.due < first.due) {
+            first = Some(upcoming);
+        }
+    }
+    Ok(first)
 }
 
 /// Pending deliveries in due order, with the deliveries that planned

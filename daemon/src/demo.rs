@@ -69,12 +69,14 @@ platform = "weibo"
 base_url = "{base}/weibo"
 access_token = {{ file = "wuhan-weibo.token" }}
 safe_domain = "example.gov.cn"
+rip = "127.0.0.1"
 
 [accounts.xian-weibo]
 platform = "weibo"
 base_url = "{base}/weibo"
 access_token = {{ file = "xian-weibo.token" }}
 safe_domain = "example.gov.cn"
+rip = "127.0.0.1"
 
 [accounts.wuhan-wechat]
 platform = "wechat"
@@ -127,6 +129,9 @@ body = "Fake refund calls: never give a bank code. No real refund needs it."
 [posts.overrides.tieba]
 images = []
 
+[posts.overrides.discourse]
+images = []
+
 [[posts]]
 id = "campus-loan-education"
 title = "Campus loans: read first"
@@ -140,6 +145,9 @@ at = "{second}"
 body = "Campus loans with no interest and no checks hide fees. Ask your school first."
 
 [posts.overrides.tieba]
+images = []
+
+[posts.overrides.discourse]
 images = []
 "#,
         hook = sandbox.webhook.url(),

@@ -19,7 +19,7 @@ pub mod weibo;
 
 pub use discourse::{DiscourseConfig, DiscourseEmulator, DiscourseTopic};
 pub use faults::{Fault, FaultSpec, LatencySpec, StatusFault};
-pub use mastodon::{MastodonConfig, MastodonEmulator, MastodonStatus};
+pub use mastodon::{MastodonConfig, MastodonEmulator, MastodonMedia, MastodonStatus};
 pub use suite::{Sandbox, SandboxOptions, TIEBA_PREFIX, WECHAT_PREFIX};
 pub use tokens::{SANDBOX_TOKEN_PREFIX, Tokens};
 pub use webhook::{Outcome, ReceivedPost, Signature, WebhookReceiver};

@@ -32,7 +32,7 @@ struct Args {
     #[arg(long, value_name = "ADDR")]
     listen: SocketAddr,
     /// Read the webhook signing secret from this environment variable;
-    /// requests without a valid X-Herald-Signature are then refused with 401.
+    /// requests without a valid, fresh Standard Webhooks signature are then refused with 401.
     #[arg(long, value_name = "VAR")]
     secret_env: Option<String>,
     /// Also accept the token (or API key) held by this environment variable;

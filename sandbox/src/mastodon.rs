@@ -4,7 +4,10 @@
 //! token (401 otherwise), a non-empty `status`, a known `visibility`, at most
 //! 500 characters of text and content warning (422 otherwise), and the
 //! `Idempotency-Key` remembered for an hour per account: a repeat answers the
-//! original status and creates nothing.
+//! original status and creates nothing. `POST /api/v2/media` takes an
+//! image (multipart `file`, JPEG/PNG/GIF, with an optional `description`)
+//! and answers its attachment id, which a status names in `media_ids` (at
+//! most 4, each the account's own, 422 otherwise).
 //!
 //! Control API (under the emulator's base URL): `GET /_sandbox/published`,
 //! `POST /_sandbox/faults` ([`FaultSpec`]), `POST /_sandbox/rate_limit`
@@ -32,6 +35,9 @@ use crate::server::Stopping;
 use crate::tokens::{Tokens, owner_number};
 
 const STATUSES: &str = "/api/v1/statuses";
+const MEDIA: &str = "/api/v2/media";
+/// The most attachments a status takes.
+const MAX_MEDIA: usize = 4;
 const VERIFY_CREDENTIALS: &str = "/api/v1/accounts/verify_credentials";
 const VISIBILITIES: &[&str] = &["public", "unlisted", "private", "direct"];
 
@@ -71,6 +77,16 @@ impl MastodonStatus {
     pub fn field(&self, name: &str) -> Option<&str> {
         self.body.get(name).and_then(Value::as_str)
     }
+}
+
+/// An image uploaded with `POST /api/v2/media`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MastodonMedia {
+    pub id: String,
+    pub account_id: u64,
+    pub description: Option<String>,
+    pub content_type: Option<String>,
+    pub bytes: usize,
 }
 
 /// What became of one request.
@@ -168,6 +184,11 @@ impl MastodonEmulator {
         lock(&self.mastodon.ledger).requests.clone()
     }
 
+    /// Every image uploaded, in order.
+    pub fn media(&self) -> Vec<MastodonMedia> {
+        lock(&self.mastodon.ledger).media.clone()
+    }
+
     /// The username the emulator gives the owner of `token`.
     pub fn username_of(token: &str) -> String {
         username(account_of(token))
@@ -215,6 +236,7 @@ struct Mastodon {
 #[derive(Default)]
 struct Ledger {
     published: Vec<MastodonStatus>,
+    media: Vec<MastodonMedia>,
     requests: Vec<MastodonRequest>,
     /// (account, key) -> (index in `published`, when first used).
     keys: HashMap<(u64, String), (usize, DateTime<Utc>)>,
@@ -367,7 +389,20 @@ impl Mastodon {
             self.record(&mut ledger, &arrival, MastodonOutcome::Replayed { id: original.id.clone() });
             return Json(status_json(&original)).into();
         }
-        if let Err(error) = self.validate(arrival.body.as_ref()) {
+        let validated = self.validate(arrival.body.as_ref()).and_then(|()| {
+            media_ids(arrival.body.as_ref()).into_iter().try_for_each(|id| {
+                let known = ledger.media.iter().any(|media| media.id == id && media.account_id == account);
+                if known { Ok(()) } else { Err(format!("Validation failed: media {id} not found")) }
+            })
+        });
+        let validated = validated.and_then(|()| {
+            if media_ids(arrival.body.as_ref()).len() > MAX_MEDIA {
+                Err(format!("Validation failed: at most {MAX_MEDIA} media attachments"))
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(error) = validated {
             self.record(&mut ledger, &arrival, MastodonOutcome::Refused { status: 422, error: error.clone() });
             return refusal(StatusCode::UNPROCESSABLE_ENTITY, &error).into();
         }
@@ -413,6 +448,51 @@ impl Mastodon {
         Ok(())
     }
 
+    async fn upload(self: Arc<Self>, arrival: Arrival, content_type: Option<String>, body: Bytes) -> Reply {
+        let account = match self.admit(&arrival).await {
+            Ok(account) => account,
+            Err(reply) => return reply,
+        };
+        let parts = read_multipart(content_type.as_deref(), body).await;
+        let mut ledger = lock(&self.ledger);
+        let refuse = |ledger: &mut Ledger, error: &str| {
+            self.record(ledger, &arrival, MastodonOutcome::Refused { status: 422, error: error.into() });
+            Reply::from(refusal(StatusCode::UNPROCESSABLE_ENTITY, error))
+        };
+        let Some(parts) = parts else { return refuse(&mut ledger, "Validation failed: File can't be blank") };
+        let Some((file_type, file)) =
+            parts.iter().find(|(name, ..)| name == "file").map(|(_, kind, bytes)| (kind, bytes))
+        else {
+            return refuse(&mut ledger, "Validation failed: File can't be blank");
+        };
+        let image = file.starts_with(&[0xFF, 0xD8, 0xFF])
+            || file.starts_with(b"\x89PNG\r\n\x1a\n")
+            || file.starts_with(b"GIF8");
+        if !image {
+            return refuse(&mut ledger, "Validation failed: File content type is invalid");
+        }
+        let description = parts
+            .iter()
+            .find(|(name, ..)| name == "description")
+            .map(|(_, _, bytes)| String::from_utf8_lossy(bytes).into_owned());
+        if description.as_deref().is_some_and(|text| text.chars().count() > 1500) {
+            return refuse(&mut ledger, "Validation failed: Description is too long (maximum is 1500 characters)");
+        }
+        ledger.last_id += 1;
+        let id = (120_000_000_000_000_000 + ledger.last_id).to_string();
+        let media = MastodonMedia {
+            id: id.clone(),
+            account_id: account,
+            description: description.clone(),
+            content_type: file_type.clone(),
+            bytes: file.len(),
+        };
+        ledger.media.push(media);
+        self.record(&mut ledger, &arrival, MastodonOutcome::Created { id: id.clone() });
+        let url = format!("{}/media/{id}", self.base_url);
+        Json(json!({ "id": id, "type": "image", "url": url, "preview_url": url, "description": description })).into()
+    }
+
     async fn show(self: Arc<Self>, arrival: Arrival, id: String) -> Reply {
         if let Err(reply) = self.admit(&arrival).await {
             return reply;
@@ -453,6 +533,33 @@ impl Mastodon {
     }
 }
 
+/// The `media_ids` of a status body (a JSON array, or a form's one value).
+fn media_ids(body: Option<&Value>) -> Vec<String> {
+    match body.and_then(|body| body.get("media_ids").or_else(|| body.get("media_ids[]"))) {
+        Some(Value::Array(ids)) => ids.iter().filter_map(Value::as_str).map(str::to_string).collect(),
+        Some(Value::String(id)) => vec![id.clone()],
+        _ => Vec::new(),
+    }
+}
+
+/// The parts of a multipart body: (name, content type, bytes).
+async fn read_multipart(content_type: Option<&str>, body: Bytes) -> Option<Vec<(String, Option<String>, Bytes)>> {
+    use axum::extract::{FromRequest, Multipart};
+    let content_type = content_type.filter(|value| value.starts_with("multipart/form-data"))?;
+    let request = axum::http::Request::builder()
+        .header(header::CONTENT_TYPE, content_type)
+        .body(axum::body::Body::from(body))
+        .ok()?;
+    let mut multipart = Multipart::from_request(request, &()).await.ok()?;
+    let mut parts = Vec::new();
+    while let Some(field) = multipart.next_field().await.ok()? {
+        let name = field.name().unwrap_or_default().to_string();
+        let kind = field.content_type().map(str::to_string);
+        parts.push((name, kind, field.bytes().await.ok()?));
+    }
+    Some(parts)
+}
+
 fn status_json(status: &MastodonStatus) -> Value {
     let text = |name: &str| status.field(name).map(str::to_string);
     json!({
@@ -471,6 +578,7 @@ fn status_json(status: &MastodonStatus) -> Value {
 fn router(mastodon: Arc<Mastodon>) -> Router {
     Router::new()
         .route(STATUSES, post(create))
+        .route(MEDIA, post(upload))
         .route("/api/v1/statuses/{id}", get(show))
         .route(VERIFY_CREDENTIALS, get(verify))
         .route("/_sandbox/published", get(list_published))
@@ -489,6 +597,17 @@ async fn create(
 ) -> Response {
     let arrival = Arrival::read(STATUSES, &headers, &body);
     detached(&extensions, mastodon.create(arrival)).await
+}
+
+async fn upload(
+    State(mastodon): State<Arc<Mastodon>>,
+    extensions: Extensions,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let arrival = Arrival::read(MEDIA, &headers, &[]);
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|value| value.to_str().ok()).map(str::to_string);
+    detached(&extensions, mastodon.upload(arrival, content_type, body)).await
 }
 
 async fn show(

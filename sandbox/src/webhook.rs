@@ -1,6 +1,10 @@
 //! Webhook receiver: accepts herald's webhook deliveries on any path, checks
-//! their `X-Herald-Signature`, de-duplicates them by `Idempotency-Key`, and
-//! records everything that arrived, for tests and `herald demo`.
+//! their Standard Webhooks signature (`webhook-id`, `webhook-timestamp`,
+//! `webhook-signature`; a timestamp more than [`TOLERANCE`] away from now
+//! is refused, so a captured request cannot be replayed later),
+//! de-duplicates them by `webhook-id` (else `Idempotency-Key`), and records
+//! everything that arrived, with the raw body and signature headers, for
+//! tests, `herald demo` and reference verifiers.
 //!
 //! HTTP surface (besides `POST <any path>`):
 //! - `GET /posts/{id}`: an accepted post's body (the URL given in receipts);
@@ -23,6 +27,8 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
 use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
@@ -39,7 +45,13 @@ pub const HOOK_PATH: &str = "/hook";
 
 const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
 const DELIVERY_HEADER: &str = "x-herald-delivery";
-const SIGNATURE_HEADER: &str = "x-herald-signature";
+const ID_HEADER: &str = "webhook-id";
+const TIMESTAMP_HEADER: &str = "webhook-timestamp";
+const SIGNATURE_HEADER: &str = "webhook-signature";
+
+/// How far a `webhook-timestamp` may be from the receiver's clock (the
+/// reference libraries' window).
+pub const TOLERANCE: Duration = Duration::from_secs(5 * 60);
 
 /// One request the receiver got, whatever became of it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -51,6 +63,13 @@ pub struct ReceivedPost {
     pub delivery_id: Option<String>,
     /// The body, when it is JSON.
     pub body: Option<Value>,
+    /// The body as received (invalid UTF-8 replaced), for verifiers.
+    #[serde(default)]
+    pub raw_body: String,
+    /// The `webhook-id`, `webhook-timestamp` and `webhook-signature`
+    /// headers as received.
+    #[serde(default)]
+    pub webhook_headers: Vec<(String, String)>,
     pub signature: Signature,
     /// An earlier request carried the same idempotency key (whatever its
     /// outcome): this one is a retry.
@@ -83,6 +102,9 @@ pub enum Signature {
     Valid,
     Missing,
     Invalid,
+    /// Correctly signed, but the timestamp is outside [`TOLERANCE`]: a
+    /// replay, or a badly wrong clock.
+    Stale,
 }
 
 /// How the receiver answered a request.
@@ -111,8 +133,9 @@ pub struct WebhookReceiver {
 }
 
 impl WebhookReceiver {
-    /// Listen on `addr` (port 0 picks a free port). With a `secret`, every
-    /// request must carry a valid `X-Herald-Signature`.
+    /// Listen on `addr` (port 0 picks a free port). With a `secret`
+    /// (`whsec_<base64>`, or plain: its bytes are the key), every request
+    /// must carry a valid, fresh Standard Webhooks signature.
     pub async fn start(addr: SocketAddr, secret: Option<String>) -> io::Result<WebhookReceiver> {
         let binding = Binding::bind(addr).await?;
         let mut receiver = WebhookReceiver::mounted(binding.addr(), binding.stopping(), secret)?;
@@ -125,12 +148,10 @@ impl WebhookReceiver {
     /// A receiver whose [`router`](Self::router) is mounted at the root of a
     /// server on `addr`.
     pub(crate) fn mounted(addr: SocketAddr, stopping: Stopping, secret: Option<String>) -> io::Result<WebhookReceiver> {
-        if secret.as_deref() == Some("") {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "the webhook secret must not be empty"));
-        }
+        let secret = secret.map(|secret| signing_key(&secret)).transpose()?;
         let receiver = Arc::new(Receiver {
             base_url: format!("http://{addr}"),
-            secret: secret.map(String::into_bytes),
+            secret,
             faults: FaultPlan::default(),
             stopping,
             ledger: Mutex::default(),
@@ -161,6 +182,16 @@ impl WebhookReceiver {
     /// Every request received so far, in order of arrival (processing).
     pub fn received(&self) -> Vec<ReceivedPost> {
         self.receiver.ledger().received.clone()
+    }
+
+    /// Write the first accepted post's raw body and signature headers to
+    /// `path` as JSON (`{"body", "headers"}`), for a verifier outside Rust.
+    pub fn dump_first_accepted(&self, path: &std::path::Path) -> io::Result<()> {
+        let first = self.accepted().into_iter().next().ok_or_else(|| io::Error::other("nothing accepted yet"))?;
+        let headers: serde_json::Map<String, Value> =
+            first.webhook_headers.into_iter().map(|(name, value)| (name, Value::String(value))).collect();
+        let dump = json!({ "body": first.raw_body, "headers": headers });
+        std::fs::write(path, serde_json::to_vec_pretty(&dump).map_err(io::Error::other)?)
     }
 
     /// The posts accepted: one per idempotency key, duplicates left out.
@@ -256,6 +287,8 @@ struct Arrival {
     idempotency_key: Option<String>,
     delivery_id: Option<String>,
     body: Option<Value>,
+    raw_body: String,
+    webhook_headers: Vec<(String, String)>,
     signature: Signature,
 }
 
@@ -272,33 +305,63 @@ impl Receiver {
 
     fn arrival(&self, path: &str, headers: &HeaderMap, body: &[u8]) -> Arrival {
         let text = |name: &str| headers.get(name).and_then(|value| value.to_str().ok()).map(str::to_string);
+        let received_at = Utc::now();
+        let webhook_headers = [ID_HEADER, TIMESTAMP_HEADER, SIGNATURE_HEADER]
+            .into_iter()
+            .filter_map(|name| Some((name.to_string(), text(name)?)))
+            .collect();
+        let signature = self.check_signature(
+            text(ID_HEADER).as_deref(),
+            text(TIMESTAMP_HEADER).as_deref(),
+            text(SIGNATURE_HEADER).as_deref(),
+            body,
+            received_at,
+        );
         Arrival {
-            received_at: Utc::now(),
+            received_at,
             path: path.to_string(),
-            idempotency_key: text(IDEMPOTENCY_KEY_HEADER),
+            idempotency_key: text(ID_HEADER).or_else(|| text(IDEMPOTENCY_KEY_HEADER)),
             delivery_id: text(DELIVERY_HEADER),
             body: serde_json::from_slice(body).ok(),
-            signature: self.check_signature(headers.get(SIGNATURE_HEADER).map(|value| value.as_bytes()), body),
+            raw_body: String::from_utf8_lossy(body).into_owned(),
+            webhook_headers,
+            signature,
         }
     }
 
-    /// Check `sha256=<hex HMAC-SHA256(secret, body)>`, in constant time.
-    fn check_signature(&self, header: Option<&[u8]>, body: &[u8]) -> Signature {
+    /// Check a Standard Webhooks signature: any `v1,<base64>` of the
+    /// space-separated list must be HMAC-SHA256(key, "id.timestamp.body")
+    /// (compared in constant time), and the timestamp within [`TOLERANCE`].
+    fn check_signature(
+        &self,
+        id: Option<&str>,
+        timestamp: Option<&str>,
+        signatures: Option<&str>,
+        body: &[u8],
+        now: DateTime<Utc>,
+    ) -> Signature {
         let Some(secret) = &self.secret else {
             return Signature::Unchecked;
         };
-        let Some(header) = header else {
+        let (Some(id), Some(timestamp), Some(signatures)) = (id, timestamp, signatures) else {
             return Signature::Missing;
-        };
-        let Some(signature) = header.strip_prefix(b"sha256=").and_then(|hex_digits| hex::decode(hex_digits).ok())
-        else {
-            return Signature::Invalid;
         };
         let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret) else {
             return Signature::Invalid;
         };
+        mac.update(format!("{id}.{timestamp}.").as_bytes());
         mac.update(body);
-        if mac.verify_slice(&signature).is_ok() { Signature::Valid } else { Signature::Invalid }
+        let matches = signatures
+            .split(' ')
+            .filter_map(|entry| entry.strip_prefix("v1,"))
+            .any(|encoded| STANDARD.decode(encoded).is_ok_and(|given| mac.clone().verify_slice(&given).is_ok()));
+        if !matches {
+            return Signature::Invalid;
+        }
+        let Ok(sent) = timestamp.parse::<i64>() else {
+            return Signature::Invalid;
+        };
+        if (now.timestamp() - sent).unsigned_abs() > TOLERANCE.as_secs() { Signature::Stale } else { Signature::Valid }
     }
 
     /// Apply latency and faults, decide, record, and answer.
@@ -323,6 +386,8 @@ impl Receiver {
                 idempotency_key: arrival.idempotency_key,
                 delivery_id: arrival.delivery_id,
                 body: arrival.body,
+                raw_body: arrival.raw_body,
+                webhook_headers: arrival.webhook_headers,
                 signature: arrival.signature,
                 key_seen_before,
                 outcome,
@@ -341,8 +406,17 @@ impl Receiver {
             }
             Injected::Drop => return (Outcome::Dropped, Reply::Drop),
         }
-        if self.secret.is_some() && arrival.signature != Signature::Valid {
-            return rejected(StatusCode::UNAUTHORIZED, "missing or wrong X-Herald-Signature");
+        match arrival.signature {
+            Signature::Unchecked | Signature::Valid => {}
+            Signature::Stale => {
+                return rejected(
+                    StatusCode::UNAUTHORIZED,
+                    "webhook-timestamp outside the tolerance window (a replay?)",
+                );
+            }
+            Signature::Missing | Signature::Invalid => {
+                return rejected(StatusCode::UNAUTHORIZED, "missing or wrong webhook-signature");
+            }
         }
         if arrival.body.is_none() {
             return rejected(StatusCode::BAD_REQUEST, "the body is not JSON");
@@ -362,6 +436,22 @@ impl Receiver {
         let reply = Reply::Answer(post_answer(&id, &url));
         (Outcome::Accepted { id, url }, reply)
     }
+}
+
+/// The HMAC key of a receiver secret: `whsec_<base64>` decoded, or a
+/// plain secret's bytes (as herald reads them).
+fn signing_key(secret: &str) -> io::Result<Vec<u8>> {
+    let refused = |why: &str| io::Error::new(io::ErrorKind::InvalidInput, format!("the webhook secret {why}"));
+    let key = match secret.strip_prefix("whsec_") {
+        Some(encoded) => base64::engine::general_purpose::STANDARD_NO_PAD
+            .decode(encoded.trim_end_matches('='))
+            .map_err(|_| refused("after `whsec_` must be base64"))?,
+        None => secret.as_bytes().to_vec(),
+    };
+    if key.is_empty() {
+        return Err(refused("must not be empty"));
+    }
+    Ok(key)
 }
 
 fn post_answer(id: &str, url: &str) -> Response {

@@ -9,6 +9,8 @@
 //! `GET /mmbiz/{n}` (an uploaded body image), and the control API:
 //! `GET /_sandbox/published`, `GET /_sandbox/calls`, `POST /_sandbox/faults`
 //! ([`FaultSpec`]), `POST /_sandbox/errcodes` ([`ErrcodeSpec`]),
+//! `POST /_sandbox/lose_answers` ([`LoseSpec`]: handle a call, then cut the
+//! connection, as when the answer is lost or herald dies waiting),
 //! `POST /_sandbox/expire_tokens`, `POST /_sandbox/publish_plan`
 //! ([`PublishPlan`]), `POST /_sandbox/reset`.
 
@@ -100,10 +102,14 @@ pub enum WechatApi {
     PublishStatus,
     /// `POST cgi-bin/message/mass/sendall`
     MassSend,
+    /// `POST cgi-bin/freepublish/batchget`
+    BatchGet,
+    /// `POST cgi-bin/draft/delete`
+    DraftDelete,
 }
 
 impl WechatApi {
-    pub const ALL: [WechatApi; 8] = [
+    pub const ALL: [WechatApi; 10] = [
         WechatApi::StableToken,
         WechatApi::Token,
         WechatApi::AddMaterial,
@@ -112,6 +118,8 @@ impl WechatApi {
         WechatApi::Submit,
         WechatApi::PublishStatus,
         WechatApi::MassSend,
+        WechatApi::BatchGet,
+        WechatApi::DraftDelete,
     ];
 
     pub fn path(self) -> &'static str {
@@ -124,6 +132,8 @@ impl WechatApi {
             WechatApi::Submit => "/cgi-bin/freepublish/submit",
             WechatApi::PublishStatus => "/cgi-bin/freepublish/get",
             WechatApi::MassSend => "/cgi-bin/message/mass/sendall",
+            WechatApi::BatchGet => "/cgi-bin/freepublish/batchget",
+            WechatApi::DraftDelete => "/cgi-bin/draft/delete",
         }
     }
 }
@@ -152,6 +162,10 @@ pub struct DraftArticle {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PublishedArticle {
     pub publish_id: String,
+    /// `article_id` in `freepublish/batchget` and `freepublish/get`.
+    pub article_id: String,
+    /// Unix seconds, when it was published.
+    pub update_time: i64,
     pub article_url: String,
     pub draft_media_id: String,
     pub article: DraftArticle,
@@ -214,6 +228,16 @@ pub struct ErrcodeSpec {
 
 fn one() -> usize {
     1
+}
+
+/// The body of `POST /_sandbox/lose_answers`: handle the next `count` calls
+/// of `api` as usual, then close the connection without answering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoseSpec {
+    pub api: WechatApi,
+    #[serde(default = "one")]
+    pub count: usize,
 }
 
 /// A WeChat emulator running in this process (on its own server, or
@@ -293,6 +317,51 @@ impl WechatEmulator {
         }
     }
 
+    /// The next `count` calls of `api` are handled (an article submitted is
+    /// published), then the connection is closed without an answer.
+    pub fn lose_answers(&self, api: WechatApi, count: usize) {
+        *self.wechat.state().lose.entry(api).or_default() += count;
+    }
+
+    /// The next `count` calls of `api` wait `wait` before they are handled
+    /// (herald can be killed while one is in flight).
+    pub fn hold(&self, api: WechatApi, count: usize, wait: Duration) {
+        self.wechat.state().hold.insert(api, (count, wait));
+    }
+
+    /// How many calls of `api` arrived, handled or still held.
+    pub fn arrived(&self, api: WechatApi) -> usize {
+        self.wechat.state().arrived.get(&api).copied().unwrap_or(0)
+    }
+
+    /// The drafts in the account's draft box, by media_id.
+    pub fn drafts(&self) -> BTreeMap<String, Vec<DraftArticle>> {
+        self.wechat.state().drafts.iter().map(|(id, articles)| (id.clone(), articles.clone())).collect()
+    }
+
+    /// Empty the draft box, as someone might in the web console.
+    pub fn reset_drafts(&self) {
+        self.wechat.state().drafts.clear();
+    }
+
+    /// Publish an article as if someone did in the web console (or an
+    /// earlier run whose records were lost): `freepublish/batchget` lists it.
+    pub fn publish_outside(&self, article: DraftArticle) -> PublishedArticle {
+        let mut state = self.wechat.state();
+        let id = state.next_id();
+        let publish_id = format!("{}", 100_000_000 + id);
+        let published = PublishedArticle {
+            article_id: format!("sandbox-article-{publish_id}"),
+            article_url: format!("{}/s/{publish_id}", self.wechat.base_url),
+            publish_id,
+            update_time: unix_now(),
+            draft_media_id: String::new(),
+            article,
+        };
+        state.published.push(published.clone());
+        published
+    }
+
     /// Every token issued so far becomes invalid: the next call with one is
     /// answered 42001.
     pub fn expire_tokens(&self) {
@@ -348,6 +417,13 @@ struct Platform {
     clientmsgids: HashMap<String, String>,
     mass_sent: Vec<MassSend>,
     errcodes: HashMap<WechatApi, VecDeque<(usize, i64)>>,
+    /// How many of the next calls of an API are handled and then cut.
+    lose: HashMap<WechatApi, usize>,
+    /// How many of the next calls of an API wait, and how long, before
+    /// they are handled.
+    hold: HashMap<WechatApi, (usize, Duration)>,
+    /// Calls that arrived, per API, handled or not yet.
+    arrived: HashMap<WechatApi, usize>,
     plan: PublishPlan,
     calls: Vec<WechatCall>,
     last_id: u64,
@@ -401,6 +477,38 @@ impl Platform {
         Some(errcode)
     }
 
+    /// Whether this call's answer is to be lost (counted down).
+    fn take_lost(&mut self, api: WechatApi) -> bool {
+        match self.lose.get_mut(&api) {
+            Some(left) if *left > 0 => {
+                *left -= 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Make a submitted job's article public (once).
+    fn publish_job(&mut self, publish_id: &str, base_url: &str) -> String {
+        let article_url = format!("{base_url}/s/{publish_id}");
+        if self.published.iter().any(|article| article.publish_id == publish_id) {
+            return article_url;
+        }
+        let draft_media_id = self.jobs.get(publish_id).map(|job| job.draft_media_id.clone()).unwrap_or_default();
+        let articles = self.drafts.get(&draft_media_id).cloned().unwrap_or_default();
+        for article in articles {
+            self.published.push(PublishedArticle {
+                publish_id: publish_id.to_string(),
+                article_id: format!("sandbox-article-{publish_id}"),
+                update_time: unix_now(),
+                article_url: article_url.clone(),
+                draft_media_id: draft_media_id.clone(),
+                article,
+            });
+        }
+        article_url
+    }
+
     /// 0 when `query` carries a valid, unexpired token.
     fn check_token(&self, query: &BTreeMap<String, String>) -> Result<(), Value> {
         let Some(token) = query.get("access_token").filter(|token| !token.is_empty()) else {
@@ -446,6 +554,20 @@ impl Wechat {
     }
 
     async fn handle(&self, arrival: Arrival) -> Reply {
+        let hold = {
+            let mut state = self.state();
+            *state.arrived.entry(arrival.api).or_default() += 1;
+            match state.hold.get_mut(&arrival.api) {
+                Some((left, wait)) if *left > 0 => {
+                    *left -= 1;
+                    Some(*wait)
+                }
+                _ => None,
+            }
+        };
+        if let Some(wait) = hold {
+            self.stopping.sleep(wait).await;
+        }
         let injected = self.faults.apply(&self.stopping).await;
         let mut call = WechatCall {
             api: arrival.api,
@@ -473,7 +595,11 @@ impl Wechat {
                     answer
                 };
                 tracing::info!(api = ?arrival.api, errcode = call.errcode.unwrap_or(0), "wechat call answered");
-                Reply::Answer(Json(answer).into_response())
+                if self.state().take_lost(arrival.api) {
+                    Reply::Drop
+                } else {
+                    Reply::Answer(Json(answer).into_response())
+                }
             }
         };
         self.state().calls.push(call);
@@ -498,7 +624,9 @@ impl Wechat {
                 WechatApi::AddMaterial => add_material(state, &arrival.query, uploads, &self.base_url),
                 WechatApi::UploadImage => upload_image(state, uploads, &self.base_url),
                 WechatApi::DraftAdd => draft_add(state, call.body.as_ref()),
-                WechatApi::Submit => submit(state, call.body.as_ref()),
+                WechatApi::Submit => submit(state, call.body.as_ref(), &self.base_url),
+                WechatApi::BatchGet => batch_get(state, call.body.as_ref()),
+                WechatApi::DraftDelete => draft_delete(state, call.body.as_ref()),
                 WechatApi::PublishStatus => publish_status(state, call.body.as_ref(), &self.base_url),
                 WechatApi::MassSend => mass_send(state, call.body.as_ref()),
                 WechatApi::StableToken | WechatApi::Token => Err(error(-1, "system error")),
@@ -507,11 +635,13 @@ impl Wechat {
         result.unwrap_or_else(|error| error)
     }
 
+    /// `stable_token` answers a wrong secret 40125, the older `token` 40001.
     fn check_credentials(
         &self,
         grant_type: Option<&str>,
         appid: Option<&str>,
         secret: Option<&str>,
+        wrong_secret: i64,
     ) -> Result<(), Value> {
         if grant_type != Some("client_credential") {
             return Err(error(40002, "invalid grant_type"));
@@ -520,7 +650,7 @@ impl Wechat {
             return Err(error(40013, "invalid appid"));
         }
         if secret != Some(self.config.secret.as_str()) {
-            return Err(error(40001, "invalid credential, appsecret is wrong"));
+            return Err(error(wrong_secret, "invalid appsecret"));
         }
         Ok(())
     }
@@ -532,7 +662,7 @@ impl Wechat {
     fn stable_token(&self, state: &mut Platform, body: Option<&Value>) -> Result<Value, Value> {
         let body = body.ok_or_else(|| error(47001, "data format error"))?;
         let text = |key: &str| body.get(key).and_then(Value::as_str);
-        self.check_credentials(text("grant_type"), text("appid"), text("secret"))?;
+        self.check_credentials(text("grant_type"), text("appid"), text("secret"), 40125)?;
         let force = body.get("force_refresh").and_then(Value::as_bool).unwrap_or(false);
         let now = Instant::now();
         if !force
@@ -551,7 +681,7 @@ impl Wechat {
 
     fn classic_token(&self, state: &mut Platform, query: &BTreeMap<String, String>) -> Result<Value, Value> {
         let text = |key: &str| query.get(key).map(String::as_str);
-        self.check_credentials(text("grant_type"), text("appid"), text("secret"))?;
+        self.check_credentials(text("grant_type"), text("appid"), text("secret"), 40001)?;
         // A new classic token ends the older ones within five minutes.
         let soon = Instant::now() + Duration::from_secs(300);
         for token in state.tokens.values_mut().filter(|token| !token.stable) {
@@ -717,7 +847,7 @@ fn text_field<'a>(body: Option<&'a Value>, key: &str) -> Result<&'a str, Value> 
     body.and_then(|body| body.get(key)).and_then(Value::as_str).ok_or_else(|| error(47001, "data format error"))
 }
 
-fn submit(state: &mut Platform, body: Option<&Value>) -> Result<Value, Value> {
+fn submit(state: &mut Platform, body: Option<&Value>, base_url: &str) -> Result<Value, Value> {
     let media_id = text_field(body, "media_id")?;
     if !state.drafts.contains_key(media_id) {
         return Err(error(40007, "invalid media_id"));
@@ -726,6 +856,11 @@ fn submit(state: &mut Platform, body: Option<&Value>) -> Result<Value, Value> {
     let publish_id = format!("{}", 100_000_000 + id);
     let job = Job { draft_media_id: media_id.to_string(), plan: state.plan, polls: 0 };
     state.jobs.insert(publish_id.clone(), job);
+    if state.plan == PublishPlan::default() {
+        // A job that ends at once is public at once, polled or not (what
+        // `freepublish/batchget` shows after a lost answer).
+        state.publish_job(&publish_id, base_url);
+    }
     Ok(json!({ "errcode": 0, "errmsg": "ok", "publish_id": publish_id, "msg_data_id": 2_247_483_000u64 + id }))
 }
 
@@ -742,19 +877,7 @@ fn publish_status(state: &mut Platform, body: Option<&Value>, base_url: &str) ->
     if status != 0 {
         return Ok(json!({ "publish_id": publish_id, "publish_status": status, "fail_idx": [1] }));
     }
-    let draft_media_id = job.draft_media_id.clone();
-    let article_url = format!("{base_url}/s/{publish_id}");
-    if !state.published.iter().any(|article| article.publish_id == publish_id) {
-        let articles = state.drafts.get(&draft_media_id).cloned().unwrap_or_default();
-        for article in articles {
-            state.published.push(PublishedArticle {
-                publish_id: publish_id.clone(),
-                article_url: article_url.clone(),
-                draft_media_id: draft_media_id.clone(),
-                article,
-            });
-        }
-    }
+    let article_url = state.publish_job(&publish_id, base_url);
     Ok(json!({
         "publish_id": publish_id,
         "publish_status": 0,
@@ -762,6 +885,63 @@ fn publish_status(state: &mut Platform, body: Option<&Value>, base_url: &str) ->
         "article_detail": { "count": 1, "item": [{ "idx": 1, "article_url": article_url }] },
         "fail_idx": [],
     }))
+}
+
+/// `freepublish/batchget`: the published articles, newest first, `count`
+/// (1 to 20) from `offset`, with their content unless `no_content` is 1.
+fn batch_get(state: &mut Platform, body: Option<&Value>) -> Result<Value, Value> {
+    let number = |key: &str| body.and_then(|body| body.get(key)).and_then(Value::as_i64);
+    let (Some(offset), Some(count)) = (number("offset"), number("count")) else {
+        return Err(error(47001, "data format error"));
+    };
+    if offset < 0 || !(1..=20).contains(&count) {
+        return Err(error(40097, "invalid args"));
+    }
+    let no_content = number("no_content") == Some(1);
+    // One item per publish job (its articles in order), newest first.
+    let mut jobs: Vec<(String, String, i64, Vec<Value>)> = Vec::new();
+    for article in &state.published {
+        let news = json!({
+            "title": article.article.title,
+            "author": article.article.author.clone().unwrap_or_default(),
+            "digest": article.article.digest.clone().unwrap_or_default(),
+            "content": if no_content { String::new() } else { article.article.content.clone() },
+            "content_source_url": article.article.content_source_url.clone().unwrap_or_default(),
+            "thumb_media_id": article.article.thumb_media_id,
+            "url": article.article_url,
+            "is_deleted": false,
+        });
+        match jobs.iter_mut().find(|(publish_id, ..)| *publish_id == article.publish_id) {
+            Some(job) => job.3.push(news),
+            None => {
+                jobs.push((article.publish_id.clone(), article.article_id.clone(), article.update_time, vec![news]))
+            }
+        }
+    }
+    let total = jobs.len();
+    let items: Vec<Value> = jobs
+        .into_iter()
+        .rev()
+        .skip(offset as usize)
+        .take(count as usize)
+        .map(|(_, article_id, update_time, news_item)| {
+            json!({ "article_id": article_id, "content": { "news_item": news_item }, "update_time": update_time })
+        })
+        .collect();
+    Ok(json!({ "total_count": total, "item_count": items.len(), "item": items }))
+}
+
+/// `draft/delete`: remove a draft from the draft box.
+fn draft_delete(state: &mut Platform, body: Option<&Value>) -> Result<Value, Value> {
+    let media_id = text_field(body, "media_id")?;
+    match state.drafts.remove(media_id) {
+        Some(_) => Ok(json!({ "errcode": 0, "errmsg": "ok" })),
+        None => Err(error(40007, "invalid media_id")),
+    }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_secs() as i64)
 }
 
 fn mass_send(state: &mut Platform, body: Option<&Value>) -> Result<Value, Value> {
@@ -817,6 +997,7 @@ fn router(wechat: Arc<Wechat>) -> Router {
         .route("/_sandbox/calls", get(list_calls))
         .route("/_sandbox/faults", post(plan_faults))
         .route("/_sandbox/errcodes", post(plan_errcodes))
+        .route("/_sandbox/lose_answers", post(plan_lost_answers))
         .route("/_sandbox/expire_tokens", post(expire_tokens))
         .route("/_sandbox/publish_plan", post(set_publish_plan))
         .route("/_sandbox/reset", post(reset))
@@ -885,6 +1066,11 @@ async fn plan_errcodes(State(wechat): State<Arc<Wechat>>, Json(spec): Json<Errco
     if spec.count > 0 {
         wechat.state().errcodes.entry(spec.api).or_default().push_back((spec.count, spec.errcode));
     }
+    StatusCode::NO_CONTENT
+}
+
+async fn plan_lost_answers(State(wechat): State<Arc<Wechat>>, Json(spec): Json<LoseSpec>) -> StatusCode {
+    *wechat.state().lose.entry(spec.api).or_default() += spec.count;
     StatusCode::NO_CONTENT
 }
 

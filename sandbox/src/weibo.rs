@@ -50,6 +50,9 @@ pub struct WeiboConfig {
     pub max_length: usize,
     /// The same text from the same user within this window is refused (20019).
     pub duplicate_window: Duration,
+    /// Whether the app may read the user timeline; many share.json apps
+    /// may not, and are answered 10014 there.
+    pub timeline_permission: bool,
 }
 
 impl WeiboConfig {
@@ -59,6 +62,7 @@ impl WeiboConfig {
             safe_domain: safe_domain.into().to_ascii_lowercase(),
             max_length: 140,
             duplicate_window: Duration::from_secs(600),
+            timeline_permission: true,
         }
     }
 }
@@ -281,6 +285,7 @@ fn message(code: u32) -> &'static str {
         10001 => "system error",
         10006 => "source paramter(appkey) is missing",
         10010 => "job expired",
+        10014 => "Insufficient app permissions",
         10016 => "miss required parameter (status) , see doc for more info.",
         10017 => "text not find domain",
         10022 => "IP requests out of rate limit",
@@ -386,7 +391,9 @@ impl Weibo {
         let token = submission.fields.get("access_token").or(submission.header_token.as_ref());
         let uid = self.authenticate(token.map(String::as_str))?;
         let text = submission.fields.get("status").map_or("", String::as_str);
-        if text.trim().is_empty() {
+        // share.json requires `rip`, the real IP of the acting user.
+        let rip = submission.fields.get("rip").map_or("", String::as_str);
+        if text.trim().is_empty() || rip.trim().is_empty() {
             return refuse(10016);
         }
         if weibo_length(text) > self.config.max_length {
@@ -564,6 +571,19 @@ async fn user_timeline(
         let statuses: Vec<Value> = mine.iter().rev().take(count).map(|post| status_json(post)).collect();
         json!({ "statuses": statuses, "total_number": mine.len() })
     };
+    if !weibo.config.timeline_permission {
+        let refused = weibo.clone().read(USER_TIMELINE, token, |_, _| Value::Null);
+        return detached(&extensions, async move {
+            match refused.await {
+                // Authenticated, but this app may not read the timeline.
+                Reply::Answer(response) if response.status().is_success() => {
+                    error(StatusCode::FORBIDDEN, USER_TIMELINE, 10014, false).into()
+                }
+                other => other,
+            }
+        })
+        .await;
+    }
     detached(&extensions, weibo.read(USER_TIMELINE, token, answer)).await
 }
 
@@ -593,21 +613,27 @@ fn weibo_length(text: &str) -> usize {
     let halves: usize = text
         .chars()
         .map(|c| {
-            let half = c.is_ascii() || ('\u{FF61}'..='\u{FFDC}').contains(&c) || ('\u{FFE8}'..='\u{FFEE}').contains(&c);
+            // Half-width katakana count as whole characters.
+            let katakana = ('\u{FF65}'..='\u{FF9F}').contains(&c);
+            let half = c.is_ascii()
+                || (('\u{FF61}'..='\u{FFDC}').contains(&c) && !katakana)
+                || ('\u{FFE8}'..='\u{FFEE}').contains(&c);
             if half { 1 } else { 2 }
         })
         .sum();
     halves.div_ceil(2)
 }
 
-/// The hosts of the http(s) URLs in `text`, lowercase.
+/// The hosts of the http(s) URLs in `text`, as written: Weibo compares the
+/// safe domain with the host as sent, so `WWW.Example.gov.cn` is not on
+/// `example.gov.cn`.
 fn url_hosts(text: &str) -> Vec<String> {
     let lower = text.to_ascii_lowercase();
     lower
         .match_indices("://")
         .filter(|(at, _)| lower[..*at].ends_with("http") || lower[..*at].ends_with("https"))
         .map(|(at, _)| {
-            lower[at + 3..]
+            text[at + 3..]
                 .chars()
                 .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '.')
                 .collect::<String>()
@@ -641,7 +667,9 @@ mod tests {
     #[test]
     fn text_rules() {
         assert_eq!(weibo_length("ab防诈"), 3);
-        assert_eq!(url_hosts("见https://A.example.gov.cn/x，http://t.cn"), ["a.example.gov.cn", "t.cn"]);
+        assert_eq!(weibo_length("ｱｲ"), 2, "half-width katakana count one each");
+        assert_eq!(url_hosts("见https://A.example.gov.cn/x，HTTP://t.cn"), ["A.example.gov.cn", "t.cn"]);
+        assert!(!on_domain("www.Example.GOV.cn", "example.gov.cn"), "compared as sent");
         assert!(on_domain("a.example.gov.cn", "example.gov.cn"));
         assert!(!on_domain("badexample.gov.cn", "example.gov.cn"));
         assert_eq!(picture_type(b"GIF89a"), Some("gif"));

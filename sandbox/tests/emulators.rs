@@ -63,7 +63,7 @@ async fn wechat_token_calls_check_appid_secret_and_grant() {
     let call = |appid: &str, secret: &str, grant: &str| json!({ "grant_type": grant, "appid": appid, "secret": secret, "force_refresh": false });
     for (body, expected) in [
         (call("wx-other", "wx-secret", "client_credential"), 40013),
-        (call("wx-app", "nope", "client_credential"), 40001),
+        (call("wx-app", "nope", "client_credential"), 40125),
         (call("wx-app", "wx-secret", "password"), 40002),
     ] {
         let (status, answer) = post_json(base, "/cgi-bin/stable_token", None, body).await;

@@ -27,7 +27,7 @@ async fn weibo_errors_are_planned_over_http_and_published_is_listed() {
     let share = || {
         client()
             .post(format!("{base}/weibo/2/statuses/share.json"))
-            .form(&[("access_token", "sandbox-w"), ("status", "提示 https://example.gov.cn/a")])
+            .form(&[("access_token", "sandbox-w"), ("status", "提示 https://example.gov.cn/a"), ("rip", "203.0.113.7")])
             .send()
     };
     let limited: Value = share().await.unwrap().json().await.unwrap();

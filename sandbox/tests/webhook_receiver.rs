@@ -1,9 +1,12 @@
-//! The webhook receiver over real loopback HTTP: de-duplication, signature
-//! checks, injected faults, and the `/_sandbox/*` control API.
+//! The webhook receiver over real loopback HTTP: de-duplication, Standard
+//! Webhooks signature checks with their tolerance window (replays),
+//! injected faults, and the `/_sandbox/*` control API.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
 use herald_sandbox::{Fault, Outcome, ReceivedPost, Signature, WebhookReceiver};
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
@@ -20,20 +23,29 @@ fn client() -> reqwest::Client {
     reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(5)).build().unwrap()
 }
 
-fn sign(secret: &str, body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+/// Standard Webhooks: `v1,<base64 HMAC-SHA256(key, "id.timestamp.body")>`.
+fn sign(key: &[u8], id: &str, timestamp: i64, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).unwrap();
+    mac.update(format!("{id}.{timestamp}.").as_bytes());
     mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+    format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()))
 }
 
-/// POST `body` with an optional idempotency key and signature header.
-async fn deliver(url: &str, key: Option<&str>, signature: Option<&str>, body: &str) -> reqwest::Response {
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+/// A signature as sent: the `webhook-timestamp` and `webhook-signature` values.
+type Signed = (i64, String);
+
+/// POST `body` with an optional idempotency key (also the `webhook-id`) and signature.
+async fn deliver(url: &str, key: Option<&str>, signed: Option<&Signed>, body: &str) -> reqwest::Response {
     let mut request = client().post(url).header("content-type", "application/json").body(body.to_string());
     if let Some(key) = key {
-        request = request.header("Idempotency-Key", key).header("X-Herald-Delivery", key);
+        request = request.header("Idempotency-Key", key).header("X-Herald-Delivery", key).header("webhook-id", key);
     }
-    if let Some(signature) = signature {
-        request = request.header("X-Herald-Signature", signature);
+    if let Some((timestamp, signature)) = signed {
+        request = request.header("webhook-timestamp", timestamp.to_string()).header("webhook-signature", signature);
     }
     request.send().await.unwrap()
 }
@@ -120,24 +132,67 @@ async fn posts_on_any_path_are_received_and_readable_at_their_url() {
 async fn signatures_are_verified_when_a_secret_is_set() {
     let receiver = receiver(Some("s3cret")).await;
     let url = receiver.url();
+    let key = b"s3cret";
+    let at = now();
+    let signed = |id: &str, key: &[u8], body: &[u8]| (at, sign(key, id, at, body));
 
-    let good = sign("s3cret", BODY.as_bytes());
-    assert_eq!(deliver(&url, Some("a"), Some(&good), BODY).await.status(), 200);
+    assert_eq!(deliver(&url, Some("a"), Some(&signed("a", key, BODY.as_bytes())), BODY).await.status(), 200);
     assert_eq!(deliver(&url, Some("b"), None, BODY).await.status(), 401);
-    let wrong = sign("other", BODY.as_bytes());
-    assert_eq!(deliver(&url, Some("c"), Some(&wrong), BODY).await.status(), 401);
-    let of_other_body = sign("s3cret", b"{}");
-    assert_eq!(deliver(&url, Some("d"), Some(&of_other_body), BODY).await.status(), 401);
-    assert_eq!(deliver(&url, Some("e"), Some("sha256=zz"), BODY).await.status(), 401);
-    assert_eq!(deliver(&url, Some("f"), Some(good.trim_start_matches("sha256=")), BODY).await.status(), 401);
+    assert_eq!(deliver(&url, Some("c"), Some(&signed("c", b"other", BODY.as_bytes())), BODY).await.status(), 401);
+    assert_eq!(deliver(&url, Some("d"), Some(&signed("d", key, b"{}")), BODY).await.status(), 401);
+    assert_eq!(deliver(&url, Some("e"), Some(&(at, "v1,zz".into())), BODY).await.status(), 401);
+    let unversioned = signed("f", key, BODY.as_bytes()).1.trim_start_matches("v1,").to_string();
+    assert_eq!(deliver(&url, Some("f"), Some(&(at, unversioned)), BODY).await.status(), 401);
+    // The id is signed: another id with a's signature is refused.
+    assert_eq!(deliver(&url, Some("g"), Some(&signed("a", key, BODY.as_bytes())), BODY).await.status(), 401);
+    // One good signature in a list is enough (key rotation).
+    let list = format!("v1,AAAA {}", signed("h", key, BODY.as_bytes()).1);
+    assert_eq!(deliver(&url, Some("h"), Some(&(at, list)), BODY).await.status(), 200);
 
     let received = receiver.received();
     let signatures: Vec<Signature> = received.iter().map(|post| post.signature).collect();
     use Signature::*;
-    assert_eq!(signatures, [Valid, Missing, Invalid, Invalid, Invalid, Invalid]);
+    assert_eq!(signatures, [Valid, Missing, Invalid, Invalid, Invalid, Invalid, Invalid, Valid]);
     assert!(received[0].signature_verified());
-    assert!(received[1..].iter().all(|post| matches!(post.outcome, Outcome::Rejected { status: 401, .. })));
+    assert!(received[1..7].iter().all(|post| matches!(post.outcome, Outcome::Rejected { status: 401, .. })));
+    assert_eq!(receiver.accepted().len(), 2);
+    let names: Vec<&str> = received[0].webhook_headers.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(names, ["webhook-id", "webhook-timestamp", "webhook-signature"]);
+    assert_eq!(received[0].raw_body, BODY);
+}
+
+#[tokio::test]
+async fn replays_are_refused_outside_the_window_and_answered_once_inside_it() {
+    let secret = format!("whsec_{}", STANDARD.encode(b"a key of the standard form"));
+    let receiver = receiver(Some(&secret)).await;
+    let url = receiver.url();
+    let key = b"a key of the standard form";
+
+    let at = now();
+    let captured = (at, sign(key, "msg-1", at, BODY.as_bytes()));
+    assert_eq!(deliver(&url, Some("msg-1"), Some(&captured), BODY).await.status(), 200);
+    // The same request again at once: the same post, no new one.
+    let (status, again) = answer_json(deliver(&url, Some("msg-1"), Some(&captured), BODY).await).await;
+    assert_eq!((status, again["id"].as_str()), (200, Some("1")));
+
+    // Captured six minutes ago (or dated six minutes ahead): refused, even
+    // under a new id, whose signature matches.
+    for offset in [-6 * 60, 6 * 60] {
+        let stale = (at + offset, sign(key, "msg-2", at + offset, BODY.as_bytes()));
+        assert_eq!(deliver(&url, Some("msg-2"), Some(&stale), BODY).await.status(), 401);
+    }
+    let received = receiver.received();
+    assert_eq!(received[2].signature, Signature::Stale);
+    assert_eq!(received[3].signature, Signature::Stale);
     assert_eq!(receiver.accepted().len(), 1);
+}
+
+#[tokio::test]
+async fn a_bad_receiver_secret_is_refused() {
+    let addr: SocketAddr = ANY_PORT.parse().unwrap();
+    for secret in ["", "whsec_", "whsec_!!"] {
+        assert!(WebhookReceiver::start(addr, Some(secret.into())).await.is_err(), "{secret:?}");
+    }
 }
 
 #[tokio::test]

@@ -1,6 +1,11 @@
 //! The one table that maps Discourse's HTTP statuses to what herald does
 //! next, as PLATFORMS.md documents them; other statuses follow the shared
 //! HTTP table ([`crate::http::classify_status`]).
+//!
+//! Uncertain paths: the topic carries the delivery id as `external_id`; the
+//! next attempt after no answer, a reset or a crash looks it up by that id
+//! before creating it, and a 422 on such a retry is looked up the same way
+//! (`adapters/tests/discourse.rs`, `contract.rs`).
 
 use std::time::Duration;
 
@@ -47,6 +52,8 @@ pub(super) fn class(rule: &Rule, wait: Option<Duration>) -> Option<ErrorClass> {
         Rule::Ok => None,
         Rule::RateLimited => Some(ErrorClass::RateLimited { retry_after: wait }),
         Rule::Validation | Rule::Credentials => Some(ErrorClass::Permanent),
+        // A server error with a Retry-After: wait as asked.
+        Rule::Other(ErrorClass::Transient) if wait.is_some() => Some(ErrorClass::RateLimited { retry_after: wait }),
         Rule::Other(class) => Some(class.clone()),
     }
 }
@@ -75,6 +82,7 @@ mod tests {
         }
         for status in [500, 501, 502, 503, 504] {
             assert_eq!(class(&rule(status), None), Some(ErrorClass::Transient), "{status}");
+            assert_eq!(class(&rule(status), wait), Some(ErrorClass::RateLimited { retry_after: wait }), "{status}");
         }
     }
 

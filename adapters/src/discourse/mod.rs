@@ -7,7 +7,8 @@
 //! topic), so an uncertain delivery is looked for before it is re-sent, and
 //! a 422 on such a retry is checked the same way. Statuses are classified by
 //! the one table in `errors.rs`; a 429 waits for `Retry-After` or
-//! `extras.wait_seconds`. Titles are required; images are not sent.
+//! `extras.wait_seconds`. Titles are required. Images are not uploaded
+//! (uploads are not supported yet): `render` refuses a post with images.
 
 mod errors;
 mod wire;
@@ -279,7 +280,12 @@ impl DiscourseAdapter {
             },
             errors::Rule::Validation => format!("Discourse refused the topic ({status})"),
             errors::Rule::Credentials => format!("Discourse refused the API key or username ({status})"),
-            _ => format!("Discourse answered {status}"),
+            _ => match (wait, &class) {
+                (Some(wait), crate::ErrorClass::RateLimited { .. }) => {
+                    format!("Discourse answered {status} (retry after {}s)", wait.as_secs())
+                }
+                _ => format!("Discourse answered {status}"),
+            },
         };
         DeliveryError::new(class, platform, reason)
     }
@@ -303,6 +309,13 @@ impl Adapter for DiscourseAdapter {
     /// the body, a blank line and the link, in Markdown.
     fn render(&self, content: &PostContent) -> Result<Rendered, Vec<ContentProblem>> {
         let mut problems = Vec::new();
+        if !content.images.is_empty() {
+            problems.push(ContentProblem::new(
+                "images",
+                "herald does not upload images to Discourse yet, and a topic would go out without them: \
+                 override `images = []` for discourse to post the text alone",
+            ));
+        }
         let title = content.title.as_deref().map(str::trim).filter(|title| !title.is_empty());
         match title {
             None => problems.push(ContentProblem::new("title", "Discourse needs a title")),

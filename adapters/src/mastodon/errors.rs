@@ -1,6 +1,12 @@
 //! The one table that maps Mastodon's HTTP statuses to what herald does
 //! next, as PLATFORMS.md documents them; other statuses follow the shared
 //! HTTP table ([`crate::http::classify_status`]).
+//!
+//! Uncertain paths: every attempt sends the delivery id as
+//! `Idempotency-Key`, which the server remembers for an hour and answers
+//! with the original status, so a re-send after no answer, a reset or a
+//! crash publishes nothing new within that hour (`contract.rs`); after it,
+//! a duplicate is possible (README).
 
 use std::time::Duration;
 
@@ -18,15 +24,19 @@ pub(super) const RATE_LIMIT_RESET: &str = "x-ratelimit-reset";
 pub(super) const MAX_WAIT: Duration = Duration::from_secs(3 * 3600);
 
 /// The class of an answer's status: `Ok` for 2xx. `reset` is the wait
-/// until `X-RateLimit-Reset`, when the answer has one.
-pub(super) fn classify(status: u16, reset: Option<Duration>) -> Result<(), ErrorClass> {
+/// until `X-RateLimit-Reset`, `retry_after` the `Retry-After` (a proxy's or
+/// a server's in maintenance), when the answer has them.
+pub(super) fn classify(status: u16, reset: Option<Duration>, retry_after: Option<Duration>) -> Result<(), ErrorClass> {
     match status {
         200..=299 => Ok(()),
         // No Retry-After: the window's reset, else the daemon's backoff.
         429 => Err(ErrorClass::RateLimited { retry_after: reset }),
         // Bad token, forbidden, validation failed (too long, bad visibility).
         401 | 403 | 422 => Err(ErrorClass::Permanent),
-        500..=599 => Err(ErrorClass::Transient),
+        500..=599 => Err(match retry_after {
+            Some(wait) => ErrorClass::RateLimited { retry_after: Some(wait) },
+            None => ErrorClass::Transient,
+        }),
         other => http::classify_status(StatusCode::from_u16(other).unwrap_or(StatusCode::BAD_REQUEST), reset),
     }
 }
@@ -56,23 +66,26 @@ mod tests {
 
     #[test]
     fn every_documented_status_has_its_class() {
-        assert_eq!(classify(200, None), Ok(()));
+        assert_eq!(classify(200, None, None), Ok(()));
         for permanent in [401, 403, 422] {
-            assert_eq!(classify(permanent, None), Err(ErrorClass::Permanent), "{permanent}");
+            assert_eq!(classify(permanent, None, None), Err(ErrorClass::Permanent), "{permanent}");
         }
         for transient in [500, 501, 502, 503, 504] {
-            assert_eq!(classify(transient, None), Err(ErrorClass::Transient), "{transient}");
+            assert_eq!(classify(transient, None, None), Err(ErrorClass::Transient), "{transient}");
         }
         let wait = Some(Duration::from_secs(60));
-        assert_eq!(classify(429, wait), Err(ErrorClass::RateLimited { retry_after: wait }));
-        assert_eq!(classify(429, None), Err(ErrorClass::RateLimited { retry_after: None }));
+        for unavailable in [500, 503] {
+            assert_eq!(classify(unavailable, None, wait), Err(ErrorClass::RateLimited { retry_after: wait }));
+        }
+        assert_eq!(classify(429, wait, None), Err(ErrorClass::RateLimited { retry_after: wait }));
+        assert_eq!(classify(429, None, None), Err(ErrorClass::RateLimited { retry_after: None }));
     }
 
     #[test]
     fn other_statuses_follow_the_shared_table() {
-        assert_eq!(classify(404, None), Err(ErrorClass::Permanent));
-        assert_eq!(classify(408, None), Err(ErrorClass::Transient));
-        assert_eq!(classify(400, None), Err(ErrorClass::Permanent));
+        assert_eq!(classify(404, None, None), Err(ErrorClass::Permanent));
+        assert_eq!(classify(408, None, None), Err(ErrorClass::Transient));
+        assert_eq!(classify(400, None, None), Err(ErrorClass::Permanent));
     }
 
     fn now() -> DateTime<Utc> {

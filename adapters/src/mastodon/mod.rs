@@ -7,7 +7,10 @@
 //! timeout cannot create a second status: there is no lookup. Statuses are
 //! classified by the one table in `errors.rs`; a 429 waits for
 //! `X-RateLimit-Reset`. The post's title can go out as the content warning
-//! (`spoiler_text`); images are not sent (media upload is not supported).
+//! (`spoiler_text`). Images (at most 4, JPEG/PNG/GIF) are uploaded first
+//! with `POST /api/v2/media` (multipart `file` and `description`: the
+//! title, else the status's first line), waited for while Mastodon
+//! processes them (202), and attached with `media_ids`.
 
 mod errors;
 mod wire;
@@ -35,6 +38,17 @@ pub const IDEMPOTENCY_KEY_HEADER: &str = "Idempotency-Key";
 pub const DEFAULT_MAX_LENGTH: usize = 500;
 
 const STATUSES_PATH: &str = "/api/v1/statuses";
+const MEDIA_PATH: &str = "/api/v2/media";
+/// The most images a status takes.
+pub const MAX_IMAGES: usize = 4;
+/// The largest image herald uploads (Mastodon's default is 16 MB since 4.3,
+/// 10 MB before; an instance may set less).
+pub const MAX_IMAGE_BYTES: u64 = 10 * 1024 * 1024;
+/// The longest image description Mastodon takes.
+const MAX_DESCRIPTION_CHARS: usize = 1500;
+/// How often, and how many times, an image still processing (202) is asked for.
+const MEDIA_POLL: std::time::Duration = std::time::Duration::from_millis(500);
+const MEDIA_POLLS: u32 = 60;
 const VERIFY_PATH: &str = "/api/v1/accounts/verify_credentials";
 
 /// Who may see a status.
@@ -135,13 +149,64 @@ impl MastodonAdapter {
         })
     }
 
+    /// Upload one image with its description; its attachment id, once
+    /// Mastodon has processed it (a 202 is asked for again until it has).
+    async fn upload(
+        &self,
+        request: &PublishRequest<'_>,
+        path: &str,
+        description: &str,
+    ) -> Result<String, DeliveryError> {
+        let refuse = |message: String| DeliveryError::permanent(PlatformAnswer::default(), message);
+        let bytes = tokio::fs::read(path).await.map_err(|error| refuse(format!("`{path}` cannot be read: {error}")))?;
+        let (mime, _) =
+            image_type(&bytes).ok_or_else(|| refuse(format!("`{path}` is not a JPEG, PNG or GIF image")))?;
+        let name = std::path::Path::new(path).file_name().and_then(|name| name.to_str()).unwrap_or("image");
+        let part = reqwest::multipart::Part::bytes(bytes)
+            .file_name(name.to_string())
+            .mime_str(mime)
+            .map_err(|error| refuse(format!("the image cannot be sent: {error}")))?;
+        let mut form = reqwest::multipart::Form::new().part("file", part);
+        if !description.is_empty() {
+            form = form.text("description", description.to_string());
+        }
+        let builder = self
+            .client
+            .post(self.base.join(MEDIA_PATH))
+            .header(AUTHORIZATION, self.authorization.clone())
+            .multipart(form);
+        let mut answer = self.call(builder, "media", Some(request)).await?;
+        for _ in 0..MEDIA_POLLS {
+            self.check(&answer)?;
+            let attachment = serde_json::from_slice::<wire::Attachment>(&answer.body).map_err(|_| {
+                DeliveryError::transient(answer.platform_answer(), "Mastodon's media answer could not be read")
+            })?;
+            if answer.status.as_u16() != 202 || attachment.url.is_some() {
+                return Ok(attachment.id);
+            }
+            tokio::time::sleep(MEDIA_POLL).await;
+            let builder = self
+                .client
+                .get(self.base.join(&format!("/api/v1/media/{}", attachment.id)))
+                .header(AUTHORIZATION, self.authorization.clone());
+            answer = self.call(builder, "media", Some(request)).await?;
+        }
+        Err(DeliveryError::transient(answer.platform_answer(), "Mastodon is still processing an image"))
+    }
+
     async fn create(&self, request: PublishRequest<'_>) -> Result<Receipt, DeliveryError> {
         let content = request.content;
+        let description = description(content);
+        let mut media_ids = Vec::with_capacity(content.images.len());
+        for path in &content.images {
+            media_ids.push(self.upload(&request, path, &description).await?);
+        }
         let body = wire::NewStatus {
             status: &content.text,
             visibility: self.visibility.as_str(),
             language: self.language.as_deref(),
             spoiler_text: content.title.as_deref(),
+            media_ids: &media_ids,
         };
         let builder = self
             .client
@@ -183,7 +248,8 @@ impl MastodonAdapter {
             Utc::now(),
             errors::MAX_WAIT,
         );
-        let Err(class) = errors::classify(status, reset) else {
+        let retry_after = http::retry_after(&answer.headers, errors::MAX_WAIT);
+        let Err(class) = errors::classify(status, reset, retry_after) else {
             return Ok(());
         };
         let message = wire::error_message(&answer.body).or_else(|| Some(answer.excerpt()).filter(|m| !m.is_empty()));
@@ -192,7 +258,14 @@ impl MastodonAdapter {
             Some(wait) if status == 429 => {
                 format!("Mastodon answered 429 (rate limited; the window resets in {}s)", wait.as_secs())
             }
-            _ => format!("Mastodon answered {status}: {}", errors::describe(status)),
+            _ => match retry_after {
+                Some(wait) if status >= 500 => format!(
+                    "Mastodon answered {status}: {} (retry after {}s)",
+                    errors::describe(status),
+                    wait.as_secs()
+                ),
+                _ => format!("Mastodon answered {status}: {}", errors::describe(status)),
+            },
         };
         Err(DeliveryError::new(class, platform, reason))
     }
@@ -221,6 +294,17 @@ impl Adapter for MastodonAdapter {
         if body.trim().is_empty() {
             problems.push(ContentProblem::new("body", "must not be empty"));
         }
+        if content.images.len() > MAX_IMAGES {
+            problems.push(ContentProblem::new(
+                "images",
+                format!("{} images; a Mastodon status takes at most {MAX_IMAGES}", content.images.len()),
+            ));
+        }
+        for (index, path) in content.images.iter().enumerate() {
+            if let Err(problem) = check_image(path) {
+                problems.push(ContentProblem::new("images", format!("image {}: {problem}", index + 1)));
+            }
+        }
         let link = content.link.as_deref().map(str::trim).filter(|link| !link.is_empty());
         let text = match link {
             Some(link) => format!("{body}\n\n{link}"),
@@ -243,7 +327,12 @@ impl Adapter for MastodonAdapter {
         if !problems.is_empty() {
             return Err(problems);
         }
-        Ok(Rendered { title: spoiler.map(str::to_string), text, link: link.map(str::to_string), images: Vec::new() })
+        Ok(Rendered {
+            title: spoiler.map(str::to_string),
+            text,
+            link: link.map(str::to_string),
+            images: content.images.clone(),
+        })
     }
 
     fn publish<'a>(&'a self, request: PublishRequest<'a>) -> BoxFuture<'a, Result<Receipt, DeliveryError>> {
@@ -256,6 +345,39 @@ impl Adapter for MastodonAdapter {
     fn probe(&self) -> BoxFuture<'_, Result<Probe, DeliveryError>> {
         Box::pin(self.verify())
     }
+}
+
+/// The description uploaded with each image: the content warning (the
+/// post's title) when there is one, else the status's first line.
+fn description(content: &Rendered) -> String {
+    let text = content.title.as_deref().unwrap_or_else(|| content.text.lines().next().unwrap_or_default());
+    text.chars().take(MAX_DESCRIPTION_CHARS).collect()
+}
+
+/// JPEG, PNG or GIF, by the first bytes: the MIME type and a name.
+fn image_type(head: &[u8]) -> Option<(&'static str, &'static str)> {
+    if head.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        Some(("image/jpeg", "JPEG"))
+    } else if head.starts_with(b"\x89PNG\r\n\x1a\n") {
+        Some(("image/png", "PNG"))
+    } else if head.starts_with(b"GIF87a") || head.starts_with(b"GIF89a") {
+        Some(("image/gif", "GIF"))
+    } else {
+        None
+    }
+}
+
+/// Check an image file: readable, at most [`MAX_IMAGE_BYTES`], JPEG, PNG or GIF.
+fn check_image(path: &str) -> Result<(), String> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).map_err(|error| format!("`{path}` cannot be read: {error}"))?;
+    let size = file.metadata().map_err(|error| format!("`{path}` cannot be read: {error}"))?.len();
+    if size > MAX_IMAGE_BYTES {
+        return Err(format!("`{path}` is {size} bytes; herald uploads images of at most {MAX_IMAGE_BYTES} bytes"));
+    }
+    let mut head = [0u8; 8];
+    let read = file.read(&mut head).map_err(|error| format!("`{path}` cannot be read: {error}"))?;
+    image_type(&head[..read]).map(|_| ()).ok_or_else(|| format!("`{path}` is not a JPEG, PNG or GIF image"))
 }
 
 impl fmt::Debug for MastodonAdapter {

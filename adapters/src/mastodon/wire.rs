@@ -12,6 +12,17 @@ pub(super) struct NewStatus<'a> {
     pub language: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub spoiler_text: Option<&'a str>,
+    /// The attachments uploaded for this status, in order.
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    pub media_ids: &'a [String],
+}
+
+/// An uploaded attachment (`POST /api/v2/media`, `GET /api/v1/media/<id>`).
+#[derive(Debug, Deserialize)]
+pub(super) struct Attachment {
+    pub id: String,
+    #[serde(default)]
+    pub url: Option<String>,
 }
 
 /// A created status.
@@ -43,7 +54,7 @@ mod tests {
 
     #[test]
     fn absent_options_are_left_out() {
-        let body = NewStatus { status: "s", visibility: "public", language: None, spoiler_text: None };
+        let body = NewStatus { status: "s", visibility: "public", language: None, spoiler_text: None, media_ids: &[] };
         assert_eq!(serde_json::to_string(&body).unwrap(), r#"{"status":"s","visibility":"public"}"#);
     }
 

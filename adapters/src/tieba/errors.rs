@@ -2,6 +2,11 @@
 //! `error_code` 0 is success, a captcha demand is permanent (a person must
 //! post), a message saying the server is busy or the account posts too
 //! often is rate limited for a long window, and anything else is permanent.
+//!
+//! Uncertain paths: Tieba has neither a look-up nor an idempotency key, so
+//! a thread whose answer was lost (timeout, reset, crash) is posted again
+//! by the next attempt: a duplicate, documented in README and shown by
+//! `adapters/tests/contract.rs`.
 
 use std::time::Duration;
 

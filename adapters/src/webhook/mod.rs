@@ -1,21 +1,22 @@
-//! Webhook: POST each delivery as a JSON document, signed with HMAC-SHA256
-//! when a secret is set, to a URL the operator runs.
+//! Webhook: POST each delivery as a JSON document, signed as Standard
+//! Webhooks specifies when a secret is set ([`sign`]), to a URL the
+//! operator runs.
 //!
-//! Headers: `Idempotency-Key` and `X-Herald-Delivery` carry the delivery id;
-//! `X-Herald-Signature: sha256=<hex>` is the HMAC of the exact body bytes.
+//! Headers: `Idempotency-Key`, `X-Herald-Delivery` and `webhook-id` carry the
+//! delivery id; with a secret, `webhook-timestamp` and `webhook-signature`
+//! (and, while a receiver migrates, `X-Herald-Signature`).
 //! A 2xx answer is a receipt (its JSON `id` and `url`, when present); other
 //! statuses are classified by [`crate::http::classify_status`].
 
+pub mod sign;
 mod wire;
 
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use hmac::{Hmac, Mac};
 use reqwest::Url;
 use reqwest::header::CONTENT_TYPE;
 use serde::Deserialize;
-use sha2::Sha256;
 
 use crate::http::{self, Answer};
 use crate::registry::{BuildError, HttpOptions, Platform};
@@ -31,8 +32,7 @@ pub const SECRET_FIELDS: &[&str] = &["secret"];
 pub const IDEMPOTENCY_KEY_HEADER: &str = "Idempotency-Key";
 /// The header carrying the delivery id.
 pub const DELIVERY_HEADER: &str = "X-Herald-Delivery";
-/// The header carrying `sha256=<lowercase hex HMAC-SHA256(secret, body)>`.
-pub const SIGNATURE_HEADER: &str = "X-Herald-Signature";
+pub use sign::{LEGACY_SIGNATURE_HEADER, Signer};
 
 /// The longest `Retry-After` honoured; a longer one is clamped to this.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
@@ -43,14 +43,20 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 pub struct Settings {
     /// Where deliveries are POSTed (http or https).
     pub url: String,
-    /// The HMAC key; without it, deliveries are not signed.
+    /// The signing secret, `whsec_<base64>` (or a plain secret, whose
+    /// bytes are the key); without it, deliveries are not signed.
     pub secret: Option<Secret>,
+    /// Also send herald's former `X-Herald-Signature` (replayable), for a
+    /// receiver that has not moved to the standard headers yet.
+    #[serde(default)]
+    pub legacy_signature: bool,
 }
 
 /// A webhook account, ready to publish.
 pub struct WebhookAdapter {
     url: Url,
     signer: Option<Signer>,
+    legacy_signature: bool,
     client: reqwest::Client,
 }
 
@@ -59,7 +65,10 @@ impl WebhookAdapter {
         let url = parse_url(&settings.url)?;
         let signer = settings.secret.as_ref().map(Signer::new).transpose()?;
         let client = http::client(&http)?;
-        Ok(Self { url, signer, client })
+        if settings.legacy_signature && signer.is_none() {
+            return Err(invalid("legacy_signature", "needs a `secret` to sign with"));
+        }
+        Ok(Self { url, signer, legacy_signature: settings.legacy_signature, client })
     }
 
     async fn deliver(&self, request: PublishRequest<'_>) -> Result<Receipt, DeliveryError> {
@@ -73,7 +82,14 @@ impl WebhookAdapter {
             .header(IDEMPOTENCY_KEY_HEADER, request.delivery_id)
             .header(DELIVERY_HEADER, request.delivery_id);
         if let Some(signer) = &self.signer {
-            builder = builder.header(SIGNATURE_HEADER, signer.sign(&body));
+            for (name, value) in signer.headers(request.delivery_id, &body) {
+                builder = builder.header(name, value);
+            }
+            if self.legacy_signature {
+                builder = builder.header(LEGACY_SIGNATURE_HEADER, signer.legacy_signature(&body));
+            }
+        } else {
+            builder = builder.header(sign::ID_HEADER, request.delivery_id);
         }
 
         let started = Instant::now();
@@ -153,36 +169,12 @@ fn parse_url(text: &str) -> Result<Url, BuildError> {
     Ok(url)
 }
 
-/// HMAC-SHA256 keyed once with the account's secret.
-#[derive(Clone)]
-/// Signs bodies with HMAC-SHA256 the way webhook receivers verify them
-/// (also used by the daemon for its alert webhook).
-pub struct Signer(Hmac<Sha256>);
-
-impl Signer {
-    pub fn new(secret: &Secret) -> Result<Self, BuildError> {
-        if secret.expose().is_empty() {
-            return Err(invalid("secret", "must not be empty"));
-        }
-        Hmac::new_from_slice(secret.expose().as_bytes())
-            .map(Signer)
-            .map_err(|_| invalid("secret", "cannot be used as an HMAC-SHA256 key"))
-    }
-
-    /// The `X-Herald-Signature` value for `body`.
-    pub fn sign(&self, body: &[u8]) -> String {
-        let mut mac = self.0.clone();
-        mac.update(body);
-        format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn settings(url: &str, secret: Option<&str>) -> Settings {
-        Settings { url: url.to_string(), secret: secret.map(Secret::new) }
+        Settings { url: url.to_string(), secret: secret.map(Secret::new), legacy_signature: false }
     }
 
     fn build_error(url: &str, secret: Option<&str>) -> String {
@@ -213,13 +205,11 @@ mod tests {
     }
 
     #[test]
-    fn signs_with_hmac_sha256() {
-        // RFC 4231, test case 2.
-        let signer = Signer::new(&Secret::new("Jefe")).unwrap();
-        assert_eq!(
-            signer.sign(b"what do ya want for nothing?"),
-            "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
-        );
+    fn the_legacy_signature_needs_a_secret() {
+        let mut settings = settings("http://127.0.0.1/", None);
+        settings.legacy_signature = true;
+        let error = WebhookAdapter::new(settings, HttpOptions::default()).unwrap_err().to_string();
+        assert_eq!(error, "invalid setting `legacy_signature`: needs a `secret` to sign with");
     }
 
     #[test]

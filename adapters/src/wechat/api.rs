@@ -115,7 +115,9 @@ impl WechatApi {
                     }
                     _ => format!("WeChat {}: {meaning} (errcode {code})", api.path()),
                 };
-                Err(DeliveryError::new(class, platform_answer, reason))
+                let error = DeliveryError::new(class, platform_answer, reason);
+                // WeChat's quotas (45009, 45011, 45028) belong to the AppID.
+                Err(if matches!(verdict, Verdict::Rate(_)) { error.shared_limit() } else { error })
             }
         }
     }

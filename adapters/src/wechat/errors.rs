@@ -1,5 +1,15 @@
 //! The one table mapping WeChat's `errcode`s to what herald does next, as
 //! PLATFORMS.md documents them, and the rate-limit windows they imply.
+//!
+//! Uncertain paths (tested in `adapters/tests/wechat.rs`, `contract.rs`
+//! and the daemon's `platforms.rs`): before `freepublish/submit` leaves,
+//! the intent is saved; no answer (timeout, reset, crash) leaves it, and the
+//! next attempt looks in `freepublish/batchget` until a job started then
+//! would have ended, submitting the same draft again only when the article
+//! is not there. A known publish job is followed, whatever happens (token
+//! rejections are refreshed, within the budget, and followed on). Mass send
+//! re-sends with the same `clientmsgid`: 45065 is success. Quotas (45009,
+//! 45011, 45028) are the AppID's and pause every account of it.
 
 use std::time::Duration;
 
@@ -21,6 +31,10 @@ pub(super) enum Api {
     Submit,
     PublishStatus,
     MassSend,
+    /// `freepublish/batchget`: the published articles (the look-up).
+    BatchGet,
+    /// `draft/delete`: an abandoned draft.
+    DraftDelete,
 }
 
 impl Api {
@@ -35,6 +49,8 @@ impl Api {
             Api::Submit => "cgi-bin/freepublish/submit",
             Api::PublishStatus => "cgi-bin/freepublish/get",
             Api::MassSend => "cgi-bin/message/mass/sendall",
+            Api::BatchGet => "cgi-bin/freepublish/batchget",
+            Api::DraftDelete => "cgi-bin/draft/delete",
         }
     }
 }
@@ -91,6 +107,7 @@ pub(super) const TABLE: &[Entry] = &[
     entry(45009, "daily API quota reached", Verdict::Rate(Window::NextDay)),
     entry(45011, "per-minute API quota reached", Verdict::Rate(Window::NextMinute)),
     entry(45028, "no mass-send quota left", Verdict::Rate(Window::NextDay)),
+    entry(40125, "invalid AppSecret", Verdict::Configuration),
     entry(40013, "invalid AppID", Verdict::Configuration),
     entry(40164, "this host's IP is not on the account's whitelist", Verdict::Configuration),
     entry(41001, "access_token missing", Verdict::Configuration),
@@ -118,9 +135,13 @@ pub(super) fn classify(api: Api, errcode: i64) -> Option<(Verdict, &'static str)
     if errcode == 0 {
         return None;
     }
-    if matches!(api, Api::Token | Api::ClassicToken) && errcode == 40001 {
-        // On the token call itself, 40001 means the AppSecret is wrong.
-        return Some((Verdict::Configuration, "wrong AppSecret"));
+    if matches!(api, Api::Token | Api::ClassicToken) {
+        match errcode {
+            // On the token call itself, 40001 means the AppSecret is wrong.
+            40001 | 40125 => return Some((Verdict::Configuration, "wrong AppSecret: check appid and secret")),
+            40013 => return Some((Verdict::Configuration, "invalid AppID: check appid and secret")),
+            _ => {}
+        }
     }
     Some(match TABLE.iter().find(|row| row.code == errcode) {
         Some(row) => (row.verdict, row.meaning),
@@ -226,6 +247,7 @@ mod tests {
             (45009, DAY),
             (45011, MINUTE),
             (45028, DAY),
+            (40125, ErrorClass::Permanent),
             (40013, ErrorClass::Permanent),
             (40164, ErrorClass::Permanent),
             (41001, ErrorClass::Permanent),
@@ -253,7 +275,7 @@ mod tests {
     #[test]
     fn the_documented_codes_keep_their_kind_of_permanence() {
         let verdict = |code| classify(Api::DraftAdd, code).unwrap().0;
-        for code in [40013, 40164, 41001, 48001, 48004] {
+        for code in [40125, 40013, 40164, 41001, 48001, 48004] {
             assert_eq!(verdict(code), Verdict::Configuration, "{code}");
         }
         for code in [44003, 45002, 45166, 47001, 50002] {
@@ -266,9 +288,12 @@ mod tests {
 
     #[test]
     fn on_the_token_call_40001_is_a_wrong_secret() {
-        let (verdict, meaning) = classify(Api::Token, 40001).unwrap();
-        assert_eq!(verdict, Verdict::Configuration);
-        assert_eq!(meaning, "wrong AppSecret");
+        for code in [40001, 40125] {
+            let (verdict, meaning) = classify(Api::Token, code).unwrap();
+            assert_eq!(verdict, Verdict::Configuration);
+            assert_eq!(meaning, "wrong AppSecret: check appid and secret");
+        }
+        assert_eq!(classify(Api::ClassicToken, 40013).unwrap().1, "invalid AppID: check appid and secret");
         assert_eq!(class(Api::Token, 40001), Some(ErrorClass::Permanent));
         assert_eq!(class(Api::ClassicToken, 40001), Some(ErrorClass::Permanent));
         assert_eq!(class(Api::Token, 42001), Some(ErrorClass::CredentialsExpired));

@@ -213,6 +213,10 @@ impl Adapter for WechatAdapter {
         Platform::Wechat
     }
 
+    fn limit_scope(&self) -> Option<String> {
+        Some(format!("wechat appid {}", self.appid))
+    }
+
     fn render(&self, content: &PostContent) -> Result<Rendered, Vec<ContentProblem>> {
         render::render(content)
     }

@@ -1,6 +1,8 @@
 //! The publishing flow: media uploads (cached by content hash), the draft,
 //! then either free publishing followed to its end, or a mass send; and the
-//! lookup of an uncertain delivery through its publish record.
+//! lookup of an uncertain delivery through its publish record and, after a
+//! submit whose answer never came, among the published articles
+//! (`freepublish/batchget`).
 
 use reqwest::RequestBuilder;
 use reqwest::multipart::{Form, Part};
@@ -12,11 +14,26 @@ use super::records::{PublishState, sha256_hex};
 use super::render::{self, ImageKind};
 use super::token::Token;
 use super::wire::{
-    Article, DraftAnswer, DraftRequest, ImageAnswer, MassFilter, MassNews, MassSendAnswer, MassSendRequest,
-    MaterialAnswer, StatusAnswer, StatusRequest, SubmitAnswer, SubmitRequest,
+    Article, BatchGetAnswer, BatchGetRequest, DraftAnswer, DraftDeleteRequest, DraftRequest, ImageAnswer, MassFilter,
+    MassNews, MassSendAnswer, MassSendRequest, MaterialAnswer, StatusAnswer, StatusRequest, SubmitAnswer,
+    SubmitRequest,
 };
 use super::{Mode, WechatAdapter};
 use crate::{DeliveryError, ErrorClass, PlatformAnswer, PublishRequest, Receipt, Rendered};
+
+/// How far before the intent to submit a published article may be dated
+/// and still be taken for it: herald's clock and WeChat's may differ.
+const LOOKUP_SLACK_SECS: i64 = 600;
+/// `freepublish/batchget` pages a look-up reads at most (newest first).
+const LOOKUP_PAGES: u32 = 5;
+/// Articles per `freepublish/batchget` page (WeChat's maximum).
+const LOOKUP_PAGE_SIZE: u32 = 20;
+/// Errcodes of the submit after which the draft is kept for a person to
+/// publish from the web console.
+const KEEP_DRAFT_CODES: [&str; 3] = ["53503", "53504", "53505"];
+/// WeChat's answer to a `media_id` it does not know (a draft deleted in the
+/// web console).
+const INVALID_MEDIA_ID: &str = "40007";
 
 /// How a followed publish job ended.
 enum JobEnd {
@@ -29,39 +46,111 @@ impl WechatAdapter {
     /// Publish one delivery (see the module documentation).
     pub(super) async fn deliver(&self, request: PublishRequest<'_>) -> Result<Receipt, DeliveryError> {
         let content_hash = content_hash(request.content);
-        if self.mode == Mode::Publish
-            && let Some(record) = self.records.publish(request.delivery_id, &content_hash)
-        {
-            match record.state {
-                PublishState::Published { url } => {
-                    tracing::info!(delivery = request.delivery_id, publish_id = %record.publish_id,
-                        "already published by an earlier attempt");
-                    return Ok(published_receipt(&record.publish_id, url, PlatformAnswer::default()));
+        let mut draft = None;
+        if let Some(record) = self.records.publish_any(request.delivery_id) {
+            if record.content_hash != content_hash {
+                // The post changed since: an unsubmitted draft is abandoned.
+                if matches!(record.state, PublishState::Drafted | PublishState::Failed { .. })
+                    && let Some(old) = &record.draft_media_id
+                {
+                    self.delete_draft(old).await;
                 }
-                PublishState::Submitted => {
-                    tracing::info!(delivery = request.delivery_id, publish_id = %record.publish_id,
-                        "following the publish job of an earlier attempt");
-                    return self.finish(request.delivery_id, &content_hash, &record.publish_id).await;
+            } else {
+                match record.state {
+                    PublishState::Published { url } if self.mode == Mode::Publish => {
+                        tracing::info!(delivery = request.delivery_id, publish_id = %record.publish_id,
+                            "already published by an earlier attempt");
+                        return Ok(published_receipt(&record.publish_id, url, PlatformAnswer::default()));
+                    }
+                    PublishState::Submitted if self.mode == Mode::Publish => {
+                        tracing::info!(delivery = request.delivery_id, publish_id = %record.publish_id,
+                            "following the publish job of an earlier attempt");
+                        return self.finish(request.delivery_id, &content_hash, &record.publish_id).await;
+                    }
+                    PublishState::Submitting { since } if self.mode == Mode::Publish => {
+                        if let Some(receipt) = self.find_submitted(request.clone(), &content_hash, since).await? {
+                            return Ok(receipt);
+                        }
+                        draft = record.draft_media_id;
+                    }
+                    _ => draft = record.draft_media_id,
                 }
-                PublishState::Failed { .. } => {}
             }
         }
 
         let token = self.tokens.current(&self.api).await?;
-        let draft = self.save_draft(&token, request.content).await?;
+        let reused = draft.is_some();
+        let draft = match draft {
+            Some(draft) => draft,
+            None => self.new_draft(&token, request.delivery_id, &content_hash, request.content).await?,
+        };
         match self.mode {
-            Mode::Publish => {
-                let publish_id = self.submit(&token, &draft).await?;
-                self.records.save_publish(request.delivery_id, &content_hash, &publish_id, PublishState::Submitted);
-                self.finish(request.delivery_id, &content_hash, &publish_id).await
-            }
+            Mode::Publish => self.submit_and_follow(&token, request, &content_hash, draft, reused).await,
             Mode::MassSend => self.mass_send(&token, &draft, request.delivery_id).await,
         }
     }
 
-    /// Look for an uncertain delivery's publish job: published means a
-    /// receipt; failed, or unknown to this account or to WeChat, means
-    /// `None`, so the daemon publishes.
+    /// Save the article as a draft and remember it for the delivery, so a
+    /// retry submits this draft instead of leaving one more behind.
+    async fn new_draft(
+        &self,
+        token: &Token,
+        delivery_id: &str,
+        content_hash: &str,
+        content: &Rendered,
+    ) -> Result<String, DeliveryError> {
+        let draft = self.save_draft(token, content).await?;
+        self.records.save_record(delivery_id, content_hash, "", Some(draft.clone()), PublishState::Drafted);
+        Ok(draft)
+    }
+
+    /// Submit `draft`, the intent saved durably before the call, and follow
+    /// the job. No answer leaves the intent, so the next attempt looks for
+    /// the article before submitting again; an answer that refuses the
+    /// submit means nothing was submitted.
+    async fn submit_and_follow(
+        &self,
+        token: &Token,
+        request: PublishRequest<'_>,
+        content_hash: &str,
+        mut draft: String,
+        mut reused: bool,
+    ) -> Result<Receipt, DeliveryError> {
+        let delivery_id = request.delivery_id;
+        loop {
+            let since = chrono::Utc::now().timestamp();
+            let submitting = PublishState::Submitting { since };
+            self.records.save_record(delivery_id, content_hash, "", Some(draft.clone()), submitting);
+            let error = match self.submit(token, &draft).await {
+                Ok(publish_id) => {
+                    self.records.save_publish(delivery_id, content_hash, &publish_id, PublishState::Submitted);
+                    return self.finish(delivery_id, content_hash, &publish_id).await;
+                }
+                // The submit may have reached WeChat: the intent stays.
+                Err(error) if error.maybe_sent => return Err(error),
+                Err(error) => error,
+            };
+            let code = error.answer.code.as_deref().unwrap_or_default();
+            if reused && code == INVALID_MEDIA_ID {
+                tracing::info!(delivery = delivery_id, draft = %draft, "the saved draft is gone; saving a new one");
+                draft = self.new_draft(token, delivery_id, content_hash, request.content).await?;
+                reused = false;
+                continue;
+            }
+            if error.class == ErrorClass::Permanent && !KEEP_DRAFT_CODES.contains(&code) {
+                // Refused for good: the draft would only be left behind.
+                self.delete_draft(&draft).await;
+                self.records.save_record(delivery_id, content_hash, "", None, PublishState::Drafted);
+            } else {
+                self.records.save_record(delivery_id, content_hash, "", Some(draft), PublishState::Drafted);
+            }
+            return Err(error);
+        }
+    }
+
+    /// Look for an uncertain delivery: published means a receipt; failed,
+    /// or unknown to this account or to WeChat, means `None`, so the daemon
+    /// publishes.
     pub(super) async fn look_up(&self, request: PublishRequest<'_>) -> Result<Option<Receipt>, DeliveryError> {
         if self.mode == Mode::MassSend {
             // A re-send with the same clientmsgid is answered 45065 and
@@ -77,50 +166,196 @@ impl WechatAdapter {
             PublishState::Published { url } => {
                 return Ok(Some(published_receipt(&publish_id, url, PlatformAnswer::default())));
             }
-            PublishState::Failed { .. } => return Ok(None),
+            PublishState::Failed { .. } | PublishState::Drafted => return Ok(None),
+            PublishState::Submitting { since } => return self.find_submitted(request, &content_hash, since).await,
             PublishState::Submitted => {}
         }
-        let mut refreshed = false;
+        match self.follow(request.delivery_id, &content_hash, &publish_id).await {
+            Ok(JobEnd::Published(receipt)) => Ok(Some(receipt)),
+            Ok(JobEnd::Failed(_)) => Ok(None),
+            Err(error) if error.class == ErrorClass::Permanent => {
+                tracing::info!(delivery = request.delivery_id, publish_id = %publish_id, reason = %error.reason,
+                    "publish job unknown to WeChat; publishing again");
+                Ok(None)
+            }
+            Err(error) => Err(error.maybe_sent()),
+        }
+    }
+
+    /// After a submit whose answer never came (intent saved at `since`):
+    /// look for the article among the published ones, and keep looking
+    /// while a job started then could still be publishing (`poll_timeout`).
+    /// `Some` is the article found (recorded as published); `None` means it
+    /// was shown not to exist, and the draft may be submitted again.
+    async fn find_submitted(
+        &self,
+        request: PublishRequest<'_>,
+        content_hash: &str,
+        since: i64,
+    ) -> Result<Option<Receipt>, DeliveryError> {
+        let delivery_id = request.delivery_id;
+        let title = request.content.title.as_deref().unwrap_or_default();
+        let digest = render::digest(&request.content.text);
+        let settled_at = since.saturating_add(self.poll_timeout.as_secs() as i64);
+        let mut searches = 0u32;
         loop {
-            match self.follow(request.delivery_id, &content_hash, &publish_id).await {
-                Ok(JobEnd::Published(receipt)) => return Ok(Some(receipt)),
-                Ok(JobEnd::Failed(_)) => return Ok(None),
-                // The daemon refreshes only after `publish`: do it here, once.
-                Err(error) if error.class == ErrorClass::CredentialsExpired && !refreshed => {
-                    refreshed = true;
-                    self.tokens.refresh(&self.api).await?;
+            searches += 1;
+            let found = self
+                .with_fresh_token(|token| {
+                    let digest = &digest;
+                    async move { self.search_published(&token, title, digest, since).await }
+                })
+                .await;
+            // Whatever stops the look-up, the article may be public: never
+            // a failure of the delivery for that, never a second submit.
+            let found = found.map_err(|error| {
+                let class = match error.class {
+                    ErrorClass::RateLimited { retry_after } => ErrorClass::RateLimited { retry_after },
+                    _ => ErrorClass::Transient,
+                };
+                let reason = format!(
+                    "{}; the article of an earlier submit may be public: looking again before any new submit",
+                    error.reason
+                );
+                DeliveryError { class, reason, ..error }.maybe_sent()
+            });
+            match found? {
+                Some((article_id, url)) => {
+                    tracing::info!(delivery = delivery_id, article_id = %article_id, searches,
+                        "found among the published articles: the earlier submit went through");
+                    let state = PublishState::Published { url: url.clone() };
+                    self.records.save_publish(delivery_id, content_hash, &article_id, state);
+                    return Ok(Some(published_receipt(&article_id, url, PlatformAnswer::default())));
                 }
-                Err(error) if error.class == ErrorClass::Permanent => {
-                    tracing::info!(delivery = request.delivery_id, publish_id = %publish_id, reason = %error.reason,
-                        "publish job unknown to WeChat; publishing again");
+                None if chrono::Utc::now().timestamp() >= settled_at => {
+                    tracing::info!(
+                        delivery = delivery_id,
+                        searches,
+                        "not among the published articles after the earlier submit settled: submitting again"
+                    );
+                    self.records.save_publish(delivery_id, content_hash, "", PublishState::Drafted);
                     return Ok(None);
                 }
-                Err(error) => return Err(error.maybe_sent()),
+                None => tokio::time::sleep(self.poll_interval).await,
             }
         }
     }
 
-    /// Follow a submitted job to its end, as the outcome of `publish`.
+    /// Read `freepublish/batchget` (newest first) for an article with this
+    /// title and digest published since `since` (less the slack): its
+    /// article_id and URL.
+    async fn search_published(
+        &self,
+        token: &Token,
+        title: &str,
+        digest: &str,
+        since: i64,
+    ) -> Result<Option<(String, Option<String>)>, DeliveryError> {
+        let floor = since - LOOKUP_SLACK_SECS;
+        for page in 0..LOOKUP_PAGES {
+            let offset = page * LOOKUP_PAGE_SIZE;
+            let body = BatchGetRequest { offset, count: LOOKUP_PAGE_SIZE, no_content: 1 };
+            let url = self.api.url(Api::BatchGet.path())?;
+            let request = self.api.client.post(url).query(&access(token)).json(&body);
+            let reply = self.call(Api::BatchGet, token, request).await?;
+            let answer: BatchGetAnswer = reply.parse(Api::BatchGet)?;
+            for item in &answer.item {
+                if item.update_time > 0 && item.update_time < floor {
+                    return Ok(None);
+                }
+                let Some(content) = &item.content else { continue };
+                let matching = content
+                    .news_item
+                    .iter()
+                    .find(|news| !news.is_deleted && news.title == title && news.digest == digest);
+                if let Some(news) = matching {
+                    let article_id = item.article_id.clone().unwrap_or_default();
+                    return Ok(Some((article_id, news.url.clone())));
+                }
+            }
+            if answer.item.is_empty() || offset + LOOKUP_PAGE_SIZE >= answer.total_count {
+                return Ok(None);
+            }
+        }
+        Ok(None)
+    }
+
+    /// Run `call` with the current token; when WeChat rejects the token,
+    /// refresh it and run `call` again, as often as the refresh budget
+    /// allows (a refused refresh ends it with that reason).
+    async fn with_fresh_token<T, F, Fut>(&self, call: F) -> Result<T, DeliveryError>
+    where
+        F: Fn(Token) -> Fut,
+        Fut: std::future::Future<Output = Result<T, DeliveryError>>,
+    {
+        const MAX_REFRESHES: u32 = 3;
+        let mut refreshes = 0;
+        loop {
+            let token = self.tokens.current(&self.api).await?;
+            match call(token).await {
+                Err(error) if error.class == ErrorClass::CredentialsExpired && refreshes < MAX_REFRESHES => {
+                    refreshes += 1;
+                    self.tokens.refresh(&self.api).await?;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Delete a draft herald saved and will not use (best effort: a draft
+    /// left behind is only clutter in the web console).
+    async fn delete_draft(&self, media_id: &str) {
+        let result = self
+            .with_fresh_token(|token| async move {
+                let url = self.api.url(Api::DraftDelete.path())?;
+                let request = self.api.client.post(url).query(&access(&token)).json(&DraftDeleteRequest { media_id });
+                self.call(Api::DraftDelete, &token, request).await
+            })
+            .await;
+        match result {
+            Ok(_) => tracing::info!(draft = media_id, "abandoned draft deleted"),
+            Err(error) => {
+                tracing::warn!(draft = media_id, reason = %error.reason, "could not delete an abandoned draft")
+            }
+        }
+    }
+
+    /// Follow a submitted job to its end, as the outcome of `publish`. The
+    /// article may be published whatever happens now: no error ends the
+    /// delivery but a failure status WeChat gave for the job itself.
     async fn finish(&self, delivery_id: &str, content_hash: &str, publish_id: &str) -> Result<Receipt, DeliveryError> {
         match self.follow(delivery_id, content_hash, publish_id).await {
             Ok(JobEnd::Published(receipt)) => Ok(receipt),
             Ok(JobEnd::Failed(error)) => Err(error),
-            // Submitted already: whatever happens now, it may be published.
-            Err(error) => Err(error.maybe_sent()),
+            Err(error) => {
+                let class = match error.class {
+                    ErrorClass::RateLimited { retry_after } => ErrorClass::RateLimited { retry_after },
+                    _ => ErrorClass::Transient,
+                };
+                let reason = format!(
+                    "{}; the article was submitted (publish_id {publish_id}): the next attempt follows the job",
+                    error.reason
+                );
+                Err(DeliveryError { class, reason, ..error }.maybe_sent())
+            }
         }
     }
 
     /// Poll `freepublish/get` every `poll_interval` until the job ends or
     /// `poll_timeout` passes (transient: the next attempt follows it again).
+    /// A rejected token is refreshed and the job followed on.
     async fn follow(&self, delivery_id: &str, content_hash: &str, publish_id: &str) -> Result<JobEnd, DeliveryError> {
         let deadline = Instant::now() + self.poll_timeout;
         let mut polls = 0u32;
         loop {
             polls += 1;
-            let token = self.tokens.current(&self.api).await?;
-            let url = self.api.url(Api::PublishStatus.path())?;
-            let request = self.api.client.post(url).query(&access(&token)).json(&StatusRequest { publish_id });
-            let reply = self.call(Api::PublishStatus, &token, request).await?;
+            let reply = self
+                .with_fresh_token(|token| async move {
+                    let url = self.api.url(Api::PublishStatus.path())?;
+                    let request = self.api.client.post(url).query(&access(&token)).json(&StatusRequest { publish_id });
+                    self.call(Api::PublishStatus, &token, request).await
+                })
+                .await?;
             let status: StatusAnswer = reply.parse(Api::PublishStatus)?;
             match errors::publish_status(status.publish_status) {
                 PublishStatus::Published => {
@@ -186,6 +421,13 @@ impl WechatAdapter {
             urls.push(self.upload_body_image(token, image).await?);
         }
         let html = render::with_image_urls(&content.text, &urls);
+        let chars = html.chars().count();
+        if chars >= render::MAX_CONTENT_CHARS || html.len() >= render::MAX_CONTENT_BYTES {
+            return Err(refused(&format!(
+                "the article is {chars} characters of HTML with its images' URLs; WeChat needs fewer than {}",
+                render::MAX_CONTENT_CHARS
+            )));
+        }
         let digest = render::digest(&content.text);
         let article = Article {
             title,

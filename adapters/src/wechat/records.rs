@@ -1,7 +1,10 @@
 //! What a WeChat account remembers between attempts, in the credential
 //! cache: uploaded media by file content hash (so a retry does not upload
-//! again) and each delivery's publish record (so a retry or a lookup follows
-//! the publish job instead of submitting a second one).
+//! again) and each delivery's publish record: its draft (so a retry submits
+//! the same draft instead of leaving one more behind), the intent to submit
+//! saved before `freepublish/submit` leaves (so after a lost answer or a
+//! crash the article is looked for before anything is submitted again), and
+//! the publish job (so a retry or a lookup follows it).
 
 use std::sync::Arc;
 
@@ -29,6 +32,12 @@ pub(super) struct StoredImage {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub(super) enum PublishState {
+    /// The draft is saved; nothing was submitted, or WeChat refused the
+    /// submit for sure: the next attempt submits this draft.
+    Drafted,
+    /// Saved just before `freepublish/submit` was sent (Unix seconds): no
+    /// answer came back, so WeChat may have published the article.
+    Submitting { since: i64 },
     /// Submitted; WeChat has not said how it ended.
     Submitted,
     /// Published, at this URL.
@@ -37,13 +46,19 @@ pub(super) enum PublishState {
     Failed { reason: String },
 }
 
-/// A delivery's publish job, saved right after `freepublish/submit`.
+/// A delivery's draft and publish job.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(super) struct PublishRecord {
     pub(super) appid: String,
     /// The hash of the rendered content that was submitted.
     pub(super) content_hash: String,
+    /// Empty until `freepublish/submit` answered.
+    #[serde(default)]
     pub(super) publish_id: String,
+    /// The draft herald saved for this delivery (absent in records written
+    /// before drafts were kept).
+    #[serde(default)]
+    pub(super) draft_media_id: Option<String>,
     #[serde(flatten)]
     pub(super) state: PublishState,
 }
@@ -104,15 +119,36 @@ impl Records {
 
     /// The publish record of `delivery_id` for this content, if any.
     pub(super) fn publish(&self, delivery_id: &str, content_hash: &str) -> Option<PublishRecord> {
-        let record: PublishRecord = self.load(&self.publish_key(delivery_id))?;
-        (record.appid == self.appid && record.content_hash == content_hash).then_some(record)
+        self.publish_any(delivery_id).filter(|record| record.content_hash == content_hash)
     }
 
+    /// The publish record of `delivery_id`, whatever its content.
+    pub(super) fn publish_any(&self, delivery_id: &str) -> Option<PublishRecord> {
+        let record: PublishRecord = self.load(&self.publish_key(delivery_id))?;
+        (record.appid == self.appid).then_some(record)
+    }
+
+    /// Save a delivery's record; the draft stays as it was saved before.
     pub(super) fn save_publish(&self, delivery_id: &str, content_hash: &str, publish_id: &str, state: PublishState) {
+        let draft_media_id = self.publish(delivery_id, content_hash).and_then(|record| record.draft_media_id);
+        self.save_record(delivery_id, content_hash, publish_id, draft_media_id, state);
+    }
+
+    /// Save a delivery's record with its draft (saved before the next call
+    /// leaves: the cache is durable).
+    pub(super) fn save_record(
+        &self,
+        delivery_id: &str,
+        content_hash: &str,
+        publish_id: &str,
+        draft_media_id: Option<String>,
+        state: PublishState,
+    ) {
         let record = PublishRecord {
             appid: self.appid.clone(),
             content_hash: content_hash.to_string(),
             publish_id: publish_id.to_string(),
+            draft_media_id,
             state,
         };
         self.save(&self.publish_key(delivery_id), &record);
@@ -150,6 +186,8 @@ mod tests {
     fn a_publish_record_reads_back_in_every_state() {
         let records = Records::new("acct", "wx1", Arc::new(MemoryCache::default()));
         for state in [
+            PublishState::Drafted,
+            PublishState::Submitting { since: 1_700_000_000 },
             PublishState::Submitted,
             PublishState::Published { url: Some("https://mp.weixin.qq.com/s/x".into()) },
             PublishState::Failed { reason: "rejected by review".into() },
@@ -157,6 +195,26 @@ mod tests {
             records.save_publish("d1", "c1", "P1", state.clone());
             assert_eq!(records.publish("d1", "c1").unwrap().state, state);
         }
+    }
+
+    #[test]
+    fn a_record_written_before_drafts_were_kept_still_reads() {
+        let cache: Arc<dyn CredentialCache> = Arc::new(MemoryCache::default());
+        let old = br#"{"appid":"wx1","content_hash":"c1","publish_id":"P1","state":"submitted"}"#;
+        cache.save("wechat/acct/publish/d1", old);
+        let record = Records::new("acct", "wx1", cache).publish("d1", "c1").unwrap();
+        assert_eq!(
+            (record.publish_id.as_str(), record.draft_media_id, record.state),
+            ("P1", None, PublishState::Submitted)
+        );
+    }
+
+    #[test]
+    fn the_draft_is_kept_when_the_state_moves_on() {
+        let records = Records::new("acct", "wx1", Arc::new(MemoryCache::default()));
+        records.save_record("d1", "c1", "", Some("DRAFT".into()), PublishState::Drafted);
+        records.save_publish("d1", "c1", "P1", PublishState::Submitted);
+        assert_eq!(records.publish("d1", "c1").unwrap().draft_media_id.as_deref(), Some("DRAFT"));
     }
 
     #[test]

@@ -3,6 +3,13 @@
 //! of the account and the next run share it, refreshed a little before it
 //! expires, and replaced at once when WeChat rejects it. One fetch at a
 //! time per adapter.
+//!
+//! A replacement is first asked for without forcing (WeChat's current
+//! stable token may already differ from the rejected one); only when WeChat
+//! answers the rejected token again is a new one forced, and forced
+//! refreshes are budgeted per AppID as WeChat allows them: one every 30 s,
+//! 20 a day (counted per day in Beijing time). When the budget is gone the
+//! attempt ends rate limited with the reason, and nothing is forced.
 
 use std::fmt;
 use std::sync::Arc;
@@ -13,14 +20,73 @@ use tokio::sync::Mutex;
 
 use super::TokenEndpoint;
 use super::api::WechatApi;
-use super::errors::Api;
+use super::errors::{self, Api};
 use super::wire::{StableTokenRequest, TokenAnswer};
-use crate::{CredentialCache, DeliveryError, Secret};
+use crate::{CredentialCache, DeliveryError, PlatformAnswer, Secret};
 
 /// A token is renewed this long before it expires at most...
 const MAX_MARGIN_SECS: i64 = 300;
 /// ...and at least a tenth of its lifetime before.
 const MARGIN_FRACTION: i64 = 10;
+/// WeChat allows a forced `stable_token` at most this often per AppID...
+pub(super) const FORCE_SPACING_SECS: i64 = 30;
+/// ...and this many times a day.
+pub(super) const FORCES_PER_DAY: u32 = 20;
+
+/// The forced refreshes of one AppID, under `wechat-appid/<appid>/forced`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct ForcedRefreshes {
+    /// The day counted, in Beijing time (`YYYY-MM-DD`).
+    pub(super) day: String,
+    pub(super) count: u32,
+    /// When the last one was made (Unix seconds).
+    pub(super) last_at: i64,
+}
+
+impl ForcedRefreshes {
+    /// Take one forced refresh at `now`, or say why not (rate limited until
+    /// the spacing or the day's budget allows one again).
+    pub(super) fn take(&mut self, now: DateTime<Utc>) -> Result<(), DeliveryError> {
+        let today = beijing_day(now);
+        if self.day != today {
+            self.day = today;
+            self.count = 0;
+        }
+        if self.count >= FORCES_PER_DAY {
+            let wait = errors::until_beijing_midnight(now);
+            return Err(DeliveryError::rate_limited(
+                PlatformAnswer::default(),
+                Some(wait),
+                format!(
+                    "WeChat rejected the access_token and the {FORCES_PER_DAY} forced refreshes WeChat allows a day \
+                     for this AppID are used up: not forcing another before midnight, Beijing time ({}s)",
+                    wait.as_secs()
+                ),
+            ));
+        }
+        let since = now.timestamp() - self.last_at;
+        if (0..FORCE_SPACING_SECS).contains(&since) {
+            let wait = std::time::Duration::from_secs((FORCE_SPACING_SECS - since) as u64);
+            return Err(DeliveryError::rate_limited(
+                PlatformAnswer::default(),
+                Some(wait),
+                format!(
+                    "WeChat rejected the access_token again {since}s after a forced refresh; WeChat allows one every \
+                     {FORCE_SPACING_SECS}s per AppID: waiting {}s",
+                    wait.as_secs()
+                ),
+            ));
+        }
+        self.count += 1;
+        self.last_at = now.timestamp();
+        Ok(())
+    }
+}
+
+/// The date in Beijing (UTC+8, no DST), where WeChat's daily limits reset.
+fn beijing_day(now: DateTime<Utc>) -> String {
+    (now + chrono::TimeDelta::hours(8)).format("%Y-%m-%d").to_string()
+}
 
 /// An access_token in hand.
 #[derive(Debug, Clone)]
@@ -76,6 +142,9 @@ impl StoredToken {
 /// Keeps one account's access_token.
 pub(super) struct TokenKeeper {
     key: String,
+    /// Where the AppID's forced refreshes are counted (shared by every
+    /// account with this AppID in the same store).
+    forced_key: String,
     appid: String,
     secret: Secret,
     endpoint: TokenEndpoint,
@@ -103,6 +172,7 @@ impl TokenKeeper {
     ) -> Self {
         TokenKeeper {
             key: format!("wechat/{account}/token"),
+            forced_key: format!("wechat-appid/{appid}/forced"),
             appid: appid.to_string(),
             secret,
             endpoint,
@@ -132,10 +202,29 @@ impl TokenKeeper {
         {
             return Ok(stored.token());
         }
-        let force = stored.is_some_and(|stored| stored.rejected);
-        let fresh = self.fetch(api, self.endpoint, force).await?;
+        let fresh = match stored.filter(|stored| stored.rejected) {
+            Some(rejected) => self.replace(api, &rejected.access_token).await?,
+            None => self.fetch(api, self.endpoint, false).await?,
+        };
         self.save(&fresh);
         Ok(fresh.token())
+    }
+
+    /// A token other than `rejected`: asked for without forcing first, then
+    /// forced within the AppID's budget.
+    async fn replace(&self, api: &WechatApi, rejected: &str) -> Result<StoredToken, DeliveryError> {
+        let plain = self.fetch(api, self.endpoint, false).await?;
+        if self.endpoint == TokenEndpoint::Classic || plain.access_token != rejected {
+            return Ok(plain);
+        }
+        let mut budget: ForcedRefreshes =
+            self.cache.load(&self.forced_key).and_then(|bytes| serde_json::from_slice(&bytes).ok()).unwrap_or_default();
+        budget.take(Utc::now())?;
+        if let Ok(bytes) = serde_json::to_vec(&budget) {
+            self.cache.save(&self.forced_key, &bytes);
+        }
+        tracing::info!(key = %self.key, forced_today = budget.count, "forcing a new access_token");
+        self.fetch(api, self.endpoint, true).await
     }
 
     /// Replace a rejected token with a new one (forced), unless another
@@ -146,7 +235,8 @@ impl TokenKeeper {
             tracing::debug!(key = %self.key, "access_token already replaced; no refresh needed");
             return Ok(());
         }
-        let fresh = self.fetch(api, self.endpoint, true).await?;
+        let rejected = self.load().map(|stored| stored.access_token).unwrap_or_default();
+        let fresh = self.replace(api, &rejected).await?;
         self.save(&fresh);
         tracing::info!(key = %self.key, expires_at = fresh.expires_at, "access_token refreshed");
         Ok(())
@@ -246,6 +336,43 @@ mod tests {
         assert!(!token.usable("wx2", 1));
         token.rejected = true;
         assert!(!token.usable("wx1", 1));
+    }
+
+    fn at(text: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(text).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn forced_refreshes_are_spaced_30_seconds_apart() {
+        let mut budget = ForcedRefreshes::default();
+        budget.take(at("2025-03-01T12:00:00Z")).unwrap();
+        let error = budget.take(at("2025-03-01T12:00:12Z")).unwrap_err();
+        assert_eq!(
+            error.class,
+            crate::ErrorClass::RateLimited { retry_after: Some(std::time::Duration::from_secs(18)) }
+        );
+        assert!(error.reason.contains("one every 30s"), "{}", error.reason);
+        budget.take(at("2025-03-01T12:00:30Z")).unwrap();
+        assert_eq!(budget.count, 2);
+    }
+
+    #[test]
+    fn twenty_forced_refreshes_a_beijing_day_then_none_until_midnight() {
+        let mut budget = ForcedRefreshes::default();
+        let start = at("2025-03-01T12:00:00Z");
+        for n in 0..20 {
+            budget.take(start + chrono::TimeDelta::minutes(n)).unwrap();
+        }
+        // 20:30 in Beijing: three and a half hours to midnight there.
+        let error = budget.take(at("2025-03-01T12:30:00Z")).unwrap_err();
+        assert_eq!(
+            error.class,
+            crate::ErrorClass::RateLimited { retry_after: Some(std::time::Duration::from_secs(12_600)) }
+        );
+        assert!(error.reason.contains("used up"), "{}", error.reason);
+        // 16:00 UTC is midnight in Beijing: a new day's budget.
+        budget.take(at("2025-03-01T16:00:00Z")).unwrap();
+        assert_eq!((budget.day.as_str(), budget.count), ("2025-03-02", 1));
     }
 
     #[test]

@@ -123,6 +123,59 @@ impl StatusAnswer {
     }
 }
 
+/// `freepublish/batchget`: a page of the published articles.
+#[derive(Debug, Serialize)]
+pub(super) struct BatchGetRequest {
+    pub(super) offset: u32,
+    pub(super) count: u32,
+    pub(super) no_content: u8,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct BatchGetAnswer {
+    #[serde(default)]
+    pub(super) total_count: u32,
+    #[serde(default)]
+    pub(super) item: Vec<PublishedItem>,
+}
+
+/// One publish job in `freepublish/batchget`.
+#[derive(Debug, Deserialize)]
+pub(super) struct PublishedItem {
+    #[serde(default, deserialize_with = "optional_id")]
+    pub(super) article_id: Option<String>,
+    /// Unix seconds.
+    #[serde(default)]
+    pub(super) update_time: i64,
+    #[serde(default)]
+    pub(super) content: Option<PublishedContent>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct PublishedContent {
+    #[serde(default)]
+    pub(super) news_item: Vec<NewsItem>,
+}
+
+/// One article of a published job, as `freepublish/batchget` shows it.
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct NewsItem {
+    #[serde(default)]
+    pub(super) title: String,
+    #[serde(default)]
+    pub(super) digest: String,
+    #[serde(default)]
+    pub(super) url: Option<String>,
+    #[serde(default)]
+    pub(super) is_deleted: bool,
+}
+
+/// `draft/delete`.
+#[derive(Debug, Serialize)]
+pub(super) struct DraftDeleteRequest<'a> {
+    pub(super) media_id: &'a str,
+}
+
 /// `message/mass/sendall` to every follower.
 #[derive(Debug, Serialize)]
 pub(super) struct MassSendRequest<'a> {
@@ -212,6 +265,22 @@ mod tests {
         assert_eq!(answer.article_url().as_deref(), Some("https://mp.weixin.qq.com/s/x"));
         let pending: StatusAnswer = serde_json::from_str(r#"{"publish_status": 1}"#).unwrap();
         assert_eq!(pending.article_url(), None);
+    }
+
+    #[test]
+    fn a_batchget_page_reads_with_numeric_or_text_ids() {
+        let page: BatchGetAnswer = serde_json::from_str(
+            r#"{"total_count": 2, "item_count": 2, "item": [
+                {"article_id": "A1", "update_time": 1700000000, "content": {"news_item": [
+                    {"title": "t", "digest": "d", "content": "<p>x</p>", "url": "https://mp/s/1", "is_deleted": false}]}},
+                {"article_id": 42, "update_time": 1600000000}]}"#,
+        )
+        .unwrap();
+        assert_eq!(page.total_count, 2);
+        assert_eq!(page.item[0].article_id.as_deref(), Some("A1"));
+        assert_eq!(page.item[0].content.as_ref().unwrap().news_item[0].title, "t");
+        assert_eq!(page.item[1].article_id.as_deref(), Some("42"));
+        assert!(page.item[1].content.is_none());
     }
 
     #[test]

@@ -1,6 +1,14 @@
 //! The one table that maps Weibo's `error_code`s to what herald does next,
 //! as PLATFORMS.md documents them. A code missing from the table is
 //! transient: the daemon bounds the attempts.
+//!
+//! Uncertain paths (each tested in `adapters/tests/weibo.rs` or
+//! `contract.rs`): no answer in time, a reset after sending, 10010 "job
+//! expired" and a 2xx without a status make the next attempt uncertain; it
+//! looks in the user timeline for the exact text, and when that look-up is
+//! refused (10014) it re-sends, saying so in the audit record: 20017, 20019
+//! and 20111 on such a retry count as published. A crash in flight is the
+//! same (the daemon marks the delivery uncertain on start).
 
 use std::time::Duration;
 
@@ -18,6 +26,9 @@ pub(super) enum Rule {
     RetryMaybePosted,
     /// Rate limited: retry at the next whole hour (Weibo sends no Retry-After).
     NextHour,
+    /// As `NextHour`, but the limit is the IP's (10022): every account
+    /// calling from this host waits.
+    NextHourShared,
     /// The app or host is not allowed: fix the configuration.
     Configuration,
     /// The post itself is refused.
@@ -37,7 +48,8 @@ pub(super) enum Rule {
 pub(super) const TABLE: &[(&[u32], Rule, &str)] = &[
     (&[10001, 10002, 10003, 10009, 10011, 21331], Rule::Retry, "system error, busy or temporarily unavailable"),
     (&[10010], Rule::RetryMaybePosted, "job expired"),
-    (&[10022, 10023, 10024, 20016], Rule::NextHour, "rate limited"),
+    (&[10022], Rule::NextHourShared, "rate limited (the host's IP, shared by the app's accounts)"),
+    (&[10023, 10024, 20016], Rule::NextHour, "rate limited"),
     (&[10004, 10005, 10014], Rule::Configuration, "IP limit, or the app lacks permission"),
     (&[10006, 10008, 10016, 10017, 10018, 10020, 10021], Rule::Refused, "bad parameters, size or method"),
     (&[20005, 20006, 20007], Rule::Refused, "picture type or size, or multipart missing"),
@@ -117,13 +129,14 @@ pub(super) fn failure(error: &WeiboError, now: DateTime<Utc>) -> DeliveryError {
             format!("Weibo answered {code} ({meaning}): the post may have gone through; look before re-posting"),
         )
         .maybe_sent(),
-        Rule::NextHour => {
+        Rule::NextHour | Rule::NextHourShared => {
             let wait = until_next_hour(now);
-            DeliveryError::rate_limited(
+            let error = DeliveryError::rate_limited(
                 answer,
                 Some(wait),
                 format!("Weibo answered {code} ({meaning}); the hourly window resets in {}s", wait.as_secs()),
-            )
+            );
+            if rule == Rule::NextHourShared { error.shared_limit() } else { error }
         }
         Rule::Configuration => {
             DeliveryError::permanent(answer, format!("Weibo refused the account's configuration: {code} ({meaning})"))

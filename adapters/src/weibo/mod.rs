@@ -15,8 +15,10 @@ mod errors;
 mod render;
 mod wire;
 
+use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
@@ -68,7 +70,9 @@ pub struct Settings {
     /// The domain registered for the app: every post must link to it (or a
     /// subdomain).
     pub safe_domain: String,
-    /// The real IP of the acting user, sent as `rip`.
+    /// The real IP of the acting user, sent as `rip`. Required: share.json
+    /// answers 10016 without it. (An `Option` so its absence is reported
+    /// with the reason rather than as a bare missing field.)
     pub rip: Option<String>,
     /// When the access token expires (RFC 3339), for warnings ahead of time.
     #[serde(default, deserialize_with = "optional_time")]
@@ -96,7 +100,14 @@ pub struct WeiboAdapter {
     expires_at: Option<DateTime<Utc>>,
     rules: render::Rules,
     client: reqwest::Client,
+    /// Deliveries whose look-up Weibo refused, with why, until their
+    /// re-send says so in its answer (the audit log).
+    unlooked: Mutex<HashMap<String, String>>,
 }
+
+/// At most this many refused look-ups are remembered (a look-up whose
+/// re-send never came, e.g. after a timeout, is forgotten past it).
+const MAX_UNLOOKED: usize = 1024;
 
 impl WeiboAdapter {
     pub fn new(settings: Settings, http: HttpOptions) -> Result<Self, BuildError> {
@@ -104,10 +115,18 @@ impl WeiboAdapter {
         let token = settings.access_token;
         let authorization = authorization(&token)?;
         let safe_domain = safe_domain(&settings.safe_domain)?;
-        if let Some(rip) = &settings.rip
-            && rip.trim().parse::<IpAddr>().is_err()
-        {
-            return Err(invalid("rip", "must be an IPv4 or IPv6 address"));
+        match &settings.rip {
+            None => {
+                return Err(invalid(
+                    "rip",
+                    "required: share.json refuses every post without the real IP of the acting user (10016); \
+                     set it to this host's public IP address",
+                ));
+            }
+            Some(rip) if rip.trim().parse::<IpAddr>().is_err() => {
+                return Err(invalid("rip", "must be an IPv4 or IPv6 address"));
+            }
+            Some(_) => {}
         }
         if let Some(id) = &settings.user_id
             && (id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()))
@@ -126,6 +145,7 @@ impl WeiboAdapter {
             expires_at: settings.expires_at,
             rules: render::Rules { safe_domain, max_length: settings.max_length },
             client: http::client(&http)?,
+            unlooked: Mutex::default(),
         })
     }
 
@@ -145,7 +165,27 @@ impl WeiboAdapter {
             }),
             Some(path) => builder.multipart(self.multipart(&content.text, path).await?),
         };
-        let answer = self.call(builder, "share", Some(&request)).await?;
+        let unlooked = self.unlooked.lock().ok().and_then(|mut unlooked| unlooked.remove(request.delivery_id));
+        let result = self.share_once(builder, &request).await;
+        let Some(why) = unlooked else { return result };
+        let note = format!("look-up before re-sending was impossible ({why}): re-sent");
+        match result {
+            Ok(mut receipt) => {
+                let message =
+                    receipt.answer.message.take().map_or(note.clone(), |message| format!("{note}; {message}"));
+                receipt.answer.message = Some(message);
+                Ok(receipt)
+            }
+            Err(error) => Err(DeliveryError { reason: format!("{}; {note}", error.reason), ..error }),
+        }
+    }
+
+    async fn share_once(
+        &self,
+        builder: reqwest::RequestBuilder,
+        request: &PublishRequest<'_>,
+    ) -> Result<Receipt, DeliveryError> {
+        let answer = self.call(builder, "share", Some(request)).await?;
 
         if let Some(error) = wire::error(answer.status.as_u16(), &answer.body) {
             let note = errors::publish_outcome(&error, request.uncertain, Utc::now())?;
@@ -191,7 +231,11 @@ impl WeiboAdapter {
     }
 
     /// Look for the delivery in the account's recent statuses: the exact
-    /// text, created no earlier than shortly before the occurrence.
+    /// text, created no earlier than shortly before the occurrence. When
+    /// Weibo refuses the look-up for good (10014: many share.json apps may
+    /// not read the timeline), say so and answer "not there": the re-send
+    /// is safe, since Weibo answers a repeat with 20019, which counts as
+    /// published on such a retry.
     async fn find(&self, request: PublishRequest<'_>) -> Result<Option<Receipt>, DeliveryError> {
         let builder = self
             .client
@@ -199,7 +243,25 @@ impl WeiboAdapter {
             .query(&[("count", LOOKUP_COUNT)])
             .header(AUTHORIZATION, self.authorization.clone());
         let answer = self.call(builder, "user_timeline", Some(&request)).await?;
-        let statuses = self.read(&answer, wire::timeline, "timeline")?;
+        let statuses = match self.read(&answer, wire::timeline, "timeline") {
+            Ok(statuses) => statuses,
+            Err(error) if error.class == crate::ErrorClass::Permanent => {
+                let why = match &error.answer.code {
+                    Some(code) => format!("user_timeline answered {code}"),
+                    None => error.reason.clone(),
+                };
+                tracing::warn!(delivery = request.delivery_id, reason = %error.reason,
+                    "look-up refused; re-sending (a repeat is answered 20019, taken as published)");
+                if let Ok(mut unlooked) = self.unlooked.lock() {
+                    if unlooked.len() >= MAX_UNLOOKED {
+                        unlooked.clear();
+                    }
+                    unlooked.insert(request.delivery_id.to_string(), why);
+                }
+                return Ok(None);
+            }
+            Err(error) => return Err(error),
+        };
 
         let since = DateTime::parse_from_rfc3339(request.occurrence).ok().map(|t| t.with_timezone(&Utc) - LOOKUP_SLACK);
         let found = statuses.iter().find(|status| {
@@ -261,6 +323,10 @@ impl WeiboAdapter {
 impl Adapter for WeiboAdapter {
     fn platform(&self) -> Platform {
         Platform::Weibo
+    }
+
+    fn limit_scope(&self) -> Option<String> {
+        Some(format!("weibo {} from this host", self.base.host()))
     }
 
     fn render(&self, content: &PostContent) -> Result<Rendered, Vec<ContentProblem>> {
@@ -371,7 +437,8 @@ mod tests {
     use serde_json::json;
 
     fn settings(extra: serde_json::Value) -> Settings {
-        let mut table = json!({ "access_token": "2.00tokenSEKRIT", "safe_domain": "example.gov.cn" });
+        let mut table =
+            json!({ "access_token": "2.00tokenSEKRIT", "safe_domain": "example.gov.cn", "rip": "203.0.113.7" });
         if let (Some(table), Some(extra)) = (table.as_object_mut(), extra.as_object()) {
             table.extend(extra.clone());
         }
@@ -401,6 +468,7 @@ mod tests {
             (json!({ "safe_domain": "https://example.gov.cn/" }), "invalid setting `safe_domain`"),
             (json!({ "safe_domain": "" }), "invalid setting `safe_domain`"),
             (json!({ "rip": "not an ip" }), "invalid setting `rip`"),
+            (json!({ "rip": null }), "invalid setting `rip`: required"),
             (json!({ "user_id": "u123" }), "invalid setting `user_id`"),
             (json!({ "max_length": 0 }), "invalid setting `max_length`"),
             (json!({ "access_token": "" }), "invalid setting `access_token`: must not be empty"),

@@ -457,6 +457,14 @@ impl Scheduler {
                             if let Some(gate) = self.gates.get(&d.account) {
                                 gate.pause_until(d.due);
                             }
+                            let mut paused_accounts = vec![d.account.clone()];
+                            if e.shared_limit {
+                                paused_accounts.extend(self.pause_limit_scope(&d.account, d.due));
+                            }
+                            // Kept in the store, so `status` shows when the account's deliveries can go.
+                            for account in paused_accounts {
+                                changes.meta.push((pause_key(&account), d.due.to_string().into_bytes()));
+                            }
                             paused = true;
                             if let Some(alerter) = &self.alerter
                                 && wait > alerter.pause_threshold()
@@ -528,6 +536,27 @@ impl Scheduler {
                 tracing::warn!(account, failures = 3, "the platform keeps failing; the account backs off as a whole");
             }
         }
+    }
+
+    /// A rate limit of what `account` shares with others (an AppID's quota,
+    /// the host's IP): pause every account of the same limit scope until
+    /// `until`, so they do not each spend a request to learn it.
+    fn pause_limit_scope(&mut self, account: &str, until: Millis) -> Vec<String> {
+        let config = Arc::clone(&self.config);
+        let mut paused = Vec::new();
+        let Some(scope) = config.accounts.get(account).and_then(|a| a.adapter.limit_scope()) else { return paused };
+        for (id, other) in &config.accounts {
+            if id != account
+                && other.adapter.limit_scope().as_deref() == Some(scope.as_str())
+                && let Some(gate) = self.gates.get(id)
+            {
+                gate.pause_until(until);
+                paused.push(id.clone());
+                tracing::warn!(account = %id, scope = %scope, until = %from_millis(until).to_rfc3339(),
+                    "rate limit shared with another account; account paused");
+            }
+        }
+        paused
     }
 
     /// When the loop should look again: the next timer, the next due
@@ -689,6 +718,12 @@ impl Scheduler {
 }
 
 /// A reason for people: the adapter's words plus the platform's code.
+/// The `meta` key holding until when (milliseconds) a rate limit paused
+/// `account`; read by `status` so "next due" says when a delivery can go.
+pub fn pause_key(account: &str) -> String {
+    format!("paused/{account}")
+}
+
 fn describe(e: &herald_adapters::DeliveryError) -> String {
     let mut text = e.reason.clone();
     let mut extra = Vec::new();

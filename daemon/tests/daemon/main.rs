@@ -7,6 +7,7 @@
 mod control_plane;
 mod helpers;
 mod operations;
+mod platforms;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;

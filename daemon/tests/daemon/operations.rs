@@ -920,7 +920,7 @@ async fn credentials_close_to_expiry_raise_an_alert_recorded_in_the_audit_log() 
         )
         + &format!(
             "[accounts.wuhan-weibo]\nplatform = \"weibo\"\nbase_url = \"http://127.0.0.1:9/weibo\"\n\
-             access_token = {{ file = \"weibo.token\" }}\nsafe_domain = \"example.gov.cn\"\nexpires_at = \"{expires}\"\n\n"
+             access_token = {{ file = \"weibo.token\" }}\nsafe_domain = \"example.gov.cn\"\nrip = \"127.0.0.1\"\nexpires_at = \"{expires}\"\n\n"
         );
     dir.write_config(&config);
     let check = dir.cli(&["check"]);
