@@ -295,12 +295,12 @@ fn fifos_and_oversized_files_are_refused_without_hanging() {
         "herald.toml:8:10",
         &["hook.key, which cannot be read: it is 65537 bytes; the limit is 65536 bytes"],
     );
-    let weibo = "[daemon]\nstate_dir = \"state\"\n\n[accounts.wuhan-weibo]\nplatform = \"weibo\"\naccess_token = \"token\"\nsafe_domain = \"example.gov.cn\"\n\n[[posts]]\nid = \"warning\"\nbody = \"Beware. https://www.example.gov.cn/x\"\nimages = [\"cover.jpg\"]\ntargets = [\"wuhan-weibo\"]\nat = 2030-12-01T09:00:00+08:00\n";
+    let weibo = "[daemon]\nstate_dir = \"state\"\n\n[accounts.wuhan-weibo]\nplatform = \"weibo\"\nrip = \"203.0.113.7\"\naccess_token = \"token\"\nsafe_domain = \"example.gov.cn\"\n\n[[posts]]\nid = \"warning\"\nbody = \"Beware. https://www.example.gov.cn/x\"\nimages = [\"cover.jpg\"]\ntargets = [\"wuhan-weibo\"]\nat = 2030-12-01T09:00:00+08:00\n";
     case(
         "image-fifo",
         weibo,
         &|dir| fifo(&dir.join("cover.jpg")),
-        "herald.toml:9:1",
+        "herald.toml:10:1",
         &["would be refused by weibo (wuhan-weibo): images:", "cover.jpg` cannot be read: it is a named pipe (FIFO)"],
     );
     // The main file itself.
