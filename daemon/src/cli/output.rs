@@ -63,7 +63,7 @@ fn row(r: &AuditRecord) -> [String; 14] {
         r.state.map(|s| s.to_string()).unwrap_or_default(),
         r.post.clone(),
         r.account.clone(),
-        r.platform.to_string(),
+        r.platform.map(|p| p.to_string()).unwrap_or_default(),
         r.occurrence.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         r.attempt.to_string(),
         answer(r),

@@ -16,7 +16,7 @@ use crate::store::{SledStore, Store, StoreError};
 
 pub enum Source {
     Daemon { client: reqwest::Client, socket: PathBuf, runtime: tokio::runtime::Runtime },
-    Store { store: SledStore, peek: Peek },
+    Store { store: Box<SledStore>, peek: Peek },
 }
 
 /// The sockets a running daemon may listen on, in the order tried.
@@ -54,7 +54,7 @@ impl Source {
         match SledStore::open(dir, peek.cache_mb) {
             Ok(store) => {
                 eprintln!("(no herald daemon is running: reading the state directory {} directly)", dir.display());
-                Ok(Source::Store { store, peek })
+                Ok(Source::Store { store: Box::new(store), peek })
             }
             Err(e @ StoreError::Locked { .. }) => Err(anyhow::Error::new(e)
                 .context("herald is running but its control socket does not answer; check `[daemon] control_socket`")),
@@ -84,7 +84,7 @@ impl Source {
     pub fn status(&self, failed: usize) -> anyhow::Result<StatusView> {
         match self {
             Source::Daemon { .. } => self.call(|c| c.get(url("/v1/status")).query(&[("limit", failed)])),
-            Source::Store { store, peek } => Ok(status_view(store, peek.time_zone, failed)?),
+            Source::Store { store, peek } => Ok(status_view(store.as_ref(), peek.time_zone, failed)?),
         }
     }
 
@@ -105,21 +105,21 @@ impl Source {
     pub fn upcoming(&self, limit: usize) -> anyhow::Result<Vec<Upcoming>> {
         match self {
             Source::Daemon { .. } => self.call(|c| c.get(url("/v1/upcoming")).query(&[("limit", limit)])),
-            Source::Store { store, .. } => Ok(upcoming_list(store, limit)?),
+            Source::Store { store, .. } => Ok(upcoming_list(store.as_ref(), limit)?),
         }
     }
 
     pub fn retry(&self, selection: &Selection) -> anyhow::Result<usize> {
         match self {
             Source::Daemon { .. } => Ok(self.call::<CountView>(|c| c.post(url("/v1/retry")).json(selection))?.count),
-            Source::Store { store, .. } => Ok(operations::retry(store, selection, Utc::now())?),
+            Source::Store { store, .. } => Ok(operations::retry(store.as_ref(), selection, Utc::now())?),
         }
     }
 
     pub fn cancel(&self, selection: &Selection) -> anyhow::Result<usize> {
         match self {
             Source::Daemon { .. } => Ok(self.call::<CountView>(|c| c.post(url("/v1/cancel")).json(selection))?.count),
-            Source::Store { store, .. } => Ok(operations::cancel(store, selection, Utc::now())?),
+            Source::Store { store, .. } => Ok(operations::cancel(store.as_ref(), selection, Utc::now())?),
         }
     }
 

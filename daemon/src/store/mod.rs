@@ -18,8 +18,11 @@ pub use sled_store::SledStore;
 /// The schema version this build writes. A store with a newer one is refused.
 /// Version 2 added planned occurrences (post records with `planned`) and
 /// the index of failed deliveries; a version 1 store gets the index and is
-/// marked 2 on open.
-pub const SCHEMA_VERSION: u32 = 2;
+/// marked 2 on open. Version 3 chains the audit log (`prev_hash`, `hash`):
+/// older records keep their bytes, and the first record written by this
+/// version, `chain_started`, commits to all of them (see `audit_chain`); an
+/// older herald, which would write records without a hash, must refuse it.
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// Errors of the store. None of them is a panic: a broken disk or a store
 /// written by another version ends in one of these.
@@ -135,7 +138,7 @@ impl AuditQuery {
     pub fn matches(&self, r: &AuditRecord) -> bool {
         self.post.as_ref().is_none_or(|p| wildcard_match(p, &r.post))
             && self.account.as_ref().is_none_or(|a| wildcard_match(a, &r.account))
-            && self.platform.as_ref().is_none_or(|p| r.platform.name() == p)
+            && self.platform.as_ref().is_none_or(|p| r.platform.is_some_and(|rp| rp.name() == p))
             && (self.events.is_empty() || self.events.contains(&r.event))
             && self.delivery.is_none_or(|d| r.delivery == d)
             && self.since.is_none_or(|t| r.time >= t)
@@ -178,6 +181,11 @@ pub trait Store: Send + Sync {
     fn flush(&self) -> Result<()>;
     /// Audit records matching a query, in sequence order.
     fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>>;
+    /// The audit log as stored, for verifying its chain: (key, the record's
+    /// exact bytes) after key `after`, in key order, at most `limit`.
+    fn audit_raw(&self, after: Option<u64>, limit: usize) -> Result<Vec<(u64, Vec<u8>)>>;
+    /// The head of the audit chain: the last record's seq and hash.
+    fn audit_head(&self) -> Result<crate::audit_chain::ChainHead>;
     /// How many deliveries are in each state.
     fn counts(&self) -> Result<BTreeMap<State, u64>>;
     /// How many pending deliveries have been attempted before (retrying).
