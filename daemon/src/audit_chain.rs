@@ -304,6 +304,38 @@ where
     Ok(Ok(out))
 }
 
+/// How many stored records are read at a time while verifying a store.
+const PAGE: usize = 10_000;
+
+/// Verify the whole audit log of a store, reading it a page at a time (the
+/// store's writers go on meanwhile: what was appended after the last page
+/// read is verified the next time).
+pub fn verify_store(
+    store: &dyn crate::store::Store,
+    head: Option<(u64, String)>,
+) -> Result<Result<Verified, Break>, crate::store::StoreError> {
+    let mut after = None;
+    let mut page = std::collections::VecDeque::new();
+    let mut done = false;
+    let records = std::iter::from_fn(move || {
+        if page.is_empty() && !done {
+            match store.audit_raw(after, PAGE) {
+                Ok(next) => {
+                    done = next.len() < PAGE;
+                    after = next.last().map(|(k, _)| *k).or(after);
+                    page.extend(next);
+                }
+                Err(e) => {
+                    done = true;
+                    return Some(Err(e));
+                }
+            }
+        }
+        page.pop_front().map(|(key, bytes)| Ok((Some(key), bytes)))
+    });
+    verify(records, Start::Beginning, head)
+}
+
 /// An intact record where another seq was expected: look at the rest to say
 /// whether the expected one comes later (reordered) or never (missing).
 fn out_of_order<E, I>(seq: u64, expected: u64, rest: &mut I) -> Result<Break, E>

@@ -69,6 +69,13 @@ pub struct ReloadView {
     pub errors: Vec<String>,
 }
 
+/// What `GET /v1/audit/verify` answers: the log is intact, or where it breaks.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct VerifyView {
+    pub verified: Option<crate::audit_chain::Verified>,
+    pub broken: Option<crate::audit_chain::Break>,
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 pub struct CountView {
     pub count: usize,
@@ -128,6 +135,7 @@ fn router(ctx: Ctx) -> Router {
         .route("/v1/retry", post(retry))
         .route("/v1/cancel", post(cancel))
         .route("/v1/reload", post(reload))
+        .route("/v1/audit/verify", get(verify))
         .with_state(ctx)
 }
 
@@ -243,6 +251,28 @@ async fn cancel(AxumState(ctx): AxumState<Ctx>, Json(selection): Json<Selection>
 
 async fn reload(AxumState(ctx): AxumState<Ctx>) -> Json<ReloadView> {
     Json(ctx.reloader.reload().await)
+}
+
+#[derive(Deserialize)]
+struct HeadParam {
+    head: Option<String>,
+}
+
+/// Verify the store's whole audit chain, off the async workers.
+async fn verify(AxumState(ctx): AxumState<Ctx>, Query(param): Query<HeadParam>) -> ApiResult<VerifyView> {
+    let head = param
+        .head
+        .map(|h| crate::audit_chain::parse_head(&h))
+        .transpose()
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))?;
+    let store = Arc::clone(&ctx.store);
+    let outcome = tokio::task::spawn_blocking(move || crate::audit_chain::verify_store(store.as_ref(), head))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    Ok(Json(match outcome {
+        Ok(verified) => VerifyView { verified: Some(verified), broken: None },
+        Err(broken) => VerifyView { verified: None, broken: Some(broken) },
+    }))
 }
 
 impl LogParams {

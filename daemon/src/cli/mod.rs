@@ -1,5 +1,6 @@
 //! The `herald` command line: argument parsing and the commands.
 
+mod audit;
 mod check;
 mod inspect;
 mod output;
@@ -148,6 +149,32 @@ enum Command {
     },
     /// Run herald against local emulators for a minute: posts due in seconds, one failure retried.
     Demo,
+    /// Check the audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the audit log's hash chain: exit 0 when intact, 2 naming the first
+    /// bad sequence number and what is wrong (altered, missing, inserted, reordered).
+    Verify {
+        #[command(flatten)]
+        state: StateArgs,
+        /// Verify this export of `herald log --format json` instead of the store
+        /// (needs neither the store nor the config).
+        #[arg(long, value_name = "EXPORT")]
+        file: Option<PathBuf>,
+        /// With --file: the export is a range; HASH is the hash of the record before its first.
+        #[arg(long, value_name = "HASH", requires = "file")]
+        prev: Option<String>,
+        /// Also prove the log still extends this head, as published earlier
+        /// (journal, alert): SEQ:HASH.
+        #[arg(long, value_name = "SEQ:HASH")]
+        head: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -221,6 +248,10 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Cancel { state, delivery, post } => {
             inspect::cancel(&state.source()?, crate::operations::Selection { delivery, post })
         }
+        Command::Audit { command: AuditCommand::Verify { state, file, prev, head } } => match file {
+            Some(file) => audit::verify_file(&file, prev.as_deref(), head.as_deref()),
+            None => audit::verify_store(&state.source()?, head.as_deref()),
+        },
         Command::Demo => {
             logging::init(None, "info,herald_sandbox=warn");
             runtime()?.block_on(crate::demo::run())?;

@@ -9,7 +9,9 @@ use chrono::Utc;
 use serde::de::DeserializeOwned;
 
 use crate::config::Peek;
-use crate::control::{CountView, ErrorView, LogParams, ReloadView, StatusView, Upcoming, status_view, upcoming_list};
+use crate::control::{
+    CountView, ErrorView, LogParams, ReloadView, StatusView, Upcoming, VerifyView, status_view, upcoming_list,
+};
 use crate::model::AuditRecord;
 use crate::operations::{self, Selection};
 use crate::store::{SledStore, Store, StoreError};
@@ -130,6 +132,26 @@ impl Source {
                 "herald is not running (its state directory {} is free); the config is read when it starts",
                 store.dir().display()
             ),
+        }
+    }
+
+    /// Verify the store's whole audit chain (by the daemon when it runs).
+    pub fn verify(&self, head: Option<&str>) -> anyhow::Result<VerifyView> {
+        match self {
+            Source::Daemon { .. } => self.call(|c| {
+                let request = c.get(url("/v1/audit/verify"));
+                match head {
+                    Some(h) => request.query(&[("head", h)]),
+                    None => request,
+                }
+            }),
+            Source::Store { store, .. } => {
+                let head = head.map(crate::audit_chain::parse_head).transpose().map_err(anyhow::Error::msg)?;
+                Ok(match crate::audit_chain::verify_store(store.as_ref(), head)? {
+                    Ok(verified) => VerifyView { verified: Some(verified), broken: None },
+                    Err(broken) => VerifyView { verified: None, broken: Some(broken) },
+                })
+            }
         }
     }
 

@@ -4,6 +4,7 @@
 //! herald would notice: what arrived where and when, and what `herald status`
 //! and `herald log` say afterwards.
 
+mod audit;
 mod helpers;
 mod operations;
 

@@ -1,0 +1,201 @@
+//! The audit log as an auditor checks it: `herald audit verify` on a real
+//! store, after tampering with its sled files the way someone with write
+//! access to the state directory would, and on exports of `herald log
+//! --format json` edited by hand.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use serde_json::Value;
+
+use crate::helpers::*;
+
+/// A stopped herald's directory with a delivered post: 3 accounts, so the
+/// log holds scheduled, attempt and delivered records for each.
+async fn delivered_log() -> (TestDir, herald_sandbox::WebhookReceiver) {
+    let hook = receiver(None).await;
+    let dir = TestDir::new();
+    let at = in_secs(2);
+    let accounts = ["a-hook", "b-hook", "c-hook"];
+    let mut config = daemon_section();
+    for a in accounts {
+        config += &webhook_account(a, &format!("{}/{a}", hook.base_url()));
+    }
+    config += &post_at("flood-warning", "River levels are rising: keep away from the embankment.", &accounts, at);
+    dir.write_config(&config);
+    let herald = dir.start().await;
+    assert!(hook.wait_until(DEADLINE + std::time::Duration::from_secs(2), |r| r.len() >= 3).await, "not delivered");
+    // Delivered means recorded: wait for the records, then verify through the daemon.
+    eventually("3 delivered records", DEADLINE, || dir.log_from_daemon(&["--event", "delivered"]).len() == 3).await;
+    let out = dir.ask_daemon(&["audit", "verify"]);
+    assert!(out.status.success(), "verify through the daemon: {}", text(&out.stderr));
+    assert!(text(&out.stdout).starts_with("intact: "), "{}", text(&out.stdout));
+    herald.stop().await;
+    (dir, hook)
+}
+
+/// The raw lines of `herald log --format json`.
+fn export(dir: &TestDir) -> Vec<String> {
+    let out = dir.cli(&["log", "--format", "json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    text(&out.stdout).lines().map(str::to_string).collect()
+}
+
+fn verify_file(dir: &TestDir, lines: &[String], extra: &[&str]) -> Output {
+    let path = dir.path().join("export.jsonl");
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    let mut args = vec!["audit", "verify", "--file", path.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    // Neither the config nor the store is needed: point --config at nothing.
+    blocking(|| {
+        std::process::Command::new(herald_binary())
+            .args(&args)
+            .args(["--config", "/nonexistent/herald.toml"])
+            .output()
+            .unwrap()
+    })
+}
+
+/// The command failed as tampering (exit 2), naming `seq` and `problem`.
+fn assert_broken(out: &Output, seq: u64, problem: &str) {
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "expected a broken log, got {}: {stderr}", out.status);
+    assert!(
+        stderr.contains(&format!("broken at seq {seq}: {problem}:")),
+        "expected seq {seq} {problem}, got: {stderr}"
+    );
+}
+
+fn seq_of(line: &str) -> u64 {
+    serde_json::from_str::<Value>(line).unwrap()["seq"].as_u64().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_names_each_kind_of_tampering_in_an_export() {
+    let (dir, _hook) = delivered_log().await;
+    let lines = export(&dir);
+    assert!(lines.len() >= 9, "{lines:?}");
+    for l in &lines {
+        let v: Value = serde_json::from_str(l).unwrap();
+        assert_eq!(v["prev_hash"].as_str().map(str::len), Some(64), "{l}");
+        assert_eq!(v["hash"].as_str().map(str::len), Some(64), "{l}");
+    }
+    let out = verify_file(&dir, &lines, &[]);
+    assert!(out.status.success(), "an untouched export: {}", text(&out.stderr));
+    let delivered = lines.iter().position(|l| l.contains("\"event\":\"delivered\"")).unwrap();
+    let seq = seq_of(&lines[delivered]);
+
+    // A range, given the hash of the record before it.
+    let prev = serde_json::from_str::<Value>(&lines[2]).unwrap()["hash"].as_str().unwrap().to_string();
+    let out = verify_file(&dir, &lines[3..7], &["--prev", &prev]);
+    assert!(out.status.success(), "a range with --prev: {}", text(&out.stderr));
+    assert_broken(&verify_file(&dir, &lines[3..7], &[]), 1, "missing");
+
+    let mut edited = lines.clone();
+    edited[delivered] = edited[delivered].replace("\"state\":\"delivered\"", "\"state\":\"failed\"");
+    assert_ne!(edited, lines);
+    assert_broken(&verify_file(&dir, &edited, &[]), seq, "altered");
+
+    let mut deleted = lines.clone();
+    deleted.remove(4);
+    assert_broken(&verify_file(&dir, &deleted, &[]), 5, "missing");
+
+    let mut inserted = lines.clone();
+    inserted.insert(5, lines[3].clone());
+    assert_broken(&verify_file(&dir, &inserted, &[]), 4, "inserted");
+
+    let mut reordered = lines.clone();
+    reordered.swap(3, 6);
+    assert_broken(&verify_file(&dir, &reordered, &[]), 4, "reordered");
+}
+
+/// A copy of the stopped store to tamper with, and its sled database.
+fn tampered(dir: &TestDir, name: &str, tamper: impl FnOnce(&sled::Tree)) -> PathBuf {
+    let copy = dir.path().join(name);
+    copy_dir(&dir.state_dir(), &copy);
+    {
+        let db = sled::open(copy.join("db")).unwrap();
+        tamper(&db.open_tree("audit").unwrap());
+        db.flush().unwrap();
+    }
+    copy
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else if entry.file_type().unwrap().is_file() {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+fn key(seq: u64) -> [u8; 8] {
+    seq.to_be_bytes()
+}
+
+fn get(tree: &sled::Tree, seq: u64) -> String {
+    String::from_utf8(tree.get(key(seq)).unwrap().unwrap().to_vec()).unwrap()
+}
+
+/// A record with its `seq` field changed (the rest of its bytes kept).
+fn renumbered(record: &str, from: u64, to: u64) -> String {
+    record.replacen(&format!("{{\"seq\":{from},"), &format!("{{\"seq\":{to},"), 1)
+}
+
+fn verify_state(dir: &TestDir, state: &Path) -> Output {
+    dir.cli(&["audit", "verify", "--state-dir", state.to_str().unwrap()])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_names_each_kind_of_tampering_in_the_store() {
+    let (dir, _hook) = delivered_log().await;
+    let out = dir.cli(&["audit", "verify"]);
+    assert!(out.status.success(), "the untouched store: {}", text(&out.stderr));
+    assert!(text(&out.stderr).contains(READ_STORE), "{}", text(&out.stderr));
+    let lines = export(&dir);
+    let last = lines.len() as u64;
+    let delivered =
+        lines.iter().map(|l| seq_of(l)).find(|s| lines[*s as usize - 1].contains("\"event\":\"delivered\""));
+    let delivered = delivered.unwrap();
+
+    // A failed attempt edited into a success, bytes changed in place.
+    let edited = tampered(&dir, "edited", |t| {
+        let r = get(t, delivered).replace("\"state\":\"delivered\"", "\"state\":\"failed\"");
+        t.insert(key(delivered), r.as_bytes()).unwrap();
+    });
+    assert_broken(&verify_state(&dir, &edited), delivered, "altered");
+
+    // Seq 5 deleted and the rest renumbered so that no gap shows.
+    let deleted = tampered(&dir, "deleted", |t| {
+        for seq in 5..last {
+            let next = renumbered(&get(t, seq + 1), seq + 1, seq);
+            t.insert(key(seq), next.as_bytes()).unwrap();
+        }
+        t.remove(key(last)).unwrap();
+    });
+    assert_broken(&verify_state(&dir, &deleted), 5, "missing");
+
+    // A copy of seq 2 inserted as seq 4, the rest moved up by one.
+    let inserted = tampered(&dir, "inserted", |t| {
+        for seq in (4..=last).rev() {
+            let moved = renumbered(&get(t, seq), seq, seq + 1);
+            t.insert(key(seq + 1), moved.as_bytes()).unwrap();
+        }
+        let copy = renumbered(&get(t, 2), 2, 4);
+        t.insert(key(4), copy.as_bytes()).unwrap();
+    });
+    assert_broken(&verify_state(&dir, &inserted), 4, "inserted");
+
+    // Two records swapped.
+    let reordered = tampered(&dir, "reordered", |t| {
+        let (four, six) = (get(t, 4), get(t, 6));
+        t.insert(key(4), six.as_bytes()).unwrap();
+        t.insert(key(6), four.as_bytes()).unwrap();
+    });
+    assert_broken(&verify_state(&dir, &reordered), 4, "reordered");
+}
