@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use axum::extract::{Path as UrlPath, Query, State as AxumState};
+use axum::extract::{ConnectInfo, Path as UrlPath, Query, State as AxumState};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::model::{AuditRecord, Delivery, State, from_millis};
+use crate::model::{Actor, AuditRecord, Delivery, State, from_millis};
 use crate::operations::{OperationError, Selection};
 use crate::reconcile::Summary;
 use crate::scheduler::Control;
@@ -57,6 +57,9 @@ pub struct LogParams {
     /// Comma-separated event names.
     pub events: Option<String>,
     pub delivery: Option<String>,
+    /// Actions by this actor (user name, signal, `systemd`; `*` matches any characters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
     pub since: Option<String>,
     pub until: Option<String>,
 }
@@ -86,9 +89,34 @@ pub struct ErrorView {
     pub error: String,
 }
 
-/// Reloads the config on request (SIGHUP or the control API).
+/// Reloads the config on request (SIGHUP or the control API), on behalf
+/// of `actor`, for `reason`.
 pub trait Reloader: Send + Sync {
-    fn reload(&self) -> std::pin::Pin<Box<dyn Future<Output = ReloadView> + Send + '_>>;
+    fn reload(
+        &self,
+        actor: Actor,
+        reason: Option<String>,
+    ) -> std::pin::Pin<Box<dyn Future<Output = ReloadView> + Send + '_>>;
+}
+
+/// The peer of a control-socket connection, from its credentials
+/// (SO_PEERCRED): who is asking.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub uid: Option<u32>,
+}
+
+impl Peer {
+    /// The actor of an operation this peer asked for.
+    fn actor(&self) -> Option<Actor> {
+        self.uid.map(|uid| Actor::user("control_socket", uid))
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, Authorized>> for Peer {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, Authorized>) -> Self {
+        Peer { uid: stream.io().peer_cred().ok().map(|c| c.uid()) }
+    }
 }
 
 #[derive(Clone)]
@@ -241,16 +269,38 @@ async fn operation(
     Ok(Json(CountView { count }))
 }
 
-async fn retry(AxumState(ctx): AxumState<Ctx>, Json(selection): Json<Selection>) -> ApiResult<CountView> {
+async fn retry(
+    AxumState(ctx): AxumState<Ctx>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    Json(mut selection): Json<Selection>,
+) -> ApiResult<CountView> {
+    selection.actor = peer.actor();
     operation(&ctx, |tx| Control::Retry(selection, tx)).await
 }
 
-async fn cancel(AxumState(ctx): AxumState<Ctx>, Json(selection): Json<Selection>) -> ApiResult<CountView> {
+async fn cancel(
+    AxumState(ctx): AxumState<Ctx>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    Json(mut selection): Json<Selection>,
+) -> ApiResult<CountView> {
+    selection.actor = peer.actor();
     operation(&ctx, |tx| Control::Cancel(selection, tx)).await
 }
 
-async fn reload(AxumState(ctx): AxumState<Ctx>) -> Json<ReloadView> {
-    Json(ctx.reloader.reload().await)
+/// The operator's reason for a reload (`herald reload --reason`).
+#[derive(Deserialize)]
+struct ReasonParam {
+    reason: Option<String>,
+}
+
+async fn reload(
+    AxumState(ctx): AxumState<Ctx>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    Query(param): Query<ReasonParam>,
+) -> Json<ReloadView> {
+    let actor =
+        peer.actor().unwrap_or_else(|| Actor { via: "control_socket".into(), name: "unknown".into(), uid: None });
+    Json(ctx.reloader.reload(actor, param.reason).await)
 }
 
 #[derive(Deserialize)]
@@ -301,6 +351,7 @@ impl LogParams {
             post: self.post.clone(),
             account: self.account.clone(),
             platform: self.platform.clone(),
+            actor: self.actor.clone(),
             events,
             delivery,
             since: time(&self.since, "since")?,
@@ -313,7 +364,7 @@ impl LogParams {
 
 /// A Unix listener that refuses peers other than root, the daemon's user,
 /// or members of the daemon's group.
-struct Authorized {
+pub struct Authorized {
     inner: UnixListener,
     uid: u32,
     gid: u32,
@@ -432,7 +483,7 @@ pub fn serve(
     let ctx = Ctx { store, control, reloader, time_zone };
     let app = router(ctx);
     let task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(authorized, app).await {
+        if let Err(e) = axum::serve(authorized, app.into_make_service_with_connect_info::<Peer>()).await {
             tracing::error!(error = %e, "the control socket stopped");
         }
     });

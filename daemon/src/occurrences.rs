@@ -547,7 +547,7 @@ grace = "{grace}"
     fn cancelling_a_planned_post_records_it_and_nothing_goes_out_later() {
         let now = utc("2026-11-30T02:00:00Z");
         let (_dir, cfg, store) = setup("at = 2026-12-01T09:00:00+08:00", "latest", "1h", now);
-        let selection = crate::operations::Selection { delivery: None, post: Some("p".into()) };
+        let selection = crate::operations::Selection { post: Some("p".into()), ..Default::default() };
         assert_eq!(crate::operations::cancel(&store, &selection, now).unwrap(), 1);
         assert_eq!(pending_and_planned(&store), (0, 0));
         let d = &store.deliveries_of_post("p").unwrap()[0];

@@ -401,7 +401,7 @@ url = "http://127.0.0.1:9/xian"
         reconcile(&store, &cfg, now).unwrap();
         let occurrence = crate::model::to_millis(utc("2026-12-03T01:00:00Z"));
         let xian = DeliveryId::derive("p", occurrence, "xian");
-        let selection = crate::operations::Selection { delivery: Some(xian.to_string()), post: None };
+        let selection = crate::operations::Selection { delivery: Some(xian.to_string()), ..Default::default() };
         assert_eq!(crate::operations::cancel(&store, &selection, now).unwrap(), 1);
         assert_eq!(store.planned_deliveries().unwrap(), 1);
 

@@ -14,6 +14,7 @@ use crate::config::{self, Config};
 use crate::control::{self, ControlServer, ReloadView, Reloader};
 use crate::credentials::StoreCache;
 use crate::metrics::Metrics;
+use crate::model::Actor;
 use crate::notify::Notifier;
 use crate::reconcile::Summary;
 use crate::scheduler::{Control, Scheduler};
@@ -51,10 +52,11 @@ impl FileReloader {
         Ok(rx.await.map_err(|_| anyhow::anyhow!("the scheduler has stopped"))??)
     }
 
-    /// Read, check and apply the config file; log what happened.
-    pub async fn reload_file(&self) -> ReloadView {
+    /// Read, check and apply the config file on behalf of `actor`; log
+    /// what happened.
+    pub async fn reload_file(&self, actor: Actor, reason: Option<String>) -> ReloadView {
         self.notifier.reloading();
-        tracing::info!(config = %self.path.display(), "reloading the config");
+        tracing::info!(config = %self.path.display(), %actor, reason = reason.as_deref().unwrap_or(""), "reloading the config");
         let outcome = config::load(&self.path);
         let view = match outcome.config {
             Some(config) => match self.apply(config).await {
@@ -82,8 +84,12 @@ impl FileReloader {
 }
 
 impl Reloader for FileReloader {
-    fn reload(&self) -> std::pin::Pin<Box<dyn Future<Output = ReloadView> + Send + '_>> {
-        Box::pin(self.reload_file())
+    fn reload(
+        &self,
+        actor: Actor,
+        reason: Option<String>,
+    ) -> std::pin::Pin<Box<dyn Future<Output = ReloadView> + Send + '_>> {
+        Box::pin(self.reload_file(actor, reason))
     }
 }
 
@@ -230,7 +236,7 @@ async fn wait_for_signals(daemon: &Daemon) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             _ = hangup.recv() => {
-                daemon.reloader.reload_file().await;
+                daemon.reloader.reload_file(Actor::signal("SIGHUP"), None).await;
             }
             _ = terminate.recv() => return Ok(()),
             _ = interrupt.recv() => return Ok(()),

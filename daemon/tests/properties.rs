@@ -908,9 +908,9 @@ at = "{}"
                         if !ids.is_empty() {
                             let d = index.get(&ids);
                             let selection = if *by_post {
-                                Selection { delivery: None, post: Some(d.post_id.clone()) }
+                                Selection { post: Some(d.post_id.clone()), ..Selection::default() }
                             } else {
-                                Selection { delivery: Some(d.id.to_string()), post: None }
+                                Selection { delivery: Some(d.id.to_string()), ..Selection::default() }
                             };
                             // Refusals (wrong state) are fine; what matters is what changed.
                             let _ = if matches!(op, Op::Retry(..)) {

@@ -102,6 +102,9 @@ enum Command {
         /// Only one delivery.
         #[arg(long)]
         delivery: Option<String>,
+        /// Only actions by this actor: a user name, a signal (SIGHUP) or `systemd` (`*` matches any characters).
+        #[arg(long, value_name = "NAME")]
+        actor: Option<String>,
         /// From this time on (RFC 3339, or a date such as 2026-03-01, UTC).
         #[arg(long)]
         since: Option<String>,
@@ -123,6 +126,9 @@ enum Command {
         /// Every failed delivery of this post.
         #[arg(long, conflicts_with = "delivery")]
         post: Option<String>,
+        /// Why: kept in the audit record with your user name.
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
     },
     /// List pending deliveries in the order they are due (the plan).
     Upcoming {
@@ -136,6 +142,9 @@ enum Command {
     Reload {
         #[command(flatten)]
         state: StateArgs,
+        /// Why: kept in the `config_applied` record with your user name.
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
     },
     /// Cancel a pending delivery, or every pending delivery of a post.
     Cancel {
@@ -146,6 +155,9 @@ enum Command {
         /// Every pending delivery of this post.
         #[arg(long, conflicts_with = "delivery")]
         post: Option<String>,
+        /// Why: kept in the audit record with your user name.
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
     },
     /// Run herald against local emulators for a minute: posts due in seconds, one failure retried.
     Demo,
@@ -228,25 +240,25 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             check::run(&config.config, upcoming, format, probe, credentials_dir)
         }
         Command::Status { state, failed } => inspect::status(&state.source()?, failed),
-        Command::Log { state, post, account, platform, events, delivery, since, until, format, content } => {
+        Command::Log { state, post, account, platform, events, delivery, actor, since, until, format, content } => {
             let source = state.source()?;
             if let Some(hash) = content {
                 return inspect::content(&source, &hash);
             }
             let events = (!events.is_empty()).then(|| events.join(","));
-            let params = crate::control::LogParams { post, account, platform, events, delivery, since, until };
+            let params = crate::control::LogParams { post, account, platform, events, delivery, actor, since, until };
             inspect::log(&source, &params, format)
         }
         Command::Upcoming { state, limit } => {
             let tz = state.peek()?.time_zone;
             inspect::upcoming(&state.source()?, limit, tz)
         }
-        Command::Reload { state } => inspect::reload(&state.source()?),
-        Command::Retry { state, delivery, post } => {
-            inspect::retry(&state.source()?, crate::operations::Selection { delivery, post })
+        Command::Reload { state, reason } => inspect::reload(&state.source()?, reason.as_deref()),
+        Command::Retry { state, delivery, post, reason } => {
+            inspect::retry(&state.source()?, crate::operations::Selection { delivery, post, reason, actor: None })
         }
-        Command::Cancel { state, delivery, post } => {
-            inspect::cancel(&state.source()?, crate::operations::Selection { delivery, post })
+        Command::Cancel { state, delivery, post, reason } => {
+            inspect::cancel(&state.source()?, crate::operations::Selection { delivery, post, reason, actor: None })
         }
         Command::Audit { command: AuditCommand::Verify { state, file, prev, head } } => match file {
             Some(file) => audit::verify_file(&file, prev.as_deref(), head.as_deref()),

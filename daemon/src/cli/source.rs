@@ -114,20 +114,26 @@ impl Source {
     pub fn retry(&self, selection: &Selection) -> anyhow::Result<usize> {
         match self {
             Source::Daemon { .. } => Ok(self.call::<CountView>(|c| c.post(url("/v1/retry")).json(selection))?.count),
-            Source::Store { store, .. } => Ok(operations::retry(store.as_ref(), selection, Utc::now())?),
+            Source::Store { store, .. } => Ok(operations::retry(store.as_ref(), &by_me(selection), Utc::now())?),
         }
     }
 
     pub fn cancel(&self, selection: &Selection) -> anyhow::Result<usize> {
         match self {
             Source::Daemon { .. } => Ok(self.call::<CountView>(|c| c.post(url("/v1/cancel")).json(selection))?.count),
-            Source::Store { store, .. } => Ok(operations::cancel(store.as_ref(), selection, Utc::now())?),
+            Source::Store { store, .. } => Ok(operations::cancel(store.as_ref(), &by_me(selection), Utc::now())?),
         }
     }
 
-    pub fn reload(&self) -> anyhow::Result<ReloadView> {
+    pub fn reload(&self, reason: Option<&str>) -> anyhow::Result<ReloadView> {
         match self {
-            Source::Daemon { .. } => self.call(|c| c.post(url("/v1/reload"))),
+            Source::Daemon { .. } => self.call(|c| {
+                let request = c.post(url("/v1/reload"));
+                match reason {
+                    Some(r) => request.query(&[("reason", r)]),
+                    None => request,
+                }
+            }),
             Source::Store { store, .. } => bail!(
                 "herald is not running (its state directory {} is free); the config is read when it starts",
                 store.dir().display()
@@ -158,6 +164,11 @@ impl Source {
     pub fn is_daemon(&self) -> bool {
         matches!(self, Source::Daemon { .. })
     }
+}
+
+/// An operation done by the CLI on the store itself: by the CLI's own user.
+fn by_me(selection: &Selection) -> Selection {
+    Selection { actor: Some(crate::model::Actor::current_user("store")), ..selection.clone() }
 }
 
 /// A URL on the control socket (the host is ignored: the socket is the address).

@@ -126,6 +126,8 @@ pub struct AuditQuery {
     pub post: Option<String>,
     pub account: Option<String>,
     pub platform: Option<String>,
+    /// The actor's name (`*` matches any characters).
+    pub actor: Option<String>,
     pub events: Vec<crate::model::Event>,
     pub delivery: Option<DeliveryId>,
     pub since: Option<chrono::DateTime<chrono::Utc>>,
@@ -139,6 +141,7 @@ impl AuditQuery {
         self.post.as_ref().is_none_or(|p| wildcard_match(p, &r.post))
             && self.account.as_ref().is_none_or(|a| wildcard_match(a, &r.account))
             && self.platform.as_ref().is_none_or(|p| r.platform.is_some_and(|rp| rp.name() == p))
+            && self.actor.as_ref().is_none_or(|a| r.actor.as_ref().is_some_and(|actor| wildcard_match(a, &actor.name)))
             && (self.events.is_empty() || self.events.contains(&r.event))
             && self.delivery.is_none_or(|d| r.delivery == d)
             && self.since.is_none_or(|t| r.time >= t)

@@ -199,3 +199,82 @@ async fn verify_names_each_kind_of_tampering_in_the_store() {
     });
     assert_broken(&verify_state(&dir, &reordered), 4, "reordered");
 }
+
+/// The test's own user name and uid, or `nobody` when the test runs as root
+/// (the CLI then runs as `nobody` in group `nogroup`, which the daemon is
+/// told to give its socket to: a non-root member of herald's group).
+fn other_user() -> (Option<&'static str>, &'static str, u32) {
+    if rustix::process::getuid().is_root() && std::path::Path::new("/usr/bin/setpriv").exists() {
+        (Some("nogroup"), "nobody", 65534)
+    } else {
+        let uid = rustix::process::getuid().as_raw();
+        let name = std::fs::read_to_string("/etc/passwd")
+            .unwrap()
+            .lines()
+            .find(|l| l.split(':').nth(2) == Some(uid.to_string().as_str()))
+            .map(|l| l.split(':').next().unwrap().to_string())
+            .unwrap_or_else(|| format!("uid {uid}"));
+        (None, Box::leak(name.into_boxed_str()), uid)
+    }
+}
+
+/// Run a herald command as [`other_user`].
+fn cli_as_other(dir: &TestDir, args: &[&str]) -> Output {
+    let (group, _, _) = other_user();
+    if group.is_none() {
+        return dir.cli(args);
+    }
+    blocking(|| {
+        std::process::Command::new("/usr/bin/setpriv")
+            .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", herald_binary()])
+            .args(args)
+            .arg("--config")
+            .arg(dir.config())
+            .env_remove("HERALD_CONFIG")
+            .output()
+            .unwrap()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_action_records_the_unix_user_who_asked_and_why() {
+    use std::os::unix::fs::PermissionsExt;
+    let hook = receiver(None).await;
+    let dir = TestDir::new();
+    let (group, name, uid) = other_user();
+    // The other user must reach the config and the socket.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut daemon = "control_socket = \"run/herald.sock\"\n".to_string();
+    if let Some(g) = group {
+        daemon += &format!("socket_group = \"{g}\"\n");
+    }
+    let config = daemon_section().replace("[retry]", &format!("{daemon}\n[retry]"))
+        + &webhook_account("a-hook", &hook.url())
+        + &post_at("wrong-number", "Call 110 if you are in danger.", &["a-hook"], in_secs(600))
+        + &post_at("later", "Hang up on callers who ask for bank codes.", &["a-hook"], in_secs(600));
+    dir.write_config(&config);
+    let herald = dir.start().await;
+
+    let out = cli_as_other(&dir, &["cancel", "--post", "wrong-number", "--reason", "the hotline number is wrong"]);
+    assert!(out.status.success(), "cancel as {name}: {} {}", text(&out.stdout), text(&out.stderr));
+    assert!(text(&out.stderr).contains(ASKED_DAEMON), "{}", text(&out.stderr));
+    let mine = dir.log_from_daemon(&["--actor", name]);
+    assert_eq!(mine.len(), 1, "{mine:#?}");
+    let r = &mine[0];
+    assert_eq!((r.event.as_str(), r.post.as_str()), ("cancelled", "wrong-number"));
+    assert_eq!(r.raw["actor"]["name"], name, "{}", r.raw);
+    assert_eq!(r.raw["actor"]["uid"], uid, "{}", r.raw);
+    assert_eq!(r.raw["actor"]["via"], "control_socket", "{}", r.raw);
+    assert!(r.reason.as_deref().unwrap_or_default().contains("the hotline number is wrong"), "{}", r.raw);
+    herald.stop().await;
+
+    // Without a daemon, the CLI opens the store itself: the actor is its own user.
+    let out = dir.cli(&["cancel", "--post", "later", "--reason", "campaign withdrawn"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let me = rustix::process::getuid().as_raw();
+    let offline: Vec<Record> = dir.log_args(&["--event", "cancelled", "--post", "later"]);
+    assert_eq!(offline.len(), 1, "{offline:#?}");
+    assert_eq!(offline[0].raw["actor"]["uid"], me, "{}", offline[0].raw);
+    assert_eq!(offline[0].raw["actor"]["via"], "store", "{}", offline[0].raw);
+    assert!(dir.log_args(&["--actor", "no-such-user"]).is_empty());
+}
