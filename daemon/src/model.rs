@@ -322,6 +322,12 @@ pub struct FileDigest {
     pub sha256: String,
 }
 
+impl FileDigest {
+    pub fn of(path: &std::path::Path, bytes: &[u8]) -> FileDigest {
+        FileDigest { path: path.display().to_string(), sha256: hex::encode(Sha256::digest(bytes)) }
+    }
+}
+
 /// What a `config_applied` or `config_refused` record says about the config.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConfigNote {
@@ -423,6 +429,21 @@ impl AuditRecord {
         let mut record = AuditRecord::about_account("", Platform::Webhook, event, time, String::new());
         record.platform = None;
         record.reason = reason;
+        record
+    }
+
+    /// A `config_applied` (or, with errors, `config_refused`) record.
+    pub fn config(
+        time: DateTime<Utc>,
+        files: Vec<FileDigest>,
+        summary: Option<String>,
+        errors: Vec<String>,
+        actor: Actor,
+        reason: Option<String>,
+    ) -> Self {
+        let event = if errors.is_empty() { Event::ConfigApplied } else { Event::ConfigRefused };
+        let mut record = AuditRecord::about_herald(event, time, reason).by(Some(actor));
+        record.config = Some(ConfigNote { files, summary, errors });
         record
     }
 

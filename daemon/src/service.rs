@@ -14,7 +14,7 @@ use crate::config::{self, Config};
 use crate::control::{self, ControlServer, ReloadView, Reloader};
 use crate::credentials::StoreCache;
 use crate::metrics::Metrics;
-use crate::model::Actor;
+use crate::model::{Actor, AuditRecord};
 use crate::notify::Notifier;
 use crate::reconcile::Summary;
 use crate::scheduler::{Control, Scheduler};
@@ -58,6 +58,7 @@ impl FileReloader {
         self.notifier.reloading();
         tracing::info!(config = %self.path.display(), %actor, reason = reason.as_deref().unwrap_or(""), "reloading the config");
         let outcome = config::load(&self.path);
+        let files = outcome.files.clone();
         let view = match outcome.config {
             Some(config) => match self.apply(config).await {
                 Ok(summary) => {
@@ -78,6 +79,13 @@ impl FileReloader {
                 ReloadView { applied: false, summary: None, errors }
             }
         };
+        let summary = view.summary.as_ref().map(ToString::to_string);
+        let note = AuditRecord::config(Utc::now(), files, summary, view.errors.clone(), actor, reason);
+        let store = Arc::clone(&self.store);
+        let written = tokio::task::spawn_blocking(move || write_note(store.as_ref(), note)).await;
+        if let Err(e) = written.map_err(anyhow::Error::from).and_then(|r| r) {
+            tracing::error!(error = %format!("{e:#}"), "could not record the reload in the audit log");
+        }
         self.notifier.ready();
         view
     }
@@ -109,6 +117,9 @@ impl Daemon {
         let now = Utc::now();
         let recovered = scheduler.recover(now).context("recovering deliveries that were in flight")?;
         let summary = scheduler.reconcile(Arc::clone(&config), now).context("applying the config to the store")?;
+        let note =
+            AuditRecord::config(now, config.files.clone(), Some(summary.to_string()), Vec::new(), Actor::start(), None);
+        write_note(shared.as_ref(), note).context("recording the config in the audit log")?;
         let (control, rx) = mpsc::channel(8);
         let reloader = Arc::new(FileReloader {
             path: config.path.clone(),
@@ -164,6 +175,13 @@ impl Daemon {
     pub fn is_finished(&self) -> bool {
         self.task.is_finished()
     }
+}
+
+/// Append one audit record that changes no delivery, durably.
+fn write_note(store: &dyn Store, note: AuditRecord) -> anyhow::Result<()> {
+    store.apply(crate::store::Changes { notes: vec![note], ..Default::default() })?;
+    store.flush()?;
+    Ok(())
 }
 
 fn serve_metrics(

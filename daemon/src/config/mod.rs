@@ -35,6 +35,8 @@ pub struct Config {
     pub groups: BTreeMap<String, Vec<String>>,
     pub posts: BTreeMap<String, Post>,
     pub alerts: Option<AlertSettings>,
+    /// The files it was read from, with their digests, as read.
+    pub files: Vec<crate::model::FileDigest>,
 }
 
 /// `[alerts]`: where to report failed deliveries and long rate-limit pauses.

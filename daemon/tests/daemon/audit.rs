@@ -208,14 +208,18 @@ fn other_user() -> (Option<&'static str>, &'static str, u32) {
         (Some("nogroup"), "nobody", 65534)
     } else {
         let uid = rustix::process::getuid().as_raw();
-        let name = std::fs::read_to_string("/etc/passwd")
-            .unwrap()
-            .lines()
-            .find(|l| l.split(':').nth(2) == Some(uid.to_string().as_str()))
-            .map(|l| l.split(':').next().unwrap().to_string())
-            .unwrap_or_else(|| format!("uid {uid}"));
-        (None, Box::leak(name.into_boxed_str()), uid)
+        (None, Box::leak(name_of(uid).into_boxed_str()), uid)
     }
+}
+
+/// A user's name in /etc/passwd.
+fn name_of(uid: u32) -> String {
+    std::fs::read_to_string("/etc/passwd")
+        .unwrap()
+        .lines()
+        .find(|l| l.split(':').nth(2) == Some(uid.to_string().as_str()))
+        .map(|l| l.split(':').next().unwrap().to_string())
+        .unwrap_or_else(|| format!("uid {uid}"))
 }
 
 /// Run a herald command as [`other_user`].
@@ -277,4 +281,92 @@ async fn an_operator_action_records_the_unix_user_who_asked_and_why() {
     assert_eq!(offline[0].raw["actor"]["uid"], me, "{}", offline[0].raw);
     assert_eq!(offline[0].raw["actor"]["via"], "store", "{}", offline[0].raw);
     assert!(dir.log_args(&["--actor", "no-such-user"]).is_empty());
+}
+
+/// What a `config_applied` / `config_refused` record says: event, actor
+/// name, files as (path, digest), summary, errors.
+type ConfigRecord = (String, String, Vec<(String, String)>, String, Vec<String>);
+
+fn config_records(dir: &TestDir) -> Vec<ConfigRecord> {
+    dir.log_args(&["--event", "config_applied", "--event", "config_refused"])
+        .into_iter()
+        .map(|r| {
+            let c = &r.raw["config"];
+            let files = c["files"]
+                .as_array()
+                .map(|fs| {
+                    fs.iter()
+                        .map(|f| (f["path"].as_str().unwrap().to_string(), f["sha256"].as_str().unwrap().to_string()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let errors = c["errors"]
+                .as_array()
+                .map(|es| es.iter().map(|e| e.as_str().unwrap().to_string()).collect())
+                .unwrap_or_default();
+            let actor = r.raw["actor"]["name"].as_str().unwrap_or_default().to_string();
+            (r.event.clone(), actor, files, c["summary"].as_str().unwrap_or_default().to_string(), errors)
+        })
+        .collect()
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_start_and_reload_records_which_files_made_the_config() {
+    let hook = receiver(None).await;
+    let dir = TestDir::new();
+    let main = daemon_section().replace("[retry]", "include = [\"posts.d/*.toml\"]\n\n[retry]")
+        + &webhook_account("a-hook", &hook.url());
+    dir.write_config(&main);
+    let campaign = post_at("campaign", "Keep away from the river.", &["a-hook"], in_secs(600));
+    dir.write("posts.d/campaign.toml", &campaign);
+    let mut herald = dir.start().await;
+
+    let started = config_records(&dir);
+    assert_eq!(started.len(), 1, "{started:?}");
+    let (event, actor, files, summary, _) = &started[0];
+    assert_eq!((event.as_str(), actor.as_str()), ("config_applied", "herald run"));
+    let digest_of = |files: &[(String, String)], name: &str| {
+        files
+            .iter()
+            .find(|(p, _)| p.ends_with(name))
+            .map(|(_, d)| d.clone())
+            .unwrap_or_else(|| panic!("{name} in {files:?}"))
+    };
+    assert_eq!(digest_of(files, "herald.toml"), sha256_hex(main.as_bytes()));
+    assert_eq!(digest_of(files, "campaign.toml"), sha256_hex(campaign.as_bytes()));
+    assert!(summary.contains("1 added"), "{summary}");
+
+    // The campaign file changes: the reload records its new digest, the main file's is the same.
+    let changed = post_at("campaign", "Keep away from the river and the bridges.", &["a-hook"], in_secs(600));
+    dir.write("posts.d/campaign.toml", &changed);
+    let out = dir.ask_daemon(&["reload", "--reason", "bridges added"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let after = config_records(&dir);
+    assert_eq!(after.len(), 2, "{after:?}");
+    let (event, actor, files, summary, _) = &after[1];
+    assert_eq!(event, "config_applied");
+    assert_eq!(*actor, name_of(rustix::process::getuid().as_raw()), "the user who ran `herald reload`");
+    assert_ne!(digest_of(files, "campaign.toml"), digest_of(&after[0].2, "campaign.toml"));
+    assert_eq!(digest_of(files, "campaign.toml"), sha256_hex(changed.as_bytes()));
+    assert_eq!(digest_of(files, "herald.toml"), digest_of(&after[0].2, "herald.toml"));
+    assert!(summary.contains("1 changed"), "{summary}");
+    let reload = &dir.log_args(&["--event", "config_applied"])[1];
+    assert_eq!(reload.reason.as_deref(), Some("bridges added"));
+    assert_eq!(reload.raw["actor"]["via"], "control_socket");
+
+    // A broken campaign file, by SIGHUP: refused, recorded with its error.
+    dir.write("posts.d/campaign.toml", &changed.replace("targets", "tragets"));
+    herald.signal("HUP");
+    herald.wait_for_log("keeping the running config").await;
+    let refused = config_records(&dir);
+    assert_eq!(refused.len(), 3, "{refused:?}");
+    let (event, actor, _, _, errors) = &refused[2];
+    assert_eq!((event.as_str(), actor.as_str()), ("config_refused", "SIGHUP"));
+    assert!(errors.iter().any(|e| e.contains("campaign.toml")), "{errors:?}");
+    herald.stop().await;
 }
