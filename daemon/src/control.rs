@@ -248,10 +248,7 @@ async fn log(AxumState(ctx): AxumState<Ctx>, Query(params): Query<LogParams>) ->
     Ok(Json(ctx.store.audit(&query)?))
 }
 
-async fn content(
-    AxumState(ctx): AxumState<Ctx>,
-    UrlPath(hash): UrlPath<String>,
-) -> ApiResult<herald_adapters::Rendered> {
+async fn content(AxumState(ctx): AxumState<Ctx>, UrlPath(hash): UrlPath<String>) -> ApiResult<crate::model::Content> {
     match ctx.store.content(&hash)? {
         Some(rendered) => Ok(Json(rendered)),
         None => Err(ApiError(StatusCode::NOT_FOUND, format!("no content with hash {hash}"))),

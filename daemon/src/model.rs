@@ -328,6 +328,48 @@ impl FileDigest {
     }
 }
 
+/// The exact content of deliveries, as stored under its content hash: what
+/// the platform receives, and the SHA-256 of each image file's bytes when
+/// it was rendered (the hash covers them, so two deliveries with the same
+/// content hash sent the same pictures).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Content {
+    #[serde(flatten)]
+    pub rendered: herald_adapters::Rendered,
+    /// One per entry of `images`, in the same order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_sha256: Vec<FileDigest>,
+}
+
+impl Content {
+    /// The content of `rendered`, reading its image files, and its hash: the
+    /// SHA-256 of the rendered JSON followed, for each image, by a newline,
+    /// its path, a newline and the hex SHA-256 of its bytes; the first 16
+    /// bytes, in hex. Without images it is the hash of the JSON alone, as
+    /// before images were hashed by their bytes.
+    pub fn of(rendered: herald_adapters::Rendered) -> (String, Content) {
+        let image_sha256: Vec<FileDigest> = rendered
+            .images
+            .iter()
+            .map(|path| match std::fs::read(path) {
+                Ok(bytes) => FileDigest::of(std::path::Path::new(path), &bytes),
+                // Publishing fails on it too, and says why.
+                Err(e) => FileDigest { path: path.clone(), sha256: format!("unreadable: {}", e.kind()) },
+            })
+            .collect();
+        let mut h = Sha256::new();
+        h.update(serde_json::to_vec(&rendered).unwrap_or_default());
+        for image in &image_sha256 {
+            h.update(b"\n");
+            h.update(image.path.as_bytes());
+            h.update(b"\n");
+            h.update(image.sha256.as_bytes());
+        }
+        let hash = hex::encode(&h.finalize()[..16]);
+        (hash, Content { rendered, image_sha256 })
+    }
+}
+
 /// What a `config_applied` or `config_refused` record says about the config.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConfigNote {
@@ -501,6 +543,33 @@ mod tests {
         assert_ne!(DeliveryId::derive("ab", 0, "c"), DeliveryId::derive("a", 0, "bc"));
         assert_eq!(DeliveryId::parse(&a.to_string()), Some(a));
         assert_eq!(a.to_string().len(), 32);
+    }
+
+    #[test]
+    fn images_are_hashed_by_their_bytes_not_their_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("warning.png");
+        std::fs::write(&image, b"the first picture").unwrap();
+        let rendered = herald_adapters::Rendered {
+            title: None,
+            text: "Keep away from the river.".into(),
+            link: None,
+            images: vec![image.display().to_string()],
+        };
+        let (first, content) = Content::of(rendered.clone());
+        assert_eq!(content.image_sha256[0].sha256, hex::encode(Sha256::digest(b"the first picture")));
+        assert_eq!(content.image_sha256[0].path, image.display().to_string());
+        std::fs::write(&image, b"another picture, same name").unwrap();
+        let (second, _) = Content::of(rendered.clone());
+        assert_ne!(first, second, "the same path with other bytes is other content");
+        // Stored, it reads back whole, and as the rendering adapters know.
+        let json = serde_json::to_vec(&content).unwrap();
+        assert_eq!(serde_json::from_slice::<Content>(&json).unwrap(), content);
+        assert_eq!(serde_json::from_slice::<herald_adapters::Rendered>(&json).unwrap(), rendered);
+        // Without images the hash is what it was before images were read.
+        let plain = herald_adapters::Rendered { images: Vec::new(), ..rendered };
+        let before = hex::encode(&Sha256::digest(serde_json::to_vec(&plain).unwrap())[..16]);
+        assert_eq!(Content::of(plain).0, before);
     }
 
     #[test]

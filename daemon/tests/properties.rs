@@ -599,7 +599,8 @@ mod reconcile {
             .unwrap()
             .into_iter()
             .map(|d| {
-                let content = store.content(&d.content_hash).unwrap().expect("the content of a pending delivery");
+                let content =
+                    store.content(&d.content_hash).unwrap().expect("the content of a pending delivery").rendered;
                 (d.id.to_string(), d.post_id, d.account, d.occurrence, d.due, d.attempt, content.title, content.text)
             })
             .collect();

@@ -97,7 +97,7 @@ impl Source {
         }
     }
 
-    pub fn content(&self, hash: &str) -> anyhow::Result<herald_adapters::Rendered> {
+    pub fn content(&self, hash: &str) -> anyhow::Result<crate::model::Content> {
         match self {
             Source::Daemon { .. } => self.call(|c| c.get(url(&format!("/v1/content/{hash}")))),
             Source::Store { store, .. } => store.content(hash)?.with_context(|| format!("no content with hash {hash}")),

@@ -8,10 +8,10 @@ pub mod sled_store;
 
 use std::collections::BTreeMap;
 
-use herald_adapters::{Platform, Rendered};
+use herald_adapters::Platform;
 use serde::{Deserialize, Serialize};
 
-use crate::model::{AuditRecord, Delivery, DeliveryId, Millis, State};
+use crate::model::{AuditRecord, Content, Delivery, DeliveryId, Millis, State};
 
 pub use sled_store::SledStore;
 
@@ -102,8 +102,8 @@ pub struct Changes {
     pub deliveries: Vec<(Delivery, AuditRecord)>,
     /// Post records to write (`Some`) or remove (`None`); timers follow them.
     pub posts: Vec<(String, Option<PostRecord>)>,
-    /// Rendered content by hash (written once).
-    pub contents: Vec<(String, Rendered)>,
+    /// Rendered content by hash, with its images' digests (written once).
+    pub contents: Vec<(String, Content)>,
     /// Small metadata values to write.
     pub meta: Vec<(String, Vec<u8>)>,
     /// Audit records about a delivery that do not change it (alerts sent).
@@ -172,7 +172,7 @@ pub trait Store: Send + Sync {
     /// Posts whose timer fires at or before `until`, earliest first.
     fn timers_due(&self, until: Millis) -> Result<Vec<(Millis, String)>>;
     fn next_timer(&self) -> Result<Option<Millis>>;
-    fn content(&self, hash: &str) -> Result<Option<Rendered>>;
+    fn content(&self, hash: &str) -> Result<Option<Content>>;
     /// A small metadata value written through [`Changes::meta`].
     fn meta(&self, key: &str) -> Result<Option<Vec<u8>>>;
     fn has_content(&self, hash: &str) -> Result<bool>;

@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use herald_adapters::Rendered;
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 
@@ -366,7 +365,7 @@ impl Store for SledStore {
         }
     }
 
-    fn content(&self, hash: &str) -> Result<Option<Rendered>> {
+    fn content(&self, hash: &str) -> Result<Option<crate::model::Content>> {
         self.content.get(hash.as_bytes())?.map(|b| decode("content", &b)).transpose()
     }
 
