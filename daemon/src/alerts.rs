@@ -23,9 +23,23 @@ const SEND_LIMIT: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Alert {
-    DeliveryFailed { reason: String },
-    AccountPaused { until: chrono::DateTime<Utc>, seconds: u64 },
-    CredentialsExpiring { expires_at: chrono::DateTime<Utc>, days_left: i64 },
+    DeliveryFailed {
+        reason: String,
+    },
+    AccountPaused {
+        until: chrono::DateTime<Utc>,
+        seconds: u64,
+    },
+    CredentialsExpiring {
+        expires_at: chrono::DateTime<Utc>,
+        days_left: i64,
+    },
+    /// The audit log's head, published outside the host (see `anchor`).
+    AuditHead {
+        seq: u64,
+        hash: String,
+        occasion: String,
+    },
 }
 
 impl Alert {
@@ -34,6 +48,7 @@ impl Alert {
             Alert::DeliveryFailed { .. } => "delivery failed",
             Alert::AccountPaused { .. } => "account paused by a rate limit",
             Alert::CredentialsExpiring { .. } => "credentials expire soon",
+            Alert::AuditHead { .. } => "audit log head",
         }
     }
 }
@@ -122,6 +137,22 @@ impl Alerter {
             let reason = format!("alert ({detail}): {outcome}");
             this.record(AuditRecord::about_account(&account, platform, event, Utc::now(), reason));
         });
+    }
+
+    /// Send the audit log's head (kind `audit_head`) and wait for the
+    /// outcome (bounded by the send limit); the caller records it.
+    pub async fn send_head(&self, seq: u64, hash: &str, occasion: &str) -> String {
+        let alert = Alert::AuditHead { seq, hash: hash.to_string(), occasion: occasion.to_string() };
+        let body = Body {
+            alert: &alert,
+            delivery: None,
+            post: None,
+            account: "",
+            platform: "",
+            occurrence: None,
+            time: Utc::now(),
+        };
+        self.send(&body, "").await
     }
 
     fn record(&self, record: AuditRecord) {

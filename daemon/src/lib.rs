@@ -7,6 +7,7 @@
 //! adapters (`herald-adapters`) -> audit log (in the store).
 
 pub mod alerts;
+pub mod anchor;
 pub mod audit_chain;
 pub mod cli;
 pub mod config;

@@ -10,6 +10,7 @@ use anyhow::Context;
 use chrono::Utc;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::anchor::Anchor;
 use crate::config::{self, Config};
 use crate::control::{self, ControlServer, ReloadView, Reloader};
 use crate::credentials::StoreCache;
@@ -30,6 +31,8 @@ pub struct Daemon {
     notifier: Arc<Notifier>,
     _control_server: ControlServer,
     metrics_server: Option<tokio::task::JoinHandle<()>>,
+    anchor: Arc<Anchor>,
+    anchor_task: tokio::task::JoinHandle<()>,
 }
 
 /// Reloads the config file and hands a valid one to the scheduler.
@@ -38,6 +41,7 @@ pub struct FileReloader {
     store: Arc<dyn Store>,
     control: mpsc::Sender<Control>,
     notifier: Arc<Notifier>,
+    anchor: Arc<Anchor>,
 }
 
 impl FileReloader {
@@ -60,12 +64,13 @@ impl FileReloader {
         let outcome = config::load(&self.path);
         let files = outcome.files.clone();
         let view = match outcome.config {
-            Some(config) => match self.apply(config).await {
-                Ok(summary) => {
+            Some(config) => match (config.alerts.clone(), self.apply(config).await) {
+                (alerts, Ok(summary)) => {
+                    self.anchor.configure(alerts.as_ref());
                     tracing::info!(%summary, "config reloaded");
                     ReloadView { applied: true, summary: Some(summary), errors: Vec::new() }
                 }
-                Err(e) => {
+                (_, Err(e)) => {
                     tracing::error!(error = %format!("{e:#}"), "reload failed; the running config stays");
                     ReloadView { applied: false, summary: None, errors: vec![format!("{e:#}")] }
                 }
@@ -85,6 +90,9 @@ impl FileReloader {
         let written = tokio::task::spawn_blocking(move || write_note(store.as_ref(), note)).await;
         if let Err(e) = written.map_err(anyhow::Error::from).and_then(|r| r) {
             tracing::error!(error = %format!("{e:#}"), "could not record the reload in the audit log");
+        }
+        if let Err(e) = self.anchor.publish("reload").await {
+            tracing::error!(error = %format!("{e:#}"), "could not publish the audit head");
         }
         self.notifier.ready();
         view
@@ -121,11 +129,13 @@ impl Daemon {
             AuditRecord::config(now, config.files.clone(), Some(summary.to_string()), Vec::new(), Actor::start(), None);
         write_note(shared.as_ref(), note).context("recording the config in the audit log")?;
         let (control, rx) = mpsc::channel(8);
+        let anchor = Arc::new(Anchor::new(Arc::clone(&shared), config.alerts.as_ref()));
         let reloader = Arc::new(FileReloader {
             path: config.path.clone(),
             store: Arc::clone(&shared),
             control: control.clone(),
             notifier: Arc::clone(&notifier),
+            anchor: Arc::clone(&anchor),
         });
         let socket = config.daemon.socket_path();
         let control_server = control::serve(
@@ -141,6 +151,7 @@ impl Daemon {
             None => None,
         };
         let task = tokio::spawn(scheduler.run(rx));
+        let anchor_task = anchor.run(config.daemon.audit_head_interval);
         tracing::info!(recovered, %summary, state_dir = %dir.display(), socket = %socket.display(), "herald is ready");
         notifier.ready();
         Ok(Daemon {
@@ -152,6 +163,8 @@ impl Daemon {
             notifier,
             _control_server: control_server,
             metrics_server,
+            anchor,
+            anchor_task,
         })
     }
 
@@ -167,7 +180,10 @@ impl Daemon {
         if let Some(server) = &self.metrics_server {
             server.abort();
         }
+        self.anchor_task.abort();
         self.task.await.context("the scheduler task failed")??;
+        // The last head, once nothing else writes.
+        self.anchor.publish("stop").await.context("publishing the audit head at stop")?;
         Ok(())
     }
 

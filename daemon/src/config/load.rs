@@ -67,6 +67,9 @@ pub fn load_with(path: &Path, now: DateTime<Utc>, credentials_dir: Option<PathBu
 /// `[daemon] schedule_ahead` unless set: deliveries exist from an hour
 /// before their occurrence.
 pub const DEFAULT_SCHEDULE_AHEAD: Duration = Duration::from_secs(3600);
+/// `[daemon] audit_head_interval` unless set: the audit log's head is
+/// published hourly.
+pub const DEFAULT_AUDIT_HEAD_INTERVAL: Duration = Duration::from_secs(3600);
 const MAIN_KEYS: &[&str] = &["daemon", "retry", "alerts", "accounts", "groups", "posts"];
 const INCLUDED_KEYS: &[&str] = &["accounts", "groups", "posts"];
 const ACCOUNT_KEYS_OWNED_BY_DAEMON: &[&str] = &["platform", "rate", "concurrency", "timeout", "connect_timeout"];
@@ -116,6 +119,7 @@ struct RawDaemon {
     cache_mb: Option<Spanned<i64>>,
     shutdown_deadline: Option<Spanned<String>>,
     schedule_ahead: Option<Spanned<String>>,
+    audit_head_interval: Option<Spanned<String>>,
     control_socket: Option<String>,
     socket_group: Option<String>,
     metrics_listen: Option<Spanned<String>>,
@@ -429,6 +433,12 @@ impl Loader {
         };
         let shutdown_deadline = self.duration(idx, raw.shutdown_deadline.as_ref(), Duration::from_secs(30), &mut ok);
         let schedule_ahead = self.duration(idx, raw.schedule_ahead.as_ref(), DEFAULT_SCHEDULE_AHEAD, &mut ok);
+        let audit_head_interval =
+            self.duration(idx, raw.audit_head_interval.as_ref(), DEFAULT_AUDIT_HEAD_INTERVAL, &mut ok);
+        if let Some(v) = raw.audit_head_interval.as_ref().filter(|_| audit_head_interval.is_zero()) {
+            self.diags.error(&self.files[idx], span_of(v), "`audit_head_interval` must be longer than 0s".to_string());
+            ok = false;
+        }
         let include = raw.include.unwrap_or_default().into_iter().map(Spanned::into_inner).collect();
         let file = &self.files[idx];
         let metrics_listen = match &raw.metrics_listen {
@@ -467,6 +477,7 @@ impl Loader {
             cache_mb,
             shutdown_deadline,
             schedule_ahead,
+            audit_head_interval,
             control_socket,
             socket_group: raw.socket_group,
             metrics_listen,

@@ -70,6 +70,9 @@ pub struct DaemonSettings {
     /// How long before an occurrence its deliveries are created; further
     /// ahead it is kept as one planned record per post.
     pub schedule_ahead: Duration,
+    /// How often the audit log's head is published outside the host
+    /// (journal, alerts), besides start, reload and stop.
+    pub audit_head_interval: Duration,
     /// The control socket; by default `$RUNTIME_DIRECTORY/herald.sock` under
     /// systemd, else `<state_dir>/herald.sock`.
     pub control_socket: Option<PathBuf>,

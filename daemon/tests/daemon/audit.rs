@@ -370,3 +370,82 @@ async fn each_start_and_reload_records_which_files_made_the_config() {
     assert!(errors.iter().any(|e| e.contains("campaign.toml")), "{errors:?}");
     herald.stop().await;
 }
+
+/// The anchors (`SEQ:HASH`) herald published to its log (the journal under
+/// systemd) so far.
+fn anchors_in(stderr: &str) -> Vec<String> {
+    stderr
+        .lines()
+        .filter(|l| l.contains("audit head"))
+        .filter_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix("anchor=")).map(str::to_string))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_published_head_exposes_a_log_rewritten_whole() {
+    let hook = receiver(None).await;
+    let alerts = receiver(None).await;
+    let dir = TestDir::new();
+    let config = daemon_section().replace("[retry]", "audit_head_interval = \"1s\"\n\n[retry]")
+        + &format!("[alerts]\nwebhook = \"{}\"\n\n", alerts.url())
+        + &webhook_account("a-hook", &hook.url())
+        + &post_at("flood-warning", "River levels are rising.", &["a-hook"], in_secs(1));
+    dir.write_config(&config);
+    let mut herald = dir.start().await;
+    assert!(hook.wait_until(DEADLINE, |r| !r.is_empty()).await, "not delivered");
+    // Published at start, then every interval: at least twice by now or soon.
+    herald.wait_for_log_count("audit head", 2).await;
+    assert!(
+        alerts
+            .wait_until(DEADLINE, |r| r.iter().any(|p| p.body.as_ref().is_some_and(|b| b["kind"] == "audit_head")))
+            .await,
+        "no audit_head alert"
+    );
+    let stderr = herald.stop().await;
+    let anchors = anchors_in(&stderr);
+    let at_stop = anchors.last().expect("a head published at stop").clone();
+    let recorded = dir.log_args(&["--event", "audit_head"]);
+    assert!(recorded.len() >= 3, "start, interval, stop: {recorded:#?}");
+    assert!(
+        recorded
+            .last()
+            .unwrap()
+            .reason
+            .as_deref()
+            .unwrap_or_default()
+            .contains(&format!("head {at_stop} published at stop")),
+        "{:?}",
+        recorded.last()
+    );
+    let alert = alerts.received().into_iter().find_map(|p| p.body.filter(|b| b["kind"] == "audit_head")).unwrap();
+    let alerted = format!("{}:{}", alert["seq"], alert["hash"].as_str().unwrap());
+    assert!(anchors.contains(&alerted), "the alert carries a head from the journal: {alerted} in {anchors:?}");
+
+    let out = dir.cli(&["audit", "verify", "--head", &at_stop]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains(&format!("still extends the anchored head {at_stop}")), "{}", text(&out.stdout));
+
+    // Someone with write access rewrites the log whole: the delivered
+    // record becomes failed, and every hash after it is recomputed.
+    {
+        let db = sled::open(dir.state_dir().join("db")).unwrap();
+        let audit = db.open_tree("audit").unwrap();
+        let mut prev = herald::audit_chain::ChainHead::empty().hash;
+        for entry in audit.iter() {
+            let (key, bytes) = entry.unwrap();
+            let mut record: herald::model::AuditRecord = serde_json::from_slice(&bytes).unwrap();
+            if record.event == herald::model::Event::Delivered {
+                record.state = Some(herald::model::State::Failed);
+            }
+            let sealed = herald::audit_chain::seal(&mut record, &prev);
+            prev = record.hash.clone().unwrap();
+            audit.insert(key, sealed).unwrap();
+        }
+        db.flush().unwrap();
+    }
+    let out = dir.cli(&["audit", "verify"]);
+    assert!(out.status.success(), "a chain recomputed whole is consistent: {}", text(&out.stderr));
+    let out = dir.cli(&["audit", "verify", "--head", &at_stop]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("the log was rewritten"), "{}", text(&out.stderr));
+}
