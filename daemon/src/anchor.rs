@@ -45,7 +45,9 @@ impl Anchor {
     /// Publish the current head (`occasion`: start, reload, stop, interval)
     /// and record that it was published. Returns the head published.
     pub async fn publish(&self, occasion: &str) -> anyhow::Result<ChainHead> {
-        let head = self.store.audit_head()?;
+        // The head sits behind the store's writer lock: wait for it off the async workers.
+        let store = Arc::clone(&self.store);
+        let head = tokio::task::spawn_blocking(move || store.audit_head()).await??;
         tracing::info!(seq = head.seq, hash = %head.hash, occasion, anchor = %head.anchor(), "audit head");
         let mut places = vec!["the journal".to_string()];
         let alerter = self.alerter.lock().ok().and_then(|slot| slot.clone());
