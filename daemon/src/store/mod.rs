@@ -177,7 +177,9 @@ pub trait Store: Send + Sync {
     fn meta(&self, key: &str) -> Result<Option<Vec<u8>>>;
     fn has_content(&self, hash: &str) -> Result<bool>;
     /// Apply one atomic set of changes; returns the audit records as stored
-    /// (with their sequence numbers).
+    /// (with their sequence numbers, `prev_hash` and `hash`; the first write
+    /// to a store from before the chain also returns its `chain_started`
+    /// record, first).
     fn apply(&self, changes: Changes) -> Result<Vec<AuditRecord>>;
     /// Make everything applied so far durable (fsync). Concurrent callers
     /// share one flush (group commit).
