@@ -153,6 +153,9 @@ pub struct BurstResult {
     pub due_to_last_delivered_s: f64,
     pub per_s: f64,
     pub peak_mib: f64,
+    /// herald's CPU time (user + system) from ready until all were
+    /// delivered: what the burst cost, whatever else ran on the machine.
+    pub cpu_s: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -624,10 +627,12 @@ fn burst(
     let mut herald = start(bins, &scenario, "run")?;
     herald.wait_ready(budget.left(lead + Duration::from_secs(600))?)?;
     let ready_before_due_s = seconds(Utc::now(), due);
+    let cpu_at_ready = herald.cpu_s();
     if ready_before_due_s < 0.0 {
         eprintln!("warning: herald was ready {:.1} s after the due instant; use a longer --lead", -ready_before_due_s);
     }
     let (delivered, failed) = wait_settled(&herald, n as u64, budget.left(lead + Duration::from_secs(600))?)?;
+    let cpu_s = herald.cpu_s() - cpu_at_ready;
     let peak_mib = herald.peak_mib();
     let records = herald.audit("delivered")?;
     let last_delivered = records
@@ -654,10 +659,11 @@ fn burst(
         due_to_last_delivered_s,
         per_s: delivered as f64 / due_to_last_delivered_s,
         peak_mib,
+        cpu_s,
     };
     eprintln!(
-        "burst: {} delivered in {:.2} s = {:.0}/s",
-        result.delivered, result.due_to_last_delivered_s, result.per_s
+        "burst: {} delivered in {:.2} s = {:.0}/s ({:.2} s herald CPU)",
+        result.delivered, result.due_to_last_delivered_s, result.per_s, result.cpu_s
     );
     Ok(result)
 }

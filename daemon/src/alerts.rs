@@ -27,9 +27,23 @@ const SEND_LIMIT: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Alert {
-    DeliveryFailed { reason: String },
-    AccountPaused { until: chrono::DateTime<Utc>, seconds: u64 },
-    CredentialsExpiring { expires_at: chrono::DateTime<Utc>, days_left: i64 },
+    DeliveryFailed {
+        reason: String,
+    },
+    AccountPaused {
+        until: chrono::DateTime<Utc>,
+        seconds: u64,
+    },
+    CredentialsExpiring {
+        expires_at: chrono::DateTime<Utc>,
+        days_left: i64,
+    },
+    /// The audit log's head, published outside the host (see `anchor`).
+    AuditHead {
+        seq: u64,
+        hash: String,
+        occasion: String,
+    },
 }
 
 impl Alert {
@@ -38,6 +52,7 @@ impl Alert {
             Alert::DeliveryFailed { .. } => "delivery failed",
             Alert::AccountPaused { .. } => "account paused by a rate limit",
             Alert::CredentialsExpiring { .. } => "credentials expire soon",
+            Alert::AuditHead { .. } => "audit log head",
         }
     }
 }
@@ -184,6 +199,23 @@ impl Alerter {
         let (job, why) = refused;
         tracing::warn!(account = %job.account, alert = %job.what, "{why}");
         self.sender.record(job.record, &job.what, why);
+    }
+
+    /// Send the audit log's head (kind `audit_head`) and wait for the
+    /// outcome (bounded by the send limit); the caller records it.
+    pub async fn send_head(&self, seq: u64, hash: &str, occasion: &str) -> String {
+        let alert = Alert::AuditHead { seq, hash: hash.to_string(), occasion: occasion.to_string() };
+        let body = Body {
+            alert: &alert,
+            delivery: None,
+            post: None,
+            account: "",
+            platform: "",
+            occurrence: None,
+            time: crate::clock::now(),
+        };
+        let Ok(json) = serde_json::to_vec(&body) else { return "could not encode the alert".into() };
+        self.sender.send(&json, "").await
     }
 
     /// Stop taking alerts and send those queued, until `deadline`; what is

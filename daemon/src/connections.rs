@@ -48,11 +48,14 @@ connection: close\r\ncontent-length: 73\r\n\r\n{\"error\":\"herald is busy: too 
 /// Where connections come from, and who may use them.
 pub trait Incoming: Send + 'static {
     type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    /// What handlers learn about the client, as `ConnectInfo<Info>` (the
+    /// control socket's peer credentials, so an action names its actor).
+    type Info: Clone + Send + Sync + 'static;
     /// The next connection (errors are logged and retried by the caller).
     fn accept(&mut self) -> impl Future<Output = std::io::Result<Self::Io>> + Send;
     /// Whether this connection may be served (the control socket's peer
     /// check); runs on the connection's own task, within its slot.
-    fn admit(&self, io: Self::Io) -> impl Future<Output = Option<Self::Io>> + Send + 'static;
+    fn admit(&self, io: Self::Io) -> impl Future<Output = Option<(Self::Io, Self::Info)>> + Send + 'static;
 }
 
 /// A TCP listener that serves anyone who can reach it.
@@ -60,13 +63,14 @@ pub struct Tcp(pub tokio::net::TcpListener);
 
 impl Incoming for Tcp {
     type Io = tokio::net::TcpStream;
+    type Info = ();
 
     async fn accept(&mut self) -> std::io::Result<Self::Io> {
         self.0.accept().await.map(|(stream, _)| stream)
     }
 
-    fn admit(&self, io: Self::Io) -> impl Future<Output = Option<Self::Io>> + Send + 'static {
-        std::future::ready(Some(io))
+    fn admit(&self, io: Self::Io) -> impl Future<Output = Option<(Self::Io, ())>> + Send + 'static {
+        std::future::ready(Some((io, ())))
     }
 }
 
@@ -100,7 +104,8 @@ pub async fn serve<I: Incoming>(mut incoming: I, router: axum::Router, limits: L
         let router = router.clone();
         connections.spawn(async move {
             let _slot = slot;
-            let Some(io) = admit.await else { return };
+            let Some((io, info)) = admit.await else { return };
+            let router = router.layer(axum::Extension(axum::extract::ConnectInfo(info)));
             serve_one(io, router, limits).await;
         });
     }

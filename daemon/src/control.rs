@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use axum::extract::{Path as UrlPath, Query, State as AxumState};
+use axum::extract::{ConnectInfo, Path as UrlPath, Query, State as AxumState};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::model::{AuditRecord, Delivery, State, from_millis};
+use crate::model::{Actor, AuditRecord, Delivery, State, from_millis};
 use crate::operations::{OperationError, Selection};
 use crate::reconcile::Summary;
 use crate::scheduler::Control;
@@ -61,6 +61,9 @@ pub struct LogParams {
     /// Comma-separated event names.
     pub events: Option<String>,
     pub delivery: Option<String>,
+    /// Actions by this actor (user name, signal, `systemd`; `*` matches any characters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
     pub since: Option<String>,
     pub until: Option<String>,
 }
@@ -106,6 +109,13 @@ impl StateIdentity {
     }
 }
 
+/// What `GET /v1/audit/verify` answers: the log is intact, or where it breaks.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct VerifyView {
+    pub verified: Option<crate::audit_chain::Verified>,
+    pub broken: Option<crate::audit_chain::Break>,
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 pub struct CountView {
     pub count: usize,
@@ -116,9 +126,28 @@ pub struct ErrorView {
     pub error: String,
 }
 
-/// Reloads the config on request (SIGHUP or the control API).
+/// Reloads the config on request (SIGHUP or the control API), on behalf
+/// of `actor`, for `reason`.
 pub trait Reloader: Send + Sync {
-    fn reload(&self) -> std::pin::Pin<Box<dyn Future<Output = ReloadView> + Send + '_>>;
+    fn reload(
+        &self,
+        actor: Actor,
+        reason: Option<String>,
+    ) -> std::pin::Pin<Box<dyn Future<Output = ReloadView> + Send + '_>>;
+}
+
+/// The peer of a control-socket connection, from its credentials
+/// (SO_PEERCRED): who is asking.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub uid: Option<u32>,
+}
+
+impl Peer {
+    /// The actor of an operation this peer asked for.
+    fn actor(&self) -> Option<Actor> {
+        self.uid.map(|uid| Actor::user("control_socket", uid))
+    }
 }
 
 #[derive(Clone)]
@@ -167,6 +196,7 @@ fn router(ctx: Ctx) -> Router {
         .route("/v1/retry", post(retry))
         .route("/v1/cancel", post(cancel))
         .route("/v1/reload", post(reload))
+        .route("/v1/audit/verify", get(verify))
         .with_state(ctx)
 }
 
@@ -199,7 +229,7 @@ pub fn status_view(
     tz: chrono_tz::Tz,
     failed: usize,
 ) -> Result<StatusView, crate::store::StoreError> {
-    let next = next_due(store, chrono::Utc::now())?;
+    let next = next_due(store, crate::clock::now())?;
     let counts = store.counts()?;
     let in_flight = counts.get(&State::InFlight).copied().unwrap_or(0) as usize;
     // From the index of failed deliveries: as many as asked for, whatever the history.
@@ -403,10 +433,7 @@ async fn log(
     Ok(Json(page))
 }
 
-async fn content(
-    AxumState(ctx): AxumState<Ctx>,
-    UrlPath(hash): UrlPath<String>,
-) -> ApiResult<herald_adapters::Rendered> {
+async fn content(AxumState(ctx): AxumState<Ctx>, UrlPath(hash): UrlPath<String>) -> ApiResult<crate::model::Content> {
     match crate::store::content_by_prefix(ctx.store.as_ref(), &hash)? {
         Ok(rendered) => Ok(Json(rendered)),
         Err(message) => Err(ApiError(StatusCode::NOT_FOUND, message)),
@@ -424,16 +451,60 @@ async fn operation(
     Ok(Json(CountView { count }))
 }
 
-async fn retry(AxumState(ctx): AxumState<Ctx>, Json(selection): Json<Selection>) -> ApiResult<CountView> {
+async fn retry(
+    AxumState(ctx): AxumState<Ctx>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    Json(mut selection): Json<Selection>,
+) -> ApiResult<CountView> {
+    selection.actor = peer.actor();
     operation(&ctx, |tx| Control::Retry(selection, tx)).await
 }
 
-async fn cancel(AxumState(ctx): AxumState<Ctx>, Json(selection): Json<Selection>) -> ApiResult<CountView> {
+async fn cancel(
+    AxumState(ctx): AxumState<Ctx>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    Json(mut selection): Json<Selection>,
+) -> ApiResult<CountView> {
+    selection.actor = peer.actor();
     operation(&ctx, |tx| Control::Cancel(selection, tx)).await
 }
 
-async fn reload(AxumState(ctx): AxumState<Ctx>) -> Json<ReloadView> {
-    Json(ctx.reloader.reload().await)
+/// The operator's reason for a reload (`herald reload --reason`).
+#[derive(Deserialize)]
+struct ReasonParam {
+    reason: Option<String>,
+}
+
+async fn reload(
+    AxumState(ctx): AxumState<Ctx>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    Query(param): Query<ReasonParam>,
+) -> Json<ReloadView> {
+    let actor =
+        peer.actor().unwrap_or_else(|| Actor { via: "control_socket".into(), name: "unknown".into(), uid: None });
+    Json(ctx.reloader.reload(actor, param.reason).await)
+}
+
+#[derive(Deserialize)]
+struct HeadParam {
+    head: Option<String>,
+}
+
+/// Verify the store's whole audit chain, off the async workers.
+async fn verify(AxumState(ctx): AxumState<Ctx>, Query(param): Query<HeadParam>) -> ApiResult<VerifyView> {
+    let head = param
+        .head
+        .map(|h| crate::audit_chain::parse_head(&h))
+        .transpose()
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))?;
+    let store = Arc::clone(&ctx.store);
+    let outcome = tokio::task::spawn_blocking(move || crate::audit_chain::verify_store(store.as_ref(), head))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    Ok(Json(match outcome {
+        Ok(verified) => VerifyView { verified: Some(verified), broken: None },
+        Err(broken) => VerifyView { verified: None, broken: Some(broken) },
+    }))
 }
 
 impl LogParams {
@@ -462,6 +533,7 @@ impl LogParams {
             post: self.post.clone(),
             account: self.account.clone(),
             platform: self.platform.clone(),
+            actor: self.actor.clone(),
             events,
             delivery,
             since: time(&self.since, "since")?,
@@ -537,12 +609,13 @@ fn member_of(uid: u32, gid: u32, target: u32) -> Result<bool, GroupLookupError> 
 
 impl crate::connections::Incoming for Authorized {
     type Io = UnixStream;
+    type Info = Peer;
 
     async fn accept(&mut self) -> std::io::Result<UnixStream> {
         self.inner.accept().await.map(|(stream, _)| stream)
     }
 
-    fn admit(&self, stream: UnixStream) -> impl Future<Output = Option<UnixStream>> + Send + 'static {
+    fn admit(&self, stream: UnixStream) -> impl Future<Output = Option<(UnixStream, Peer)>> + Send + 'static {
         let peers = Arc::clone(&self.peers);
         async move {
             let cred = match stream.peer_cred() {
@@ -553,7 +626,7 @@ impl crate::connections::Incoming for Authorized {
                 }
             };
             if peers.allows(cred.uid(), cred.gid()).await {
-                Some(stream)
+                Some((stream, Peer { uid: Some(cred.uid()) }))
             } else {
                 tracing::warn!(
                     uid = cred.uid(),

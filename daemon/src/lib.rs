@@ -7,6 +7,8 @@
 //! adapters (`herald-adapters`) -> audit log (in the store).
 
 pub mod alerts;
+pub mod anchor;
+pub mod audit_chain;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -187,10 +187,21 @@ pub enum Event {
     /// An account's credentials expire soon; an alert was sent. An account
     /// record: no delivery, no state.
     CredentialsExpiring,
+    /// The hash chain starts here, on a store written before it existed:
+    /// `prev_hash` is the digest of every earlier record (see `audit_chain`).
+    ChainStarted,
+    /// A config was applied (at start or on a reload): which files, their
+    /// digests, and what changed.
+    ConfigApplied,
+    /// A reload was refused: the running config stays; the errors are kept.
+    ConfigRefused,
+    /// The head of the chain (sequence number and hash) was published outside
+    /// the host (the journal, the alert webhook or command).
+    AuditHead,
 }
 
 impl Event {
-    pub const ALL: [Event; 14] = [
+    pub const ALL: [Event; 18] = [
         Event::Scheduled,
         Event::Attempt,
         Event::Delivered,
@@ -205,6 +216,10 @@ impl Event {
         Event::CredentialsRefreshed,
         Event::Alerted,
         Event::CredentialsExpiring,
+        Event::ChainStarted,
+        Event::ConfigApplied,
+        Event::ConfigRefused,
+        Event::AuditHead,
     ];
 
     pub fn name(self) -> &'static str {
@@ -223,6 +238,10 @@ impl Event {
             Event::CredentialsRefreshed => "credentials_refreshed",
             Event::Alerted => "alerted",
             Event::CredentialsExpiring => "credentials_expiring",
+            Event::ChainStarted => "chain_started",
+            Event::ConfigApplied => "config_applied",
+            Event::ConfigRefused => "config_refused",
+            Event::AuditHead => "audit_head",
         }
     }
 
@@ -237,7 +256,139 @@ impl fmt::Display for Event {
     }
 }
 
-/// One append-only audit record: a state change of one delivery.
+/// Who made a change: a person through the control socket or the store,
+/// a signal, or the start of the daemon. Records herald writes on its own
+/// (attempts, retries) have none.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Actor {
+    /// How the action reached herald: `control_socket` (the peer's
+    /// credentials), `store` (the CLI opened the store of a stopped daemon:
+    /// the CLI's own user), `signal`, or `start`.
+    pub via: String,
+    /// The Unix user name, the signal (`SIGHUP`) or what started herald
+    /// (`systemd`, or `herald run` when not under a service manager).
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+}
+
+impl Actor {
+    /// A Unix user, by uid, named from the password database when it can be read.
+    pub fn user(via: &str, uid: u32) -> Actor {
+        Actor { via: via.to_string(), name: user_name(uid).unwrap_or_else(|| format!("uid {uid}")), uid: Some(uid) }
+    }
+
+    /// The user running this process.
+    pub fn current_user(via: &str) -> Actor {
+        Actor::user(via, rustix::process::getuid().as_raw())
+    }
+
+    pub fn signal(name: &str) -> Actor {
+        Actor { via: "signal".into(), name: name.to_string(), uid: None }
+    }
+
+    /// The start of the daemon: by systemd when it set `$NOTIFY_SOCKET` or
+    /// `$INVOCATION_ID`, else by whoever ran `herald run`.
+    pub fn start() -> Actor {
+        let managed = std::env::var_os("INVOCATION_ID").is_some() || std::env::var_os("NOTIFY_SOCKET").is_some();
+        let name = if managed { "systemd".to_string() } else { "herald run".to_string() };
+        Actor { via: "start".into(), name, uid: Some(rustix::process::getuid().as_raw()) }
+    }
+}
+
+impl fmt::Display for Actor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.uid {
+            Some(uid) if self.via != "start" => write!(f, "{} (uid {uid})", self.name),
+            _ => write!(f, "{} ({})", self.name, self.via),
+        }
+    }
+}
+
+/// The name of a uid in /etc/passwd.
+fn user_name(uid: u32) -> Option<String> {
+    let text = std::fs::read_to_string("/etc/passwd").ok()?;
+    text.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        let name = fields.next()?;
+        (fields.nth(1)?.parse::<u32>().ok()? == uid).then(|| name.to_string())
+    })
+}
+
+/// One file of an applied config and the SHA-256 of its bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileDigest {
+    pub path: String,
+    pub sha256: String,
+}
+
+impl FileDigest {
+    pub fn of(path: &std::path::Path, bytes: &[u8]) -> FileDigest {
+        FileDigest { path: path.display().to_string(), sha256: hex::encode(Sha256::digest(bytes)) }
+    }
+}
+
+/// The exact content of deliveries, as stored under its content hash: what
+/// the platform receives, and the SHA-256 of each image file's bytes when
+/// it was rendered (the hash covers them, so two deliveries with the same
+/// content hash sent the same pictures).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Content {
+    #[serde(flatten)]
+    pub rendered: herald_adapters::Rendered,
+    /// One per entry of `images`, in the same order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_sha256: Vec<FileDigest>,
+}
+
+impl Content {
+    /// The content of `rendered`, reading its image files, and its hash: the
+    /// SHA-256 of the rendered JSON followed, for each image, by a newline,
+    /// its path, a newline and the hex SHA-256 of its bytes; the first 16
+    /// bytes, in hex. Without images it is the hash of the JSON alone, as
+    /// before images were hashed by their bytes.
+    pub fn of(rendered: herald_adapters::Rendered) -> (String, Content) {
+        let image_sha256: Vec<FileDigest> = rendered
+            .images
+            .iter()
+            .map(|path| match std::fs::read(path) {
+                Ok(bytes) => FileDigest::of(std::path::Path::new(path), &bytes),
+                // Publishing fails on it too, and says why.
+                Err(e) => FileDigest { path: path.clone(), sha256: format!("unreadable: {}", e.kind()) },
+            })
+            .collect();
+        let mut h = Sha256::new();
+        h.update(serde_json::to_vec(&rendered).unwrap_or_default());
+        for image in &image_sha256 {
+            h.update(b"\n");
+            h.update(image.path.as_bytes());
+            h.update(b"\n");
+            h.update(image.sha256.as_bytes());
+        }
+        let hash = hex::encode(&h.finalize()[..16]);
+        (hash, Content { rendered, image_sha256 })
+    }
+}
+
+/// What a `config_applied` or `config_refused` record says about the config.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigNote {
+    /// Every file that made up the config, in the order it was read.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<FileDigest>,
+    /// What changed (posts added, changed, removed; deliveries scheduled,
+    /// replaced, cancelled), as `herald reload` prints it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
+    /// Why a reload was refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+}
+
+/// One append-only audit record: a state change of one delivery, or a note
+/// about an account or herald itself. Field order is part of the format:
+/// the chain hashes the JSON as written (see `audit_chain`); new fields go
+/// before `prev_hash`, and are left out when empty.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditRecord {
     /// Strictly increasing, without gaps.
@@ -250,7 +401,9 @@ pub struct AuditRecord {
     pub delivery: DeliveryId,
     pub post: String,
     pub account: String,
-    pub platform: Platform,
+    /// None for records about herald itself (config, chain).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<Platform>,
     pub occurrence: DateTime<Utc>,
     pub attempt: u32,
     /// The platform's answer, for attempts that got one.
@@ -269,6 +422,18 @@ pub struct AuditRecord {
     pub next_due: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Who did it, for operator actions, reloads and starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<Actor>,
+    /// The config's files and changes, on `config_applied` / `config_refused`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<ConfigNote>,
+    /// The hash of the record before this one (hex SHA-256).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prev_hash: Option<String>,
+    /// SHA-256 (hex) of this record's JSON without `hash`; always the last field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash: Option<String>,
 }
 
 impl AuditRecord {
@@ -283,7 +448,7 @@ impl AuditRecord {
             delivery: DeliveryId([0; 16]),
             post: String::new(),
             account: account.to_string(),
-            platform,
+            platform: Some(platform),
             occurrence: time,
             attempt: 0,
             answer: PlatformAnswer::default(),
@@ -293,7 +458,41 @@ impl AuditRecord {
             content_hash: String::new(),
             next_due: None,
             reason: Some(reason),
+            actor: None,
+            config: None,
+            prev_hash: None,
+            hash: None,
         }
+    }
+
+    /// A record about herald itself (its config, its chain): no delivery,
+    /// account, platform or state.
+    pub fn about_herald(event: Event, time: DateTime<Utc>, reason: Option<String>) -> Self {
+        let mut record = AuditRecord::about_account("", Platform::Webhook, event, time, String::new());
+        record.platform = None;
+        record.reason = reason;
+        record
+    }
+
+    /// A `config_applied` (or, with errors, `config_refused`) record.
+    pub fn config(
+        time: DateTime<Utc>,
+        files: Vec<FileDigest>,
+        summary: Option<String>,
+        errors: Vec<String>,
+        actor: Actor,
+        reason: Option<String>,
+    ) -> Self {
+        let event = if errors.is_empty() { Event::ConfigApplied } else { Event::ConfigRefused };
+        let mut record = AuditRecord::about_herald(event, time, reason).by(Some(actor));
+        record.config = Some(ConfigNote { files, summary, errors });
+        record
+    }
+
+    /// This record, attributed to `actor`.
+    pub fn by(mut self, actor: Option<Actor>) -> Self {
+        self.actor = actor;
+        self
     }
 }
 
@@ -312,7 +511,7 @@ impl AuditRecord {
             delivery: delivery.id,
             post: delivery.post_id.clone(),
             account: delivery.account.clone(),
-            platform: delivery.platform,
+            platform: Some(delivery.platform),
             occurrence: from_millis(delivery.occurrence),
             attempt: delivery.attempt,
             answer: PlatformAnswer::default(),
@@ -322,6 +521,10 @@ impl AuditRecord {
             content_hash: delivery.content_hash.clone(),
             next_due: (delivery.state == State::Pending).then(|| from_millis(delivery.due)),
             reason: delivery.reason.clone(),
+            actor: None,
+            config: None,
+            prev_hash: None,
+            hash: None,
         }
     }
 }
@@ -340,6 +543,33 @@ mod tests {
         assert_ne!(DeliveryId::derive("ab", 0, "c"), DeliveryId::derive("a", 0, "bc"));
         assert_eq!(DeliveryId::parse(&a.to_string()), Some(a));
         assert_eq!(a.to_string().len(), 32);
+    }
+
+    #[test]
+    fn images_are_hashed_by_their_bytes_not_their_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("warning.png");
+        std::fs::write(&image, b"the first picture").unwrap();
+        let rendered = herald_adapters::Rendered {
+            title: None,
+            text: "Keep away from the river.".into(),
+            link: None,
+            images: vec![image.display().to_string()],
+        };
+        let (first, content) = Content::of(rendered.clone());
+        assert_eq!(content.image_sha256[0].sha256, hex::encode(Sha256::digest(b"the first picture")));
+        assert_eq!(content.image_sha256[0].path, image.display().to_string());
+        std::fs::write(&image, b"another picture, same name").unwrap();
+        let (second, _) = Content::of(rendered.clone());
+        assert_ne!(first, second, "the same path with other bytes is other content");
+        // Stored, it reads back whole, and as the rendering adapters know.
+        let json = serde_json::to_vec(&content).unwrap();
+        assert_eq!(serde_json::from_slice::<Content>(&json).unwrap(), content);
+        assert_eq!(serde_json::from_slice::<herald_adapters::Rendered>(&json).unwrap(), rendered);
+        // Without images the hash is what it was before images were read.
+        let plain = herald_adapters::Rendered { images: Vec::new(), ..rendered };
+        let before = hex::encode(&Sha256::digest(serde_json::to_vec(&plain).unwrap())[..16]);
+        assert_eq!(Content::of(plain).0, before);
     }
 
     #[test]

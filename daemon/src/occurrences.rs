@@ -8,10 +8,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use herald_adapters::{Platform, PostContent, Rendered};
-use sha2::{Digest, Sha256};
 
 use crate::config::{Account, Config, Misfire, Post};
-use crate::model::{AuditRecord, Delivery, DeliveryId, Event, Millis, State, from_millis, to_millis};
+use crate::model::{AuditRecord, Content, Delivery, DeliveryId, Event, Millis, State, from_millis, to_millis};
 use crate::store::{Changes, Planned, PostRecord, Result, Store};
 
 /// An occurrence handled within this long of its time is on time; later than
@@ -88,13 +87,18 @@ pub struct Renderer {
     post: Option<(String, String)>,
     /// Its content per platform, overrides applied.
     contents: Vec<(Platform, PostContent)>,
-    /// Its renderings so far, with their hashes.
-    seen: Vec<(Rendered, String)>,
+    /// Its renderings so far, with their hashes and image digests.
+    seen: Vec<(Content, String)>,
 }
 
 impl Renderer {
     /// What [`render`] answers, for one account of a post.
     pub fn render(&mut self, post: &Post, account: &Account) -> std::result::Result<(String, Rendered), String> {
+        self.render_content(post, account).map(|(hash, content)| (hash, content.rendered))
+    }
+
+    /// [`Renderer::render`], with the digests of the images it names.
+    pub fn render_content(&mut self, post: &Post, account: &Account) -> std::result::Result<(String, Content), String> {
         if self.post.as_ref().is_none_or(|(id, hash)| *id != post.id || *hash != post.hash) {
             self.post = Some((post.id.clone(), post.hash.clone()));
             self.contents.clear();
@@ -109,14 +113,14 @@ impl Renderer {
         };
         match account.adapter.render(&self.contents[index].1) {
             Ok(rendered) => {
-                if let Some((_, hash)) = self.seen.iter().find(|(r, _)| *r == rendered) {
-                    return Ok((hash.clone(), rendered));
+                if let Some((content, hash)) = self.seen.iter().find(|(c, _)| c.rendered == rendered) {
+                    return Ok((hash.clone(), content.clone()));
                 }
-                let hash = content_hash(&rendered);
+                let (hash, content) = Content::of(rendered);
                 if self.seen.len() < RENDERINGS_KEPT {
-                    self.seen.push((rendered.clone(), hash.clone()));
+                    self.seen.push((content.clone(), hash.clone()));
                 }
-                Ok((hash, rendered))
+                Ok((hash, content))
             }
             Err(problems) => {
                 let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
@@ -126,9 +130,9 @@ impl Renderer {
     }
 }
 
+/// The content hash of `rendered` (see [`Content::of`]: images by their bytes).
 pub fn content_hash(rendered: &Rendered) -> String {
-    let json = serde_json::to_vec(rendered).unwrap_or_default();
-    hex::encode(&Sha256::digest(&json)[..16])
+    Content::of(rendered.clone()).0
 }
 
 /// Collects the changes of one step, with the content it references.
@@ -175,18 +179,18 @@ impl<'a> Builder<'a> {
         self.changes.deliveries.push((delivery, record));
     }
 
-    fn remember_content(&mut self, hash: &str, rendered: Rendered) -> Result<()> {
+    fn remember_content(&mut self, hash: &str, content: Content) -> Result<()> {
         if self.contents.insert(hash.to_string()) && !self.store.has_content(hash)? {
-            self.changes.contents.push((hash.to_string(), rendered));
+            self.changes.contents.push((hash.to_string(), content));
         }
         Ok(())
     }
 
     /// The content hash for `post` on `account`, storing the content if new.
     pub fn content_for(&mut self, post: &Post, account: &Account) -> Result<std::result::Result<String, String>> {
-        match self.renderer.render(post, account) {
-            Ok((hash, rendered)) => {
-                self.remember_content(&hash, rendered)?;
+        match self.renderer.render_content(post, account) {
+            Ok((hash, content)) => {
+                self.remember_content(&hash, content)?;
                 Ok(Ok(hash))
             }
             Err(reason) => Ok(Err(reason)),
@@ -558,7 +562,7 @@ grace = "{grace}"
     fn cancelling_a_planned_post_records_it_and_nothing_goes_out_later() {
         let now = utc("2026-11-30T02:00:00Z");
         let (_dir, cfg, store) = setup("at = 2026-12-01T09:00:00+08:00", "latest", "1h", now);
-        let selection = crate::operations::Selection { delivery: None, post: Some("p".into()) };
+        let selection = crate::operations::Selection { post: Some("p".into()), ..Default::default() };
         assert_eq!(crate::operations::cancel(&store, &selection, now).unwrap(), 1);
         assert_eq!(pending_and_planned(&store), (0, 0));
         let d = &store.deliveries_of_post("p").unwrap()[0];

@@ -5,14 +5,31 @@
 use chrono::{DateTime, Utc};
 use herald_adapters::Platform;
 
-use crate::model::{AuditRecord, Delivery, DeliveryId, Event, State, to_millis};
+use crate::model::{Actor, AuditRecord, Delivery, DeliveryId, Event, State, to_millis};
 use crate::store::{Changes, Planned, Store, StoreError};
 
-/// Which deliveries an operation applies to.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+/// Which deliveries an operation applies to, who asks, and why.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Selection {
     pub delivery: Option<String>,
     pub post: Option<String>,
+    /// The operator's `--reason`, kept in each audit record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Who asks: never taken from the request, set by whoever knows (the
+    /// control socket from the peer's credentials, the CLI from its own user).
+    #[serde(skip)]
+    pub actor: Option<Actor>,
+}
+
+impl Selection {
+    /// What the records say: the operation, and the operator's reason if given.
+    fn because(&self, what: &str) -> String {
+        match self.reason.as_deref().map(str::trim).filter(|r| !r.is_empty()) {
+            Some(reason) => format!("{what}: {reason}"),
+            None => what.to_string(),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -54,14 +71,14 @@ fn change(
     store: &dyn Store,
     mut changes: Changes,
     deliveries: Vec<Delivery>,
-    event: Event,
+    (event, actor): (Event, &Option<Actor>),
     now: DateTime<Utc>,
     apply: impl Fn(&mut Delivery),
 ) -> Result<usize, OperationError> {
     for mut d in deliveries {
         apply(&mut d);
         d.updated = to_millis(now);
-        let record = AuditRecord::of(&d, event, now);
+        let record = AuditRecord::of(&d, event, now).by(actor.clone());
         changes.deliveries.push((d, record));
     }
     let n = changes.deliveries.len();
@@ -74,11 +91,12 @@ fn change(
 /// attempts count from 1 again. Returns how many.
 pub fn retry(store: &dyn Store, selection: &Selection, now: DateTime<Utc>) -> Result<usize, OperationError> {
     let chosen = select(store, selection, &[State::Failed, State::Skipped])?;
-    change(store, Changes::default(), chosen, Event::Requeued, now, |d| {
+    let reason = selection.because("requeued by `herald retry`") + "; attempts count from 1 again";
+    change(store, Changes::default(), chosen, (Event::Requeued, &selection.actor), now, |d| {
         d.state = State::Pending;
         d.due = to_millis(now);
         d.attempt = 0;
-        d.reason = Some("requeued by `herald retry`; attempts count from 1 again".into());
+        d.reason = Some(reason.clone());
     })
 }
 
@@ -91,9 +109,10 @@ pub fn cancel(store: &dyn Store, selection: &Selection, now: DateTime<Utc>) -> R
         Err(OperationError::NoSuchDelivery(_)) if !planned.deliveries.is_empty() => Vec::new(),
         other => other?,
     };
-    change(store, planned, chosen, Event::Cancelled, now, |d| {
+    let reason = selection.because("cancelled by `herald cancel`");
+    change(store, planned, chosen, (Event::Cancelled, &selection.actor), now, |d| {
         d.state = State::Cancelled;
-        d.reason = Some("cancelled by `herald cancel`".into());
+        d.reason = Some(reason.clone());
     })
 }
 
@@ -129,8 +148,8 @@ fn cancel_planned(store: &dyn Store, selection: &Selection, now: DateTime<Utc>) 
         for (account, platform) in &chosen {
             let mut d = Delivery::new(&post, plan.occurrence, account, *platform, now_ms);
             d.state = State::Cancelled;
-            d.reason = Some("cancelled by `herald cancel` while planned, before it was created".into());
-            let record = AuditRecord::of(&d, Event::Cancelled, now);
+            d.reason = Some(selection.because("cancelled by `herald cancel` while planned, before it was created"));
+            let record = AuditRecord::of(&d, Event::Cancelled, now).by(selection.actor.clone());
             changes.deliveries.push((d, record));
         }
         plan.targets.retain(|target| !chosen.contains(target));

@@ -298,7 +298,7 @@ url = "http://127.0.0.1:9/xian"
         let wuhan = store.delivery(DeliveryId::derive("p", occurrence, "wuhan")).unwrap().unwrap();
         let xian = store.delivery(DeliveryId::derive("p", occurrence, "xian")).unwrap().unwrap();
         assert_eq!(wuhan.state, State::Pending);
-        assert_eq!(store.content(&wuhan.content_hash).unwrap().unwrap().text, "new text");
+        assert_eq!(store.content(&wuhan.content_hash).unwrap().unwrap().rendered.text, "new text");
         assert_eq!(xian.state, State::Cancelled);
         assert!(xian.reason.unwrap().contains("no longer targets"));
     }
@@ -347,7 +347,7 @@ url = "http://127.0.0.1:9/xian"
                 .into_iter()
                 .map(|k| {
                     let d = store.delivery(k.id).unwrap().unwrap();
-                    (d.post_id, d.due, store.content(&d.content_hash).unwrap().unwrap().text)
+                    (d.post_id, d.due, store.content(&d.content_hash).unwrap().unwrap().rendered.text)
                 })
                 .collect();
             keys.sort();
@@ -401,7 +401,7 @@ url = "http://127.0.0.1:9/xian"
         reconcile(&store, &cfg, now).unwrap();
         let occurrence = crate::model::to_millis(utc("2026-12-03T01:00:00Z"));
         let xian = DeliveryId::derive("p", occurrence, "xian");
-        let selection = crate::operations::Selection { delivery: Some(xian.to_string()), post: None };
+        let selection = crate::operations::Selection { delivery: Some(xian.to_string()), ..Default::default() };
         assert_eq!(crate::operations::cancel(&store, &selection, now).unwrap(), 1);
         assert_eq!(store.planned_deliveries().unwrap(), 1);
 
@@ -418,7 +418,7 @@ url = "http://127.0.0.1:9/xian"
         reconcile(&store, &cfg, now).unwrap();
         let xian = store.delivery(xian).unwrap().unwrap();
         assert_eq!((xian.state, xian.due), (State::Pending, occurrence));
-        assert_eq!(store.content(&xian.content_hash).unwrap().unwrap().text, "new text");
+        assert_eq!(store.content(&xian.content_hash).unwrap().unwrap().rendered.text, "new text");
         assert_eq!(store.deliveries_of_post("p").unwrap().len(), 2, "the occurrence was created with it");
         assert_eq!(store.planned_deliveries().unwrap(), 0);
     }

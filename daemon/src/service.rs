@@ -9,10 +9,12 @@ use std::sync::Arc;
 use anyhow::Context;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::anchor::Anchor;
 use crate::config::{self, Config};
 use crate::control::{self, ControlServer, ReloadView, Reloader};
 use crate::credentials::StoreCache;
 use crate::metrics::Metrics;
+use crate::model::{Actor, AuditRecord};
 use crate::notify::Notifier;
 use crate::reconcile::Summary;
 use crate::scheduler::{Control, Scheduler};
@@ -28,6 +30,8 @@ pub struct Daemon {
     notifier: Arc<Notifier>,
     _control_server: ControlServer,
     metrics_server: Option<tokio::task::JoinHandle<()>>,
+    anchor: Arc<Anchor>,
+    anchor_task: tokio::task::JoinHandle<()>,
 }
 
 /// Reloads the config file and hands a valid one to the scheduler.
@@ -36,6 +40,7 @@ pub struct FileReloader {
     store: Arc<dyn Store>,
     control: mpsc::Sender<Control>,
     notifier: Arc<Notifier>,
+    anchor: Arc<Anchor>,
 }
 
 impl FileReloader {
@@ -50,18 +55,21 @@ impl FileReloader {
         Ok(rx.await.map_err(|_| anyhow::anyhow!("the scheduler has stopped"))??)
     }
 
-    /// Read, check and apply the config file; log what happened.
-    pub async fn reload_file(&self) -> ReloadView {
+    /// Read, check and apply the config file on behalf of `actor`; log
+    /// what happened.
+    pub async fn reload_file(&self, actor: Actor, reason: Option<String>) -> ReloadView {
         self.notifier.reloading();
-        tracing::info!(config = %self.path.display(), "reloading the config");
+        tracing::info!(config = %self.path.display(), %actor, reason = reason.as_deref().unwrap_or(""), "reloading the config");
         let outcome = config::load(&self.path);
+        let files = outcome.files.clone();
         let view = match outcome.config {
-            Some(config) => match self.apply(config).await {
-                Ok(summary) => {
+            Some(config) => match (config.alerts.clone(), self.apply(config).await) {
+                (alerts, Ok(summary)) => {
+                    self.anchor.configure(alerts.as_ref());
                     tracing::info!(%summary, "config reloaded");
                     ReloadView { applied: true, summary: Some(summary), errors: Vec::new() }
                 }
-                Err(e) => {
+                (_, Err(e)) => {
                     tracing::error!(error = %format!("{e:#}"), "reload failed; the running config stays");
                     ReloadView { applied: false, summary: None, errors: vec![format!("{e:#}")] }
                 }
@@ -75,14 +83,28 @@ impl FileReloader {
                 ReloadView { applied: false, summary: None, errors }
             }
         };
+        let summary = view.summary.as_ref().map(ToString::to_string);
+        let note = AuditRecord::config(crate::clock::now(), files, summary, view.errors.clone(), actor, reason);
+        let store = Arc::clone(&self.store);
+        let written = tokio::task::spawn_blocking(move || write_note(store.as_ref(), note)).await;
+        if let Err(e) = written.map_err(anyhow::Error::from).and_then(|r| r) {
+            tracing::error!(error = %format!("{e:#}"), "could not record the reload in the audit log");
+        }
+        if let Err(e) = self.anchor.publish("reload").await {
+            tracing::error!(error = %format!("{e:#}"), "could not publish the audit head");
+        }
         self.notifier.ready();
         view
     }
 }
 
 impl Reloader for FileReloader {
-    fn reload(&self) -> std::pin::Pin<Box<dyn Future<Output = ReloadView> + Send + '_>> {
-        Box::pin(self.reload_file())
+    fn reload(
+        &self,
+        actor: Actor,
+        reason: Option<String>,
+    ) -> std::pin::Pin<Box<dyn Future<Output = ReloadView> + Send + '_>> {
+        Box::pin(self.reload_file(actor, reason))
     }
 }
 
@@ -102,12 +124,17 @@ impl Daemon {
         let now = crate::clock::now();
         let recovered = scheduler.recover(now).context("recovering deliveries that were in flight")?;
         let summary = scheduler.reconcile(Arc::clone(&config), now).context("applying the config to the store")?;
+        let note =
+            AuditRecord::config(now, config.files.clone(), Some(summary.to_string()), Vec::new(), Actor::start(), None);
+        write_note(shared.as_ref(), note).context("recording the config in the audit log")?;
         let (control, rx) = mpsc::channel(8);
+        let anchor = Arc::new(Anchor::new(Arc::clone(&shared), config.alerts.as_ref()));
         let reloader = Arc::new(FileReloader {
             path: config.path.clone(),
             store: Arc::clone(&shared),
             control: control.clone(),
             notifier: Arc::clone(&notifier),
+            anchor: Arc::clone(&anchor),
         });
         let socket = config.daemon.socket_path();
         let control_server = control::serve(
@@ -124,6 +151,7 @@ impl Daemon {
             None => None,
         };
         let task = tokio::spawn(scheduler.run(rx));
+        let anchor_task = anchor.run(config.daemon.audit_head_interval);
         tracing::info!(recovered, %summary, state_dir = %dir.display(), socket = %socket.display(), "herald is ready");
         notifier.ready();
         Ok(Daemon {
@@ -135,6 +163,8 @@ impl Daemon {
             notifier,
             _control_server: control_server,
             metrics_server,
+            anchor,
+            anchor_task,
         })
     }
 
@@ -150,7 +180,10 @@ impl Daemon {
         if let Some(server) = &self.metrics_server {
             server.abort();
         }
+        self.anchor_task.abort();
         self.task.await.context("the scheduler task failed")??;
+        // The last head, once nothing else writes.
+        self.anchor.publish("stop").await.context("publishing the audit head at stop")?;
         Ok(())
     }
 
@@ -158,6 +191,13 @@ impl Daemon {
     pub fn is_finished(&self) -> bool {
         self.task.is_finished()
     }
+}
+
+/// Append one audit record that changes no delivery, durably.
+fn write_note(store: &dyn Store, note: AuditRecord) -> anyhow::Result<()> {
+    store.apply(crate::store::Changes { notes: vec![note], ..Default::default() })?;
+    store.flush()?;
+    Ok(())
 }
 
 fn serve_metrics(
@@ -244,7 +284,7 @@ async fn wait_for_signals(daemon: &Daemon) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             _ = hangup.recv() => {
-                daemon.reloader.reload_file().await;
+                daemon.reloader.reload_file(Actor::signal("SIGHUP"), None).await;
             }
             _ = terminate.recv() => return Ok(()),
             _ = interrupt.recv() => return Ok(()),

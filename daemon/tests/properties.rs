@@ -599,7 +599,8 @@ mod reconcile {
             .unwrap()
             .into_iter()
             .map(|d| {
-                let content = store.content(&d.content_hash).unwrap().expect("the content of a pending delivery");
+                let content =
+                    store.content(&d.content_hash).unwrap().expect("the content of a pending delivery").rendered;
                 (d.id.to_string(), d.post_id, d.account, d.occurrence, d.due, d.attempt, content.title, content.text)
             })
             .collect();
@@ -908,9 +909,9 @@ at = "{}"
                         if !ids.is_empty() {
                             let d = index.get(&ids);
                             let selection = if *by_post {
-                                Selection { delivery: None, post: Some(d.post_id.clone()) }
+                                Selection { post: Some(d.post_id.clone()), ..Selection::default() }
                             } else {
-                                Selection { delivery: Some(d.id.to_string()), post: None }
+                                Selection { delivery: Some(d.id.to_string()), ..Selection::default() }
                             };
                             // Refusals (wrong state) are fine; what matters is what changed.
                             let _ = if matches!(op, Op::Retry(..)) {

@@ -164,8 +164,8 @@ pub fn cancel(source: &Source, selection: Selection) -> anyhow::Result<ExitCode>
     }
 }
 
-pub fn reload(source: &Source) -> anyhow::Result<ExitCode> {
-    let view = source.reload()?;
+pub fn reload(source: &Source, reason: Option<&str>) -> anyhow::Result<ExitCode> {
+    let view = source.reload(reason)?;
     if view.applied {
         match view.summary {
             Some(summary) => println!("config reloaded: {summary}"),

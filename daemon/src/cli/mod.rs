@@ -1,5 +1,6 @@
 //! The `herald` command line: argument parsing and the commands.
 
+mod audit;
 mod check;
 mod filters;
 mod inspect;
@@ -103,6 +104,9 @@ enum Command {
         /// Only one delivery.
         #[arg(long)]
         delivery: Option<String>,
+        /// Only actions by this actor: a user name, a signal (SIGHUP) or `systemd` (`*` matches any characters).
+        #[arg(long, value_name = "NAME")]
+        actor: Option<String>,
         /// From this time on: RFC 3339, a date such as 2026-03-01 (midnight UTC), `today`,
         /// `yesterday`, `now`, or a time ago such as `-2h` or `2 days ago`.
         #[arg(long, allow_hyphen_values = true)]
@@ -126,6 +130,9 @@ enum Command {
         /// Every failed delivery of this post.
         #[arg(long, conflicts_with = "delivery")]
         post: Option<String>,
+        /// Why: kept in the audit record with your user name.
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
     },
     /// List every delivery due next, in order: pending ones and planned ones.
     ///
@@ -148,6 +155,9 @@ enum Command {
     Reload {
         #[command(flatten)]
         state: StateArgs,
+        /// Why: kept in the `config_applied` record with your user name.
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
     },
     /// Cancel a pending or planned delivery, or every one of a post.
     ///
@@ -164,6 +174,9 @@ enum Command {
         /// Every pending delivery of this post.
         #[arg(long, conflicts_with = "delivery")]
         post: Option<String>,
+        /// Why: kept in the audit record with your user name.
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
     },
     /// herald's job end to end on local emulators, in about ten seconds.
     ///
@@ -174,6 +187,32 @@ enum Command {
     /// twice and the WeChat token expires: herald waits, retries and refreshes. Nothing leaves the
     /// machine. Builds without the `demo` feature (the installed binary) do not have it.
     Demo,
+    /// Check the audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the audit log's hash chain: exit 0 when intact, 2 naming the first
+    /// bad sequence number and what is wrong (altered, missing, inserted, reordered).
+    Verify {
+        #[command(flatten)]
+        state: StateArgs,
+        /// Verify this export of `herald log --format json` instead of the store
+        /// (needs neither the store nor the config).
+        #[arg(long, value_name = "EXPORT")]
+        file: Option<PathBuf>,
+        /// With --file: the export is a range; HASH is the hash of the record before its first.
+        #[arg(long, value_name = "HASH", requires = "file")]
+        prev: Option<String>,
+        /// Also prove the log still extends this head, as published earlier
+        /// (journal, alert): SEQ:HASH.
+        #[arg(long, value_name = "SEQ:HASH")]
+        head: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -258,7 +297,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             check::run(&config.config, upcoming, format, probe, credentials_dir)
         }
         Command::Status { state, failed } => inspect::status(&state.source()?, failed),
-        Command::Log { state, post, account, platform, events, delivery, since, until, format, content } => {
+        Command::Log { state, post, account, platform, events, delivery, actor, since, until, format, content } => {
             let source = state.source()?;
             if let Some(hash) = content {
                 return inspect::content(&source, &hash);
@@ -268,7 +307,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             let until = until.map(|t| filters::instant("until", &t, now)).transpose().map_err(anyhow::Error::msg)?;
             let events = filters::events(&events).map_err(anyhow::Error::msg)?;
             let events = (!events.is_empty()).then(|| events.join(","));
-            let params = crate::control::LogParams { post, account, platform, events, delivery, since, until };
+            let params = crate::control::LogParams { post, account, platform, events, delivery, actor, since, until };
             inspect::log(&source, &params, format)
         }
         Command::Upcoming { state, limit, until } => {
@@ -276,13 +315,17 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             let until = until.map(|t| filters::ahead("until", &t, chrono::Utc::now())).transpose();
             inspect::upcoming(&state.source()?, limit, until.map_err(anyhow::Error::msg)?, &state.config, tz)
         }
-        Command::Reload { state } => inspect::reload(&state.source()?),
-        Command::Retry { state, delivery, post } => {
-            inspect::retry(&state.source()?, crate::operations::Selection { delivery, post })
+        Command::Reload { state, reason } => inspect::reload(&state.source()?, reason.as_deref()),
+        Command::Retry { state, delivery, post, reason } => {
+            inspect::retry(&state.source()?, crate::operations::Selection { delivery, post, reason, actor: None })
         }
-        Command::Cancel { state, delivery, post } => {
-            inspect::cancel(&state.source()?, crate::operations::Selection { delivery, post })
+        Command::Cancel { state, delivery, post, reason } => {
+            inspect::cancel(&state.source()?, crate::operations::Selection { delivery, post, reason, actor: None })
         }
+        Command::Audit { command: AuditCommand::Verify { state, file, prev, head } } => match file {
+            Some(file) => audit::verify_file(&file, prev.as_deref(), head.as_deref()),
+            None => audit::verify_store(&state.source()?, head.as_deref()),
+        },
         #[cfg(feature = "demo")]
         Command::Demo => {
             logging::init(None, "info,herald_sandbox=warn");

@@ -4,11 +4,12 @@ use std::io::Write;
 
 use crate::model::AuditRecord;
 
-const COLUMNS: [&str; 14] = [
+const COLUMNS: [&str; N] = [
     "seq",
     "time",
     "event",
     "state",
+    "delivery",
     "post",
     "account",
     "platform",
@@ -18,8 +19,10 @@ const COLUMNS: [&str; 14] = [
     "latency_ms",
     "url",
     "content",
+    "actor",
     "detail",
 ];
+const N: usize = 16;
 
 fn answer(r: &AuditRecord) -> String {
     let mut parts = Vec::new();
@@ -52,24 +55,34 @@ fn detail(r: &AuditRecord) -> String {
     {
         parts.push(format!("next attempt {}", next.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)));
     }
+    if let Some(config) = &r.config {
+        parts.extend(config.summary.clone());
+        parts.extend(config.errors.iter().cloned());
+        parts.extend(config.files.iter().map(|f| format!("{} sha256 {}", f.path, f.sha256)));
+    }
     parts.join("; ")
 }
 
-fn row(r: &AuditRecord) -> [String; 14] {
+fn row(r: &AuditRecord) -> [String; N] {
+    // Records about an account or herald itself name no delivery (all zeros).
+    let delivery = if r.delivery.0 == [0; 16] { String::new() } else { r.delivery.to_string() };
+    let about_delivery = !delivery.is_empty();
     [
         r.seq.to_string(),
         r.time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         r.event.to_string(),
         r.state.map(|s| s.to_string()).unwrap_or_default(),
+        delivery,
         r.post.clone(),
         r.account.clone(),
-        r.platform.to_string(),
-        r.occurrence.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        r.platform.map(|p| p.to_string()).unwrap_or_default(),
+        if about_delivery { r.occurrence.to_rfc3339_opts(chrono::SecondsFormat::Secs, true) } else { String::new() },
         r.attempt.to_string(),
         answer(r),
         r.latency_ms.map(|l| l.to_string()).unwrap_or_default(),
         r.url.clone().unwrap_or_default(),
         r.content_hash.clone(),
+        r.actor.as_ref().map(ToString::to_string).unwrap_or_default(),
         detail(r),
     ]
 }
@@ -97,10 +110,10 @@ pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
 /// A readable table; the last column (detail) is not padded. Cells are
 /// [`printable`]: an answer cannot drive the terminal.
 pub fn table(records: &[AuditRecord], out: &mut impl Write) -> std::io::Result<()> {
-    // Columns shown in the table (content hash and occurrence are in JSON/CSV).
-    let shown = [0usize, 1, 2, 4, 5, 6, 8, 9, 10, 11, 13];
-    let rows: Vec<[String; 14]> = records.iter().map(|r| row(r).map(|cell| printable(&cell).into_owned())).collect();
-    let mut widths = [0usize; 14];
+    // Columns shown in the table (the state is in JSON/CSV; the event says it).
+    let shown = [0usize, 1, 2, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15];
+    let rows: Vec<[String; N]> = records.iter().map(|r| row(r).map(|cell| printable(&cell).into_owned())).collect();
+    let mut widths = [0usize; N];
     for (i, name) in COLUMNS.iter().enumerate() {
         widths[i] = name.len();
     }
@@ -109,7 +122,7 @@ pub fn table(records: &[AuditRecord], out: &mut impl Write) -> std::io::Result<(
             widths[i] = widths[i].max(cell.chars().count());
         }
     }
-    let line = |cells: &[String; 14], out: &mut dyn Write| -> std::io::Result<()> {
+    let line = |cells: &[String; N], out: &mut dyn Write| -> std::io::Result<()> {
         let mut text = String::new();
         for (n, &i) in shown.iter().enumerate() {
             if n + 1 == shown.len() {
@@ -122,7 +135,7 @@ pub fn table(records: &[AuditRecord], out: &mut impl Write) -> std::io::Result<(
         }
         writeln!(out, "{}", text.trim_end())
     };
-    let header: [String; 14] = COLUMNS.map(str::to_string);
+    let header: [String; N] = COLUMNS.map(str::to_string);
     line(&header, out)?;
     for r in &rows {
         line(r, out)?;
@@ -167,8 +180,30 @@ fn csv_cell(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Event;
+    use crate::model::{Actor, Delivery, Event, State, from_millis};
     use herald_adapters::Platform;
+
+    #[test]
+    fn table_and_csv_show_delivery_occurrence_content_and_actor() {
+        let mut d = Delivery::new("flood-warning", 1_780_000_000_000, "wuhan-weibo", Platform::Weibo, 0);
+        d.state = State::Cancelled;
+        d.content_hash = "3f9c2a00112233445566778899aabbcc".into();
+        let actor = Actor { via: "control_socket".into(), name: "alice".into(), uid: Some(1001) };
+        let record = AuditRecord::of(&d, Event::Cancelled, from_millis(1_770_000_000_000)).by(Some(actor));
+        let mut table = Vec::new();
+        super::table(std::slice::from_ref(&record), &mut table).unwrap();
+        let mut csv = Vec::new();
+        super::csv(std::slice::from_ref(&record), &mut csv).unwrap();
+        for out in [String::from_utf8(table).unwrap(), String::from_utf8(csv).unwrap()] {
+            let header = out.lines().next().unwrap();
+            for column in ["delivery", "occurrence", "content", "actor"] {
+                assert!(header.contains(column), "{header}");
+            }
+            for value in [&d.id.to_string(), "2026-05-28T20:26:40Z", d.content_hash.as_str(), "alice (uid 1001)"] {
+                assert!(out.contains(value), "`{value}` missing from:\n{out}");
+            }
+        }
+    }
 
     #[test]
     fn csv_cells_are_quoted_when_needed() {

@@ -10,8 +10,8 @@ use serde::de::DeserializeOwned;
 
 use crate::config::Peek;
 use crate::control::{
-    CountView, ErrorView, HelloView, LogPage, LogParams, ReloadView, StateIdentity, StatusView, Upcoming, log_page,
-    status_view,
+    CountView, ErrorView, HelloView, LogPage, LogParams, ReloadView, StateIdentity, StatusView, Upcoming, VerifyView,
+    log_page, status_view,
 };
 use crate::operations::{self, Selection};
 use crate::store::{SledStore, StoreError};
@@ -22,7 +22,7 @@ const BUSY_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
 
 pub enum Source {
     Daemon { client: reqwest::Client, socket: PathBuf, runtime: tokio::runtime::Runtime },
-    Store { store: SledStore, peek: Peek },
+    Store { store: Box<SledStore>, peek: Peek },
 }
 
 /// The one socket the CLI asks: the config's `control_socket`, else
@@ -49,7 +49,7 @@ impl Source {
                 .build()?;
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let source = Source::Daemon { client, socket, runtime };
-            source.verify(&peek)?;
+            source.check_identity(&peek)?;
             return Ok(source);
         }
         let dir = &peek.state_dir;
@@ -64,7 +64,7 @@ impl Source {
         match SledStore::open(dir, peek.cache_mb) {
             Ok(store) => {
                 eprintln!("(no herald daemon is running: reading the state directory {} directly)", dir.display());
-                Ok(Source::Store { store, peek })
+                Ok(Source::Store { store: Box::new(store), peek })
             }
             Err(e @ StoreError::Locked { .. }) => Err(anyhow::Error::new(e).context(format!(
                 "herald is running but does not answer on {}; name its socket in `[daemon] control_socket` \
@@ -77,7 +77,7 @@ impl Source {
 
     /// Refuse a daemon that serves another state directory than the
     /// config's, before anything is asked of it.
-    fn verify(&self, peek: &Peek) -> anyhow::Result<()> {
+    fn check_identity(&self, peek: &Peek) -> anyhow::Result<()> {
         let Source::Daemon { socket, .. } = self else { return Ok(()) };
         let hello: HelloView = self.call(|c| c.get(url("/v1/hello"))).with_context(|| {
             format!("the daemon on {} did not say which state directory it serves", socket.display())
@@ -137,7 +137,7 @@ impl Source {
     pub fn status(&self, failed: usize) -> anyhow::Result<StatusView> {
         match self {
             Source::Daemon { .. } => self.call(|c| c.get(url("/v1/status")).query(&[("limit", failed)])),
-            Source::Store { store, peek } => Ok(status_view(store, peek.time_zone, failed)?),
+            Source::Store { store, peek } => Ok(status_view(store.as_ref(), peek.time_zone, failed)?),
         }
     }
 
@@ -151,14 +151,18 @@ impl Source {
                     None => request,
                 }
             }),
-            Source::Store { store, .. } => Ok(log_page(store, &params.to_query().map_err(anyhow::Error::msg)?, after)?),
+            Source::Store { store, .. } => {
+                Ok(log_page(store.as_ref(), &params.to_query().map_err(anyhow::Error::msg)?, after)?)
+            }
         }
     }
 
-    pub fn content(&self, hash: &str) -> anyhow::Result<herald_adapters::Rendered> {
+    pub fn content(&self, hash: &str) -> anyhow::Result<crate::model::Content> {
         match self {
             Source::Daemon { .. } => self.call(|c| c.get(url(&format!("/v1/content/{hash}")))),
-            Source::Store { store, .. } => crate::store::content_by_prefix(store, hash)?.map_err(anyhow::Error::msg),
+            Source::Store { store, .. } => {
+                crate::store::content_by_prefix(store.as_ref(), hash)?.map_err(anyhow::Error::msg)
+            }
         }
     }
 
@@ -184,7 +188,7 @@ impl Source {
                          a running herald lists them all)"
                     );
                 }
-                Ok(crate::control::upcoming_window(store, config.as_ref(), until, limit)?)
+                Ok(crate::control::upcoming_window(store.as_ref(), config.as_ref(), until, limit)?)
             }
         }
     }
@@ -192,20 +196,26 @@ impl Source {
     pub fn retry(&self, selection: &Selection) -> anyhow::Result<usize> {
         match self {
             Source::Daemon { .. } => Ok(self.call::<CountView>(|c| c.post(url("/v1/retry")).json(selection))?.count),
-            Source::Store { store, .. } => Ok(operations::retry(store, selection, Utc::now())?),
+            Source::Store { store, .. } => Ok(operations::retry(store.as_ref(), &by_me(selection), Utc::now())?),
         }
     }
 
     pub fn cancel(&self, selection: &Selection) -> anyhow::Result<usize> {
         match self {
             Source::Daemon { .. } => Ok(self.call::<CountView>(|c| c.post(url("/v1/cancel")).json(selection))?.count),
-            Source::Store { store, .. } => Ok(operations::cancel(store, selection, Utc::now())?),
+            Source::Store { store, .. } => Ok(operations::cancel(store.as_ref(), &by_me(selection), Utc::now())?),
         }
     }
 
-    pub fn reload(&self) -> anyhow::Result<ReloadView> {
+    pub fn reload(&self, reason: Option<&str>) -> anyhow::Result<ReloadView> {
         match self {
-            Source::Daemon { .. } => self.call(|c| c.post(url("/v1/reload"))),
+            Source::Daemon { .. } => self.call(|c| {
+                let request = c.post(url("/v1/reload"));
+                match reason {
+                    Some(r) => request.query(&[("reason", r)]),
+                    None => request,
+                }
+            }),
             Source::Store { store, .. } => bail!(
                 "herald is not running (its state directory {} is free); the config is read when it starts",
                 store.dir().display()
@@ -213,9 +223,34 @@ impl Source {
         }
     }
 
+    /// Verify the store's whole audit chain (by the daemon when it runs).
+    pub fn verify(&self, head: Option<&str>) -> anyhow::Result<VerifyView> {
+        match self {
+            Source::Daemon { .. } => self.call(|c| {
+                let request = c.get(url("/v1/audit/verify"));
+                match head {
+                    Some(h) => request.query(&[("head", h)]),
+                    None => request,
+                }
+            }),
+            Source::Store { store, .. } => {
+                let head = head.map(crate::audit_chain::parse_head).transpose().map_err(anyhow::Error::msg)?;
+                Ok(match crate::audit_chain::verify_store(store.as_ref(), head)? {
+                    Ok(verified) => VerifyView { verified: Some(verified), broken: None },
+                    Err(broken) => VerifyView { verified: None, broken: Some(broken) },
+                })
+            }
+        }
+    }
+
     pub fn is_daemon(&self) -> bool {
         matches!(self, Source::Daemon { .. })
     }
+}
+
+/// An operation done by the CLI on the store itself: by the CLI's own user.
+fn by_me(selection: &Selection) -> Selection {
+    Selection { actor: Some(crate::model::Actor::current_user("store")), ..selection.clone() }
 }
 
 /// A URL on the control socket (the host is ignored: the socket is the address).

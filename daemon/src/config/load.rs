@@ -44,6 +44,8 @@ use posts::PostDef;
 pub struct LoadOutcome {
     pub config: Option<Config>,
     pub diagnostics: Vec<Diagnostic>,
+    /// Every file read, with the SHA-256 of its bytes (for the audit log).
+    pub files: Vec<crate::model::FileDigest>,
 }
 
 impl LoadOutcome {
@@ -73,13 +75,19 @@ pub fn load_with(path: &Path, now: DateTime<Utc>, credentials_dir: Option<PathBu
     let config = loader.run(path);
     let mut diagnostics = loader.diags.items;
     diagnostics.sort_by(|a, b| (a.severity, &a.file, a.line, a.column).cmp(&(b.severity, &b.file, b.line, b.column)));
+    let files: Vec<crate::model::FileDigest> =
+        loader.files.iter().map(|f| crate::model::FileDigest::of(&f.path, f.text.as_bytes())).collect();
     let config = if diagnostics.iter().any(Diagnostic::is_error) { None } else { config };
-    LoadOutcome { config, diagnostics }
+    let config = config.map(|c| Config { files: files.clone(), ..c });
+    LoadOutcome { config, diagnostics, files }
 }
 
 /// `[daemon] schedule_ahead` unless set: deliveries exist from an hour
 /// before their occurrence.
 pub const DEFAULT_SCHEDULE_AHEAD: Duration = Duration::from_secs(3600);
+/// `[daemon] audit_head_interval` unless set: the audit log's head is
+/// published hourly.
+pub const DEFAULT_AUDIT_HEAD_INTERVAL: Duration = Duration::from_secs(3600);
 const MAIN_KEYS: &[&str] = &["daemon", "retry", "alerts", "accounts", "groups", "posts"];
 const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
 
@@ -238,6 +246,7 @@ impl Loader {
             groups,
             posts,
             alerts,
+            files: Vec::new(),
         })
     }
 

@@ -35,6 +35,8 @@ pub struct Config {
     pub groups: BTreeMap<String, Vec<String>>,
     pub posts: BTreeMap<String, Post>,
     pub alerts: Option<AlertSettings>,
+    /// The files it was read from, with their digests, as read.
+    pub files: Vec<crate::model::FileDigest>,
 }
 
 /// `[alerts]`: where to report failed deliveries and long rate-limit pauses.
@@ -72,6 +74,9 @@ pub struct DaemonSettings {
     /// How long before an occurrence its deliveries are created; further
     /// ahead it is kept as one planned record per post.
     pub schedule_ahead: Duration,
+    /// How often the audit log's head is published outside the host
+    /// (journal, alerts), besides start, reload and stop.
+    pub audit_head_interval: Duration,
     /// The control socket; by default `$RUNTIME_DIRECTORY/herald.sock` under
     /// systemd, else `<state_dir>/herald.sock`.
     pub control_socket: Option<PathBuf>,

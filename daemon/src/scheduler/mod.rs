@@ -353,7 +353,7 @@ impl Scheduler {
         if let Some(content) = self.contents.get(hash) {
             return Ok(Some(content.clone()));
         }
-        let found = self.store.content(hash)?;
+        let found = self.store.content(hash)?.map(|c| c.rendered);
         if let Some(content) = &found {
             if self.contents.len() >= CONTENT_CACHE {
                 self.contents.clear();

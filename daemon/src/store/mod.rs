@@ -8,18 +8,21 @@ pub mod sled_store;
 
 use std::collections::BTreeMap;
 
-use herald_adapters::{Platform, Rendered};
+use herald_adapters::Platform;
 use serde::{Deserialize, Serialize};
 
-use crate::model::{AuditRecord, Delivery, DeliveryId, Millis, State};
+use crate::model::{AuditRecord, Content, Delivery, DeliveryId, Millis, State};
 
 pub use sled_store::SledStore;
 
 /// The schema version this build writes. A store with a newer one is refused.
 /// Version 2 added planned occurrences (post records with `planned`) and
 /// the index of failed deliveries; a version 1 store gets the index and is
-/// marked 2 on open.
-pub const SCHEMA_VERSION: u32 = 2;
+/// marked 2 on open. Version 3 chains the audit log (`prev_hash`, `hash`):
+/// older records keep their bytes, and the first record written by this
+/// version, `chain_started`, commits to all of them (see `audit_chain`); an
+/// older herald, which would write records without a hash, must refuse it.
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// Errors of the store. None of them is a panic: a broken disk or a store
 /// written by another version ends in one of these.
@@ -99,8 +102,8 @@ pub struct Changes {
     pub deliveries: Vec<(Delivery, AuditRecord)>,
     /// Post records to write (`Some`) or remove (`None`); timers follow them.
     pub posts: Vec<(String, Option<PostRecord>)>,
-    /// Rendered content by hash (written once).
-    pub contents: Vec<(String, Rendered)>,
+    /// Rendered content by hash, with its images' digests (written once).
+    pub contents: Vec<(String, Content)>,
     /// Small metadata values to write.
     pub meta: Vec<(String, Vec<u8>)>,
     /// Audit records about a delivery that do not change it (alerts sent).
@@ -123,6 +126,8 @@ pub struct AuditQuery {
     pub post: Option<String>,
     pub account: Option<String>,
     pub platform: Option<String>,
+    /// The actor's name (`*` matches any characters).
+    pub actor: Option<String>,
     pub events: Vec<crate::model::Event>,
     pub delivery: Option<DeliveryId>,
     pub since: Option<chrono::DateTime<chrono::Utc>>,
@@ -135,7 +140,8 @@ impl AuditQuery {
     pub fn matches(&self, r: &AuditRecord) -> bool {
         self.post.as_ref().is_none_or(|p| wildcard_match(p, &r.post))
             && self.account.as_ref().is_none_or(|a| wildcard_match(a, &r.account))
-            && self.platform.as_ref().is_none_or(|p| r.platform.name() == p)
+            && self.platform.as_ref().is_none_or(|p| r.platform.is_some_and(|rp| rp.name() == p))
+            && self.actor.as_ref().is_none_or(|a| r.actor.as_ref().is_some_and(|actor| wildcard_match(a, &actor.name)))
             && (self.events.is_empty() || self.events.contains(&r.event))
             && self.delivery.is_none_or(|d| r.delivery == d)
             && self.since.is_none_or(|t| r.time >= t)
@@ -166,20 +172,27 @@ pub trait Store: Send + Sync {
     /// Posts whose timer fires at or before `until`, earliest first.
     fn timers_due(&self, until: Millis) -> Result<Vec<(Millis, String)>>;
     fn next_timer(&self) -> Result<Option<Millis>>;
-    fn content(&self, hash: &str) -> Result<Option<Rendered>>;
+    fn content(&self, hash: &str) -> Result<Option<Content>>;
     /// Up to `limit` stored content hashes that start with `prefix`, in order.
     fn content_hashes(&self, prefix: &str, limit: usize) -> Result<Vec<String>>;
     /// A small metadata value written through [`Changes::meta`].
     fn meta(&self, key: &str) -> Result<Option<Vec<u8>>>;
     fn has_content(&self, hash: &str) -> Result<bool>;
     /// Apply one atomic set of changes; returns the audit records as stored
-    /// (with their sequence numbers).
+    /// (with their sequence numbers, `prev_hash` and `hash`; the first write
+    /// to a store from before the chain also returns its `chain_started`
+    /// record, first).
     fn apply(&self, changes: Changes) -> Result<Vec<AuditRecord>>;
     /// Make everything applied so far durable (fsync). Concurrent callers
     /// share one flush (group commit).
     fn flush(&self) -> Result<()>;
     /// Audit records matching a query, in sequence order.
     fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>>;
+    /// The audit log as stored, for verifying its chain: (key, the record's
+    /// exact bytes) after key `after`, in key order, at most `limit`.
+    fn audit_raw(&self, after: Option<u64>, limit: usize) -> Result<Vec<(u64, Vec<u8>)>>;
+    /// The head of the audit chain: the last record's seq and hash.
+    fn audit_head(&self) -> Result<crate::audit_chain::ChainHead>;
     /// How many deliveries are in each state.
     fn counts(&self) -> Result<BTreeMap<State, u64>>;
     /// How many pending deliveries have been attempted before (retrying).
@@ -201,7 +214,7 @@ pub struct DueKey {
 /// The content stored under `hash`, or under the one stored hash that starts
 /// with it (`herald log --content 3f9c2a`). `Ok(Err(message))` when there is
 /// none, or several (the message lists them).
-pub fn content_by_prefix(store: &dyn Store, hash: &str) -> Result<std::result::Result<Rendered, String>> {
+pub fn content_by_prefix(store: &dyn Store, hash: &str) -> Result<std::result::Result<crate::model::Content, String>> {
     if let Some(rendered) = store.content(hash)? {
         return Ok(Ok(rendered));
     }

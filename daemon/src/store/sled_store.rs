@@ -11,12 +11,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use herald_adapters::Rendered;
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 
 use super::keys;
 use super::{AuditQuery, Changes, DueKey, Planned, PostRecord, Result, SCHEMA_VERSION, Store, StoreError};
+use crate::audit_chain::{self, ChainHead};
 use crate::model::{AuditRecord, Delivery, DeliveryId, Event, Millis, State};
 
 const LOCK_FILE: &str = "herald.lock";
@@ -42,8 +42,9 @@ pub struct SledStore {
     audit: sled::Tree,
     content: sled::Tree,
     meta: sled::Tree,
-    /// Serialises writers, so audit sequence numbers have no gaps.
-    write_lock: Mutex<u64>,
+    /// Serialises writers, so audit sequence numbers have no gaps; holds the
+    /// head of the audit chain (the last record's seq and hash).
+    write_lock: Mutex<ChainHead>,
     writes: AtomicU64,
     flushed: AtomicU64,
     flush_lock: Mutex<()>,
@@ -150,10 +151,7 @@ impl SledStore {
         }
         let audit = tree("audit")?;
         let failed = tree("failed")?;
-        let last_seq = match audit.last()? {
-            Some((k, _)) => u64::from_be_bytes(k.as_ref().try_into().map_err(|_| corrupt("audit key", "bad length"))?),
-            None => 0,
-        };
+        let head = chain_head(&audit)?;
         Ok(SledStore {
             deliveries: tree("deliveries")?,
             due: tree("due")?,
@@ -167,7 +165,7 @@ impl SledStore {
             audit,
             meta,
             db,
-            write_lock: Mutex::new(last_seq),
+            write_lock: Mutex::new(head),
             writes: AtomicU64::new(0),
             flushed: AtomicU64::new(0),
             flush_lock: Mutex::new(()),
@@ -216,6 +214,22 @@ fn index_failed(deliveries: &sled::Tree, failed: &sled::Tree) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The head of the audit chain: the last record's seq and hash. On a store
+/// whose records predate the chain, the digest of all of them, so that the
+/// first chained record commits to the whole earlier history.
+fn chain_head(audit: &sled::Tree) -> Result<ChainHead> {
+    let Some((key, last)) = audit.last()? else { return Ok(ChainHead::empty()) };
+    let seq = u64::from_be_bytes(key.as_ref().try_into().map_err(|_| corrupt("audit key", "bad length"))?);
+    if let Some(hash) = decode::<AuditRecord>("audit record", &last)?.hash {
+        return Ok(ChainHead { seq, hash, unstarted: false });
+    }
+    let mut digest = audit_chain::LegacyDigest::default();
+    for entry in audit.iter() {
+        digest.add(&entry?.1);
+    }
+    Ok(ChainHead { seq, hash: digest.finish(), unstarted: true })
 }
 
 type Abort = ConflictableTransactionError<StoreError>;
@@ -351,7 +365,7 @@ impl Store for SledStore {
         }
     }
 
-    fn content(&self, hash: &str) -> Result<Option<Rendered>> {
+    fn content(&self, hash: &str) -> Result<Option<crate::model::Content>> {
         self.content.get(hash.as_bytes())?.map(|b| decode("content", &b)).transpose()
     }
 
@@ -375,8 +389,15 @@ impl Store for SledStore {
         if changes.is_empty() {
             return Ok(Vec::new());
         }
-        let mut seq = self.write_lock.lock().map_err(|_| StoreError::Backend("a writer panicked".into()))?;
-        let first_seq = *seq + 1;
+        let mut head = self.write_lock.lock().map_err(|_| StoreError::Backend("a writer panicked".into()))?;
+        // A store whose records predate the chain: the first write starts it.
+        let start = head.unstarted.then(|| {
+            let reason = format!(
+                "the hash chain starts here; prev_hash is the SHA-256 of records 1..{} as stored, each followed by a newline",
+                head.seq
+            );
+            AuditRecord::about_herald(Event::ChainStarted, chrono::Utc::now(), Some(reason))
+        });
         let trees = (
             &self.deliveries,
             &self.due,
@@ -392,12 +413,25 @@ impl Store for SledStore {
         );
         let result = trees.transaction(
             |(deliveries, due, by_post, in_flight, failed, posts, timers, planned, audit, content, meta)| {
-                let mut next_seq = first_seq;
+                let mut chain = ChainHead { unstarted: false, ..head.clone() };
+                // Number, seal and write one record after the previous one.
+                let mut append = |record: &AuditRecord| -> std::result::Result<AuditRecord, Abort> {
+                    let mut record = record.clone();
+                    record.seq = chain.seq + 1;
+                    let bytes = audit_chain::seal(&mut record, &chain.hash);
+                    audit.insert(&record.seq.to_be_bytes(), bytes)?;
+                    chain.seq = record.seq;
+                    chain.hash = record.hash.clone().unwrap_or_default();
+                    Ok(record)
+                };
+                let mut stored = Vec::with_capacity(changes.deliveries.len() + changes.notes.len() + 1);
+                if let Some(record) = &start {
+                    stored.push(append(record)?);
+                }
                 // Counter changes, written once per key at the end rather than once per delivery.
                 let mut counters: BTreeMap<Vec<u8>, i64> = BTreeMap::new();
                 // Deliveries written earlier in this set, by id: their previous state.
                 let mut written: HashMap<DeliveryId, (State, Millis, bool)> = HashMap::new();
-                let mut stored = Vec::with_capacity(changes.deliveries.len());
                 for (hash, rendered) in &changes.contents {
                     if content.get(hash.as_bytes())?.is_none() {
                         content.insert(hash.as_bytes(), encode(rendered))?;
@@ -483,18 +517,10 @@ impl Store for SledStore {
                     }
                     written.insert(id, (delivery.state, delivery.due, is_retrying(delivery)));
                     deliveries.insert(&id.0, encode(delivery))?;
-                    let mut record = record.clone();
-                    record.seq = next_seq;
-                    next_seq += 1;
-                    audit.insert(&record.seq.to_be_bytes(), encode(&record))?;
-                    stored.push(record);
+                    stored.push(append(record)?);
                 }
                 for note in &changes.notes {
-                    let mut record = note.clone();
-                    record.seq = next_seq;
-                    next_seq += 1;
-                    audit.insert(&record.seq.to_be_bytes(), encode(&record))?;
-                    stored.push(record);
+                    stored.push(append(note)?);
                 }
                 for (key, delta) in counters {
                     if delta != 0 {
@@ -506,7 +532,9 @@ impl Store for SledStore {
         );
         match result {
             Ok(stored) => {
-                *seq += stored.len() as u64;
+                if let Some(last) = stored.last() {
+                    *head = ChainHead { seq: last.seq, hash: last.hash.clone().unwrap_or_default(), unstarted: false };
+                }
                 self.writes.fetch_add(1, Ordering::SeqCst);
                 Ok(stored)
             }
@@ -541,6 +569,21 @@ impl Store for SledStore {
             }
         }
         Ok(out)
+    }
+
+    fn audit_raw(&self, after: Option<u64>, limit: usize) -> Result<Vec<(u64, Vec<u8>)>> {
+        let start = after.map_or(0, |s| s + 1);
+        let mut out = Vec::new();
+        for entry in self.audit.range(start.to_be_bytes()..).take(limit) {
+            let (k, v) = entry?;
+            let key = u64::from_be_bytes(k.as_ref().try_into().map_err(|_| corrupt("audit key", "bad length"))?);
+            out.push((key, v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    fn audit_head(&self) -> Result<ChainHead> {
+        Ok(self.write_lock.lock().map_err(|_| StoreError::Backend("a writer panicked".into()))?.clone())
     }
 
     fn retrying(&self) -> Result<u64> {
@@ -637,6 +680,72 @@ mod tests {
         assert_eq!(stored[0].seq, 6);
         let seqs: Vec<u64> = store.audit(&AuditQuery::default()).unwrap().iter().map(|r| r.seq).collect();
         assert_eq!(seqs, vec![1, 2, 3, 4, 5, 6]);
+    }
+
+    fn verify_store(
+        store: &SledStore,
+        head: Option<(u64, String)>,
+    ) -> std::result::Result<audit_chain::Verified, audit_chain::Break> {
+        let raw: Vec<std::result::Result<audit_chain::Raw, StoreError>> =
+            store.audit_raw(None, usize::MAX).unwrap().into_iter().map(|(k, v)| Ok((Some(k), v))).collect();
+        audit_chain::verify(raw, audit_chain::Start::Beginning, head).unwrap()
+    }
+
+    #[test]
+    fn every_record_is_chained_to_the_one_before_across_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SledStore::open(dir.path(), 8).unwrap();
+            put(&store, &delivery(1, State::Pending, 1), Event::Scheduled);
+            store.flush().unwrap();
+        }
+        let store = SledStore::open(dir.path(), 8).unwrap();
+        let stored = put(&store, &delivery(2, State::Pending, 1), Event::Scheduled);
+        let first = store.audit(&AuditQuery::default()).unwrap().remove(0);
+        assert_eq!(first.prev_hash.as_deref(), Some(ChainHead::empty().hash.as_str()));
+        assert_eq!(stored[0].prev_hash, first.hash, "the chain carries over a restart");
+        let verified = verify_store(&store, None).unwrap();
+        assert_eq!((verified.records, verified.legacy), (2, 0));
+        assert_eq!(store.audit_head().unwrap().anchor(), format!("2:{}", stored[0].hash.as_ref().unwrap()));
+    }
+
+    #[test]
+    fn an_old_store_keeps_its_records_and_the_chain_commits_to_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let legacy: Vec<Vec<u8>>;
+        {
+            let store = SledStore::open(dir.path(), 8).unwrap();
+            // Records as a schema-2 herald wrote them: no prev_hash, no hash.
+            legacy = (1..=3u64)
+                .map(|seq| {
+                    let mut r =
+                        AuditRecord::of(&delivery(seq as u8, State::Pending, 1), Event::Scheduled, from_millis(0));
+                    r.seq = seq;
+                    let bytes = serde_json::to_vec(&r).unwrap();
+                    store.audit.insert(seq.to_be_bytes(), bytes.clone()).unwrap();
+                    bytes
+                })
+                .collect();
+            store.meta.insert(SCHEMA_KEY, &2u32.to_be_bytes()).unwrap();
+            store.db.flush().unwrap();
+        }
+        let store = SledStore::open(dir.path(), 8).unwrap();
+        let stored = put(&store, &delivery(9, State::Pending, 1), Event::Scheduled);
+        assert_eq!(stored.len(), 2, "chain_started, then the record itself");
+        assert_eq!((stored[0].seq, stored[0].event), (4, Event::ChainStarted));
+        let mut digest = audit_chain::LegacyDigest::default();
+        legacy.iter().for_each(|b| digest.add(b));
+        assert_eq!(stored[0].prev_hash, Some(digest.finish()));
+        let raw = store.audit_raw(None, 3).unwrap();
+        assert_eq!(raw.iter().map(|(_, b)| b.clone()).collect::<Vec<_>>(), legacy, "old records keep their bytes");
+        let verified = verify_store(&store, None).unwrap();
+        assert_eq!((verified.records, verified.legacy), (5, 3));
+        // Changing an old record breaks the digest the chain starts from.
+        let changed = String::from_utf8(legacy[1].clone()).unwrap().replace("\"pending\"", "\"skipped\"");
+        assert_ne!(changed.as_bytes(), legacy[1]);
+        store.audit.insert(2u64.to_be_bytes(), changed.as_bytes()).unwrap();
+        let broken = verify_store(&store, None).unwrap_err();
+        assert_eq!((broken.seq, broken.problem.as_str()), (4, "altered"), "{broken}");
     }
 
     #[test]

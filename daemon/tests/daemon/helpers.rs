@@ -559,7 +559,8 @@ impl Record {
             delivery: string("delivery"),
             post: string("post"),
             account: string("account"),
-            platform: string("platform"),
+            // Records about herald itself (config, chain) have no platform.
+            platform: raw["platform"].as_str().unwrap_or_default().to_string(),
             occurrence: time("occurrence").unwrap_or_else(|| panic!("`occurrence` missing in {raw}")),
             attempt: raw["attempt"].as_u64().unwrap_or_else(|| panic!("`attempt` missing in {raw}")),
             status: raw.get("answer").and_then(|a| a.get("status")).and_then(Value::as_u64),
@@ -574,16 +575,24 @@ impl Record {
     }
 }
 
+impl Record {
+    /// Not a record about an account or herald itself (their delivery id is all zeros).
+    pub fn is_about_a_delivery(&self) -> bool {
+        self.delivery.bytes().any(|b| b != b'0')
+    }
+}
+
 /// The events of one delivery, in order.
 pub fn events_of(records: &[Record], delivery: &str) -> Vec<String> {
     records.iter().filter(|r| r.delivery == delivery).map(|r| r.event.clone()).collect()
 }
 
-/// The distinct delivery ids in the log, in order of first appearance.
+/// The distinct delivery ids in the log, in order of first appearance
+/// (records about an account or herald itself name none: all zeros).
 pub fn deliveries(records: &[Record]) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for r in records {
-        if !out.contains(&r.delivery) {
+        if !out.contains(&r.delivery) && r.is_about_a_delivery() {
             out.push(r.delivery.clone());
         }
     }

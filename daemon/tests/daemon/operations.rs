@@ -700,6 +700,33 @@ async fn the_metrics_endpoint_parses_as_prometheus_text_and_matches_the_audit_lo
 // ---------------------------------------------------------------------------
 // 5. Alerts
 
+/// An alert command writing each alert to its own file in `dir` (alerts,
+/// audit heads among them, may run at the same time).
+fn alert_command(dir: &std::path::Path) -> String {
+    std::fs::create_dir_all(dir).unwrap();
+    format!("[\"sh\", \"-c\", \"cat > $(mktemp {}/alert.XXXXXX)\"]", dir.display())
+}
+
+/// What the alert command received, without the audit heads herald also
+/// publishes there (see `audit.rs`).
+fn command_alerts(dir: &std::path::Path) -> Vec<Value> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        if let Ok(alert) = serde_json::from_str::<Value>(&text)
+            && alert["kind"] != "audit_head"
+        {
+            out.push(alert);
+        }
+    }
+    out
+}
+
+/// The alerts a receiver got, without the audit heads.
+fn received_alerts(alerts: &herald_sandbox::WebhookReceiver) -> Vec<herald_sandbox::ReceivedPost> {
+    alerts.received().into_iter().filter(|p| p.body.as_ref().is_none_or(|b| b["kind"] != "audit_head")).collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_deliveries_and_long_pauses_raise_signed_alerts_and_run_the_command() {
     const SECRET: &str = "alert-signing-s3cret-for-tests";
@@ -707,11 +734,11 @@ async fn failed_deliveries_and_long_pauses_raise_signed_alerts_and_run_the_comma
     hook.fail_next(1, Fault::status_with_body(400, r#"{"error": "the text contains a banned word"}"#));
     let alerts = receiver(Some(SECRET)).await;
     let dir = TestDir::new();
-    let alert_file = dir.path().join("alert.json");
+    let alert_dir = dir.path().join("alerts");
     let alerts_section = format!(
-        "\n[alerts]\nwebhook = \"{}\"\nsecret = {{ env = \"HERALD_ALERT_SECRET\" }}\ncommand = [\"sh\", \"-c\", \"cat > {}\"]\npause_threshold = \"1s\"\n",
+        "\n[alerts]\nwebhook = \"{}\"\nsecret = {{ env = \"HERALD_ALERT_SECRET\" }}\ncommand = {}\npause_threshold = \"1s\"\n",
         alerts.url(),
-        alert_file.display()
+        alert_command(&alert_dir)
     );
     let config = daemon_section()
         + &alerts_section
@@ -739,7 +766,7 @@ async fn failed_deliveries_and_long_pauses_raise_signed_alerts_and_run_the_comma
     assert!(reason.contains("delivery failed"), "{reason}");
     assert!(reason.contains("webhook answered 200") && reason.contains("succeeded"), "{reason}");
 
-    let received = alerts.received();
+    let received = received_alerts(&alerts);
     assert_eq!(received.len(), 1, "{received:?}");
     let alert = &received[0];
     assert_eq!(alert.signature, Signature::Valid, "the alert is not signed with the secret: {alert:?}");
@@ -753,8 +780,9 @@ async fn failed_deliveries_and_long_pauses_raise_signed_alerts_and_run_the_comma
     assert!(body["reason"].as_str().unwrap_or("").contains("400"), "{body}");
 
     // The command got the same alert on its stdin (it finished before the record).
-    let written = std::fs::read_to_string(&alert_file).expect("the alert command wrote nothing");
-    let from_command: Value = serde_json::from_str(&written).unwrap_or_else(|e| panic!("not JSON ({e}): {written}"));
+    let written = command_alerts(&alert_dir);
+    assert_eq!(written.len(), 1, "{written:?}");
+    let from_command = &written[0];
     assert_eq!(from_command["kind"], "delivery_failed", "{from_command}");
     assert_eq!(from_command["delivery"], id.as_str(), "{from_command}");
     assert_eq!(from_command["reason"], body["reason"], "{from_command}");
@@ -785,10 +813,10 @@ async fn failed_deliveries_and_long_pauses_raise_signed_alerts_and_run_the_comma
         events_in(&records, "delivered") == 1 && events_in(&records, "alerted") == 1
     })
     .await;
-    let written = std::fs::read_to_string(&alert_file).unwrap();
-    let from_command: Value = serde_json::from_str(&written).unwrap_or_else(|e| panic!("not JSON ({e}): {written}"));
-    assert_eq!(from_command["kind"], "account_paused", "{from_command}");
-    assert_eq!(alerts.received().len(), 2, "{:?}", alerts.received());
+    let written = command_alerts(&alert_dir);
+    assert_eq!(written.len(), 2, "{written:?}");
+    assert!(written.iter().any(|a| a["kind"] == "account_paused"), "{written:?}");
+    assert_eq!(received_alerts(&alerts).len(), 2, "{:?}", alerts.received());
 
     let stderr = herald.stop().await;
     assert!(!stderr.contains(SECRET), "the alert secret is in the log");
@@ -910,14 +938,11 @@ async fn refused_as_nobody(dir: &TestDir, herald: &mut Herald) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn credentials_close_to_expiry_raise_an_alert_recorded_in_the_audit_log() {
     let dir = TestDir::new();
-    let alert_file = dir.path().join("expiring.json");
+    let alert_dir = dir.path().join("alerts");
     let expires = rfc3339(in_secs(3 * 86_400));
     dir.write("weibo.token", "sandbox-wuhan");
     let config = daemon_section()
-        + &format!(
-            "[alerts]\ncommand = [\"sh\", \"-c\", \"cat >> {}\"]\ncredential_warning = \"7d\"\n\n",
-            alert_file.display()
-        )
+        + &format!("[alerts]\ncommand = {}\ncredential_warning = \"7d\"\n\n", alert_command(&alert_dir))
         + &format!(
             "[accounts.wuhan-weibo]\nplatform = \"weibo\"\nbase_url = \"http://127.0.0.1:9/weibo\"\n\
              access_token = {{ file = \"weibo.token\" }}\nsafe_domain = \"example.gov.cn\"\nrip = \"127.0.0.1\"\nexpires_at = \"{expires}\"\n\n"
@@ -928,12 +953,14 @@ async fn credentials_close_to_expiry_raise_an_alert_recorded_in_the_audit_log() 
 
     let herald = dir.start().await;
     eventually("the alert command ran", Duration::from_secs(20), || {
-        std::fs::read_to_string(&alert_file).is_ok_and(|t| t.contains("credentials_expiring"))
+        command_alerts(&alert_dir).iter().any(|a| a["kind"] == "credentials_expiring")
     })
     .await;
     let records = dir.log_from_daemon(&["--event", "credentials_expiring"]);
     herald.stop().await;
-    let alert: serde_json::Value = serde_json::from_str(std::fs::read_to_string(&alert_file).unwrap().trim()).unwrap();
+    let written = command_alerts(&alert_dir);
+    assert_eq!(written.len(), 1, "once: {written:?}");
+    let alert = &written[0];
     assert_eq!(alert["account"], "wuhan-weibo");
     assert!(matches!(alert["days_left"].as_i64(), Some(2 | 3)), "about three days left: {alert}");
     assert_eq!(records.len(), 1, "one record for the account: {records:?}");

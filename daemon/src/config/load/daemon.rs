@@ -12,6 +12,7 @@ struct RawDaemon {
     cache_mb: Option<Spanned<i64>>,
     shutdown_deadline: Option<Spanned<String>>,
     schedule_ahead: Option<Spanned<String>>,
+    audit_head_interval: Option<Spanned<String>>,
     control_socket: Option<String>,
     socket_group: Option<String>,
     metrics_listen: Option<Spanned<String>>,
@@ -70,6 +71,10 @@ impl Loader {
             .map_or(Some(64), |c| self.in_range(idx, "cache_mb", *c.get_ref(), span_of(&c), 1..=65_536, "1 to 65536"));
         let shutdown_deadline = self.duration(idx, raw.shutdown_deadline.as_ref(), Duration::from_secs(30));
         let schedule_ahead = self.duration(idx, raw.schedule_ahead.as_ref(), DEFAULT_SCHEDULE_AHEAD);
+        let audit_head_interval = self.duration(idx, raw.audit_head_interval.as_ref(), DEFAULT_AUDIT_HEAD_INTERVAL);
+        if let Some(v) = raw.audit_head_interval.as_ref().filter(|_| audit_head_interval.is_zero()) {
+            self.diags.error(&self.files[idx], span_of(v), "`audit_head_interval` must be longer than 0s".to_string());
+        }
         let include = raw.include.unwrap_or_default().into_iter().map(Spanned::into_inner).collect();
         let accounts_include = raw.accounts_include.unwrap_or_default().into_iter().map(Spanned::into_inner).collect();
         let file = &self.files[idx];
@@ -109,6 +114,7 @@ impl Loader {
             cache_mb: cache_mb as u64,
             shutdown_deadline,
             schedule_ahead,
+            audit_head_interval,
             control_socket,
             socket_group: raw.socket_group,
             metrics_listen,
