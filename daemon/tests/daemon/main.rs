@@ -687,7 +687,7 @@ async fn log_filters_take_relative_times_hash_prefixes_and_suggest_event_names()
     }
     dir.write_config(&config);
     let herald = dir.start().await;
-    let records = dir.log_from_daemon(&[]);
+    let records = dir.log_from_daemon(&["--event", "scheduled"]);
     assert_eq!(records.len(), 17, "{records:?}");
     let hashes: Vec<(String, String)> = records.iter().map(|r| (r.content_hash.clone(), r.post.clone())).collect();
     // A prefix of one hash that no other hash starts with, asked of the running daemon.
@@ -716,9 +716,9 @@ async fn log_filters_take_relative_times_hash_prefixes_and_suggest_event_names()
     assert!(stderr.contains("several content hashes") && stderr.contains(a) && stderr.contains(b), "{stderr}");
 
     // Relative times.
-    assert_eq!(dir.log_args(&["--since", "-1h"]).len(), 17);
-    assert_eq!(dir.log_args(&["--since", "2 days ago"]).len(), 17);
-    assert_eq!(dir.log_args(&["--since", "yesterday", "--until", "now"]).len(), 17);
+    assert_eq!(dir.log_args(&["--since", "-1h", "--event", "scheduled"]).len(), 17);
+    assert_eq!(dir.log_args(&["--since", "2 days ago", "--event", "scheduled"]).len(), 17);
+    assert_eq!(dir.log_args(&["--since", "yesterday", "--until", "now", "--event", "scheduled"]).len(), 17);
     assert_eq!(dir.log_args(&["--until", "yesterday"]).len(), 0);
     let out = dir.cli(&["log", "--since", "yesterdy"]);
     let stderr = text(&out.stderr);
