@@ -326,6 +326,25 @@ impl FileDigest {
     pub fn of(path: &std::path::Path, bytes: &[u8]) -> FileDigest {
         FileDigest { path: path.display().to_string(), sha256: hex::encode(Sha256::digest(bytes)) }
     }
+
+    /// The digest of the image file at `path` as it is now; a file that
+    /// cannot be read (missing, not a regular file, over 64 MiB, more than
+    /// any platform takes) gets `unreadable: WHY` instead of a hash
+    /// (publishing fails on it too, and says why).
+    pub fn read(path: &str) -> FileDigest {
+        use herald_adapters::files::{FileError, read_bounded};
+        const LIMIT: u64 = 64 << 20;
+        match read_bounded(std::path::Path::new(path), LIMIT) {
+            Ok(bytes) => FileDigest::of(std::path::Path::new(path), &bytes),
+            Err(FileError::Io(e)) => FileDigest { path: path.to_string(), sha256: format!("unreadable: {}", e.kind()) },
+            Err(e) => FileDigest { path: path.to_string(), sha256: format!("unreadable: {e}") },
+        }
+    }
+
+    /// Whether this digest names no bytes (the file could not be read).
+    pub fn unreadable(&self) -> bool {
+        self.sha256.starts_with("unreadable:")
+    }
 }
 
 /// The exact content of deliveries, as stored under its content hash: what
@@ -348,15 +367,7 @@ impl Content {
     /// bytes, in hex. Without images it is the hash of the JSON alone, as
     /// before images were hashed by their bytes.
     pub fn of(rendered: herald_adapters::Rendered) -> (String, Content) {
-        let image_sha256: Vec<FileDigest> = rendered
-            .images
-            .iter()
-            .map(|path| match std::fs::read(path) {
-                Ok(bytes) => FileDigest::of(std::path::Path::new(path), &bytes),
-                // Publishing fails on it too, and says why.
-                Err(e) => FileDigest { path: path.clone(), sha256: format!("unreadable: {}", e.kind()) },
-            })
-            .collect();
+        let image_sha256: Vec<FileDigest> = rendered.images.iter().map(|path| FileDigest::read(path)).collect();
         let mut h = Sha256::new();
         h.update(serde_json::to_vec(&rendered).unwrap_or_default());
         for image in &image_sha256 {

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use herald_adapters::{ErrorClass, PlatformAnswer, Rendered};
+use herald_adapters::{ErrorClass, PlatformAnswer};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
@@ -25,7 +25,7 @@ use gates::{Blocked, Gates};
 use crate::alerts::{Alert, Alerter};
 use crate::config::Config;
 use crate::metrics::{Metrics, outcome};
-use crate::model::{AuditRecord, Delivery, DeliveryId, Event, Millis, State, from_millis, to_millis};
+use crate::model::{AuditRecord, Content, Delivery, DeliveryId, Event, Millis, State, from_millis, to_millis};
 use crate::notify::Notifier;
 use crate::occurrences::Builder;
 use crate::operations::{self, OperationError, Selection};
@@ -87,7 +87,7 @@ pub struct Scheduler {
     /// When each account was last warned about expiring credentials.
     expiry_warned: HashMap<String, std::time::Instant>,
     /// Contents recently sent, by hash.
-    contents: HashMap<String, Rendered>,
+    contents: HashMap<String, Content>,
 }
 
 impl Scheduler {
@@ -349,11 +349,11 @@ impl Scheduler {
 
     /// The content with this hash, through a small cache: a campaign sends
     /// the same content to many accounts, and content never changes.
-    fn content(&mut self, hash: &str) -> Result<Option<Rendered>> {
+    fn content(&mut self, hash: &str) -> Result<Option<Content>> {
         if let Some(content) = self.contents.get(hash) {
             return Ok(Some(content.clone()));
         }
-        let found = self.store.content(hash)?.map(|c| c.rendered);
+        let found = self.store.content(hash)?;
         if let Some(content) = &found {
             if self.contents.len() >= CONTENT_CACHE {
                 self.contents.clear();

@@ -126,3 +126,79 @@ async fn status_says_when_a_paused_accounts_next_delivery_can_really_go() {
     assert!(next.contains("(in 59m") || next.contains("(in 1h"), "{status}");
     assert_eq!(hook.received().len(), 1, "nothing else was sent while paused");
 }
+
+/// A JPEG of `len` bytes (header, padding, end marker): the sizes tell the
+/// pictures apart at the emulator, which records each upload's size.
+fn jpeg_of(len: usize) -> Vec<u8> {
+    let mut bytes = JPEG[..JPEG.len() - 2].to_vec();
+    bytes.resize(len - 2, 0);
+    bytes.extend_from_slice(&[0xFF, 0xD9]);
+    bytes
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_overwritten_after_scheduling_is_never_sent_under_the_old_hash() {
+    use herald_sandbox::wechat::{WechatConfig, WechatEmulator};
+
+    let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let wechat = WechatEmulator::start(addr, WechatConfig::new("wx-bytes", "wx-bytes-secret")).await.unwrap();
+    let dir = TestDir::new();
+    let (scheduled_picture, overwritten, kept) = (jpeg_of(200), jpeg_of(300), jpeg_of(400));
+    std::fs::write(dir.path().join("changed.jpg"), &scheduled_picture).unwrap();
+    std::fs::write(dir.path().join("kept.jpg"), &kept).unwrap();
+    // Due in 30 minutes: the first run only schedules them (inside `schedule_ahead`).
+    let due = in_secs(30 * 60);
+    let config = daemon_section()
+        + &format!(
+            "\n[accounts.wuhan-wechat]\nplatform = \"wechat\"\nbase_url = \"{}\"\nappid = \"wx-bytes\"\n\
+             secret = \"wx-bytes-secret\"\npoll_interval = \"100ms\"\npoll_timeout = \"3s\"\n",
+            wechat.base_url()
+        )
+        + &post_at("changed", "Police never ask for a bank code.", &["wuhan-wechat"], due)
+        + "images = [\"changed.jpg\"]\n"
+        + &post_at("kept", "Hang up on fake police.", &["wuhan-wechat"], due)
+        + "images = [\"kept.jpg\"]\n";
+    dir.write_config(&config);
+    let herald = dir.start().await;
+    eventually("both deliveries scheduled", Duration::from_secs(30), || {
+        dir.log_from_daemon(&["--event", "scheduled"]).len() == 2
+    })
+    .await;
+    herald.stop().await;
+
+    // The picture is replaced under the same name; the post is unchanged.
+    std::fs::write(dir.path().join("changed.jpg"), &overwritten).unwrap();
+    // herald comes back with its clock at the posts' time.
+    let offset = (due - chrono::Utc::now()).num_milliseconds();
+    let herald = dir.start_with(&[(herald::clock::OFFSET_VAR, &offset.to_string())]).await;
+    eventually("both deliveries finished", Duration::from_secs(60), || {
+        let counts = status_counts(&text(&dir.cli(&["status"]).stdout));
+        counts.get("delivered").copied() == Some(1) && counts.get("failed").copied() == Some(1)
+    })
+    .await;
+    herald.stop().await;
+
+    let log = dir.log();
+    let failed: Vec<_> = log.iter().filter(|r| r.event == "failed").collect();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0].post, "changed");
+    let reason = failed[0].reason.clone().unwrap_or_default();
+    assert!(reason.contains("changed.jpg"), "the reason names the image: {reason}");
+    assert!(reason.contains(&sha256_hex(&scheduled_picture)), "the reason has the scheduled digest: {reason}");
+    assert!(reason.contains(&sha256_hex(&overwritten)), "the reason has the digest now: {reason}");
+    let scheduled = log.iter().find(|r| r.event == "scheduled" && r.post == "changed").unwrap();
+    assert_eq!(failed[0].content_hash, scheduled.content_hash, "the record keeps the hash it was scheduled under");
+    assert!(log.iter().any(|r| r.event == "delivered" && r.post == "kept"), "an unchanged picture still goes");
+
+    // WeChat received the kept picture and neither version of the changed one.
+    let sizes: Vec<usize> = wechat.calls().iter().flat_map(|c| c.uploads.iter().map(|u| u.bytes)).collect();
+    assert!(sizes.contains(&kept.len()), "{sizes:?}");
+    assert!(!sizes.contains(&overwritten.len()), "the overwritten picture reached WeChat: {sizes:?}");
+    assert!(!sizes.contains(&scheduled_picture.len()), "{sizes:?}");
+    assert_eq!(wechat.published().len(), 1, "only the kept post was published");
+}
