@@ -169,6 +169,17 @@ pub fn main() -> ExitCode {
     match run(cli.command) {
         Ok(code) => code,
         Err(e) => {
+            let store = e.chain().find_map(|c| c.downcast_ref::<crate::store::StoreError>());
+            if store.is_some_and(crate::store::StoreError::needs_an_operator) {
+                // One line for the journal: what broke and what to do.
+                eprintln!(
+                    "herald: {e:#}. herald exits {} so that it is not restarted in a loop; keep the state \
+                     directory as it is: copy it aside (cp -a) before any repair, then see RELIABILITY.md, \
+                     \"A store that does not open\"",
+                    crate::store::StoreError::EXIT_CODE
+                );
+                return ExitCode::from(crate::store::StoreError::EXIT_CODE);
+            }
             eprintln!("herald: {e:#}");
             match e.downcast_ref::<crate::service::ConfigRefused>() {
                 Some(_) => ExitCode::from(crate::service::ConfigRefused::EXIT_CODE),

@@ -53,6 +53,19 @@ impl From<sled::Error> for StoreError {
     }
 }
 
+impl StoreError {
+    /// `herald` exits with this (EX_DATAERR) when the store cannot be used
+    /// as it is (damaged, or written by a newer herald): starting again
+    /// would fail the same way, so the systemd unit names it in
+    /// `RestartPreventExitStatus=` and the unit stops with the cause.
+    pub const EXIT_CODE: u8 = 65;
+
+    /// Will the same store refuse every start until someone acts?
+    pub fn needs_an_operator(&self) -> bool {
+        matches!(self, StoreError::Corrupt(_) | StoreError::NewerSchema { .. })
+    }
+}
+
 pub type Result<T> = std::result::Result<T, StoreError>;
 
 /// What the store remembers of a post between runs.

@@ -99,6 +99,9 @@ impl SledStore {
         }
         let db_path = dir.join(DB_DIR);
         let fresh = !db_path.exists();
+        if !fresh {
+            clear_unfinished_files(&db_path)?;
+        }
         let marker = dir.join(CREATED_MARKER);
         let db = sled::Config::new()
             .path(&db_path)
@@ -138,8 +141,8 @@ impl SledStore {
             None => {
                 return Err(StoreError::Corrupt(format!(
                     "{} holds no readable herald data although herald created a store there (its schema \
-                     version is gone): the files are damaged, and herald will not start on them. Restore the state \
-                     directory from a backup, or move it away to start with an empty schedule",
+                     version is gone): the files are damaged, and herald will neither start on them nor \
+                     re-initialise them",
                     db_path.display()
                 )));
             }
@@ -205,6 +208,75 @@ impl SledStore {
     pub fn size_on_disk(&self) -> u64 {
         self.db.size_on_disk().unwrap_or(0)
     }
+}
+
+/// Remove what sled can leave half-done when it is killed, or when the disk
+/// is full, while it writes outside its log. sled 0.34 (read from its
+/// source) writes three kinds of files beside its log `db`:
+///
+/// - `snap.<lsn>.generating`: a snapshot being written, renamed to
+///   `snap.<lsn>` only after it is complete and fsynced. An unfinished one
+///   is never authoritative, but sled's own reader takes the newest
+///   `snap.*` file, `.generating` or not, so a torn one (a kill mid-write,
+///   0 bytes after ENOSPC) would be read as the store and refused as
+///   damaged at every start. The complete snapshot before it, or the log,
+///   holds the same data, so it is removed.
+/// - `conf`: the storage parameters, written in place once when the store
+///   is created (no temporary file, no fsync). sled rewrites a missing or
+///   short one itself, but takes a torn one that fails its checksum for
+///   damage. herald always opens sled with the same parameters, so a torn
+///   `conf` is removed and sled writes it again.
+/// - `blobs/<lsn>`: values too large for the log, written before the log
+///   record that points to them; sled removes those past its recovered
+///   point itself, so nothing is needed here.
+///
+/// Each removal is logged (warn) with the file and its size.
+fn clear_unfinished_files(db_path: &Path) -> Result<()> {
+    let entries = match std::fs::read_dir(db_path) {
+        Ok(entries) => entries,
+        Err(e) => return Err(dir_error(db_path, e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(|e| dir_error(db_path, e))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let path = entry.path();
+        let unfinished = match name {
+            "conf" => !sled_conf_is_whole(&path).map_err(|e| dir_error(db_path, e))?,
+            _ => name.starts_with("snap.") && name.ends_with(".generating"),
+        };
+        if unfinished {
+            let bytes = entry.metadata().map(|m| m.len()).unwrap_or(0);
+            std::fs::remove_file(&path).map_err(|e| dir_error(db_path, e))?;
+            tracing::warn!(file = %path.display(), bytes,
+                "removed a file sled left unfinished (a kill or a full disk while it was written); the store's data is elsewhere");
+        }
+    }
+    Ok(())
+}
+
+/// Does sled's `conf` end with the CRC-32 of what comes before it? (sled
+/// itself treats 8 bytes or fewer as absent and rewrites them.)
+fn sled_conf_is_whole(path: &Path) -> std::io::Result<bool> {
+    let bytes = std::fs::read(path)?;
+    if bytes.len() <= 8 {
+        return Ok(true);
+    }
+    let (body, crc) = bytes.split_at(bytes.len() - 4);
+    Ok(crc32(body).to_le_bytes() == crc)
+}
+
+/// CRC-32 (IEEE, reflected), as sled uses for its files. Bit by bit: it
+/// checks a file of a few dozen bytes once per start.
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+        }
+    }
+    !crc
 }
 
 /// Index every failed delivery (a store from before the failed index).
@@ -681,6 +753,63 @@ mod tests {
         let db = sled::open(dir.path().join(DB_DIR)).unwrap();
         let version = db.open_tree("meta").unwrap().get(SCHEMA_KEY).unwrap().unwrap();
         assert_eq!(version.as_ref(), &(SCHEMA_VERSION + 1).to_be_bytes());
+    }
+
+    /// The LSN in the name of the newest `snap.*` file sled wrote (0: none yet).
+    fn newest_snapshot(db: &Path) -> u64 {
+        std::fs::read_dir(db)
+            .unwrap()
+            .filter_map(|e| {
+                let name = e.unwrap().file_name().into_string().unwrap();
+                u64::from_str_radix(name.strip_prefix("snap.")?, 16).ok()
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn unfinished_sled_files_left_by_a_kill_or_a_full_disk_do_not_stop_the_store_opening() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SledStore::open(dir.path(), 8).unwrap();
+            for n in 1..=20u8 {
+                put(&store, &delivery(n, State::Pending, 1_000 * i64::from(n)), Event::Scheduled);
+            }
+            store.flush().unwrap();
+        }
+        let db = dir.path().join(DB_DIR);
+        let conf = std::fs::read(db.join("conf")).unwrap();
+        // Each of what sled leaves half-done: a snapshot cut short by
+        // ENOSPC (0 bytes), one cut by a kill (bytes, no checksum), a
+        // `conf` without its checksum.
+        let torn: [(&str, Vec<u8>); 3] = [
+            ("generating", Vec::new()),
+            ("generating", b"\x01\x02 half a snapshot, no length, no checksum \x7f".repeat(50)),
+            ("conf", conf[..conf.len() - 4].to_vec()),
+        ];
+        for (kind, bytes) in torn {
+            let path = match kind {
+                "generating" => db.join(format!("snap.{:016X}.generating", newest_snapshot(&db) + 1)),
+                _ => db.join("conf"),
+            };
+            std::fs::write(&path, &bytes).unwrap();
+            // sled alone takes these for damage: this is what bricked herald.
+            match sled::open(&db) {
+                Err(sled::Error::Corruption { .. }) => {}
+                other => panic!("sled opened a store with a torn {kind} file: {:?}", other.map(|_| ())),
+            }
+            let store = SledStore::open(dir.path(), 8).unwrap_or_else(|e| panic!("with a torn {kind} file: {e}"));
+            assert_eq!(store.counts().unwrap()[&State::Pending], 20, "with a torn {kind} file");
+            let seqs: Vec<u64> = store.audit(&AuditQuery::default()).unwrap().iter().map(|r| r.seq).collect();
+            assert_eq!(seqs, (1..=20).collect::<Vec<u64>>(), "with a torn {kind} file");
+            assert!(!path.exists() || kind == "conf", "the torn snapshot is gone");
+        }
+        assert_eq!(std::fs::read(db.join("conf")).unwrap(), conf, "sled wrote `conf` again, as it was");
+    }
+
+    #[test]
+    fn crc32_is_the_ieee_checksum_sled_uses() {
+        assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
     }
 
     #[test]
