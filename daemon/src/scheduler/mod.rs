@@ -223,6 +223,9 @@ impl Scheduler {
             let changes = std::mem::take(&mut b.changes);
             drop(b);
             self.apply(changes)?;
+            // The `scheduled` records are shown (log, status) once durable:
+            // one flush for the round, so they are not held back long.
+            self.store.flush()?;
             tracing::debug!(
                 timers = tick.timers_fired,
                 created = tick.scheduled,

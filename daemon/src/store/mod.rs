@@ -189,7 +189,9 @@ pub trait Store: Send + Sync {
     /// Make everything applied so far durable (fsync). Concurrent callers
     /// share one flush (group commit).
     fn flush(&self) -> Result<()>;
-    /// Audit records matching a query, in sequence order.
+    /// Audit records matching a query, in sequence order, up to the last
+    /// one made durable by [`Store::flush`]: a record applied but not yet
+    /// flushed is not shown, since a crash could still take it back.
     fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>>;
     /// How many deliveries are in each state.
     fn counts(&self) -> Result<BTreeMap<State, u64>>;

@@ -46,6 +46,13 @@ pub struct SledStore {
     write_lock: Mutex<u64>,
     writes: AtomicU64,
     flushed: AtomicU64,
+    /// The last audit sequence number applied (committed to sled, maybe
+    /// not yet on disk), and the last one a flush made durable. Readers of
+    /// the audit log see records up to `durable_seq` only: a record that a
+    /// kill could still take back is never shown, so no sequence number
+    /// ever names two records (DESIGN invariant 8).
+    applied_seq: AtomicU64,
+    durable_seq: AtomicU64,
     flush_lock: Mutex<()>,
     _lock: File,
     dir: PathBuf,
@@ -157,6 +164,9 @@ impl SledStore {
             Some((k, _)) => u64::from_be_bytes(k.as_ref().try_into().map_err(|_| corrupt("audit key", "bad length"))?),
             None => 0,
         };
+        // What sled recovered may sit in the page cache only (written before
+        // a kill, never flushed): make it durable before it is shown.
+        db.flush()?;
         Ok(SledStore {
             deliveries: tree("deliveries")?,
             due: tree("due")?,
@@ -173,6 +183,8 @@ impl SledStore {
             write_lock: Mutex::new(last_seq),
             writes: AtomicU64::new(0),
             flushed: AtomicU64::new(0),
+            applied_seq: AtomicU64::new(last_seq),
+            durable_seq: AtomicU64::new(last_seq),
             flush_lock: Mutex::new(()),
             _lock: lock,
             dir: dir.to_path_buf(),
@@ -571,6 +583,7 @@ impl Store for SledStore {
         match result {
             Ok(stored) => {
                 *seq += stored.len() as u64;
+                self.applied_seq.store(*seq, Ordering::SeqCst);
                 self.writes.fetch_add(1, Ordering::SeqCst);
                 Ok(stored)
             }
@@ -586,15 +599,23 @@ impl Store for SledStore {
             return Ok(());
         }
         let covering = self.writes.load(Ordering::SeqCst);
+        // Every record up to here is committed in sled, so the flush below covers it.
+        let covering_seq = self.applied_seq.load(Ordering::SeqCst);
         self.db.flush()?;
         self.flushed.fetch_max(covering, Ordering::SeqCst);
+        self.durable_seq.fetch_max(covering_seq, Ordering::SeqCst);
         Ok(())
     }
 
     fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>> {
         let start = query.after_seq.map_or(0, |s| s + 1);
+        // Only what is durable (see `durable_seq`).
+        let end = self.durable_seq.load(Ordering::SeqCst);
         let mut out = Vec::new();
-        for entry in self.audit.range(start.to_be_bytes()..) {
+        if start > end {
+            return Ok(out);
+        }
+        for entry in self.audit.range(start.to_be_bytes()..=end.to_be_bytes()) {
             let (_, v) = entry?;
             let record: AuditRecord = decode("audit record", &v)?;
             if query.matches(&record) {
@@ -699,8 +720,23 @@ mod tests {
         let store = SledStore::open(dir.path(), 8).unwrap();
         let stored = put(&store, &delivery(9, State::Pending, 1), Event::Scheduled);
         assert_eq!(stored[0].seq, 6);
+        store.flush().unwrap();
         let seqs: Vec<u64> = store.audit(&AuditQuery::default()).unwrap().iter().map(|r| r.seq).collect();
         assert_eq!(seqs, vec![1, 2, 3, 4, 5, 6]);
+    }
+
+    #[test]
+    fn audit_records_are_shown_once_they_are_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), 8).unwrap();
+        put(&store, &delivery(1, State::Pending, 1), Event::Scheduled);
+        store.flush().unwrap();
+        put(&store, &delivery(2, State::Pending, 1), Event::Scheduled);
+        let shown = |q: &AuditQuery| store.audit(q).unwrap().iter().map(|r| r.seq).collect::<Vec<u64>>();
+        assert_eq!(shown(&AuditQuery::default()), [1], "seq 2 is applied, not yet flushed: a kill could take it back");
+        assert_eq!(shown(&AuditQuery { after_seq: Some(1), ..AuditQuery::default() }), Vec::<u64>::new());
+        store.flush().unwrap();
+        assert_eq!(shown(&AuditQuery::default()), [1, 2]);
     }
 
     #[test]
