@@ -165,6 +165,9 @@ pub enum LogOutput {
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
+    // Whatever herald creates (the store, sled's later snapshots) is for
+    // its own user only, whatever umask it was started with.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let cli = Cli::parse();
     match run(cli.command) {
         Ok(code) => code,

@@ -40,6 +40,8 @@ pub enum StoreError {
     NewerSchema { dir: String, found: u32, known: u32 },
     #[error("the store is damaged: {0}")]
     Corrupt(String),
+    #[error("cannot store a {what}: it does not serialise ({error}); nothing of this change was written")]
+    Encode { what: String, error: String },
     #[error("storage error: {0}")]
     Backend(String),
 }

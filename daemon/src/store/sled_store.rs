@@ -85,8 +85,12 @@ fn decode<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T>
     serde_json::from_slice(bytes).map_err(|e| corrupt(what, e))
 }
 
-fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
-    serde_json::to_vec(value).unwrap_or_default()
+/// A value as stored. A value that cannot be serialised aborts the whole
+/// transaction with an error naming it: storing empty bytes instead would
+/// lose the record and break the store's next read of it.
+fn encode<T: serde::Serialize>(what: &str, value: &T) -> std::result::Result<Vec<u8>, Abort> {
+    serde_json::to_vec(value)
+        .map_err(|e| Abort::Abort(StoreError::Encode { what: what.to_string(), error: e.to_string() }))
 }
 
 fn count_key(state: State) -> Vec<u8> {
@@ -105,10 +109,22 @@ impl SledStore {
     /// Open (or create) the store in `dir`, holding its lock for as long as
     /// the store lives. `cache_mb` bounds sled's page cache.
     pub fn open(dir: &Path, cache_mb: u64) -> Result<SledStore> {
-        std::fs::create_dir_all(dir).map_err(|e| dir_error(dir, e))?;
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        // The store is private: a new state directory is 0700, its files
+        // 0600, whatever the umask (herald run outside the unit).
+        if !dir.exists() {
+            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| dir_error(dir, e))?;
+        }
+        refuse_links(dir)?;
         let lock_path = dir.join(LOCK_FILE);
-        let lock =
-            File::options().create(true).truncate(false).write(true).open(&lock_path).map_err(|e| dir_error(dir, e))?;
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(&lock_path)
+            .map_err(|e| dir_error(dir, e))?;
         match lock.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
@@ -122,6 +138,8 @@ impl SledStore {
         let db_path = dir.join(DB_DIR);
         let fresh = !db_path.exists();
         if !fresh {
+            refuse_links(&db_path)?;
+            refuse_links(&db_path.join("blobs"))?;
             clear_unfinished_files(&db_path)?;
         }
         let marker = dir.join(CREATED_MARKER);
@@ -171,8 +189,19 @@ impl SledStore {
         }
         if !marker.exists() {
             // Stores created before the marker existed get it on their next start.
-            File::create(&marker).and_then(|f| f.sync_all()).map_err(|e| dir_error(dir, e))?;
+            File::options()
+                .create(true)
+                .truncate(true)
+                .write(true)
+                .mode(0o600)
+                .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+                .open(&marker)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| dir_error(dir, e))?;
         }
+        // sled creates its files with the umask's mode; make them private
+        // (and those of a store made before this rule).
+        make_private(&db_path)?;
         let audit = tree("audit")?;
         let failed = tree("failed")?;
         let last_seq = match audit.last()? {
@@ -245,6 +274,51 @@ impl SledStore {
     pub fn size_on_disk(&self) -> u64 {
         self.db.size_on_disk().unwrap_or(0)
     }
+}
+
+/// Refuse symbolic links among the entries of `dir` (the state directory,
+/// sled's directory and its blobs): one planted there could send herald's
+/// writes anywhere its user may write, or show it another store.
+fn refuse_links(dir: &Path) -> Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(dir_error(dir, e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(|e| dir_error(dir, e))?;
+        if entry.file_type().map_err(|e| dir_error(dir, e))?.is_symlink() {
+            return Err(StoreError::Dir {
+                dir: dir.display().to_string(),
+                error: std::io::Error::other(format!(
+                    "{} is a symbolic link; herald refuses links in its state directory (a link could redirect \
+                     its writes): replace it with the file or directory itself",
+                    entry.path().display()
+                )),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Mode 0700 for sled's directories and 0600 for its files.
+fn make_private(db_path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let set = |path: &Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|e| dir_error(path, e))
+    };
+    for dir in [db_path.to_path_buf(), db_path.join("blobs")] {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        set(&dir, 0o700)?;
+        for entry in entries {
+            let entry = entry.map_err(|e| dir_error(&dir, e))?;
+            let kind = entry.file_type().map_err(|e| dir_error(&dir, e))?;
+            if kind.is_file() {
+                set(&entry.path(), 0o600)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Remove what sled can leave half-done when it is killed, or when the disk
@@ -529,7 +603,7 @@ impl Store for SledStore {
                 let mut stored = Vec::with_capacity(changes.deliveries.len());
                 for (hash, rendered) in &changes.contents {
                     if content.get(hash.as_bytes())?.is_none() {
-                        content.insert(hash.as_bytes(), encode(rendered))?;
+                        content.insert(hash.as_bytes(), encode("content", rendered)?)?;
                     }
                 }
                 for (key, value) in &changes.meta {
@@ -546,7 +620,7 @@ impl Store for SledStore {
                     }
                     match record {
                         Some(r) => {
-                            posts.insert(id.as_bytes(), encode(r))?;
+                            posts.insert(id.as_bytes(), encode("post record", r)?)?;
                             if let Some(t) = r.timer {
                                 timers.insert(keys::timer(t, id), &[])?;
                             }
@@ -611,18 +685,18 @@ impl Store for SledStore {
                         *counters.entry(RETRYING_KEY.to_vec()).or_default() += 1;
                     }
                     written.insert(id, (delivery.state, delivery.due, is_retrying(delivery)));
-                    deliveries.insert(&id.0, encode(delivery))?;
+                    deliveries.insert(&id.0, encode("delivery", delivery)?)?;
                     let mut record = record.clone();
                     record.seq = next_seq;
                     next_seq += 1;
-                    audit.insert(&record.seq.to_be_bytes(), encode(&record))?;
+                    audit.insert(&record.seq.to_be_bytes(), encode("audit record", &record)?)?;
                     stored.push(record);
                 }
                 for note in &changes.notes {
                     let mut record = note.clone();
                     record.seq = next_seq;
                     next_seq += 1;
-                    audit.insert(&record.seq.to_be_bytes(), encode(&record))?;
+                    audit.insert(&record.seq.to_be_bytes(), encode("audit record", &record)?)?;
                     stored.push(record);
                 }
                 for (key, delta) in counters {
@@ -898,6 +972,19 @@ mod tests {
             assert!(!path.exists() || kind == "conf", "the torn snapshot is gone");
         }
         assert_eq!(std::fs::read(db.join("conf")).unwrap(), conf, "sled wrote `conf` again, as it was");
+    }
+
+    #[test]
+    fn a_value_that_cannot_be_serialised_is_an_error_not_empty_bytes() {
+        // JSON object keys must be strings: this map does not serialise.
+        let map: BTreeMap<(u8, u8), u8> = [((1, 2), 3)].into_iter().collect();
+        match encode("delivery", &map) {
+            Err(Abort::Abort(e @ StoreError::Encode { .. })) => {
+                assert!(e.to_string().contains("cannot store a delivery"), "{e}");
+            }
+            other => panic!("expected an encode error, got {other:?}"),
+        }
+        assert_eq!(encode("delivery", &1u8).unwrap(), b"1");
     }
 
     #[test]
