@@ -140,7 +140,9 @@ impl Scheduler {
 
     /// Start-up: deliveries found in flight were interrupted by a crash or a
     /// kill. They become pending again, keeping their idempotency key, and
-    /// are marked uncertain so adapters look before re-posting.
+    /// are marked uncertain so adapters look before re-posting. One whose
+    /// interrupted attempt was the last allowed gets it again where the
+    /// adapter says a re-send is safe, and fails (check the account) elsewhere.
     pub fn recover(&mut self, now: DateTime<Utc>) -> Result<usize> {
         let found = self.store.in_flight()?;
         let count = found.len();
