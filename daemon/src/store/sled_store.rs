@@ -144,15 +144,14 @@ impl SledStore {
             clear_unfinished_files(&db_path)?;
         }
         let marker = dir.join(CREATED_MARKER);
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(&db_path)
             .cache_capacity(cache_mb.saturating_mul(1024 * 1024))
-            .flush_every_ms(Some(500))
-            .open()
-            .map_err(|e| match e {
-                sled::Error::Io(io) => dir_error(&db_path, io),
-                other => StoreError::from(other),
-            })?;
+            .flush_every_ms(Some(500));
+        let db = open_sled(&config).map_err(|e| match e {
+            sled::Error::Io(io) => dir_error(&db_path, io),
+            other => StoreError::from(other),
+        })?;
         let tree = |name: &str| db.open_tree(name);
         let meta = tree("meta")?;
         match meta.get(SCHEMA_KEY)? {
@@ -429,6 +428,27 @@ fn index_failed(deliveries: &sled::Tree, failed: &sled::Tree) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Open sled, waiting a moment while its own file lock is still held by
+/// this process. herald already holds the state directory's lock, so no
+/// other herald has the store: the holder can only be background threads of
+/// a store this process has just closed (sled finishes a snapshot or a
+/// flush on its thread pool after the last handle is dropped), as when a
+/// daemon in this process stops and another starts on the same directory.
+fn open_sled(config: &sled::Config) -> sled::Result<sled::Db> {
+    const PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
+    let start = std::time::Instant::now();
+    loop {
+        match config.open() {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock") && start.elapsed() < PATIENCE =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
 }
 
 /// The head of the audit chain: the last record's seq and hash. On a store
@@ -1039,7 +1059,7 @@ mod tests {
         }
         let err = SledStore::open(dir.path(), 8).err().expect("a newer schema must be refused");
         assert!(err.to_string().contains("newer herald"), "{err}");
-        let db = sled::open(dir.path().join(DB_DIR)).unwrap();
+        let db = open_sled(&sled::Config::new().path(dir.path().join(DB_DIR))).unwrap();
         let version = db.open_tree("meta").unwrap().get(SCHEMA_KEY).unwrap().unwrap();
         assert_eq!(version.as_ref(), &(SCHEMA_VERSION + 1).to_be_bytes());
     }
@@ -1083,7 +1103,7 @@ mod tests {
             };
             std::fs::write(&path, &bytes).unwrap();
             // sled alone takes these for damage: this is what bricked herald.
-            match sled::open(&db) {
+            match open_sled(&sled::Config::new().path(&db)) {
                 Err(sled::Error::Corruption { .. }) => {}
                 other => panic!("sled opened a store with a torn {kind} file: {:?}", other.map(|_| ())),
             }
