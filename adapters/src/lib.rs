@@ -101,6 +101,16 @@ pub trait Adapter: Send + Sync {
         Box::pin(async { Ok(None) })
     }
 
+    /// Can the daemon send a delivery again without publishing it twice,
+    /// when it does not know whether an earlier attempt went through (herald
+    /// was killed while it was in flight)? True when the platform
+    /// de-duplicates by the idempotency key, or when `lookup` reliably finds
+    /// an earlier attempt. The daemon then gives an interrupted last attempt
+    /// again instead of failing the delivery. Default: no.
+    fn resend_is_safe(&self) -> bool {
+        false
+    }
+
     /// Make one harmless authenticated call (no publishing) to show the
     /// account's credentials work.
     fn probe(&self) -> BoxFuture<'_, Result<Probe, DeliveryError>> {

@@ -721,9 +721,17 @@ pub fn serve(
 ) -> anyhow::Result<ControlServer> {
     use anyhow::Context;
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
+    // A folder herald makes for its socket: herald runs with umask 077, so
+    // open it to the socket's group (set below), which must reach the socket.
+    let made_dir = match path.parent() {
+        Some(dir) if !dir.exists() => {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750))
+                .with_context(|| format!("setting the mode of {}", dir.display()))?;
+            Some(dir)
+        }
+        _ => None,
+    };
     clear_stale_socket(path)?;
     let listener =
         UnixListener::bind(path).with_context(|| format!("binding the control socket {}", path.display()))?;
@@ -743,6 +751,10 @@ pub fn serve(
         rustix::fs::chown(path, None, Some(rustix::fs::Gid::from_raw(id)))
             .with_context(|| format!("giving the control socket to group `{name}`"))?;
         gid = id;
+    }
+    if let Some(dir) = made_dir {
+        rustix::fs::chown(dir, None, Some(rustix::fs::Gid::from_raw(gid)))
+            .with_context(|| format!("giving {} to the control socket's group", dir.display()))?;
     }
     let peers = Arc::new(Peers { uid: rustix::process::getuid().as_raw(), gid });
     let authorized = Authorized { inner: listener, peers };

@@ -431,6 +431,7 @@ grace = "{grace}"
         b.advance(&cfg.posts["p"], timers[0].0).unwrap();
         let changes = std::mem::take(&mut b.changes);
         store.apply(changes).unwrap();
+        store.flush().unwrap(); // as the scheduler does: records are shown once durable
     }
 
     /// (local hour, state) of every delivery, in occurrence order.

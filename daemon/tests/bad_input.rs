@@ -690,7 +690,10 @@ fn a_damaged_store_is_refused_and_never_taken_for_a_new_one() {
     std::fs::write(&log, &bytes).unwrap();
 
     let stderr = assert_refuses_to_run(&config, "the store is damaged");
-    assert!(stderr.contains("Restore the state directory from a backup"), "{stderr}");
+    assert!(stderr.contains("copy it aside (cp -a) before any repair"), "{stderr}");
+    assert!(!stderr.contains("move it away"), "no advice that discards the store:\n{stderr}");
+    let status = run_bounded(herald(&["run", "--config", config.to_str().unwrap()]), Duration::from_secs(30)).status;
+    assert_eq!(status.code(), Some(65), "a damaged store has its own exit code (RestartPreventExitStatus=)");
     // herald wrote nothing into it: a second start refuses the same way
     // (it did not re-initialise the store over the lost data).
     assert_refuses_to_run(&config, "the store is damaged");

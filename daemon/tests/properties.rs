@@ -623,6 +623,7 @@ mod reconcile {
             }
             let changes = std::mem::take(&mut b.changes);
             store.apply(changes).unwrap();
+            store.flush().unwrap(); // as the scheduler does: records are shown once durable
         }
     }
 

@@ -358,6 +358,12 @@ impl Adapter for DiscourseAdapter {
         Box::pin(self.find(request))
     }
 
+    /// `lookup` finds a topic by its `external_id` (the delivery id), and
+    /// the forum refuses a second topic with the same one.
+    fn resend_is_safe(&self) -> bool {
+        true
+    }
+
     fn probe(&self) -> BoxFuture<'_, Result<Probe, DeliveryError>> {
         Box::pin(self.session())
     }

@@ -342,6 +342,12 @@ impl Adapter for MastodonAdapter {
     // `lookup` keeps the default (`Ok(None)`): the idempotency key makes a
     // re-sent status answer the original one.
 
+    /// The instance answers a repeated `Idempotency-Key` with the original
+    /// status (for an hour, longer than a restart takes).
+    fn resend_is_safe(&self) -> bool {
+        true
+    }
+
     fn probe(&self) -> BoxFuture<'_, Result<Probe, DeliveryError>> {
         Box::pin(self.verify())
     }

@@ -126,6 +126,12 @@ impl Adapter for WebhookAdapter {
         Platform::Webhook
     }
 
+    /// Every attempt carries the delivery id as `Idempotency-Key`; a
+    /// receiver treats a repeated key as the same delivery (README, webhook).
+    fn resend_is_safe(&self) -> bool {
+        true
+    }
+
     fn render(&self, content: &PostContent) -> Result<Rendered, Vec<ContentProblem>> {
         if content.body.trim().is_empty() {
             return Err(vec![ContentProblem::new("body", "must not be empty")]);

@@ -236,13 +236,27 @@ pub enum LogOutput {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     quiet_on_broken_pipe();
+    // Whatever herald creates (the store, sled's later snapshots) is for
+    // its own user only, whatever umask it was started with.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let cli = Cli::parse();
     match run(cli.command) {
         Ok(code) => code,
         Err(e) if broken_pipe(&e) => ExitCode::from(BROKEN_PIPE),
         Err(e) => {
-            // Under systemd, the journal files this line as an error.
+            // Under systemd, the journal files these lines as errors.
             let priority = if crate::logging::stderr_is_journal() { "<3>" } else { "" };
+            let store = e.chain().find_map(|c| c.downcast_ref::<crate::store::StoreError>());
+            if store.is_some_and(crate::store::StoreError::needs_an_operator) {
+                // One line for the journal: what broke and what to do.
+                eprintln!(
+                    "{priority}herald: {e:#}. herald exits {} so that it is not restarted in a loop; keep the state \
+                     directory as it is: copy it aside (cp -a) before any repair, then see RELIABILITY.md, \
+                     \"A store that does not open\"",
+                    crate::store::StoreError::EXIT_CODE
+                );
+                return ExitCode::from(crate::store::StoreError::EXIT_CODE);
+            }
             eprintln!("{priority}herald: {e:#}");
             match e.downcast_ref::<crate::service::ConfigRefused>() {
                 Some(_) => ExitCode::from(crate::service::ConfigRefused::EXIT_CODE),

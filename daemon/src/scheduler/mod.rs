@@ -88,6 +88,10 @@ pub struct Scheduler {
     expiry_warned: HashMap<String, std::time::Instant>,
     /// Contents recently sent, by hash.
     contents: HashMap<String, Content>,
+    /// Outcomes applied but not yet flushed: the next dispatch's flush (or
+    /// the end of the tick) covers them, so a busy loop pays one fsync per
+    /// round for both (group commit).
+    unflushed: bool,
 }
 
 impl Scheduler {
@@ -110,6 +114,7 @@ impl Scheduler {
             last_status: None,
             expiry_warned: HashMap::new(),
             contents: HashMap::new(),
+            unflushed: false,
         }
     }
 
@@ -141,7 +146,9 @@ impl Scheduler {
 
     /// Start-up: deliveries found in flight were interrupted by a crash or a
     /// kill. They become pending again, keeping their idempotency key, and
-    /// are marked uncertain so adapters look before re-posting.
+    /// are marked uncertain so adapters look before re-posting. One whose
+    /// interrupted attempt was the last allowed gets it again where the
+    /// adapter says a re-send is safe, and fails (check the account) elsewhere.
     pub fn recover(&mut self, now: DateTime<Utc>) -> Result<usize> {
         let found = self.store.in_flight()?;
         let count = found.len();
@@ -149,7 +156,22 @@ impl Scheduler {
         for mut d in found {
             d.updated = to_millis(now);
             d.uncertain = true;
-            if d.attempt >= self.config.retry.max_attempts {
+            let resend_is_safe = self.config.accounts.get(&d.account).is_some_and(|a| a.adapter.resend_is_safe());
+            if d.attempt >= self.config.retry.max_attempts && resend_is_safe {
+                // The interrupted attempt does not count: the platform
+                // de-duplicates (or herald looks before sending), so giving
+                // the last attempt again cannot publish the post twice.
+                d.attempt -= 1;
+                d.state = State::Pending;
+                d.due = to_millis(now);
+                d.reason = Some(format!(
+                    "herald stopped while attempt {} (the last allowed) was in flight; the platform recognises a \
+                     repeated delivery, so that attempt is made again with the same idempotency key",
+                    d.attempt + 1
+                ));
+                let record = AuditRecord::of(&d, Event::Recovered, now);
+                changes.deliveries.push((d, record));
+            } else if d.attempt >= self.config.retry.max_attempts {
                 d.state = State::Failed;
                 d.reason = Some(format!(
                     "herald stopped while attempt {} (the last allowed) was in flight; the platform may or may not \
@@ -229,6 +251,9 @@ impl Scheduler {
             let changes = std::mem::take(&mut b.changes);
             drop(b);
             self.apply(changes)?;
+            // The `scheduled` records are shown (log, status) once durable:
+            // one flush for the round, so they are not held back long.
+            self.store.flush()?;
             tracing::debug!(
                 timers = tick.timers_fired,
                 created = tick.scheduled,
@@ -253,6 +278,10 @@ impl Scheduler {
         }
 
         tick.dispatched = self.dispatch(now)?;
+        if self.unflushed {
+            self.store.flush()?;
+            self.unflushed = false;
+        }
         Ok(tick)
     }
 
@@ -337,7 +366,9 @@ impl Scheduler {
             changes.deliveries.push((d.clone(), record));
         }
         self.apply(changes)?;
+        // One fsync for these transitions and any outcomes recorded since the last.
         self.store.flush()?;
+        self.unflushed = false;
         let count = starting.len();
         for d in starting {
             let late = (now_ms - d.due).max(0) as u64;
@@ -376,7 +407,7 @@ impl Scheduler {
                 found: false,
                 looked_up: false,
             };
-            return self.record(vec![finished], now);
+            return self.record_outcomes(vec![finished], now);
         };
         tracing::debug!(delivery = %d.id, post = %d.post_id, account = %d.account, attempt = d.attempt, "attempt started");
         let default_limit = http.timeout * 2 + http.connect_timeout + Duration::from_secs(5);
@@ -389,6 +420,15 @@ impl Scheduler {
 
     /// Record the outcomes of finished attempts, in one write and one flush.
     pub fn record(&mut self, batch: Vec<Finished>, now: DateTime<Utc>) -> Result<()> {
+        self.record_outcomes(batch, now)?;
+        self.store.flush()?;
+        self.unflushed = false;
+        Ok(())
+    }
+
+    /// [`Scheduler::record`] without the flush: the loop's next flush
+    /// (before any request leaves, or at the end of the tick) covers it.
+    fn record_outcomes(&mut self, batch: Vec<Finished>, now: DateTime<Utc>) -> Result<()> {
         let mut changes = Changes::default();
         for f in batch {
             let mut d = f.delivery;
@@ -519,7 +559,8 @@ impl Scheduler {
             changes.deliveries.push((d, record));
         }
         self.apply(changes)?;
-        self.store.flush()
+        self.unflushed = true;
+        Ok(())
     }
 
     /// A transient failure: the account as a whole waits the backoff of its
@@ -607,7 +648,7 @@ impl Scheduler {
                 }
             }
         }
-        self.record(finished, crate::clock::now())
+        self.record_outcomes(finished, crate::clock::now())
     }
 
     /// The loop: runs until [`Control::Shutdown`] (or the control channel

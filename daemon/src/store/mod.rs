@@ -43,6 +43,8 @@ pub enum StoreError {
     NewerSchema { dir: String, found: u32, known: u32 },
     #[error("the store is damaged: {0}")]
     Corrupt(String),
+    #[error("cannot store a {what}: it does not serialise ({error}); nothing of this change was written")]
+    Encode { what: String, error: String },
     #[error("storage error: {0}")]
     Backend(String),
 }
@@ -53,6 +55,19 @@ impl From<sled::Error> for StoreError {
             sled::Error::Corruption { .. } => StoreError::Corrupt(e.to_string()),
             other => StoreError::Backend(other.to_string()),
         }
+    }
+}
+
+impl StoreError {
+    /// `herald` exits with this (EX_DATAERR) when the store cannot be used
+    /// as it is (damaged, or written by a newer herald): starting again
+    /// would fail the same way, so the systemd unit names it in
+    /// `RestartPreventExitStatus=` and the unit stops with the cause.
+    pub const EXIT_CODE: u8 = 65;
+
+    /// Will the same store refuse every start until someone acts?
+    pub fn needs_an_operator(&self) -> bool {
+        matches!(self, StoreError::Corrupt(_) | StoreError::NewerSchema { .. })
     }
 }
 
@@ -186,7 +201,9 @@ pub trait Store: Send + Sync {
     /// Make everything applied so far durable (fsync). Concurrent callers
     /// share one flush (group commit).
     fn flush(&self) -> Result<()>;
-    /// Audit records matching a query, in sequence order.
+    /// Audit records matching a query, in sequence order, up to the last
+    /// one made durable by [`Store::flush`]: a record applied but not yet
+    /// flushed is not shown, since a crash could still take it back.
     fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>>;
     /// The audit log as stored, for verifying its chain: (key, the record's
     /// exact bytes) after key `after`, in key order, at most `limit`.

@@ -1,9 +1,14 @@
 //! The sled backend of [`Store`].
 //!
 //! Durability: sled writes its buffers every 500 ms on its own; herald calls
-//! [`Store::flush`] (an fsync) before any request leaves the host and after
-//! recording outcomes. Flushes are shared: a caller whose writes were already
-//! covered by a flush that started after them returns at once (group commit).
+//! [`Store::flush`] before any request leaves the host and after recording
+//! outcomes. sled's own flush writes its log with `sync_file_range`, which
+//! flushes data pages only (not the file's size, not the disk's write cache),
+//! and fsyncs only every 500 ms; so [`Store::flush`] follows it with a real
+//! `fdatasync` of the log file (and an fsync of any new blob file and of the
+//! blob directory): what it covers survives a power cut, not only a kill.
+//! Flushes are shared: a caller whose writes were already covered by a flush
+//! that started after them returns at once (group commit).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -27,6 +32,15 @@ const SCHEMA_KEY: &[u8] = b"schema_version";
 /// disk, bytes overwritten), and must not be taken for a new, empty store.
 const CREATED_MARKER: &str = "store-created";
 
+/// What [`Store::flush`] fsyncs after sled's own flush.
+struct SyncFiles {
+    /// sled's log file, opened again for `fdatasync`.
+    log: File,
+    blobs_dir: PathBuf,
+    /// Blob files already fsynced, by name (sled writes them without fsync).
+    synced_blobs: std::collections::HashSet<std::ffi::OsString>,
+}
+
 pub struct SledStore {
     db: sled::Db,
     deliveries: sled::Tree,
@@ -47,7 +61,15 @@ pub struct SledStore {
     write_lock: Mutex<ChainHead>,
     writes: AtomicU64,
     flushed: AtomicU64,
-    flush_lock: Mutex<()>,
+    /// The last audit sequence number applied (committed to sled, maybe
+    /// not yet on disk), and the last one a flush made durable. Readers of
+    /// the audit log see records up to `durable_seq` only: a record that a
+    /// kill could still take back is never shown, so no sequence number
+    /// ever names two records (DESIGN invariant 8).
+    applied_seq: AtomicU64,
+    durable_seq: AtomicU64,
+    /// Held by the one flush at a time (the others wait and share it).
+    flush_lock: Box<Mutex<SyncFiles>>,
     _lock: File,
     dir: PathBuf,
 }
@@ -64,8 +86,12 @@ fn decode<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T>
     serde_json::from_slice(bytes).map_err(|e| corrupt(what, e))
 }
 
-fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
-    serde_json::to_vec(value).unwrap_or_default()
+/// A value as stored. A value that cannot be serialised aborts the whole
+/// transaction with an error naming it: storing empty bytes instead would
+/// lose the record and break the store's next read of it.
+fn encode<T: serde::Serialize>(what: &str, value: &T) -> std::result::Result<Vec<u8>, Abort> {
+    serde_json::to_vec(value)
+        .map_err(|e| Abort::Abort(StoreError::Encode { what: what.to_string(), error: e.to_string() }))
 }
 
 fn count_key(state: State) -> Vec<u8> {
@@ -84,10 +110,22 @@ impl SledStore {
     /// Open (or create) the store in `dir`, holding its lock for as long as
     /// the store lives. `cache_mb` bounds sled's page cache.
     pub fn open(dir: &Path, cache_mb: u64) -> Result<SledStore> {
-        std::fs::create_dir_all(dir).map_err(|e| dir_error(dir, e))?;
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        // The store is private: a new state directory is 0700, its files
+        // 0600, whatever the umask (herald run outside the unit).
+        if !dir.exists() {
+            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| dir_error(dir, e))?;
+        }
+        refuse_links(dir)?;
         let lock_path = dir.join(LOCK_FILE);
-        let lock =
-            File::options().create(true).truncate(false).write(true).open(&lock_path).map_err(|e| dir_error(dir, e))?;
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(&lock_path)
+            .map_err(|e| dir_error(dir, e))?;
         match lock.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
@@ -100,16 +138,20 @@ impl SledStore {
         }
         let db_path = dir.join(DB_DIR);
         let fresh = !db_path.exists();
+        if !fresh {
+            refuse_links(&db_path)?;
+            refuse_links(&db_path.join("blobs"))?;
+            clear_unfinished_files(&db_path)?;
+        }
         let marker = dir.join(CREATED_MARKER);
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(&db_path)
             .cache_capacity(cache_mb.saturating_mul(1024 * 1024))
-            .flush_every_ms(Some(500))
-            .open()
-            .map_err(|e| match e {
-                sled::Error::Io(io) => dir_error(&db_path, io),
-                other => StoreError::from(other),
-            })?;
+            .flush_every_ms(Some(500));
+        let db = open_sled(&config).map_err(|e| match e {
+            sled::Error::Io(io) => dir_error(&db_path, io),
+            other => StoreError::from(other),
+        })?;
         let tree = |name: &str| db.open_tree(name);
         let meta = tree("meta")?;
         match meta.get(SCHEMA_KEY)? {
@@ -139,19 +181,43 @@ impl SledStore {
             None => {
                 return Err(StoreError::Corrupt(format!(
                     "{} holds no readable herald data although herald created a store there (its schema \
-                     version is gone): the files are damaged, and herald will not start on them. Restore the state \
-                     directory from a backup, or move it away to start with an empty schedule",
+                     version is gone): the files are damaged, and herald will neither start on them nor \
+                     re-initialise them",
                     db_path.display()
                 )));
             }
         }
         if !marker.exists() {
             // Stores created before the marker existed get it on their next start.
-            File::create(&marker).and_then(|f| f.sync_all()).map_err(|e| dir_error(dir, e))?;
+            File::options()
+                .create(true)
+                .truncate(true)
+                .write(true)
+                .mode(0o600)
+                .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+                .open(&marker)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| dir_error(dir, e))?;
         }
+        // sled creates its files with the umask's mode; make them private
+        // (and those of a store made before this rule).
+        make_private(&db_path)?;
         let audit = tree("audit")?;
         let failed = tree("failed")?;
         let head = chain_head(&audit)?;
+        let last_seq = match audit.last()? {
+            Some((k, _)) => u64::from_be_bytes(k.as_ref().try_into().map_err(|_| corrupt("audit key", "bad length"))?),
+            None => 0,
+        };
+        // What sled recovered may sit in the page cache only (written before
+        // a kill, never flushed): make it durable before it is shown. The
+        // directories too, so the files themselves survive a power cut.
+        db.flush()?;
+        let log_file = File::open(db_path.join("db")).map_err(|e| dir_error(&db_path, e))?;
+        log_file.sync_data().map_err(|e| dir_error(&db_path, e))?;
+        for d in [&db_path, dir] {
+            File::open(d).and_then(|f| f.sync_all()).map_err(|e| dir_error(d, e))?;
+        }
         Ok(SledStore {
             deliveries: tree("deliveries")?,
             due: tree("due")?,
@@ -168,7 +234,13 @@ impl SledStore {
             write_lock: Mutex::new(head),
             writes: AtomicU64::new(0),
             flushed: AtomicU64::new(0),
-            flush_lock: Mutex::new(()),
+            applied_seq: AtomicU64::new(last_seq),
+            durable_seq: AtomicU64::new(last_seq),
+            flush_lock: Box::new(Mutex::new(SyncFiles {
+                log: log_file,
+                blobs_dir: db_path.join("blobs"),
+                synced_blobs: std::collections::HashSet::new(),
+            })),
             _lock: lock,
             dir: dir.to_path_buf(),
         })
@@ -205,6 +277,148 @@ impl SledStore {
     }
 }
 
+/// Refuse symbolic links among the entries of `dir` (the state directory,
+/// sled's directory and its blobs): one planted there could send herald's
+/// writes anywhere its user may write, or show it another store.
+fn refuse_links(dir: &Path) -> Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(dir_error(dir, e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(|e| dir_error(dir, e))?;
+        if entry.file_type().map_err(|e| dir_error(dir, e))?.is_symlink() {
+            return Err(StoreError::Dir {
+                dir: dir.display().to_string(),
+                error: std::io::Error::other(format!(
+                    "{} is a symbolic link; herald refuses links in its state directory (a link could redirect \
+                     its writes): replace it with the file or directory itself",
+                    entry.path().display()
+                )),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Mode 0700 for sled's directories and 0600 for its files.
+fn make_private(db_path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let set = |path: &Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|e| dir_error(path, e))
+    };
+    for dir in [db_path.to_path_buf(), db_path.join("blobs")] {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        set(&dir, 0o700)?;
+        for entry in entries {
+            let entry = entry.map_err(|e| dir_error(&dir, e))?;
+            let kind = entry.file_type().map_err(|e| dir_error(&dir, e))?;
+            if kind.is_file() {
+                set(&entry.path(), 0o600)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Remove what sled can leave half-done when it is killed, or when the disk
+/// is full, while it writes outside its log. sled 0.34 (read from its
+/// source) writes three kinds of files beside its log `db`:
+///
+/// - `snap.<lsn>.generating`: a snapshot being written, renamed to
+///   `snap.<lsn>` only after it is complete and fsynced. An unfinished one
+///   is never authoritative, but sled's own reader takes the newest
+///   `snap.*` file, `.generating` or not, so a torn one (a kill mid-write,
+///   0 bytes after ENOSPC) would be read as the store and refused as
+///   damaged at every start. The complete snapshot before it, or the log,
+///   holds the same data, so it is removed.
+/// - `conf`: the storage parameters, written in place once when the store
+///   is created (no temporary file, no fsync). sled rewrites a missing or
+///   short one itself, but takes a torn one that fails its checksum for
+///   damage. herald always opens sled with the same parameters, so a torn
+///   `conf` is removed and sled writes it again.
+/// - `blobs/<lsn>`: values too large for the log, written before the log
+///   record that points to them; sled removes those past its recovered
+///   point itself, so nothing is needed here.
+///
+/// Each removal is logged (warn) with the file and its size.
+fn clear_unfinished_files(db_path: &Path) -> Result<()> {
+    let entries = match std::fs::read_dir(db_path) {
+        Ok(entries) => entries,
+        Err(e) => return Err(dir_error(db_path, e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(|e| dir_error(db_path, e))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let path = entry.path();
+        let unfinished = match name {
+            "conf" => !sled_conf_is_whole(&path).map_err(|e| dir_error(db_path, e))?,
+            _ => name.starts_with("snap.") && name.ends_with(".generating"),
+        };
+        if unfinished {
+            let bytes = entry.metadata().map(|m| m.len()).unwrap_or(0);
+            std::fs::remove_file(&path).map_err(|e| dir_error(db_path, e))?;
+            tracing::warn!(file = %path.display(), bytes,
+                "removed a file sled left unfinished (a kill or a full disk while it was written); the store's data is elsewhere");
+        }
+    }
+    Ok(())
+}
+
+/// Does sled's `conf` end with the CRC-32 of what comes before it? (sled
+/// itself treats 8 bytes or fewer as absent and rewrites them.)
+fn sled_conf_is_whole(path: &Path) -> std::io::Result<bool> {
+    let bytes = std::fs::read(path)?;
+    if bytes.len() <= 8 {
+        return Ok(true);
+    }
+    let (body, crc) = bytes.split_at(bytes.len() - 4);
+    Ok(crc32(body).to_le_bytes() == crc)
+}
+
+/// CRC-32 (IEEE, reflected), as sled uses for its files. Bit by bit: it
+/// checks a file of a few dozen bytes once per start.
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+        }
+    }
+    !crc
+}
+
+/// fsync blob files sled wrote since the last flush (it writes them without
+/// one, before the log record pointing to them), then their directory.
+/// herald's values rarely reach sled's blob size (about 128 KiB), so the
+/// directory is usually empty and this is one `readdir`.
+fn sync_new_blobs(dir: &Path, synced: &mut std::collections::HashSet<std::ffi::OsString>) -> std::io::Result<()> {
+    let mut present = std::collections::HashSet::new();
+    let mut new = false;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if !synced.contains(&name) {
+            match File::open(entry.path()) {
+                Ok(f) => f.sync_all()?,
+                // sled removed it meanwhile (garbage collection).
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            }
+            new = true;
+        }
+        present.insert(name);
+    }
+    if new {
+        File::open(dir)?.sync_all()?;
+    }
+    *synced = present;
+    Ok(())
+}
+
 /// Index every failed delivery (a store from before the failed index).
 fn index_failed(deliveries: &sled::Tree, failed: &sled::Tree) -> Result<()> {
     for entry in deliveries.iter() {
@@ -214,6 +428,27 @@ fn index_failed(deliveries: &sled::Tree, failed: &sled::Tree) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Open sled, waiting a moment while its own file lock is still held by
+/// this process. herald already holds the state directory's lock, so no
+/// other herald has the store: the holder can only be background threads of
+/// a store this process has just closed (sled finishes a snapshot or a
+/// flush on its thread pool after the last handle is dropped), as when a
+/// daemon in this process stops and another starts on the same directory.
+fn open_sled(config: &sled::Config) -> sled::Result<sled::Db> {
+    const PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
+    let start = std::time::Instant::now();
+    loop {
+        match config.open() {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock") && start.elapsed() < PATIENCE =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
 }
 
 /// The head of the audit chain: the last record's seq and hash. On a store
@@ -434,7 +669,7 @@ impl Store for SledStore {
                 let mut written: HashMap<DeliveryId, (State, Millis, bool)> = HashMap::new();
                 for (hash, rendered) in &changes.contents {
                     if content.get(hash.as_bytes())?.is_none() {
-                        content.insert(hash.as_bytes(), encode(rendered))?;
+                        content.insert(hash.as_bytes(), encode("content", rendered)?)?;
                     }
                 }
                 for (key, value) in &changes.meta {
@@ -451,7 +686,7 @@ impl Store for SledStore {
                     }
                     match record {
                         Some(r) => {
-                            posts.insert(id.as_bytes(), encode(r))?;
+                            posts.insert(id.as_bytes(), encode("post record", r)?)?;
                             if let Some(t) = r.timer {
                                 timers.insert(keys::timer(t, id), &[])?;
                             }
@@ -516,7 +751,7 @@ impl Store for SledStore {
                         *counters.entry(RETRYING_KEY.to_vec()).or_default() += 1;
                     }
                     written.insert(id, (delivery.state, delivery.due, is_retrying(delivery)));
-                    deliveries.insert(&id.0, encode(delivery))?;
+                    deliveries.insert(&id.0, encode("delivery", delivery)?)?;
                     stored.push(append(record)?);
                 }
                 for note in &changes.notes {
@@ -535,6 +770,8 @@ impl Store for SledStore {
                 if let Some(last) = stored.last() {
                     *head = ChainHead { seq: last.seq, hash: last.hash.clone().unwrap_or_default(), unstarted: false };
                 }
+                // Readers see these records once a flush covers them (`durable_seq`).
+                self.applied_seq.store(head.seq, Ordering::SeqCst);
                 self.writes.fetch_add(1, Ordering::SeqCst);
                 Ok(stored)
             }
@@ -545,20 +782,32 @@ impl Store for SledStore {
 
     fn flush(&self) -> Result<()> {
         let wanted = self.writes.load(Ordering::SeqCst);
-        let _guard = self.flush_lock.lock().map_err(|_| StoreError::Backend("a flusher panicked".into()))?;
+        let mut files = self.flush_lock.lock().map_err(|_| StoreError::Backend("a flusher panicked".into()))?;
         if self.flushed.load(Ordering::SeqCst) >= wanted {
             return Ok(());
         }
         let covering = self.writes.load(Ordering::SeqCst);
+        // Every record up to here is committed in sled, so the flush below covers it.
+        let covering_seq = self.applied_seq.load(Ordering::SeqCst);
         self.db.flush()?;
+        let io = |e: std::io::Error| StoreError::Backend(format!("making the store durable (fsync): {e}"));
+        let SyncFiles { log, blobs_dir, synced_blobs } = &mut *files;
+        log.sync_data().map_err(io)?;
+        sync_new_blobs(blobs_dir, synced_blobs).map_err(io)?;
         self.flushed.fetch_max(covering, Ordering::SeqCst);
+        self.durable_seq.fetch_max(covering_seq, Ordering::SeqCst);
         Ok(())
     }
 
     fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>> {
         let start = query.after_seq.map_or(0, |s| s + 1);
+        // Only what is durable (see `durable_seq`).
+        let end = self.durable_seq.load(Ordering::SeqCst);
         let mut out = Vec::new();
-        for entry in self.audit.range(start.to_be_bytes()..) {
+        if start > end {
+            return Ok(out);
+        }
+        for entry in self.audit.range(start.to_be_bytes()..=end.to_be_bytes()) {
             let (_, v) = entry?;
             let record: AuditRecord = decode("audit record", &v)?;
             if query.matches(&record) {
@@ -678,6 +927,7 @@ mod tests {
         let store = SledStore::open(dir.path(), 8).unwrap();
         let stored = put(&store, &delivery(9, State::Pending, 1), Event::Scheduled);
         assert_eq!(stored[0].seq, 6);
+        store.flush().unwrap();
         let seqs: Vec<u64> = store.audit(&AuditQuery::default()).unwrap().iter().map(|r| r.seq).collect();
         assert_eq!(seqs, vec![1, 2, 3, 4, 5, 6]);
     }
@@ -749,6 +999,20 @@ mod tests {
     }
 
     #[test]
+    fn audit_records_are_shown_once_they_are_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), 8).unwrap();
+        put(&store, &delivery(1, State::Pending, 1), Event::Scheduled);
+        store.flush().unwrap();
+        put(&store, &delivery(2, State::Pending, 1), Event::Scheduled);
+        let shown = |q: &AuditQuery| store.audit(q).unwrap().iter().map(|r| r.seq).collect::<Vec<u64>>();
+        assert_eq!(shown(&AuditQuery::default()), [1], "seq 2 is applied, not yet flushed: a kill could take it back");
+        assert_eq!(shown(&AuditQuery { after_seq: Some(1), ..AuditQuery::default() }), Vec::<u64>::new());
+        store.flush().unwrap();
+        assert_eq!(shown(&AuditQuery::default()), [1, 2]);
+    }
+
+    #[test]
     fn a_second_opener_gets_a_clear_error_naming_the_lock() {
         let dir = tempfile::tempdir().unwrap();
         let _first = SledStore::open(dir.path(), 8).unwrap();
@@ -795,9 +1059,79 @@ mod tests {
         }
         let err = SledStore::open(dir.path(), 8).err().expect("a newer schema must be refused");
         assert!(err.to_string().contains("newer herald"), "{err}");
-        let db = sled::open(dir.path().join(DB_DIR)).unwrap();
+        let db = open_sled(&sled::Config::new().path(dir.path().join(DB_DIR))).unwrap();
         let version = db.open_tree("meta").unwrap().get(SCHEMA_KEY).unwrap().unwrap();
         assert_eq!(version.as_ref(), &(SCHEMA_VERSION + 1).to_be_bytes());
+    }
+
+    /// The LSN in the name of the newest `snap.*` file sled wrote (0: none yet).
+    fn newest_snapshot(db: &Path) -> u64 {
+        std::fs::read_dir(db)
+            .unwrap()
+            .filter_map(|e| {
+                let name = e.unwrap().file_name().into_string().unwrap();
+                u64::from_str_radix(name.strip_prefix("snap.")?, 16).ok()
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn unfinished_sled_files_left_by_a_kill_or_a_full_disk_do_not_stop_the_store_opening() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SledStore::open(dir.path(), 8).unwrap();
+            for n in 1..=20u8 {
+                put(&store, &delivery(n, State::Pending, 1_000 * i64::from(n)), Event::Scheduled);
+            }
+            store.flush().unwrap();
+        }
+        let db = dir.path().join(DB_DIR);
+        let conf = std::fs::read(db.join("conf")).unwrap();
+        // Each of what sled leaves half-done: a snapshot cut short by
+        // ENOSPC (0 bytes), one cut by a kill (bytes, no checksum), a
+        // `conf` without its checksum.
+        let torn: [(&str, Vec<u8>); 3] = [
+            ("generating", Vec::new()),
+            ("generating", b"\x01\x02 half a snapshot, no length, no checksum \x7f".repeat(50)),
+            ("conf", conf[..conf.len() - 4].to_vec()),
+        ];
+        for (kind, bytes) in torn {
+            let path = match kind {
+                "generating" => db.join(format!("snap.{:016X}.generating", newest_snapshot(&db) + 1)),
+                _ => db.join("conf"),
+            };
+            std::fs::write(&path, &bytes).unwrap();
+            // sled alone takes these for damage: this is what bricked herald.
+            match open_sled(&sled::Config::new().path(&db)) {
+                Err(sled::Error::Corruption { .. }) => {}
+                other => panic!("sled opened a store with a torn {kind} file: {:?}", other.map(|_| ())),
+            }
+            let store = SledStore::open(dir.path(), 8).unwrap_or_else(|e| panic!("with a torn {kind} file: {e}"));
+            assert_eq!(store.counts().unwrap()[&State::Pending], 20, "with a torn {kind} file");
+            let seqs: Vec<u64> = store.audit(&AuditQuery::default()).unwrap().iter().map(|r| r.seq).collect();
+            assert_eq!(seqs, (1..=20).collect::<Vec<u64>>(), "with a torn {kind} file");
+            assert!(!path.exists() || kind == "conf", "the torn snapshot is gone");
+        }
+        assert_eq!(std::fs::read(db.join("conf")).unwrap(), conf, "sled wrote `conf` again, as it was");
+    }
+
+    #[test]
+    fn a_value_that_cannot_be_serialised_is_an_error_not_empty_bytes() {
+        // JSON object keys must be strings: this map does not serialise.
+        let map: BTreeMap<(u8, u8), u8> = [((1, 2), 3)].into_iter().collect();
+        match encode("delivery", &map) {
+            Err(Abort::Abort(e @ StoreError::Encode { .. })) => {
+                assert!(e.to_string().contains("cannot store a delivery"), "{e}");
+            }
+            other => panic!("expected an encode error, got {other:?}"),
+        }
+        assert_eq!(encode("delivery", &1u8).unwrap(), b"1");
+    }
+
+    #[test]
+    fn crc32_is_the_ieee_checksum_sled_uses() {
+        assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
     }
 
     #[test]
