@@ -245,6 +245,8 @@ fn probes(config: &Config) -> anyhow::Result<Vec<ProbeView>> {
                     Ok(Err(e)) => (false, true, e.to_string(), None),
                     Err(_) => (false, true, format!("no answer within {}", humantime::format_duration(limit)), None),
                 };
+                // A probe's answer is printed: scrub what it may echo of the account's secrets.
+                let detail = crate::scrub::Scrubber::for_account(&account).text(&detail);
                 let platform = account.platform.to_string();
                 ProbeView { account: account.id.clone(), platform, ok, checked, detail, expires_at }
             });

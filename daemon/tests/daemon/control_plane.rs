@@ -552,3 +552,42 @@ async fn secrets_a_platform_echoes_never_reach_the_audit_log_or_the_alert() {
         assert!(!said.contains(TOKEN), "{what} holds the URL's token");
     }
 }
+
+/// `herald check --probe` prints each account's answer: a platform (or a
+/// proxy) that echoes the request must not put the account's key on the
+/// operator's terminal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probe_answer_that_echoes_the_key_is_printed_scrubbed() {
+    const KEY: &str = "discourse-api-key-0123456789abcdef";
+    let forum = herald_sandbox::DiscourseEmulator::start(
+        "127.0.0.1:0".parse().unwrap(),
+        herald_sandbox::DiscourseConfig::new(herald_sandbox::Tokens::new([KEY])),
+    )
+    .await
+    .unwrap();
+    let echo = format!(r#"{{"errors": ["refused: Api-Key {KEY} is not allowed here"]}}"#);
+    forum.fail_next(1, herald_sandbox::Fault::status_with_body(400, echo));
+    let dir = TestDir::new();
+    let config = daemon_section()
+        + &format!(
+            "\n[accounts.hefei-forum]\nplatform = \"discourse\"\nbase_url = \"{}\"\napi_key = {{ env = \"FORUM_KEY\" }}\n\
+             api_username = \"herald\"\ncategory = 1\n",
+            forum.base_url()
+        );
+    dir.write_config(&config);
+    let out = blocking({
+        let config = dir.config();
+        move || {
+            Command::new(herald_binary())
+                .args(["check", "--probe", "--config"])
+                .arg(&config)
+                .env("FORUM_KEY", KEY)
+                .output()
+                .unwrap()
+        }
+    });
+    let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(!forum.requests().is_empty(), "the probe never reached the forum:\n{said}");
+    assert!(!said.contains(KEY), "`check --probe` printed the account's key:\n{said}");
+    assert!(said.contains("<redacted>"), "the echoed answer is not shown, scrubbed:\n{said}");
+}
