@@ -31,6 +31,16 @@ fn quick() -> HttpOptions {
     HttpOptions { connect_timeout: Duration::from_secs(2), timeout: Duration::from_secs(5), ..HttpOptions::default() }
 }
 
+/// A client that gives up after 200 ms: shorter than the emulator's delay,
+/// so a request is sent and its answer never waited for.
+fn impatient() -> HttpOptions {
+    HttpOptions {
+        connect_timeout: Duration::from_secs(2),
+        timeout: Duration::from_millis(200),
+        ..HttpOptions::default()
+    }
+}
+
 fn settings(base_url: &str, token: &str) -> Settings {
     Settings {
         base_url: Some(base_url.to_string()),
@@ -326,11 +336,7 @@ async fn an_error_code_counts_whatever_the_http_status() {
 async fn a_timeout_is_maybe_sent_and_lookup_then_finds_the_status() {
     let weibo = emulator().await;
     weibo.fail_next(1, Fault::Delay(Duration::from_millis(800)));
-    let http = HttpOptions {
-        connect_timeout: Duration::from_secs(2),
-        timeout: Duration::from_millis(200),
-        ..HttpOptions::default()
-    };
+    let http = impatient();
     let adapter = WeiboAdapter::new(settings(weibo.base_url(), TOKEN), http).unwrap();
     let delivery = Delivery::of(&adapter, "d-slow", "迟到的提示");
 
@@ -529,11 +535,7 @@ async fn a_refused_look_up_after_job_expired_re_sends_and_says_so() {
 async fn a_refused_look_up_after_a_timeout_that_published_ends_delivered_once() {
     let weibo = emulator_without_timeline().await;
     weibo.fail_next(1, Fault::Delay(Duration::from_millis(800)));
-    let http = HttpOptions {
-        connect_timeout: Duration::from_secs(2),
-        timeout: Duration::from_millis(200),
-        ..HttpOptions::default()
-    };
+    let http = impatient();
     let adapter = WeiboAdapter::new(settings(weibo.base_url(), TOKEN), http).unwrap();
     let delivery = Delivery::of(&adapter, "d-live", "已经发出的提示");
     assert!(adapter.publish(delivery.request()).await.unwrap_err().maybe_sent);
