@@ -41,6 +41,17 @@ fn impatient() -> HttpOptions {
     }
 }
 
+/// What the emulator answers a share.json request written by hand, not by herald.
+async fn share_by_hand(weibo: &WeiboEmulator, form: &[(&str, &str)]) -> serde_json::Value {
+    let answer = reqwest::Client::new()
+        .post(format!("{}/2/statuses/share.json", weibo.base_url()))
+        .form(form)
+        .send()
+        .await
+        .unwrap();
+    answer.json().await.unwrap()
+}
+
 fn settings(base_url: &str, token: &str) -> Settings {
     Settings {
         base_url: Some(base_url.to_string()),
@@ -163,13 +174,7 @@ async fn an_account_without_rip_is_refused_as_share_json_refuses_its_posts() {
 
     // What Weibo answers a share without it.
     let form = [("access_token", TOKEN), ("status", "提示 https://www.example.gov.cn/a")];
-    let answer = reqwest::Client::new()
-        .post(format!("{}/2/statuses/share.json", weibo.base_url()))
-        .form(&form)
-        .send()
-        .await
-        .unwrap();
-    let body: serde_json::Value = answer.json().await.unwrap();
+    let body = share_by_hand(&weibo, &form).await;
     assert_eq!(body["error_code"], json!(10016));
     assert!(weibo.published().is_empty());
 }
@@ -567,12 +572,6 @@ async fn an_upper_case_link_host_is_lower_cased_before_comparing_and_sending() {
 
     // Sent as written, Weibo refuses it (10017), as the emulator shows.
     let form = [("access_token", TOKEN), ("status", "提示 HTTPS://WWW.Example.GOV.CN/a"), ("rip", "203.0.113.7")];
-    let answer = reqwest::Client::new()
-        .post(format!("{}/2/statuses/share.json", weibo.base_url()))
-        .form(&form)
-        .send()
-        .await
-        .unwrap();
-    let body: serde_json::Value = answer.json().await.unwrap();
+    let body = share_by_hand(&weibo, &form).await;
     assert_eq!(body["error_code"], json!(10017));
 }
