@@ -28,10 +28,51 @@ pub fn init(format: Option<LogFormat>, default_level: &str) {
         .with_env_filter(filter)
         .with_writer(Stderr { journal: stderr_is_journal() })
         .with_ansi(std::io::stderr().is_terminal());
-    let _ = match format {
-        LogFormat::Human => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
+    let installed = match format {
+        LogFormat::Human => tracing::subscriber::set_global_default(builder.finish()),
+        LogFormat::Json => tracing::subscriber::set_global_default(
+            builder.json().flatten_event(true).with_current_span(false).finish(),
+        ),
     };
+    if installed.is_ok() && log::set_boxed_logger(Box::new(LogBridge(tracing_log::LogTracer::new()))).is_ok() {
+        use tracing_log::AsLog;
+        log::set_max_level(tracing::level_filters::LevelFilter::current().as_log());
+    }
+}
+
+/// Records of the `log` crate (sled and reqwest write there) go to the same
+/// subscriber, except sled's debug and trace records.
+///
+/// sled writes those from crossbeam-epoch's deferred closures, which also
+/// run inside a worker thread's thread-local destructors when the thread
+/// exits; the fmt layer's own thread-local buffer may be gone by then, and
+/// the access panics, which aborts the process at shutdown (seen with
+/// `RUST_LOG=trace`). They are sled's internal buffer bookkeeping, of no
+/// use to an operator. Any other record that reaches the subscriber in that
+/// state is dropped instead of aborting herald (see [`LogBridge::log`]).
+struct LogBridge(tracing_log::LogTracer);
+
+/// Whether a `log` record is passed on at all.
+fn bridged(metadata: &log::Metadata<'_>) -> bool {
+    let sled = metadata.target() == "sled" || metadata.target().starts_with("sled::");
+    !(sled && metadata.level() > log::Level::Info)
+}
+
+impl log::Log for LogBridge {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        bridged(metadata) && self.0.enabled(metadata)
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if !bridged(record.metadata()) {
+            return;
+        }
+        // A panic here would unwind into a thread-local destructor, which
+        // aborts the whole process: losing one log line is the lesser harm.
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.0.log(record)));
+    }
+
+    fn flush(&self) {}
 }
 
 /// Is stderr connected to the journal? systemd sets `JOURNAL_STREAM` to the
@@ -133,6 +174,25 @@ mod tests {
     #[test]
     fn without_the_journal_nothing_is_added() {
         assert_eq!(written(None, &["plain\n"]), "plain\n");
+    }
+
+    fn record_of(target: &str, level: log::Level) -> bool {
+        bridged(&log::Metadata::builder().target(target).level(level).build())
+    }
+
+    #[test]
+    fn sled_internal_bookkeeping_is_not_bridged() {
+        assert!(!record_of("sled::pagecache::iobuf", log::Level::Trace));
+        assert!(!record_of("sled::pagecache::logger", log::Level::Debug));
+        assert!(!record_of("sled", log::Level::Debug));
+    }
+
+    #[test]
+    fn sled_problems_and_other_crates_are_bridged() {
+        assert!(record_of("sled::tree", log::Level::Error));
+        assert!(record_of("sled::pagecache", log::Level::Warn));
+        assert!(record_of("reqwest::connect", log::Level::Debug));
+        assert!(record_of("sledgehammer", log::Level::Trace));
     }
 
     #[test]
