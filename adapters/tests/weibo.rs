@@ -544,7 +544,10 @@ async fn a_refused_look_up_after_a_timeout_that_published_ends_delivered_once() 
     let adapter = WeiboAdapter::new(settings(weibo.base_url(), TOKEN), http).unwrap();
     let delivery = Delivery::of(&adapter, "d-live", "已经发出的提示");
     assert!(adapter.publish(delivery.request()).await.unwrap_err().maybe_sent);
+    // The emulator publishes once its delay is over (a safety net, not a timing).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while weibo.published().is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "the delayed request was never published");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 

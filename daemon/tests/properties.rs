@@ -16,6 +16,10 @@
 //! Case counts are modest so the suite stays fast; raise them with
 //! `PROPTEST_CASES=N` for a longer search (see RELIABILITY.md).
 
+#[allow(dead_code)]
+#[path = "daemon/helpers.rs"]
+mod helpers;
+
 use std::path::Path;
 
 use chrono::{DateTime, Duration, NaiveDateTime, TimeZone, Timelike, Utc};
@@ -1007,21 +1011,8 @@ mod loader {
     fn workspace() -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
         let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
-        copy_dir(&examples, &dir.path().join("examples"));
+        helpers::copy_dir(&examples, &dir.path().join("examples"));
         dir
-    }
-
-    fn copy_dir(from: &Path, to: &Path) {
-        std::fs::create_dir_all(to).unwrap();
-        for entry in std::fs::read_dir(from).unwrap() {
-            let entry = entry.unwrap();
-            let target = to.join(entry.file_name());
-            if entry.file_type().unwrap().is_dir() {
-                copy_dir(&entry.path(), &target);
-            } else {
-                std::fs::copy(entry.path(), target).unwrap();
-            }
-        }
     }
 
     fn load_bytes(dir: &Path, bytes: &[u8]) -> herald::config::LoadOutcome {

@@ -1,7 +1,8 @@
 //! The scheduler: sleeps until the earliest due delivery or post timer,
 //! dispatches through per-account gates and a global concurrency limit, and
-//! records every outcome. It is the only writer of the store while herald
-//! runs, which keeps the audit log's sequence gapless.
+//! records every outcome. It is the only writer of deliveries and posts
+//! while herald runs; the store's writer lock keeps the audit log's
+//! sequence gapless.
 //!
 //! [`Scheduler::tick`] does one round of work and returns what it did, so
 //! tests can drive the loop a step at a time; [`Scheduler::run`] is the loop.
@@ -9,13 +10,14 @@
 mod attempt;
 pub mod backoff;
 mod gates;
+mod retry;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use herald_adapters::{ErrorClass, PlatformAnswer};
+use herald_adapters::PlatformAnswer;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 
@@ -466,33 +468,21 @@ impl Scheduler {
                 }
                 Err(e) => {
                     d.uncertain = d.uncertain || e.maybe_sent;
-                    let config = Arc::clone(&self.config);
-                    let retry = &config.retry;
-                    let exhausted = d.attempt >= retry.max_attempts;
                     let reason = describe(&e);
-                    let event = match e.class {
-                        ErrorClass::Permanent | ErrorClass::CredentialsExpired => {
+                    let unit = self.rng.f64();
+                    let next = retry::next(d.attempt, &e.class, &reason, &self.config.retry, to_millis(now), unit);
+                    let event = match next {
+                        retry::Next::Failed { reason, account_backoff } => {
+                            if account_backoff {
+                                self.account_backoff(&d.account, now);
+                            }
                             d.state = State::Failed;
                             d.reason = Some(reason);
                             Event::Failed
                         }
-                        _ if exhausted => {
-                            if e.class == ErrorClass::Transient {
-                                self.account_backoff(&d.account, now);
-                            }
-                            d.state = State::Failed;
-                            let plural = if d.attempt == 1 { "" } else { "s" };
-                            d.reason =
-                                Some(format!("gave up after {} attempt{plural}; last error: {reason}", d.attempt));
-                            Event::Failed
-                        }
-                        ErrorClass::RateLimited { retry_after } => {
-                            let wait = match retry_after {
-                                Some(w) => w.min(retry.max_retry_after),
-                                None => backoff::delay(retry, d.attempt, self.rng.f64()),
-                            };
+                        retry::Next::RateLimited { at, wait } => {
                             d.state = State::Pending;
-                            d.due = to_millis(now) + wait.as_millis() as Millis;
+                            d.due = at;
                             d.reason = Some(reason);
                             if let Some(gate) = self.gates.get(&d.account) {
                                 gate.pause_until(d.due);
@@ -516,11 +506,10 @@ impl Scheduler {
                                 "rate limited; account paused");
                             Event::RetryScheduled
                         }
-                        ErrorClass::Transient => {
+                        retry::Next::Backoff { at } => {
                             self.account_backoff(&d.account, now);
-                            let wait = backoff::delay(retry, d.attempt, self.rng.f64());
                             d.state = State::Pending;
-                            d.due = to_millis(now) + wait.as_millis() as Millis;
+                            d.due = at;
                             d.reason = Some(reason);
                             Event::RetryScheduled
                         }

@@ -121,19 +121,6 @@ fn tampered(dir: &TestDir, name: &str, tamper: impl FnOnce(&sled::Tree)) -> Path
     copy
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else if entry.file_type().unwrap().is_file() {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
-}
-
 fn key(seq: u64) -> [u8; 8] {
     seq.to_be_bytes()
 }

@@ -20,6 +20,21 @@ pub const DEADLINE: Duration = Duration::from_secs(20);
 
 const HERALD: &str = env!("CARGO_BIN_EXE_herald");
 
+/// Copy a folder's folders and regular files (links followed; sockets and
+/// FIFOs left out), e.g. a stopped store to tamper with or the examples.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else if entry.path().is_file() {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
 /// Run blocking work (a child process, a file read) without stalling the
 /// receiver, which serves from the same runtime.
 pub fn blocking<T>(f: impl FnOnce() -> T) -> T {

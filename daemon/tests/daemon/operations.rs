@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use herald_sandbox::{Fault, Outcome, Signature};
@@ -127,20 +127,19 @@ async fn sigterm_during_slow_deliveries_exits_at_the_deadline_and_the_next_start
     let in_flight = dir.log_from_daemon(&["--event", "attempt"]);
     assert_eq!(in_flight.len(), 3, "{in_flight:#?}");
 
-    let signalled = Instant::now();
+    // herald waits for the deliveries in flight until its deadline (it says
+    // so when the deadline ends the wait), then exits without their answers.
     herald.signal("TERM");
     let status = herald.wait_exit().await;
-    let took = signalled.elapsed();
     let stderr = herald.stderr();
     assert!(status.success(), "herald exited with {status} after SIGTERM:\n{stderr}");
-    assert!(took < Duration::from_secs(10), "herald took {took:?} to stop with a 2 s shutdown_deadline:\n{stderr}");
+    assert!(stderr.contains("stopping: waiting for deliveries in flight"), "{stderr}");
     assert!(
-        took >= Duration::from_millis(1_900),
-        "herald stopped after {took:?}, without waiting its 2 s deadline for the deliveries in flight:\n{stderr}"
+        stderr.contains("shutdown deadline reached; unfinished deliveries will be recovered"),
+        "herald did not wait its deadline for the deliveries in flight:\n{stderr}"
     );
-    assert!(stderr.contains("shutdown deadline reached"), "{stderr}");
     assert!(stderr.contains("stopped cleanly"), "{stderr}");
-    assert!(hook.accepted().is_empty(), "a 20 s answer was accepted within 2 s: {:?}", hook.accepted());
+    assert!(hook.accepted().is_empty(), "herald waited for the 20 s answers: {:?}", hook.accepted());
 
     // Recorded as still in flight: an attempt and no outcome.
     let out = dir.cli(&["status"]);
@@ -380,9 +379,24 @@ async fn every_cli_command_works_against_the_running_daemon_through_its_socket()
     let records = dir.log_from_daemon(&["--post", "later-b"]);
     assert_eq!(events_of(&records, &later_b), ["cancelled"], "{records:#?}");
 
-    // The cancelled post's time passes: nothing of it is sent.
-    tokio::time::sleep((cancel_at - Utc::now()).to_std().unwrap_or_default() + Duration::from_secs(2)).await;
-    let received = hook.received();
+    // The cancelled post's time passes: nothing of it is sent. A post due
+    // just after it, to the same two accounts, marks the moment: each
+    // account sends in due order, so once both of its deliveries arrived,
+    // the cancelled ones would have arrived before them.
+    let marker_at = cancel_at.max(in_secs(0)) + chrono::Duration::seconds(1);
+    let after = "after-cancel";
+    dir.write_config(
+        &(with_new.clone() + &post_at(after, "Due after the cancelled post.", &["wuhan-hook", "xian-hook"], marker_at)),
+    );
+    let out = dir.ask_daemon_ok(&["reload"]);
+    assert!(out.contains("posts: 1 added"), "{out}");
+    let is_marker = |p: &herald_sandbox::ReceivedPost| p.body.as_ref().is_some_and(|b| b["post_id"] == after);
+    assert!(
+        hook.wait_until(DEADLINE, |r| r.iter().filter(|p| is_marker(p)).count() == 2).await,
+        "the post due after the cancelled one did not arrive: {:?}",
+        hook.received()
+    );
+    let received: Vec<_> = hook.received().into_iter().filter(|p| !is_marker(p)).collect();
     assert!(
         received.iter().all(|p| p.body.as_ref().is_none_or(|b| b["post_id"] != "to-cancel")),
         "a cancelled delivery was sent: {received:?}"
