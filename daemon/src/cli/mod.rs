@@ -192,6 +192,63 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Stop deliveries from starting: everything (--all), or by account, post or platform.
+    ///
+    /// Takes effect at once through the running daemon (requests already sent finish; nothing new
+    /// starts) and is kept in the store, so it survives restarts. Without a running daemon it is
+    /// written to the store and holds from the next start. `herald resume` with the same
+    /// selectors lifts it; `herald status` lists the pauses in force.
+    Pause {
+        #[command(flatten)]
+        state: StateArgs,
+        #[command(flatten)]
+        selectors: PauseSelectors,
+    },
+    /// Lift pauses made by `herald pause`, naming the same selectors.
+    ///
+    /// Due deliveries the pauses held go out at once, under each post's misfire policy: a
+    /// delivery held past its time by more than a minute is skipped with `misfire = "skip"` or
+    /// beyond its `grace`, and with `latest` only the latest held occurrence goes (each
+    /// decision is an audit record).
+    Resume {
+        #[command(flatten)]
+        state: StateArgs,
+        #[command(flatten)]
+        selectors: PauseSelectors,
+    },
+}
+
+/// What `herald pause` and `herald resume` apply to.
+#[derive(clap::Args, Clone)]
+struct PauseSelectors {
+    /// Every delivery.
+    #[arg(long)]
+    all: bool,
+    /// Deliveries to this account (repeatable).
+    #[arg(long = "account", value_name = "ID")]
+    accounts: Vec<String>,
+    /// Deliveries of this post (repeatable).
+    #[arg(long = "post", value_name = "ID")]
+    posts: Vec<String>,
+    /// Deliveries to accounts on this platform: weibo, wechat, tieba, discourse, mastodon, webhook (repeatable).
+    #[arg(long = "platform", value_name = "NAME")]
+    platforms: Vec<String>,
+    /// Why: kept with the pause and in its audit record with your user name.
+    #[arg(long, value_name = "TEXT")]
+    reason: Option<String>,
+}
+
+impl PauseSelectors {
+    fn request(self) -> crate::pauses::PauseRequest {
+        crate::pauses::PauseRequest {
+            all: self.all,
+            accounts: self.accounts,
+            posts: self.posts,
+            platforms: self.platforms,
+            reason: self.reason,
+            actor: None,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -340,6 +397,8 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             Some(file) => audit::verify_file(&file, prev.as_deref(), head.as_deref()),
             None => audit::verify_store(&state.source()?, head.as_deref()),
         },
+        Command::Pause { state, selectors } => inspect::pause(&state.source()?, &selectors.request()),
+        Command::Resume { state, selectors } => inspect::resume(&state.source()?, &selectors.request()),
         #[cfg(feature = "demo")]
         Command::Demo => {
             logging::init(None, "info,herald_sandbox=warn");

@@ -27,8 +27,9 @@ use crate::config::Config;
 use crate::metrics::{Metrics, outcome};
 use crate::model::{AuditRecord, Content, Delivery, DeliveryId, Event, Millis, State, from_millis, to_millis};
 use crate::notify::Notifier;
-use crate::occurrences::Builder;
+use crate::occurrences::{Builder, Verdict};
 use crate::operations::{self, OperationError, Selection};
+use crate::pauses::{PauseError, PauseRequest, PauseView, Pauses};
 use crate::reconcile::{self, Summary};
 use crate::store::{Changes, DueKey, Result, Store};
 
@@ -57,6 +58,10 @@ pub enum Control {
     },
     /// Stop dispatching, wait for in-flight deliveries up to the deadline, return.
     Shutdown,
+    /// `herald pause` through the control socket: no new delivery it covers starts.
+    Pause(PauseRequest, oneshot::Sender<std::result::Result<PauseView, PauseError>>),
+    /// `herald resume`: lift pauses; what they held goes out under its post's misfire policy.
+    Resume(PauseRequest, oneshot::Sender<std::result::Result<PauseView, PauseError>>),
 }
 
 /// What one tick did.
@@ -92,6 +97,10 @@ pub struct Scheduler {
     /// the end of the tick) covers them, so a busy loop pays one fsync per
     /// round for both (group commit).
     unflushed: bool,
+    /// The operators' pauses, as the store keeps them (`herald pause`).
+    pauses: Pauses,
+    /// Due deliveries held back now (by a pause), for the metrics.
+    held: HashSet<DeliveryId>,
 }
 
 impl Scheduler {
@@ -115,6 +124,8 @@ impl Scheduler {
             expiry_warned: HashMap::new(),
             contents: HashMap::new(),
             unflushed: false,
+            pauses: Pauses::default(),
+            held: HashSet::new(),
         }
     }
 
@@ -150,6 +161,8 @@ impl Scheduler {
     /// interrupted attempt was the last allowed gets it again where the
     /// adapter says a re-send is safe, and fails (check the account) elsewhere.
     pub fn recover(&mut self, now: DateTime<Utc>) -> Result<usize> {
+        // The pauses hold from the first tick on: read them before anything is sent.
+        self.pauses = Pauses::load(self.store.as_ref())?;
         let found = self.store.in_flight()?;
         let count = found.len();
         let mut changes = Changes::default();
@@ -214,6 +227,7 @@ impl Scheduler {
         };
         self.config = config;
         self.cursor = None;
+        self.held.clear();
         Ok(summary)
     }
 
@@ -298,6 +312,9 @@ impl Scheduler {
         // Deliveries that already had every attempt the config now allows
         // (a reload lowered `max_attempts`): failed, not attempted again.
         let mut used_up: Vec<Delivery> = Vec::new();
+        // Due deliveries a pause holds (newly), and what released ones became.
+        let mut holding: Vec<(Delivery, String)> = Vec::new();
+        let mut released = Changes::default();
         let mut progress = true;
         while free > 0 && progress {
             progress = false;
@@ -318,6 +335,34 @@ impl Scheduler {
                     let Some(mut d) = self.store.delivery(key.id)? else { continue };
                     if d.state != State::Pending || d.due != key.due {
                         continue; // changed since it was queued
+                    }
+                    if let Some(pause) = self.pauses.covering(&d.post_id, &d.account, d.platform) {
+                        // Not started; it stays pending, and a resume rescans the due index.
+                        self.held.insert(d.id);
+                        if d.held.is_none() {
+                            d.held = Some(now_ms);
+                            holding.push((d, format!("held: {pause}")));
+                        }
+                        continue;
+                    }
+                    self.held.remove(&d.id);
+                    if let Some(since) = d.held.take() {
+                        match release_verdict(&self.config, self.store.as_ref(), &d, since, now)? {
+                            Verdict::OnTime => {}
+                            Verdict::Late(reason) => {
+                                let mut record = AuditRecord::of(&d, Event::Late, now);
+                                record.reason = Some(reason);
+                                released.deliveries.push((d.clone(), record));
+                            }
+                            Verdict::Skip(reason) => {
+                                d.state = State::Skipped;
+                                d.updated = now_ms;
+                                d.reason = Some(reason);
+                                let record = AuditRecord::of(&d, Event::Skipped, now);
+                                released.deliveries.push((d, record));
+                                continue;
+                            }
+                        }
                     }
                     if d.attempt >= max_attempts {
                         d.state = State::Failed;
@@ -343,6 +388,24 @@ impl Scheduler {
             }
         }
         self.ready.retain(|_, q| !q.is_empty());
+        self.metrics.held_by_pause(self.held.len());
+        if !holding.is_empty() {
+            let mut changes = Changes::default();
+            for (d, why) in holding {
+                tracing::info!(delivery = %d.id, post = %d.post_id, account = %d.account, reason = %why, "delivery held");
+                let mut record = AuditRecord::of(&d, Event::Held, now);
+                record.reason = Some(why);
+                changes.deliveries.push((d, record));
+            }
+            // Not `self.apply`: their due time is unchanged, so no rescan is needed.
+            self.store.apply(changes)?;
+            self.unflushed = true;
+        }
+        if !released.is_empty() {
+            // Before the attempts below, which write the same deliveries again.
+            self.store.apply(released)?;
+            self.unflushed = true;
+        }
         if !used_up.is_empty() {
             let mut changes = Changes::default();
             for d in used_up {
@@ -691,9 +754,31 @@ impl Scheduler {
                         let _ = reply.send(crate::control::upcoming_window(self.store.as_ref(), Some(&config), until, limit));
                     }
                     Some(Control::Shutdown) | None => return self.drain().await,
+                    Some(Control::Pause(request, reply)) => {
+                        let config = Arc::clone(&self.config);
+                        let result = crate::pauses::pause(self.store.as_ref(), &request, Some(&config), crate::clock::now());
+                        self.pauses_changed()?;
+                        let _ = reply.send(result);
+                    }
+                    Some(Control::Resume(request, reply)) => {
+                        let config = Arc::clone(&self.config);
+                        let result = crate::pauses::resume(self.store.as_ref(), &request, Some(&config), crate::clock::now());
+                        self.pauses_changed()?;
+                        let _ = reply.send(result);
+                    }
                 },
             }
         }
+    }
+
+    /// Read the pauses again after `herald pause` or `resume`: what they no
+    /// longer cover is found again by a rescan of the due index.
+    fn pauses_changed(&mut self) -> Result<()> {
+        self.pauses = Pauses::load(self.store.as_ref())?;
+        self.held.clear();
+        self.cursor = None;
+        self.last_status = None;
+        Ok(())
     }
 
     /// Accounts whose credentials expire within `[alerts] credential_warning`
@@ -758,6 +843,45 @@ impl Scheduler {
     }
 }
 
+/// What becomes of a delivery held since `since` (by a pause) now that it
+/// may go: its post's misfire policy decides, as for an occurrence missed
+/// while herald was down, by how late it is against its occurrence.
+fn release_verdict(
+    config: &Config,
+    store: &dyn Store,
+    d: &Delivery,
+    since: Millis,
+    now: DateTime<Utc>,
+) -> Result<Verdict> {
+    let Some(post) = config.posts.get(&d.post_id) else { return Ok(Verdict::OnTime) };
+    let late = now - from_millis(d.occurrence);
+    if late <= chrono::Duration::from_std(crate::occurrences::ON_TIME).unwrap_or_default() {
+        return Ok(Verdict::OnTime);
+    }
+    let held = format!("held from {}", from_millis(since).to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+    if post.misfire == crate::config::Misfire::Skip {
+        return Ok(Verdict::Skip(format!("{held} until past its time; not published (misfire = skip)")));
+    }
+    if late > chrono::Duration::from_std(post.grace).unwrap_or(chrono::Duration::MAX) {
+        return Ok(Verdict::Skip(format!(
+            "{held} until past the grace window of {}; not published",
+            humantime::format_duration(post.grace)
+        )));
+    }
+    if post.misfire == crate::config::Misfire::Latest {
+        // A later occurrence to the same account, also due: it goes instead.
+        let later = post.schedule.next_after(from_millis(d.occurrence)).filter(|t| *t <= now);
+        if let Some(t) = later
+            && store
+                .delivery(DeliveryId::derive(&d.post_id, to_millis(t), &d.account))?
+                .is_some_and(|l| l.state == State::Pending)
+        {
+            return Ok(Verdict::Skip(format!("{held}; a later occurrence is published instead (misfire = latest)")));
+        }
+    }
+    Ok(Verdict::Late(format!("{held}; published late (misfire = {})", post.misfire)))
+}
+
 /// A reason for people: the adapter's words plus the platform's code.
 /// The `meta` key holding until when (milliseconds) a rate limit paused
 /// `account`; read by `status` so "next due" says when a delivery can go.
@@ -794,8 +918,9 @@ pub fn status_line(store: &dyn Store, tz: chrono_tz::Tz, in_flight: usize, now: 
         }
         None => "nothing scheduled".to_string(),
     };
+    let paused = Pauses::load(store)?.headline().map(|h| format!("{h}; ")).unwrap_or_default();
     Ok(format!(
-        "{} pending ({} retrying), {} planned, {in_flight} in flight, {} delivered, {} failed; {next}",
+        "{paused}{} pending ({} retrying), {} planned, {in_flight} in flight, {} delivered, {} failed; {next}",
         count(State::Pending),
         store.retrying()?,
         store.planned_deliveries()?,

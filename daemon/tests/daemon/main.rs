@@ -8,6 +8,7 @@ mod audit;
 mod control_plane;
 mod helpers;
 mod operations;
+mod pause;
 mod platforms;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
