@@ -59,6 +59,9 @@ pub struct Upcoming {
     /// The pause that holds it (`herald pause`), if one covers it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub paused: Option<String>,
+    /// For a post that needs approval: whether it has it (`herald approve`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<String>,
 }
 
 /// The filters of `GET /v1/log`, as the CLI writes them.
@@ -150,6 +153,8 @@ pub trait Reloader: Send + Sync {
 #[derive(Debug, Clone)]
 pub struct Peer {
     pub uid: Option<u32>,
+    /// Its primary group (for `herald approve`'s membership check).
+    pub gid: Option<u32>,
 }
 
 impl Peer {
@@ -208,6 +213,7 @@ fn router(ctx: Ctx) -> Router {
         .route("/v1/audit/verify", get(verify))
         .route("/v1/pause", post(pause))
         .route("/v1/resume", post(resume))
+        .route("/v1/approve", post(approve))
         .with_state(ctx)
 }
 
@@ -322,6 +328,7 @@ pub fn upcoming_list(store: &dyn Store, limit: usize) -> Result<Vec<Upcoming>, c
                 planned: false,
                 later: false,
                 paused: None,
+                approval: None,
             });
         }
     }
@@ -344,6 +351,7 @@ pub fn upcoming_list(store: &dyn Store, limit: usize) -> Result<Vec<Upcoming>, c
                 planned: true,
                 later: false,
                 paused: None,
+                approval: None,
             });
         }
     }
@@ -351,6 +359,29 @@ pub fn upcoming_list(store: &dyn Store, limit: usize) -> Result<Vec<Upcoming>, c
     out.truncate(limit);
     mark_paused(store, &mut out)?;
     Ok(out)
+}
+
+/// Mark each row of a post that needs approval with its approval state.
+fn mark_approval(
+    store: &dyn Store,
+    config: &crate::config::Config,
+    rows: &mut [Upcoming],
+) -> Result<(), crate::store::StoreError> {
+    let mut states: std::collections::HashMap<String, Option<String>> = std::collections::HashMap::new();
+    for row in rows {
+        if !states.contains_key(&row.post) {
+            let state = match config.posts.get(&row.post).filter(|p| p.requires_approval(&config.daemon)) {
+                Some(post) => {
+                    let found = crate::approvals::approval(store, &post.id)?;
+                    Some(crate::approvals::ApprovalState::of(post, config, found).to_string())
+                }
+                None => None,
+            };
+            states.insert(row.post.clone(), state);
+        }
+        row.approval = states.get(&row.post).cloned().flatten();
+    }
+    Ok(())
 }
 
 /// Mark each row a pause covers with that pause.
@@ -400,6 +431,7 @@ pub fn upcoming_window(
                     planned: true,
                     later: true,
                     paused: None,
+                    approval: None,
                 });
                 rows += 1;
             }
@@ -410,6 +442,9 @@ pub fn upcoming_window(
     out.sort_by_key(|u| u.due);
     out.truncate(limit);
     mark_paused(store, &mut out)?;
+    if let Some(config) = config {
+        mark_approval(store, config, &mut out)?;
+    }
     Ok(out)
 }
 
@@ -589,6 +624,47 @@ async fn resume(
     pause_or_resume(&ctx, |tx| Control::Resume(request, tx)).await
 }
 
+impl From<crate::approvals::ApprovalError> for ApiError {
+    fn from(e: crate::approvals::ApprovalError) -> Self {
+        let status = match e {
+            crate::approvals::ApprovalError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            crate::approvals::ApprovalError::NotAMember { .. } | crate::approvals::ApprovalError::Author { .. } => {
+                StatusCode::FORBIDDEN
+            }
+            _ => StatusCode::BAD_REQUEST,
+        };
+        ApiError(status, e.to_string())
+    }
+}
+
+/// `herald approve`: the peer must be in the running config's
+/// `approvers_group`, by its primary group or the group database (as for
+/// the socket's own access check); the scheduler decides the rest.
+async fn approve(
+    AxumState(ctx): AxumState<Ctx>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    Json(mut request): Json<crate::approvals::ApproveRequest>,
+) -> ApiResult<crate::approvals::ApproveView> {
+    let stopped = || ApiError(StatusCode::SERVICE_UNAVAILABLE, "herald is stopping".into());
+    let (tx, rx) = oneshot::channel();
+    ctx.control.send(Control::ApproversGroup(tx)).await.map_err(|_| stopped())?;
+    let group = rx.await.map_err(|_| stopped())?;
+    request.actor = peer.actor();
+    request.member = match (group, peer.uid, peer.gid) {
+        (Some(name), Some(uid), Some(gid)) => {
+            let check = tokio::task::spawn_blocking(move || {
+                let target = nix::unistd::Group::from_name(&name).ok().flatten()?.gid.as_raw();
+                Some(gid == target || member_of(uid, gid, target).ok()?)
+            });
+            matches!(tokio::time::timeout(GROUP_LOOKUP_LIMIT, check).await, Ok(Ok(Some(true))))
+        }
+        _ => false,
+    };
+    let (tx, rx) = oneshot::channel();
+    ctx.control.send(Control::Approve(request, tx)).await.map_err(|_| stopped())?;
+    Ok(Json(rx.await.map_err(|_| stopped())??))
+}
+
 impl LogParams {
     /// The store query these filters mean.
     pub fn to_query(&self) -> Result<AuditQuery, String> {
@@ -708,7 +784,7 @@ impl crate::connections::Incoming for Authorized {
                 }
             };
             if peers.allows(cred.uid(), cred.gid()).await {
-                Some((stream, Peer { uid: Some(cred.uid()) }))
+                Some((stream, Peer { uid: Some(cred.uid()), gid: Some(cred.gid()) }))
             } else {
                 tracing::warn!(
                     uid = cred.uid(),

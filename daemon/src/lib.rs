@@ -8,6 +8,7 @@
 
 pub mod alerts;
 pub mod anchor;
+pub mod approvals;
 pub mod audit_chain;
 pub mod cli;
 pub mod clock;

@@ -211,10 +211,15 @@ pub enum Event {
     /// A due delivery was not started: a pause covers it (or its post awaits
     /// approval). It stays pending, and goes out when released.
     Held,
+    /// A member of the approvers' group approved a post's content and
+    /// targets (`herald approve`). A record about the post: no delivery.
+    Approved,
+    /// An approved post changed: its approval no longer holds.
+    ApprovalInvalidated,
 }
 
 impl Event {
-    pub const ALL: [Event; 21] = [
+    pub const ALL: [Event; 23] = [
         Event::Scheduled,
         Event::Attempt,
         Event::Delivered,
@@ -236,6 +241,8 @@ impl Event {
         Event::Paused,
         Event::Resumed,
         Event::Held,
+        Event::Approved,
+        Event::ApprovalInvalidated,
     ];
 
     pub fn name(self) -> &'static str {
@@ -261,6 +268,8 @@ impl Event {
             Event::Paused => "paused",
             Event::Resumed => "resumed",
             Event::Held => "held",
+            Event::Approved => "approved",
+            Event::ApprovalInvalidated => "approval_invalidated",
         }
     }
 

@@ -124,7 +124,10 @@ pub fn upcoming(
         eprintln!("(the first {limit}; --limit N or --until TIME for more)");
     }
     for u in list {
-        let paused = u.paused.as_ref().map(|p| format!("  PAUSED ({p})")).unwrap_or_default();
+        let mut paused = u.paused.as_ref().map(|p| format!("  PAUSED ({p})")).unwrap_or_default();
+        if let Some(approval) = &u.approval {
+            paused.push_str(&format!("  approval: {approval}"));
+        }
         println!(
             "{}  {}  post {}  to {} ({})  {}  [{}]{paused}",
             u.due.with_timezone(&tz).format("%Y-%m-%d %H:%M:%S %Z"),
@@ -207,6 +210,21 @@ fn print_pauses(active: &[crate::pauses::Pause]) {
             println!("  {pause}");
         }
     }
+}
+
+/// `herald approve`: what was approved (content hash and targets).
+pub fn approve(source: &Source, request: &crate::approvals::ApproveRequest) -> anyhow::Result<ExitCode> {
+    let view = source.approve(request)?;
+    let what = if view.already { "already approved" } else { "approved" };
+    println!(
+        "{what}: post {} as it is now (content {}) to {} account(s): {}",
+        view.post,
+        view.hash,
+        view.targets.len(),
+        view.targets.join(", ")
+    );
+    println!("any change to its text, images, link or targets needs a new approval");
+    Ok(ExitCode::SUCCESS)
 }
 
 pub fn reload(source: &Source, reason: Option<&str>) -> anyhow::Result<ExitCode> {

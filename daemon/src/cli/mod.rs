@@ -216,6 +216,29 @@ enum Command {
         #[command(flatten)]
         selectors: PauseSelectors,
     },
+    /// Approve a post that needs approval (`approval = "required"`), as it is now.
+    ///
+    /// Only a member of `[daemon] approvers_group` may, through the running daemon (which reads
+    /// who asks from the control socket). The approval covers the post's text, title, link,
+    /// images (by their bytes) and targets: any change to them needs a new approval. A due
+    /// delivery of an unapproved post is held, and goes out once approved, under its misfire policy.
+    Approve {
+        #[command(flatten)]
+        state: StateArgs,
+        #[command(flatten)]
+        args: ApproveArgs,
+    },
+}
+
+/// `herald approve`'s arguments (a variant of its own, after `Resume`).
+#[derive(clap::Args, Clone)]
+struct ApproveArgs {
+    /// The post to approve, as the running config has it now.
+    #[arg(long, value_name = "ID")]
+    post: String,
+    /// Why: kept in the `approved` record with your user name.
+    #[arg(long, value_name = "TEXT")]
+    reason: Option<String>,
 }
 
 /// What `herald pause` and `herald resume` apply to.
@@ -399,6 +422,11 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         },
         Command::Pause { state, selectors } => inspect::pause(&state.source()?, &selectors.request()),
         Command::Resume { state, selectors } => inspect::resume(&state.source()?, &selectors.request()),
+        Command::Approve { state, args } => {
+            let request =
+                crate::approvals::ApproveRequest { post: args.post, reason: args.reason, ..Default::default() };
+            inspect::approve(&state.source()?, &request)
+        }
         #[cfg(feature = "demo")]
         Command::Demo => {
             logging::init(None, "info,herald_sandbox=warn");

@@ -265,6 +265,14 @@ impl Source {
         }
     }
 
+    /// `herald approve`: only the running daemon approves (it knows who asks).
+    pub fn approve(&self, request: &crate::approvals::ApproveRequest) -> anyhow::Result<crate::approvals::ApproveView> {
+        match self {
+            Source::Daemon { .. } => self.call(|c| c.post(url("/v1/approve")).json(request)),
+            Source::Store { .. } => Err(crate::approvals::ApprovalError::NotRunning.into()),
+        }
+    }
+
     pub fn is_daemon(&self) -> bool {
         matches!(self, Source::Daemon { .. })
     }

@@ -23,6 +23,7 @@ pub use attempt::Finished;
 use gates::{Blocked, Gates};
 
 use crate::alerts::{Alert, Alerter};
+use crate::approvals::{Approval, ApprovalError, ApproveRequest, ApproveView};
 use crate::config::Config;
 use crate::metrics::{Metrics, outcome};
 use crate::model::{AuditRecord, Content, Delivery, DeliveryId, Event, Millis, State, from_millis, to_millis};
@@ -62,6 +63,10 @@ pub enum Control {
     Pause(PauseRequest, oneshot::Sender<std::result::Result<PauseView, PauseError>>),
     /// `herald resume`: lift pauses; what they held goes out under its post's misfire policy.
     Resume(PauseRequest, oneshot::Sender<std::result::Result<PauseView, PauseError>>),
+    /// Which group may approve posts (`[daemon] approvers_group` of the running config).
+    ApproversGroup(oneshot::Sender<Option<String>>),
+    /// `herald approve`: approve a post's content as the running config has it.
+    Approve(ApproveRequest, oneshot::Sender<std::result::Result<ApproveView, ApprovalError>>),
 }
 
 /// What one tick did.
@@ -101,6 +106,10 @@ pub struct Scheduler {
     pauses: Pauses,
     /// Due deliveries held back now (by a pause), for the metrics.
     held: HashSet<DeliveryId>,
+    /// Posts that need approval, with `Post::approval_hash` of the running config.
+    approval_hashes: HashMap<String, String>,
+    /// The stored approvals of those posts.
+    approvals: HashMap<String, Approval>,
 }
 
 impl Scheduler {
@@ -126,6 +135,8 @@ impl Scheduler {
             unflushed: false,
             pauses: Pauses::default(),
             held: HashSet::new(),
+            approval_hashes: HashMap::new(),
+            approvals: HashMap::new(),
         }
     }
 
@@ -228,6 +239,7 @@ impl Scheduler {
         self.config = config;
         self.cursor = None;
         self.held.clear();
+        self.read_approvals()?;
         Ok(summary)
     }
 
@@ -312,8 +324,9 @@ impl Scheduler {
         // Deliveries that already had every attempt the config now allows
         // (a reload lowered `max_attempts`): failed, not attempted again.
         let mut used_up: Vec<Delivery> = Vec::new();
-        // Due deliveries a pause holds (newly), and what released ones became.
+        // Due deliveries a pause or a missing approval holds (newly), and what released ones became.
         let mut holding: Vec<(Delivery, String)> = Vec::new();
+        let mut awaiting: Vec<(Delivery, String)> = Vec::new();
         let mut released = Changes::default();
         let mut progress = true;
         while free > 0 && progress {
@@ -346,6 +359,20 @@ impl Scheduler {
                         continue;
                     }
                     self.held.remove(&d.id);
+                    if let Some(hash) = self.approval_hashes.get(&d.post_id)
+                        && self.approvals.get(&d.post_id).is_none_or(|a| &a.hash != hash)
+                    {
+                        if d.held.is_none() {
+                            d.held = Some(now_ms);
+                            let why = format!(
+                                "held: post {} awaits approval (`herald approve --post {}`)",
+                                d.post_id, d.post_id
+                            );
+                            awaiting.push((d.clone(), why.clone()));
+                            holding.push((d, why));
+                        }
+                        continue;
+                    }
                     if let Some(since) = d.held.take() {
                         match release_verdict(&self.config, self.store.as_ref(), &d, since, now)? {
                             Verdict::OnTime => {}
@@ -400,6 +427,11 @@ impl Scheduler {
             // Not `self.apply`: their due time is unchanged, so no rescan is needed.
             self.store.apply(changes)?;
             self.unflushed = true;
+        }
+        if let Some(alerter) = &self.alerter {
+            for (d, reason) in awaiting {
+                alerter.raise(&d, Alert::AwaitingApproval { reason });
+            }
         }
         if !released.is_empty() {
             // Before the attempts below, which write the same deliveries again.
@@ -760,6 +792,20 @@ impl Scheduler {
                         self.pauses_changed()?;
                         let _ = reply.send(result);
                     }
+                    Some(Control::ApproversGroup(reply)) => {
+                        let _ = reply.send(self.config.daemon.approvers_group.clone());
+                    }
+                    Some(Control::Approve(request, reply)) => {
+                        let config = Arc::clone(&self.config);
+                        let result = crate::approvals::approve(self.store.as_ref(), &config, &request, crate::clock::now());
+                        let result = result.map(|(view, approval)| {
+                            self.approvals.insert(view.post.clone(), approval);
+                            // What it held is found again by a rescan of the due index.
+                            self.cursor = None;
+                            view
+                        });
+                        let _ = reply.send(result);
+                    }
                     Some(Control::Resume(request, reply)) => {
                         let config = Arc::clone(&self.config);
                         let result = crate::pauses::resume(self.store.as_ref(), &request, Some(&config), crate::clock::now());
@@ -769,6 +815,20 @@ impl Scheduler {
                 },
             }
         }
+    }
+
+    /// The approval hash of each post that needs approval, and its stored approval.
+    fn read_approvals(&mut self) -> Result<()> {
+        self.approval_hashes.clear();
+        self.approvals.clear();
+        let config = Arc::clone(&self.config);
+        for post in config.posts.values().filter(|p| p.requires_approval(&config.daemon)) {
+            self.approval_hashes.insert(post.id.clone(), post.approval_hash());
+            if let Some(approval) = crate::approvals::approval(self.store.as_ref(), &post.id)? {
+                self.approvals.insert(post.id.clone(), approval);
+            }
+        }
+        Ok(())
     }
 
     /// Read the pauses again after `herald pause` or `resume`: what they no

@@ -4,6 +4,7 @@
 //! herald would notice: what arrived where and when, and what `herald status`
 //! and `herald log` say afterwards.
 
+mod approval;
 mod audit;
 mod control_plane;
 mod helpers;
