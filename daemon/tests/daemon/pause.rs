@@ -117,3 +117,48 @@ async fn a_pause_written_while_herald_is_stopped_holds_and_a_late_resume_skips_u
     herald.stop().await;
     assert!(hook.received().is_empty(), "a post held past its time went out: {:?}", hook.received());
 }
+
+/// The value of an unlabelled sample in Prometheus text.
+fn sample(body: &str, name: &str) -> Option<f64> {
+    body.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_shows_in_systemd_status_and_in_the_metrics_until_resumed() {
+    let hook = receiver(None).await;
+    let dir = TestDir::new();
+    let port = free_port();
+    let config = daemon_section().replace("[daemon]\n", &format!("[daemon]\nmetrics_listen = \"127.0.0.1:{port}\"\n"))
+        + &webhook_account("a-hook", &hook.url())
+        + &post_at("drill", "Fire drill at 10:00.", &["a-hook"], in_secs(3));
+    dir.write_config(&config);
+    let notify = NotifySocket::bind(&dir.path().join("notify.sock"), dir.socket());
+    let _herald = dir.spawn(&[("NOTIFY_SOCKET", notify.path())]);
+    notify.wait_for("READY=1", DEADLINE, |m| m.iter().any(|n| n.text == "READY=1")).await;
+
+    dir.ask_daemon_ok(&["pause", "--platform", "webhook"]);
+    notify
+        .wait_for("a STATUS= line saying what is paused", DEADLINE, |m| {
+            m.iter().any(|n| n.text.starts_with("STATUS=PAUSED (platform webhook); "))
+        })
+        .await;
+    wait_for_records(&dir, "held", 1).await;
+    let client = reqwest::Client::new();
+    let metrics = || async {
+        let response = client.get(format!("http://127.0.0.1:{port}/metrics")).send().await.expect("GET /metrics");
+        response.text().await.unwrap()
+    };
+    let body = metrics().await;
+    assert_eq!(sample(&body, "herald_paused_selectors"), Some(1.0), "{body}");
+    assert_eq!(sample(&body, "herald_deliveries_held_by_pause"), Some(1.0), "{body}");
+    assert!(hook.received().is_empty());
+
+    dir.ask_daemon_ok(&["resume", "--platform", "webhook"]);
+    assert!(hook.wait_until(DEADLINE, |r| distinct_accepted(r) == 1).await, "nothing went out after the resume");
+    wait_for_records(&dir, "delivered", 1).await;
+    let body = metrics().await;
+    assert_eq!(sample(&body, "herald_paused_selectors"), Some(0.0), "{body}");
+    assert_eq!(sample(&body, "herald_deliveries_held_by_pause"), Some(0.0), "{body}");
+    let last_status = notify.messages().into_iter().rev().find(|n| n.text.starts_with("STATUS=")).unwrap();
+    assert!(!last_status.text.contains("PAUSED"), "{}", last_status.text);
+}
