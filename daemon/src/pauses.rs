@@ -11,7 +11,8 @@ use herald_adapters::Platform;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
-use crate::model::{Actor, AuditRecord, Event};
+use crate::model::{Actor, AuditRecord, Delivery, DeliveryId, Event, Millis, State, from_millis, to_millis};
+use crate::occurrences::Verdict;
 use crate::store::{Changes, Store, StoreError};
 
 /// The `meta` key holding the active pauses (a JSON list of [`Pause`]).
@@ -271,6 +272,45 @@ pub fn resume(
     Ok(view)
 }
 
+/// What becomes of a delivery held since `since` (by a pause) now that it
+/// may go: its post's misfire policy decides, as for an occurrence missed
+/// while herald was down, by how late it is against its occurrence.
+pub fn release_verdict(
+    config: &Config,
+    store: &dyn Store,
+    d: &Delivery,
+    since: Millis,
+    now: DateTime<Utc>,
+) -> Result<Verdict, StoreError> {
+    let Some(post) = config.posts.get(&d.post_id) else { return Ok(Verdict::OnTime) };
+    let late = now - from_millis(d.occurrence);
+    if late <= chrono::Duration::from_std(crate::occurrences::ON_TIME).unwrap_or_default() {
+        return Ok(Verdict::OnTime);
+    }
+    let held = format!("held from {}", from_millis(since).to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+    if post.misfire == crate::config::Misfire::Skip {
+        return Ok(Verdict::Skip(format!("{held} until past its time; not published (misfire = skip)")));
+    }
+    if late > chrono::Duration::from_std(post.grace).unwrap_or(chrono::Duration::MAX) {
+        return Ok(Verdict::Skip(format!(
+            "{held} until past the grace window of {}; not published",
+            humantime::format_duration(post.grace)
+        )));
+    }
+    if post.misfire == crate::config::Misfire::Latest {
+        // A later occurrence to the same account, also due: it goes instead.
+        let later = post.schedule.next_after(from_millis(d.occurrence)).filter(|t| *t <= now);
+        if let Some(t) = later
+            && store
+                .delivery(DeliveryId::derive(&d.post_id, to_millis(t), &d.account))?
+                .is_some_and(|l| l.state == State::Pending)
+        {
+            return Ok(Verdict::Skip(format!("{held}; a later occurrence is published instead (misfire = latest)")));
+        }
+    }
+    Ok(Verdict::Late(format!("{held}; published late (misfire = {})", post.misfire)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -323,5 +363,57 @@ mod tests {
             pause(&store, &request(false, &[], &["myspace"]), None, now),
             Err(PauseError::UnknownPlatform(_))
         ));
+    }
+
+    /// A post every hour at :00 to one account, with `misfire` and `grace`;
+    /// its delivery of 09:00 held, and (with `later`) the 10:00 one pending too.
+    fn held_at_nine(misfire: &str, grace: &str, later: bool) -> (tempfile::TempDir, Config, SledStore, Delivery) {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "[daemon]\nstate_dir = \"state\"\n\n[accounts.wuhan]\nplatform = \"webhook\"\nurl = \"http://127.0.0.1:9/w\"\n\n\
+             [[posts]]\nid = \"p\"\nbody = \"stay safe\"\ntargets = [\"wuhan\"]\ncron = \"0 * * * *\"\n\
+             misfire = \"{misfire}\"\ngrace = \"{grace}\"\n"
+        );
+        let cfg = crate::testkit::config(dir.path(), &text, crate::testkit::utc("2026-12-01T08:00:00Z"));
+        let store = SledStore::open(&dir.path().join("state"), 8).unwrap();
+        let nine = to_millis(crate::testkit::utc("2026-12-01T09:00:00Z"));
+        let d = Delivery::new("p", nine, "wuhan", Platform::Webhook, nine);
+        let mut changes = Changes::default();
+        if later {
+            let ten = Delivery::new("p", nine + 3_600_000, "wuhan", Platform::Webhook, nine);
+            changes.deliveries.push((ten.clone(), AuditRecord::of(&ten, Event::Scheduled, Utc::now())));
+        }
+        changes.deliveries.push((d.clone(), AuditRecord::of(&d, Event::Scheduled, Utc::now())));
+        store.apply(changes).unwrap();
+        (dir, cfg, store, d)
+    }
+
+    fn verdict(misfire: &str, grace: &str, later: bool, released: &str) -> Verdict {
+        let (_dir, cfg, store, d) = held_at_nine(misfire, grace, later);
+        release_verdict(&cfg, &store, &d, d.occurrence, crate::testkit::utc(released)).unwrap()
+    }
+
+    #[test]
+    fn a_released_delivery_follows_its_posts_misfire_policy() {
+        // Released within a minute of its time: simply on time, whatever the policy.
+        assert_eq!(verdict("skip", "1h", false, "2026-12-01T09:00:30Z"), Verdict::OnTime);
+        assert!(
+            matches!(verdict("skip", "1h", false, "2026-12-01T09:10:00Z"), Verdict::Skip(r) if r.contains("misfire = skip"))
+        );
+        assert!(
+            matches!(verdict("all", "1h", false, "2026-12-01T09:10:00Z"), Verdict::Late(r) if r.contains("misfire = all"))
+        );
+        assert!(
+            matches!(verdict("all", "30m", false, "2026-12-01T09:40:00Z"), Verdict::Skip(r) if r.contains("grace window of 30m"))
+        );
+        // `latest`: the 09:00 copy is dropped when the 10:00 one is due too, sent late when it is not.
+        assert!(
+            matches!(verdict("latest", "3h", true, "2026-12-01T10:05:00Z"), Verdict::Skip(r) if r.contains("later occurrence"))
+        );
+        assert!(matches!(verdict("latest", "3h", false, "2026-12-01T10:05:00Z"), Verdict::Late(_)));
+        assert!(
+            matches!(verdict("latest", "3h", true, "2026-12-01T09:30:00Z"), Verdict::Late(_)),
+            "10:00 is not due yet"
+        );
     }
 }

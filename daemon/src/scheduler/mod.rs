@@ -374,7 +374,7 @@ impl Scheduler {
                         continue;
                     }
                     if let Some(since) = d.held.take() {
-                        match release_verdict(&self.config, self.store.as_ref(), &d, since, now)? {
+                        match crate::pauses::release_verdict(&self.config, self.store.as_ref(), &d, since, now)? {
                             Verdict::OnTime => {}
                             Verdict::Late(reason) => {
                                 let mut record = AuditRecord::of(&d, Event::Late, now);
@@ -901,45 +901,6 @@ impl Scheduler {
         }
         self.store.flush()
     }
-}
-
-/// What becomes of a delivery held since `since` (by a pause) now that it
-/// may go: its post's misfire policy decides, as for an occurrence missed
-/// while herald was down, by how late it is against its occurrence.
-fn release_verdict(
-    config: &Config,
-    store: &dyn Store,
-    d: &Delivery,
-    since: Millis,
-    now: DateTime<Utc>,
-) -> Result<Verdict> {
-    let Some(post) = config.posts.get(&d.post_id) else { return Ok(Verdict::OnTime) };
-    let late = now - from_millis(d.occurrence);
-    if late <= chrono::Duration::from_std(crate::occurrences::ON_TIME).unwrap_or_default() {
-        return Ok(Verdict::OnTime);
-    }
-    let held = format!("held from {}", from_millis(since).to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
-    if post.misfire == crate::config::Misfire::Skip {
-        return Ok(Verdict::Skip(format!("{held} until past its time; not published (misfire = skip)")));
-    }
-    if late > chrono::Duration::from_std(post.grace).unwrap_or(chrono::Duration::MAX) {
-        return Ok(Verdict::Skip(format!(
-            "{held} until past the grace window of {}; not published",
-            humantime::format_duration(post.grace)
-        )));
-    }
-    if post.misfire == crate::config::Misfire::Latest {
-        // A later occurrence to the same account, also due: it goes instead.
-        let later = post.schedule.next_after(from_millis(d.occurrence)).filter(|t| *t <= now);
-        if let Some(t) = later
-            && store
-                .delivery(DeliveryId::derive(&d.post_id, to_millis(t), &d.account))?
-                .is_some_and(|l| l.state == State::Pending)
-        {
-            return Ok(Verdict::Skip(format!("{held}; a later occurrence is published instead (misfire = latest)")));
-        }
-    }
-    Ok(Verdict::Late(format!("{held}; published late (misfire = {})", post.misfire)))
 }
 
 /// A reason for people: the adapter's words plus the platform's code.
