@@ -20,7 +20,7 @@ pub fn status(source: &Source, failed_limit: usize) -> anyhow::Result<ExitCode> 
         State::ALL.iter().map(|s| format!("{} {}", view.counts.get(s).copied().unwrap_or(0), s)).collect();
     println!("deliveries: {} ({} retrying)", summary.join(", "), view.retrying);
     if !view.pauses.is_empty() {
-        println!("PAUSED: {} due deliveries held; `herald resume` lifts a pause:", view.held);
+        println!("PAUSED: due deliveries held: {}; `herald resume` lifts a pause:", view.held);
         for pause in &view.pauses {
             println!("  {pause}");
         }

@@ -7,6 +7,7 @@
 
 use super::audit::{cli_as_other, other_user};
 use super::helpers::*;
+use super::operations::{alert_command, command_alerts};
 
 /// A config whose control socket `nobody` (group `nogroup`) may use, whose
 /// approvers are `approvers`, with `extra` in `[daemon]`.
@@ -50,7 +51,10 @@ async fn an_unapproved_due_post_is_held_until_a_member_of_the_approvers_group_ap
     let hook = receiver(None).await;
     let dir = TestDir::new();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    dir.write_config(&config(&hook.url(), "root", "", &needs_approval("hotline", "Call 110.", in_secs(3))));
+    let alerts = dir.path().join("alerts");
+    let with_alerts = config(&hook.url(), "root", "", &needs_approval("hotline", "Call 110.", in_secs(3)))
+        .replace("[retry]", &format!("[alerts]\ncommand = {}\n\n[retry]", alert_command(&alerts)));
+    dir.write_config(&with_alerts);
     let herald = dir.start().await;
     let check = dir.cli(&["check"]);
     assert!(text(&check.stdout).contains("approval: required (content "), "{}", text(&check.stdout));
@@ -58,6 +62,10 @@ async fn an_unapproved_due_post_is_held_until_a_member_of_the_approvers_group_ap
     let held = wait_for_records(&dir, "held", 1).await;
     assert!(held[0].reason.as_deref().unwrap().contains("awaits approval"), "{:?}", held[0].raw);
     assert!(hook.received().is_empty(), "an unapproved post went out: {:?}", hook.received());
+    eventually("an awaiting_approval alert", DEADLINE, || {
+        command_alerts(&alerts).iter().any(|a| a["kind"] == "awaiting_approval" && a["post"] == "hotline")
+    })
+    .await;
     let upcoming = dir.ask_daemon_ok(&["upcoming"]);
     assert!(upcoming.contains("approval: awaiting approval"), "{upcoming}");
 

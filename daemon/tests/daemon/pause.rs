@@ -48,7 +48,7 @@ async fn a_paused_account_gets_nothing_until_resumed_even_across_a_restart_while
     assert!(b.wait_until(DEADLINE, |r| distinct_accepted(r) == 1).await, "b-hook got nothing");
     assert!(a.received().is_empty(), "the paused account received {:?}", a.received());
     let status = dir.ask_daemon_ok(&["status"]);
-    assert!(status.contains("PAUSED: 1 due deliveries held"), "{status}");
+    assert!(status.contains("PAUSED: due deliveries held: 1;"), "{status}");
     assert!(status.contains("account a-hook"), "{status}");
     let upcoming = dir.ask_daemon_ok(&["upcoming"]);
     assert!(upcoming.contains("PAUSED (account a-hook)"), "{upcoming}");
