@@ -44,6 +44,10 @@ pub enum Alert {
         hash: String,
         occasion: String,
     },
+    /// A due delivery is held: its post needs approval (`herald approve`).
+    AwaitingApproval {
+        reason: String,
+    },
 }
 
 impl Alert {
@@ -53,6 +57,7 @@ impl Alert {
             Alert::AccountPaused { .. } => "account paused by a rate limit",
             Alert::CredentialsExpiring { .. } => "credentials expire soon",
             Alert::AuditHead { .. } => "audit log head",
+            Alert::AwaitingApproval { .. } => "post held until approved",
         }
     }
 }

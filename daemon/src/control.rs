@@ -32,6 +32,12 @@ pub struct StatusView {
     pub planned: u64,
     pub next: Option<Upcoming>,
     pub failed: Vec<Delivery>,
+    /// The operators' pauses in force (`herald pause`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pauses: Vec<crate::pauses::Pause>,
+    /// Due deliveries those pauses hold back (counted up to [`MAX_ROWS`]).
+    #[serde(default)]
+    pub held: u64,
 }
 
 /// One pending delivery in due order (`GET /v1/upcoming`).
@@ -50,6 +56,12 @@ pub struct Upcoming {
     /// store holds nothing of it yet, so `cancel` cannot take it until it is next.
     #[serde(default)]
     pub later: bool,
+    /// The pause that holds it (`herald pause`), if one covers it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<String>,
+    /// For a post that needs approval: whether it has it (`herald approve`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<String>,
 }
 
 /// The filters of `GET /v1/log`, as the CLI writes them.
@@ -141,6 +153,8 @@ pub trait Reloader: Send + Sync {
 #[derive(Debug, Clone)]
 pub struct Peer {
     pub uid: Option<u32>,
+    /// Its primary group (for `herald approve`'s membership check).
+    pub gid: Option<u32>,
 }
 
 impl Peer {
@@ -197,6 +211,9 @@ fn router(ctx: Ctx) -> Router {
         .route("/v1/cancel", post(cancel))
         .route("/v1/reload", post(reload))
         .route("/v1/audit/verify", get(verify))
+        .route("/v1/pause", post(pause))
+        .route("/v1/resume", post(resume))
+        .route("/v1/approve", post(approve))
         .with_state(ctx)
 }
 
@@ -234,7 +251,20 @@ pub fn status_view(
     let in_flight = counts.get(&State::InFlight).copied().unwrap_or(0) as usize;
     // From the index of failed deliveries: as many as asked for, whatever the history.
     let failed = store.deliveries_in_state(State::Failed, failed)?;
+    let pauses = crate::pauses::Pauses::load(store)?;
+    let mut held = 0;
+    if !pauses.is_empty() {
+        for key in store.due(None, crate::model::to_millis(crate::clock::now()), MAX_ROWS)? {
+            if let Some(d) = store.delivery(key.id)?
+                && pauses.covering(&d.post_id, &d.account, d.platform).is_some()
+            {
+                held += 1;
+            }
+        }
+    }
     Ok(StatusView {
+        pauses: pauses.0,
+        held,
         line: crate::scheduler::status_line(store, tz, in_flight, crate::clock::now())?,
         retrying: store.retrying()?,
         planned: store.planned_deliveries()?,
@@ -297,6 +327,8 @@ pub fn upcoming_list(store: &dyn Store, limit: usize) -> Result<Vec<Upcoming>, c
                 attempt: d.attempt,
                 planned: false,
                 later: false,
+                paused: None,
+                approval: None,
             });
         }
     }
@@ -318,12 +350,51 @@ pub fn upcoming_list(store: &dyn Store, limit: usize) -> Result<Vec<Upcoming>, c
                 attempt: 0,
                 planned: true,
                 later: false,
+                paused: None,
+                approval: None,
             });
         }
     }
     out.sort_by_key(|u| u.due);
     out.truncate(limit);
+    mark_paused(store, &mut out)?;
     Ok(out)
+}
+
+/// Mark each row of a post that needs approval with its approval state.
+fn mark_approval(
+    store: &dyn Store,
+    config: &crate::config::Config,
+    rows: &mut [Upcoming],
+) -> Result<(), crate::store::StoreError> {
+    let mut states: std::collections::HashMap<String, Option<String>> = std::collections::HashMap::new();
+    for row in rows {
+        if !states.contains_key(&row.post) {
+            let state = match config.posts.get(&row.post).filter(|p| p.requires_approval(&config.daemon)) {
+                Some(post) => {
+                    let found = crate::approvals::approval(store, &post.id)?;
+                    Some(crate::approvals::ApprovalState::of(post, config, found).to_string())
+                }
+                None => None,
+            };
+            states.insert(row.post.clone(), state);
+        }
+        row.approval = states.get(&row.post).cloned().flatten();
+    }
+    Ok(())
+}
+
+/// Mark each row a pause covers with that pause.
+fn mark_paused(store: &dyn Store, rows: &mut [Upcoming]) -> Result<(), crate::store::StoreError> {
+    let pauses = crate::pauses::Pauses::load(store)?;
+    if pauses.is_empty() {
+        return Ok(());
+    }
+    for row in rows {
+        let platform = herald_adapters::Platform::parse(&row.platform).unwrap_or(herald_adapters::Platform::Webhook);
+        row.paused = pauses.covering(&row.post, &row.account, platform).map(|p| p.selector.to_string());
+    }
+    Ok(())
 }
 
 /// Every occurrence due by `until` (all of them without it), at most `limit`
@@ -359,6 +430,8 @@ pub fn upcoming_window(
                     attempt: 0,
                     planned: true,
                     later: true,
+                    paused: None,
+                    approval: None,
                 });
                 rows += 1;
             }
@@ -368,6 +441,10 @@ pub fn upcoming_window(
     out.retain(|u| u.due <= until);
     out.sort_by_key(|u| u.due);
     out.truncate(limit);
+    mark_paused(store, &mut out)?;
+    if let Some(config) = config {
+        mark_approval(store, config, &mut out)?;
+    }
     Ok(out)
 }
 
@@ -507,6 +584,87 @@ async fn verify(AxumState(ctx): AxumState<Ctx>, Query(param): Query<HeadParam>) 
     }))
 }
 
+impl From<crate::pauses::PauseError> for ApiError {
+    fn from(e: crate::pauses::PauseError) -> Self {
+        let status = match e {
+            crate::pauses::PauseError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        ApiError(status, e.to_string())
+    }
+}
+
+/// `herald pause` and `herald resume`: the scheduler changes the pauses,
+/// so that it starts nothing they cover from its next round on.
+async fn pause_or_resume(
+    ctx: &Ctx,
+    make: impl FnOnce(oneshot::Sender<Result<crate::pauses::PauseView, crate::pauses::PauseError>>) -> Control,
+) -> ApiResult<crate::pauses::PauseView> {
+    let (tx, rx) = oneshot::channel();
+    let stopped = || ApiError(StatusCode::SERVICE_UNAVAILABLE, "herald is stopping".into());
+    ctx.control.send(make(tx)).await.map_err(|_| stopped())?;
+    Ok(Json(rx.await.map_err(|_| stopped())??))
+}
+
+async fn pause(
+    AxumState(ctx): AxumState<Ctx>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    Json(mut request): Json<crate::pauses::PauseRequest>,
+) -> ApiResult<crate::pauses::PauseView> {
+    request.actor = peer.actor();
+    pause_or_resume(&ctx, |tx| Control::Pause(request, tx)).await
+}
+
+async fn resume(
+    AxumState(ctx): AxumState<Ctx>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    Json(mut request): Json<crate::pauses::PauseRequest>,
+) -> ApiResult<crate::pauses::PauseView> {
+    request.actor = peer.actor();
+    pause_or_resume(&ctx, |tx| Control::Resume(request, tx)).await
+}
+
+impl From<crate::approvals::ApprovalError> for ApiError {
+    fn from(e: crate::approvals::ApprovalError) -> Self {
+        let status = match e {
+            crate::approvals::ApprovalError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            crate::approvals::ApprovalError::NotAMember { .. } | crate::approvals::ApprovalError::Author { .. } => {
+                StatusCode::FORBIDDEN
+            }
+            _ => StatusCode::BAD_REQUEST,
+        };
+        ApiError(status, e.to_string())
+    }
+}
+
+/// `herald approve`: the peer must be in the running config's
+/// `approvers_group`, by its primary group or the group database (as for
+/// the socket's own access check); the scheduler decides the rest.
+async fn approve(
+    AxumState(ctx): AxumState<Ctx>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    Json(mut request): Json<crate::approvals::ApproveRequest>,
+) -> ApiResult<crate::approvals::ApproveView> {
+    let stopped = || ApiError(StatusCode::SERVICE_UNAVAILABLE, "herald is stopping".into());
+    let (tx, rx) = oneshot::channel();
+    ctx.control.send(Control::ApproversGroup(tx)).await.map_err(|_| stopped())?;
+    let group = rx.await.map_err(|_| stopped())?;
+    request.actor = peer.actor();
+    request.member = match (group, peer.uid, peer.gid) {
+        (Some(name), Some(uid), Some(gid)) => {
+            let check = tokio::task::spawn_blocking(move || {
+                let target = nix::unistd::Group::from_name(&name).ok().flatten()?.gid.as_raw();
+                Some(gid == target || member_of(uid, gid, target).ok()?)
+            });
+            matches!(tokio::time::timeout(GROUP_LOOKUP_LIMIT, check).await, Ok(Ok(Some(true))))
+        }
+        _ => false,
+    };
+    let (tx, rx) = oneshot::channel();
+    ctx.control.send(Control::Approve(request, tx)).await.map_err(|_| stopped())?;
+    Ok(Json(rx.await.map_err(|_| stopped())??))
+}
+
 impl LogParams {
     /// The store query these filters mean.
     pub fn to_query(&self) -> Result<AuditQuery, String> {
@@ -626,7 +784,7 @@ impl crate::connections::Incoming for Authorized {
                 }
             };
             if peers.allows(cred.uid(), cred.gid()).await {
-                Some((stream, Peer { uid: Some(cred.uid()) }))
+                Some((stream, Peer { uid: Some(cred.uid()), gid: Some(cred.gid()) }))
             } else {
                 tracing::warn!(
                     uid = cred.uid(),

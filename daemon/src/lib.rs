@@ -8,6 +8,7 @@
 
 pub mod alerts;
 pub mod anchor;
+pub mod approvals;
 pub mod audit_chain;
 pub mod cli;
 pub mod clock;
@@ -23,6 +24,7 @@ pub mod model;
 pub mod notify;
 pub mod occurrences;
 pub mod operations;
+pub mod pauses;
 pub mod reconcile;
 pub mod schedule;
 pub mod scheduler;

@@ -56,6 +56,8 @@ struct Inner {
     refreshes: BTreeMap<String, u64>,
     pauses: BTreeMap<String, u64>,
     last_success: BTreeMap<String, f64>,
+    /// Due deliveries an operator's pause holds now.
+    held_by_pause: usize,
 }
 
 #[derive(Default)]
@@ -101,6 +103,11 @@ impl Metrics {
         });
     }
 
+    /// How many due deliveries a pause holds now.
+    pub fn held_by_pause(&self, held: usize) {
+        self.with(|m| m.held_by_pause = held);
+    }
+
     pub fn refreshed(&self, account: &str) {
         self.with(|m| *m.refreshes.entry(account.to_string()).or_default() += 1);
     }
@@ -133,7 +140,15 @@ impl Metrics {
             let _ = writeln!(out, "# TYPE herald_planned_deliveries gauge");
             let _ = writeln!(out, "herald_planned_deliveries {planned}");
         }
+        if let Ok(pauses) = crate::pauses::Pauses::load(store) {
+            let _ = writeln!(out, "# HELP herald_paused_selectors Operator pauses in force (herald pause).");
+            let _ = writeln!(out, "# TYPE herald_paused_selectors gauge");
+            let _ = writeln!(out, "herald_paused_selectors {}", pauses.0.len());
+        }
         let Ok(m) = self.inner.lock() else { return out };
+        let _ = writeln!(out, "# HELP herald_deliveries_held_by_pause Due deliveries a pause holds back now.");
+        let _ = writeln!(out, "# TYPE herald_deliveries_held_by_pause gauge");
+        let _ = writeln!(out, "herald_deliveries_held_by_pause {}", m.held_by_pause);
         let _ = writeln!(out, "# HELP herald_deliveries_total Finished attempts by account, platform and outcome.");
         let _ = writeln!(out, "# TYPE herald_deliveries_total counter");
         for ((account, platform, outcome), n) in &m.outcomes {

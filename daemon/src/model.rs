@@ -129,6 +129,10 @@ pub struct Delivery {
     pub remote_id: Option<String>,
     pub url: Option<String>,
     pub updated: Millis,
+    /// Since when an operator's pause (or a missing approval) holds this
+    /// pending delivery past its due time; cleared when it is released.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<Millis>,
 }
 
 impl Delivery {
@@ -150,6 +154,7 @@ impl Delivery {
             remote_id: None,
             url: None,
             updated: now,
+            held: None,
         }
     }
 }
@@ -198,10 +203,23 @@ pub enum Event {
     /// The head of the chain (sequence number and hash) was published outside
     /// the host (the journal, the alert webhook or command).
     AuditHead,
+    /// An operator paused deliveries (`herald pause`): all, or an account,
+    /// post or platform. A record about herald: no delivery.
+    Paused,
+    /// An operator lifted a pause (`herald resume`).
+    Resumed,
+    /// A due delivery was not started: a pause covers it (or its post awaits
+    /// approval). It stays pending, and goes out when released.
+    Held,
+    /// A member of the approvers' group approved a post's content and
+    /// targets (`herald approve`). A record about the post: no delivery.
+    Approved,
+    /// An approved post changed: its approval no longer holds.
+    ApprovalInvalidated,
 }
 
 impl Event {
-    pub const ALL: [Event; 18] = [
+    pub const ALL: [Event; 23] = [
         Event::Scheduled,
         Event::Attempt,
         Event::Delivered,
@@ -220,6 +238,11 @@ impl Event {
         Event::ConfigApplied,
         Event::ConfigRefused,
         Event::AuditHead,
+        Event::Paused,
+        Event::Resumed,
+        Event::Held,
+        Event::Approved,
+        Event::ApprovalInvalidated,
     ];
 
     pub fn name(self) -> &'static str {
@@ -242,6 +265,11 @@ impl Event {
             Event::ConfigApplied => "config_applied",
             Event::ConfigRefused => "config_refused",
             Event::AuditHead => "audit_head",
+            Event::Paused => "paused",
+            Event::Resumed => "resumed",
+            Event::Held => "held",
+            Event::Approved => "approved",
+            Event::ApprovalInvalidated => "approval_invalidated",
         }
     }
 

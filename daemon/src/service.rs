@@ -63,9 +63,17 @@ impl FileReloader {
         let outcome = config::load(&self.path);
         let files = outcome.files.clone();
         let view = match outcome.config {
-            Some(config) => match (config.alerts.clone(), self.apply(config).await) {
-                (alerts, Ok(summary)) => {
+            Some(config) => match ((config.alerts.clone(), config.clone()), self.apply(config).await) {
+                ((alerts, applied), Ok(summary)) => {
                     self.anchor.configure(alerts.as_ref());
+                    // Who changed which post needing approval; approvals of changed posts end.
+                    let (store, by) = (Arc::clone(&self.store), actor.clone());
+                    let settled = tokio::task::spawn_blocking(move || {
+                        crate::approvals::settle(store.as_ref(), &applied, &by, crate::clock::now())
+                    });
+                    if let Err(e) = settled.await.map_err(anyhow::Error::from).and_then(|r| Ok(r?)) {
+                        tracing::error!(error = %format!("{e:#}"), "could not record the approvals the reload changed");
+                    }
                     tracing::info!(%summary, "config reloaded");
                     ReloadView { applied: true, summary: Some(summary), errors: Vec::new() }
                 }
@@ -124,6 +132,8 @@ impl Daemon {
         let now = crate::clock::now();
         let recovered = scheduler.recover(now).context("recovering deliveries that were in flight")?;
         let summary = scheduler.reconcile(Arc::clone(&config), now).context("applying the config to the store")?;
+        crate::approvals::settle(shared.as_ref(), &config, &Actor::start(), now)
+            .context("checking the approvals of changed posts")?;
         let note =
             AuditRecord::config(now, config.files.clone(), Some(summary.to_string()), Vec::new(), Actor::start(), None);
         write_note(shared.as_ref(), note).context("recording the config in the audit log")?;

@@ -52,6 +52,10 @@ struct PostPlan {
     misfire: String,
     grace: String,
     targets: Vec<String>,
+    /// Whether a second person must approve it, and its state when the
+    /// store can be read here (see [`approval_of`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    approval: Option<String>,
     upcoming: Vec<Occurrence>,
     /// The exact content per platform (and per account where it differs).
     rendered: Vec<RenderedView>,
@@ -230,6 +234,38 @@ fn history(config: &Config, past: &[(&Post, DateTime<Utc>)]) -> History {
     History::Known(done)
 }
 
+/// The store, when this user may read it and no daemon holds it; else why not.
+fn readable_store(config: &Config) -> Result<crate::store::SledStore, String> {
+    use std::os::unix::fs::MetadataExt;
+    let dir = &config.daemon.state_dir;
+    match std::fs::metadata(dir.join("db")) {
+        Ok(meta) if meta.uid() == rustix::process::geteuid().as_raw() => {}
+        Ok(_) => return Err("the state directory belongs to another user".into()),
+        Err(_) => return Err("no store yet".into()),
+    }
+    crate::store::SledStore::open(dir, 8).map_err(|e| match e {
+        crate::store::StoreError::Locked { .. } => "herald is running: `herald upcoming` shows it".to_string(),
+        e => e.to_string(),
+    })
+}
+
+/// "required: approved by alice (uid 1000) at ..." or "required: awaiting approval", for posts that need it.
+fn approval_of(config: &Config, post: &Post, store: &Result<crate::store::SledStore, String>) -> Option<String> {
+    if !post.requires_approval(&config.daemon) {
+        return None;
+    }
+    let hash = post.approval_hash();
+    Some(match store {
+        Ok(store) => match crate::approvals::approval(store, &post.id) {
+            Ok(found) => {
+                format!("required (content {hash}): {}", crate::approvals::ApprovalState::of(post, config, found))
+            }
+            Err(e) => format!("required (content {hash}); the store could not be read: {e}"),
+        },
+        Err(why) => format!("required (content {hash}); whether it is approved is not known here ({why})"),
+    })
+}
+
 /// One harmless authenticated call per account, a few at a time.
 fn probes(config: &Config) -> anyhow::Result<Vec<ProbeView>> {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
@@ -276,6 +312,14 @@ fn accounts(config: &Config) -> Vec<AccountView> {
 
 fn plans(config: &Config, now: DateTime<Utc>, upcoming: usize) -> Vec<PostPlan> {
     let mut plans: Vec<PostPlan> = config.posts.values().map(|post| plan(config, post, now, upcoming)).collect();
+    if config.posts.values().any(|p| p.requires_approval(&config.daemon)) {
+        let store = readable_store(config);
+        for plan in &mut plans {
+            if let Some(post) = config.posts.get(&plan.id) {
+                plan.approval = approval_of(config, post, &store);
+            }
+        }
+    }
     // In the order they go out: the earliest next occurrence first.
     plans.sort_by(|a, b| (a.upcoming.first().map(|o| &o.utc), &a.id).cmp(&(b.upcoming.first().map(|o| &o.utc), &b.id)));
     plans
@@ -319,6 +363,7 @@ fn plan(config: &Config, post: &Post, now: DateTime<Utc>, upcoming: usize) -> Po
         misfire: post.misfire.to_string(),
         grace: humantime::format_duration(post.grace).to_string(),
         targets: post.targets.to_vec(),
+        approval: None,
         upcoming,
         rendered: rendered.into_values().collect(),
     }
@@ -370,6 +415,9 @@ fn print_text(report: &Report, config: Option<&Config>) {
         println!("post {}  ({}:{})", post.id, printable(&post.file), post.line);
         println!("  schedule: {}; misfire {} within {}", post.schedule, post.misfire, post.grace);
         println!("  targets:  {} account(s): {}", post.targets.len(), abbreviate(&post.targets, 8));
+        if let Some(approval) = &post.approval {
+            println!("  approval: {}", printable(approval));
+        }
         for o in &post.upcoming {
             println!("  at {}   = {}", o.local, o.utc);
         }

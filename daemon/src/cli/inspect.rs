@@ -19,6 +19,12 @@ pub fn status(source: &Source, failed_limit: usize) -> anyhow::Result<ExitCode> 
     let summary: Vec<String> =
         State::ALL.iter().map(|s| format!("{} {}", view.counts.get(s).copied().unwrap_or(0), s)).collect();
     println!("deliveries: {} ({} retrying)", summary.join(", "), view.retrying);
+    if !view.pauses.is_empty() {
+        println!("PAUSED: due deliveries held: {}; `herald resume` lifts a pause:", view.held);
+        for pause in &view.pauses {
+            println!("  {pause}");
+        }
+    }
     if view.planned > 0 {
         println!(
             "planned: {} more, of occurrences further ahead than `schedule_ahead`; created as pending when they come close",
@@ -118,8 +124,12 @@ pub fn upcoming(
         eprintln!("(the first {limit}; --limit N or --until TIME for more)");
     }
     for u in list {
+        let mut paused = u.paused.as_ref().map(|p| format!("  PAUSED ({p})")).unwrap_or_default();
+        if let Some(approval) = &u.approval {
+            paused.push_str(&format!("  approval: {approval}"));
+        }
         println!(
-            "{}  {}  post {}  to {} ({})  {}  [{}]",
+            "{}  {}  post {}  to {} ({})  {}  [{}]{paused}",
             u.due.with_timezone(&tz).format("%Y-%m-%d %H:%M:%S %Z"),
             u.due.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             u.post,
@@ -162,6 +172,59 @@ pub fn cancel(source: &Source, selection: Selection) -> anyhow::Result<ExitCode>
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `herald pause`: what it paused, and every pause now in force.
+pub fn pause(source: &Source, request: &crate::pauses::PauseRequest) -> anyhow::Result<ExitCode> {
+    let view = source.pause(request)?;
+    for what in &view.changed {
+        println!("paused: {what}");
+    }
+    for what in &view.unchanged {
+        println!("already paused: {what}");
+    }
+    if !source.is_daemon() {
+        println!("(herald is not running: the pause is in its store and holds from its next start)");
+    }
+    print_pauses(&view.active);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `herald resume`: what it lifted, and the pauses still in force.
+pub fn resume(source: &Source, request: &crate::pauses::PauseRequest) -> anyhow::Result<ExitCode> {
+    let view = source.resume(request)?;
+    for what in &view.changed {
+        println!("resumed: {what}");
+    }
+    println!("due deliveries it held go out now, under each post's misfire policy (skip, latest, all; grace)");
+    print_pauses(&view.active);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_pauses(active: &[crate::pauses::Pause]) {
+    if active.is_empty() {
+        println!("no pause in force");
+    } else {
+        println!("in force:");
+        for pause in active {
+            println!("  {pause}");
+        }
+    }
+}
+
+/// `herald approve`: what was approved (content hash and targets).
+pub fn approve(source: &Source, request: &crate::approvals::ApproveRequest) -> anyhow::Result<ExitCode> {
+    let view = source.approve(request)?;
+    let what = if view.already { "already approved" } else { "approved" };
+    println!(
+        "{what}: post {} as it is now (content {}) to {} account(s): {}",
+        view.post,
+        view.hash,
+        view.targets.len(),
+        view.targets.join(", ")
+    );
+    println!("any change to its text, images, link or targets needs a new approval");
+    Ok(ExitCode::SUCCESS)
 }
 
 pub fn reload(source: &Source, reason: Option<&str>) -> anyhow::Result<ExitCode> {

@@ -192,6 +192,86 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Stop deliveries from starting: everything (--all), or by account, post or platform.
+    ///
+    /// Takes effect at once through the running daemon (requests already sent finish; nothing new
+    /// starts) and is kept in the store, so it survives restarts. Without a running daemon it is
+    /// written to the store and holds from the next start. `herald resume` with the same
+    /// selectors lifts it; `herald status` lists the pauses in force.
+    Pause {
+        #[command(flatten)]
+        state: StateArgs,
+        #[command(flatten)]
+        selectors: PauseSelectors,
+    },
+    /// Lift pauses made by `herald pause`, naming the same selectors.
+    ///
+    /// Due deliveries the pauses held go out at once, under each post's misfire policy: a
+    /// delivery held past its time by more than a minute is skipped with `misfire = "skip"` or
+    /// beyond its `grace`, and with `latest` only the latest held occurrence goes (each
+    /// decision is an audit record).
+    Resume {
+        #[command(flatten)]
+        state: StateArgs,
+        #[command(flatten)]
+        selectors: PauseSelectors,
+    },
+    /// Approve a post that needs approval (`approval = "required"`), as it is now.
+    ///
+    /// Only a member of `[daemon] approvers_group` may, through the running daemon (which reads
+    /// who asks from the control socket). The approval covers the post's text, title, link,
+    /// images (by their bytes) and targets: any change to them needs a new approval. A due
+    /// delivery of an unapproved post is held, and goes out once approved, under its misfire policy.
+    Approve {
+        #[command(flatten)]
+        state: StateArgs,
+        #[command(flatten)]
+        args: ApproveArgs,
+    },
+}
+
+/// `herald approve`'s arguments (a variant of its own, after `Resume`).
+#[derive(clap::Args, Clone)]
+struct ApproveArgs {
+    /// The post to approve, as the running config has it now.
+    #[arg(long, value_name = "ID")]
+    post: String,
+    /// Why: kept in the `approved` record with your user name.
+    #[arg(long, value_name = "TEXT")]
+    reason: Option<String>,
+}
+
+/// What `herald pause` and `herald resume` apply to.
+#[derive(clap::Args, Clone)]
+struct PauseSelectors {
+    /// Every delivery.
+    #[arg(long)]
+    all: bool,
+    /// Deliveries to this account (repeatable).
+    #[arg(long = "account", value_name = "ID")]
+    accounts: Vec<String>,
+    /// Deliveries of this post (repeatable).
+    #[arg(long = "post", value_name = "ID")]
+    posts: Vec<String>,
+    /// Deliveries to accounts on this platform: weibo, wechat, tieba, discourse, mastodon, webhook (repeatable).
+    #[arg(long = "platform", value_name = "NAME")]
+    platforms: Vec<String>,
+    /// Why: kept with the pause and in its audit record with your user name.
+    #[arg(long, value_name = "TEXT")]
+    reason: Option<String>,
+}
+
+impl PauseSelectors {
+    fn request(self) -> crate::pauses::PauseRequest {
+        crate::pauses::PauseRequest {
+            all: self.all,
+            accounts: self.accounts,
+            posts: self.posts,
+            platforms: self.platforms,
+            reason: self.reason,
+            actor: None,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -340,6 +420,13 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             Some(file) => audit::verify_file(&file, prev.as_deref(), head.as_deref()),
             None => audit::verify_store(&state.source()?, head.as_deref()),
         },
+        Command::Pause { state, selectors } => inspect::pause(&state.source()?, &selectors.request()),
+        Command::Resume { state, selectors } => inspect::resume(&state.source()?, &selectors.request()),
+        Command::Approve { state, args } => {
+            let request =
+                crate::approvals::ApproveRequest { post: args.post, reason: args.reason, ..Default::default() };
+            inspect::approve(&state.source()?, &request)
+        }
         #[cfg(feature = "demo")]
         Command::Demo => {
             logging::init(None, "info,herald_sandbox=warn");

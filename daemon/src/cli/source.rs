@@ -14,6 +14,7 @@ use crate::control::{
     log_page, status_view,
 };
 use crate::operations::{self, Selection};
+use crate::pauses::{PauseRequest, PauseView};
 use crate::store::{SledStore, StoreError};
 
 /// How long the CLI keeps asking a daemon that is at its connection bound
@@ -243,6 +244,35 @@ impl Source {
         }
     }
 
+    /// `herald pause`: by the daemon (at once), or written to the store of
+    /// a stopped herald, where it holds from the next start on.
+    pub fn pause(&self, request: &PauseRequest) -> anyhow::Result<PauseView> {
+        match self {
+            Source::Daemon { .. } => self.call(|c| c.post(url("/v1/pause")).json(request)),
+            Source::Store { store, .. } => {
+                Ok(crate::pauses::pause(store.as_ref(), &request_by_me(request), None, Utc::now())?)
+            }
+        }
+    }
+
+    /// `herald resume`: by the daemon, or in the store of a stopped herald.
+    pub fn resume(&self, request: &PauseRequest) -> anyhow::Result<PauseView> {
+        match self {
+            Source::Daemon { .. } => self.call(|c| c.post(url("/v1/resume")).json(request)),
+            Source::Store { store, .. } => {
+                Ok(crate::pauses::resume(store.as_ref(), &request_by_me(request), None, Utc::now())?)
+            }
+        }
+    }
+
+    /// `herald approve`: only the running daemon approves (it knows who asks).
+    pub fn approve(&self, request: &crate::approvals::ApproveRequest) -> anyhow::Result<crate::approvals::ApproveView> {
+        match self {
+            Source::Daemon { .. } => self.call(|c| c.post(url("/v1/approve")).json(request)),
+            Source::Store { .. } => Err(crate::approvals::ApprovalError::NotRunning.into()),
+        }
+    }
+
     pub fn is_daemon(&self) -> bool {
         matches!(self, Source::Daemon { .. })
     }
@@ -251,6 +281,11 @@ impl Source {
 /// An operation done by the CLI on the store itself: by the CLI's own user.
 fn by_me(selection: &Selection) -> Selection {
     Selection { actor: Some(crate::model::Actor::current_user("store")), ..selection.clone() }
+}
+
+/// A pause or resume done by the CLI on the store itself: by the CLI's own user.
+fn request_by_me(request: &PauseRequest) -> PauseRequest {
+    PauseRequest { actor: Some(crate::model::Actor::current_user("store")), ..request.clone() }
 }
 
 /// A URL on the control socket (the host is ignored: the socket is the address).

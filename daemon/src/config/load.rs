@@ -116,6 +116,9 @@ struct Loader {
     target_lists: HashMap<Vec<String>, super::Targets>,
     /// Whether `[daemon] time_zone` is written (else posts default to UTC).
     zone_chosen: bool,
+    /// `[daemon] approval`, and whether `approvers_group` is set (when
+    /// `[daemon]` is valid): a post needing approval needs approvers.
+    approval_default: Option<(super::ApprovalMode, bool)>,
 }
 
 /// The two kinds of included file, and what each may hold. The main file
@@ -231,6 +234,7 @@ impl Loader {
         let groups = self.expand_groups();
         self.zone_chosen = time_zone.is_some();
         let default_tz = daemon.as_ref().map(|d| d.time_zone).or(time_zone).unwrap_or(Tz::UTC);
+        self.approval_default = daemon.as_ref().map(|d| (d.approval, d.approvers_group.is_some()));
         let posts = self.posts(default_tz, &groups);
         let daemon = daemon?;
         let retry = retry?;

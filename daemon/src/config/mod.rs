@@ -86,6 +86,22 @@ pub struct DaemonSettings {
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// The log level unless RUST_LOG is set (`error`, `warn`, `info`, `debug`, `trace`).
     pub log_level: Option<String>,
+    /// Whether posts need approval unless they say (`approval`).
+    pub approval: ApprovalMode,
+    /// The group whose members may approve posts (`herald approve`).
+    pub approvers_group: Option<String>,
+    /// Whether the author of a post's last change may approve it.
+    pub author_may_approve: bool,
+}
+
+/// `approval` on a post or in `[daemon]`: must a second person approve a
+/// post's exact content before it goes out?
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApprovalMode {
+    Required,
+    #[default]
+    None,
 }
 
 impl DaemonSettings {
@@ -163,6 +179,8 @@ pub struct Post {
     pub schedule: Schedule,
     pub misfire: Misfire,
     pub grace: Duration,
+    /// `approval` as the post says it; else `[daemon] approval` decides.
+    pub approval: Option<ApprovalMode>,
     /// Where the post is defined, for messages.
     pub file: PathBuf,
     pub line: usize,
@@ -245,6 +263,37 @@ impl Post {
         };
         let json = serde_json::to_vec(&definition).unwrap_or_default();
         self.hash = hex::encode(&Sha256::digest(&json)[..16]);
+    }
+}
+
+impl Post {
+    /// Must this post be approved before it goes out?
+    pub fn requires_approval(&self, daemon: &DaemonSettings) -> bool {
+        self.approval.unwrap_or(daemon.approval) == ApprovalMode::Required
+    }
+
+    /// What an approval is bound to: the content (text, title, link, the
+    /// images by their bytes, the per-platform overrides) and the targets,
+    /// not the schedule. The first 16 bytes of a SHA-256, in hex.
+    pub fn approval_hash(&self) -> String {
+        #[derive(Serialize)]
+        struct Approved<'a> {
+            content: &'a PostContent,
+            overrides: &'a BTreeMap<Platform, ContentOverride>,
+            targets: &'a [String],
+        }
+        let approved = Approved { content: &self.content, overrides: &self.overrides, targets: &self.targets };
+        let mut h = Sha256::new();
+        h.update(serde_json::to_vec(&approved).unwrap_or_default());
+        let images = self.overrides.values().filter_map(|o| o.images.as_ref()).flatten();
+        for image in self.content.images.iter().chain(images) {
+            let digest = crate::model::FileDigest::read(image);
+            h.update(b"\n");
+            h.update(digest.path.as_bytes());
+            h.update(b"\n");
+            h.update(digest.sha256.as_bytes());
+        }
+        hex::encode(&h.finalize()[..16])
     }
 }
 

@@ -25,12 +25,14 @@ pub use attempt::Finished;
 use gates::{Blocked, Gates};
 
 use crate::alerts::{Alert, Alerter};
+use crate::approvals::{Approval, ApprovalError, ApproveRequest, ApproveView};
 use crate::config::Config;
 use crate::metrics::{Metrics, outcome};
 use crate::model::{AuditRecord, Content, Delivery, DeliveryId, Event, Millis, State, from_millis, to_millis};
 use crate::notify::Notifier;
-use crate::occurrences::Builder;
+use crate::occurrences::{Builder, Verdict};
 use crate::operations::{self, OperationError, Selection};
+use crate::pauses::{PauseError, PauseRequest, PauseView, Pauses};
 use crate::reconcile::{self, Summary};
 use crate::store::{Changes, DueKey, Result, Store};
 
@@ -59,6 +61,14 @@ pub enum Control {
     },
     /// Stop dispatching, wait for in-flight deliveries up to the deadline, return.
     Shutdown,
+    /// `herald pause` through the control socket: no new delivery it covers starts.
+    Pause(PauseRequest, oneshot::Sender<std::result::Result<PauseView, PauseError>>),
+    /// `herald resume`: lift pauses; what they held goes out under its post's misfire policy.
+    Resume(PauseRequest, oneshot::Sender<std::result::Result<PauseView, PauseError>>),
+    /// Which group may approve posts (`[daemon] approvers_group` of the running config).
+    ApproversGroup(oneshot::Sender<Option<String>>),
+    /// `herald approve`: approve a post's content as the running config has it.
+    Approve(ApproveRequest, oneshot::Sender<std::result::Result<ApproveView, ApprovalError>>),
 }
 
 /// What one tick did.
@@ -94,6 +104,14 @@ pub struct Scheduler {
     /// the end of the tick) covers them, so a busy loop pays one fsync per
     /// round for both (group commit).
     unflushed: bool,
+    /// The operators' pauses, as the store keeps them (`herald pause`).
+    pauses: Pauses,
+    /// Due deliveries held back now (by a pause), for the metrics.
+    held: HashSet<DeliveryId>,
+    /// Posts that need approval, with `Post::approval_hash` of the running config.
+    approval_hashes: HashMap<String, String>,
+    /// The stored approvals of those posts.
+    approvals: HashMap<String, Approval>,
 }
 
 impl Scheduler {
@@ -117,6 +135,10 @@ impl Scheduler {
             expiry_warned: HashMap::new(),
             contents: HashMap::new(),
             unflushed: false,
+            pauses: Pauses::default(),
+            held: HashSet::new(),
+            approval_hashes: HashMap::new(),
+            approvals: HashMap::new(),
         }
     }
 
@@ -152,6 +174,8 @@ impl Scheduler {
     /// interrupted attempt was the last allowed gets it again where the
     /// adapter says a re-send is safe, and fails (check the account) elsewhere.
     pub fn recover(&mut self, now: DateTime<Utc>) -> Result<usize> {
+        // The pauses hold from the first tick on: read them before anything is sent.
+        self.pauses = Pauses::load(self.store.as_ref())?;
         let found = self.store.in_flight()?;
         let count = found.len();
         let mut changes = Changes::default();
@@ -216,6 +240,8 @@ impl Scheduler {
         };
         self.config = config;
         self.cursor = None;
+        self.held.clear();
+        self.read_approvals()?;
         Ok(summary)
     }
 
@@ -300,6 +326,10 @@ impl Scheduler {
         // Deliveries that already had every attempt the config now allows
         // (a reload lowered `max_attempts`): failed, not attempted again.
         let mut used_up: Vec<Delivery> = Vec::new();
+        // Due deliveries a pause or a missing approval holds (newly), and what released ones became.
+        let mut holding: Vec<(Delivery, String)> = Vec::new();
+        let mut awaiting: Vec<(Delivery, String)> = Vec::new();
+        let mut released = Changes::default();
         let mut progress = true;
         while free > 0 && progress {
             progress = false;
@@ -320,6 +350,48 @@ impl Scheduler {
                     let Some(mut d) = self.store.delivery(key.id)? else { continue };
                     if d.state != State::Pending || d.due != key.due {
                         continue; // changed since it was queued
+                    }
+                    if let Some(pause) = self.pauses.covering(&d.post_id, &d.account, d.platform) {
+                        // Not started; it stays pending, and a resume rescans the due index.
+                        self.held.insert(d.id);
+                        if d.held.is_none() {
+                            d.held = Some(now_ms);
+                            holding.push((d, format!("held: {pause}")));
+                        }
+                        continue;
+                    }
+                    self.held.remove(&d.id);
+                    if let Some(hash) = self.approval_hashes.get(&d.post_id)
+                        && self.approvals.get(&d.post_id).is_none_or(|a| &a.hash != hash)
+                    {
+                        if d.held.is_none() {
+                            d.held = Some(now_ms);
+                            let why = format!(
+                                "held: post {} awaits approval (`herald approve --post {}`)",
+                                d.post_id, d.post_id
+                            );
+                            awaiting.push((d.clone(), why.clone()));
+                            holding.push((d, why));
+                        }
+                        continue;
+                    }
+                    if let Some(since) = d.held.take() {
+                        match crate::pauses::release_verdict(&self.config, self.store.as_ref(), &d, since, now)? {
+                            Verdict::OnTime => {}
+                            Verdict::Late(reason) => {
+                                let mut record = AuditRecord::of(&d, Event::Late, now);
+                                record.reason = Some(reason);
+                                released.deliveries.push((d.clone(), record));
+                            }
+                            Verdict::Skip(reason) => {
+                                d.state = State::Skipped;
+                                d.updated = now_ms;
+                                d.reason = Some(reason);
+                                let record = AuditRecord::of(&d, Event::Skipped, now);
+                                released.deliveries.push((d, record));
+                                continue;
+                            }
+                        }
                     }
                     if d.attempt >= max_attempts {
                         d.state = State::Failed;
@@ -345,6 +417,29 @@ impl Scheduler {
             }
         }
         self.ready.retain(|_, q| !q.is_empty());
+        self.metrics.held_by_pause(self.held.len());
+        if !holding.is_empty() {
+            let mut changes = Changes::default();
+            for (d, why) in holding {
+                tracing::info!(delivery = %d.id, post = %d.post_id, account = %d.account, reason = %why, "delivery held");
+                let mut record = AuditRecord::of(&d, Event::Held, now);
+                record.reason = Some(why);
+                changes.deliveries.push((d, record));
+            }
+            // Not `self.apply`: their due time is unchanged, so no rescan is needed.
+            self.store.apply(changes)?;
+            self.unflushed = true;
+        }
+        if let Some(alerter) = &self.alerter {
+            for (d, reason) in awaiting {
+                alerter.raise(&d, Alert::AwaitingApproval { reason });
+            }
+        }
+        if !released.is_empty() {
+            // Before the attempts below, which write the same deliveries again.
+            self.store.apply(released)?;
+            self.unflushed = true;
+        }
         if !used_up.is_empty() {
             let mut changes = Changes::default();
             for d in used_up {
@@ -680,9 +775,59 @@ impl Scheduler {
                         let _ = reply.send(crate::control::upcoming_window(self.store.as_ref(), Some(&config), until, limit));
                     }
                     Some(Control::Shutdown) | None => return self.drain().await,
+                    Some(Control::Pause(request, reply)) => {
+                        let config = Arc::clone(&self.config);
+                        let result = crate::pauses::pause(self.store.as_ref(), &request, Some(&config), crate::clock::now());
+                        self.pauses_changed()?;
+                        let _ = reply.send(result);
+                    }
+                    Some(Control::ApproversGroup(reply)) => {
+                        let _ = reply.send(self.config.daemon.approvers_group.clone());
+                    }
+                    Some(Control::Approve(request, reply)) => {
+                        let config = Arc::clone(&self.config);
+                        let result = crate::approvals::approve(self.store.as_ref(), &config, &request, crate::clock::now());
+                        let result = result.map(|(view, approval)| {
+                            self.approvals.insert(view.post.clone(), approval);
+                            // What it held is found again by a rescan of the due index.
+                            self.cursor = None;
+                            view
+                        });
+                        let _ = reply.send(result);
+                    }
+                    Some(Control::Resume(request, reply)) => {
+                        let config = Arc::clone(&self.config);
+                        let result = crate::pauses::resume(self.store.as_ref(), &request, Some(&config), crate::clock::now());
+                        self.pauses_changed()?;
+                        let _ = reply.send(result);
+                    }
                 },
             }
         }
+    }
+
+    /// The approval hash of each post that needs approval, and its stored approval.
+    fn read_approvals(&mut self) -> Result<()> {
+        self.approval_hashes.clear();
+        self.approvals.clear();
+        let config = Arc::clone(&self.config);
+        for post in config.posts.values().filter(|p| p.requires_approval(&config.daemon)) {
+            self.approval_hashes.insert(post.id.clone(), post.approval_hash());
+            if let Some(approval) = crate::approvals::approval(self.store.as_ref(), &post.id)? {
+                self.approvals.insert(post.id.clone(), approval);
+            }
+        }
+        Ok(())
+    }
+
+    /// Read the pauses again after `herald pause` or `resume`: what they no
+    /// longer cover is found again by a rescan of the due index.
+    fn pauses_changed(&mut self) -> Result<()> {
+        self.pauses = Pauses::load(self.store.as_ref())?;
+        self.held.clear();
+        self.cursor = None;
+        self.last_status = None;
+        Ok(())
     }
 
     /// Accounts whose credentials expire within `[alerts] credential_warning`
@@ -783,8 +928,9 @@ pub fn status_line(store: &dyn Store, tz: chrono_tz::Tz, in_flight: usize, now: 
         }
         None => "nothing scheduled".to_string(),
     };
+    let paused = Pauses::load(store)?.headline().map(|h| format!("{h}; ")).unwrap_or_default();
     Ok(format!(
-        "{} pending ({} retrying), {} planned, {in_flight} in flight, {} delivered, {} failed; {next}",
+        "{paused}{} pending ({} retrying), {} planned, {in_flight} in flight, {} delivered, {} failed; {next}",
         count(State::Pending),
         store.retrying()?,
         store.planned_deliveries()?,

@@ -881,6 +881,7 @@ mod tests {
             remote_id: None,
             url: None,
             updated: 0,
+            held: None,
         }
     }
 

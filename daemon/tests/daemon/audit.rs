@@ -190,7 +190,7 @@ async fn verify_names_each_kind_of_tampering_in_the_store() {
 /// The test's own user name and uid, or `nobody` when the test runs as root
 /// (the CLI then runs as `nobody` in group `nogroup`, which the daemon is
 /// told to give its socket to: a non-root member of herald's group).
-fn other_user() -> (Option<&'static str>, &'static str, u32) {
+pub(super) fn other_user() -> (Option<&'static str>, &'static str, u32) {
     if rustix::process::getuid().is_root() && std::path::Path::new("/usr/bin/setpriv").exists() {
         (Some("nogroup"), "nobody", 65534)
     } else {
@@ -210,7 +210,7 @@ fn name_of(uid: u32) -> String {
 }
 
 /// Run a herald command as [`other_user`].
-fn cli_as_other(dir: &TestDir, args: &[&str]) -> Output {
+pub(super) fn cli_as_other(dir: &TestDir, args: &[&str]) -> Output {
     let (group, _, _) = other_user();
     if group.is_none() {
         return dir.cli(args);

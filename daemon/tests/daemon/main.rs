@@ -4,10 +4,12 @@
 //! herald would notice: what arrived where and when, and what `herald status`
 //! and `herald log` say afterwards.
 
+mod approval;
 mod audit;
 mod control_plane;
 mod helpers;
 mod operations;
+mod pause;
 mod platforms;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};

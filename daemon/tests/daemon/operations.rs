@@ -716,14 +716,14 @@ async fn the_metrics_endpoint_parses_as_prometheus_text_and_matches_the_audit_lo
 
 /// An alert command writing each alert to its own file in `dir` (alerts,
 /// audit heads among them, may run at the same time).
-fn alert_command(dir: &std::path::Path) -> String {
+pub(super) fn alert_command(dir: &std::path::Path) -> String {
     std::fs::create_dir_all(dir).unwrap();
     format!("[\"sh\", \"-c\", \"cat > $(mktemp {}/alert.XXXXXX)\"]", dir.display())
 }
 
 /// What the alert command received, without the audit heads herald also
 /// publishes there (see `audit.rs`).
-fn command_alerts(dir: &std::path::Path) -> Vec<Value> {
+pub(super) fn command_alerts(dir: &std::path::Path) -> Vec<Value> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap() {
         let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();

@@ -18,6 +18,9 @@ struct RawDaemon {
     metrics_listen: Option<Spanned<String>>,
     log_level: Option<Spanned<String>>,
     accounts_include: Option<Vec<Spanned<String>>>,
+    approval: Option<super::super::ApprovalMode>,
+    approvers_group: Option<Spanned<String>>,
+    author_may_approve: Option<bool>,
 }
 
 impl Loader {
@@ -104,6 +107,11 @@ impl Loader {
             None => None,
         };
         let control_socket = raw.control_socket.map(|p| file.dir().join(p));
+        if let Some(group) = &raw.approvers_group
+            && group.get_ref().trim().is_empty()
+        {
+            self.diags.error(file, span_of(group), "`approvers_group` is empty; name the group whose members approve");
+        }
         let (Some(concurrency), Some(cache_mb)) = (concurrency, cache_mb) else { return None };
         self.valid_since(mark).then_some(DaemonSettings {
             state_dir,
@@ -119,6 +127,9 @@ impl Loader {
             socket_group: raw.socket_group,
             metrics_listen,
             log_level,
+            approval: raw.approval.unwrap_or_default(),
+            approvers_group: raw.approvers_group.map(Spanned::into_inner),
+            author_may_approve: raw.author_may_approve.unwrap_or(false),
         })
     }
 }

@@ -29,6 +29,7 @@ struct RawPost {
     misfire: Option<Misfire>,
     grace: Option<Spanned<String>>,
     overrides: Option<BTreeMap<String, RawOverride>>,
+    approval: Option<Spanned<super::super::ApprovalMode>>,
 }
 
 #[derive(Deserialize)]
@@ -175,6 +176,21 @@ impl Loader {
             },
         };
         let misfire = raw.misfire.unwrap_or_default();
+        let approval = raw.approval.as_ref().map(|a| *a.get_ref());
+        if let Some((default, has_group)) = self.approval_default
+            && approval.unwrap_or(default) == super::super::ApprovalMode::Required
+            && !has_group
+        {
+            let at = raw.approval.as_ref().and_then(span_of).or_else(|| span_of(&raw.id));
+            self.diags.error(
+                file,
+                at,
+                format!(
+                    "post `{id}` needs approval, but no one may approve it: name the approvers' group in \
+                     `[daemon] approvers_group`"
+                ),
+            );
+        }
         let schedule = Schedule { recurrence, tz, start, until };
 
         // Targets.
@@ -240,6 +256,7 @@ impl Loader {
             schedule,
             misfire,
             grace,
+            approval,
             file: file.path.clone(),
             line,
             hash: String::new(),
