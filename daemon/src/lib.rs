@@ -23,6 +23,7 @@ pub mod model;
 pub mod notify;
 pub mod occurrences;
 pub mod operations;
+pub mod recall;
 pub mod reconcile;
 pub mod schedule;
 pub mod scheduler;

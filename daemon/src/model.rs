@@ -198,10 +198,16 @@ pub enum Event {
     /// The head of the chain (sequence number and hash) was published outside
     /// the host (the journal, the alert webhook or command).
     AuditHead,
+    /// `herald recall` took the delivered copy down (the delivery stays
+    /// `delivered`; this record says its copy is gone).
+    Recalled,
+    /// `herald recall` could not take the copy down: not possible on the
+    /// platform (the reason says what to do by hand), or the delete failed.
+    RecallFailed,
 }
 
 impl Event {
-    pub const ALL: [Event; 18] = [
+    pub const ALL: [Event; 20] = [
         Event::Scheduled,
         Event::Attempt,
         Event::Delivered,
@@ -220,6 +226,8 @@ impl Event {
         Event::ConfigApplied,
         Event::ConfigRefused,
         Event::AuditHead,
+        Event::Recalled,
+        Event::RecallFailed,
     ];
 
     pub fn name(self) -> &'static str {
@@ -242,6 +250,8 @@ impl Event {
             Event::ConfigApplied => "config_applied",
             Event::ConfigRefused => "config_refused",
             Event::AuditHead => "audit_head",
+            Event::Recalled => "recalled",
+            Event::RecallFailed => "recall_failed",
         }
     }
 

@@ -57,6 +57,12 @@ pub enum Control {
     },
     /// Stop dispatching, wait for in-flight deliveries up to the deadline, return.
     Shutdown,
+    /// `herald recall` through the control socket: cancel what has not gone
+    /// out, and answer the copies to take down (the control task deletes them).
+    Recall(
+        crate::recall::RecallOrder,
+        oneshot::Sender<std::result::Result<crate::recall::Plan, crate::recall::RecallError>>,
+    ),
 }
 
 /// What one tick did.
@@ -691,6 +697,10 @@ impl Scheduler {
                         let _ = reply.send(crate::control::upcoming_window(self.store.as_ref(), Some(&config), until, limit));
                     }
                     Some(Control::Shutdown) | None => return self.drain().await,
+                    Some(Control::Recall(order, reply)) => {
+                        let now = crate::clock::now();
+                        let _ = reply.send(crate::recall::prepare(self.store.as_ref(), &self.config, &order, now));
+                    }
                 },
             }
         }
