@@ -30,7 +30,7 @@ pub fn print(report: &RecallReport, out: &mut impl std::io::Write) -> std::io::R
             out,
             "{:<24} {:<10} {:<25} {:<28} {}",
             printable(&t.account),
-            t.platform,
+            t.platform.name(),
             t.occurrence.to_rfc3339(),
             t.verdict.label(),
             printable(&t.detail)
