@@ -320,6 +320,15 @@ async fn take_down(target: Target, policy: RetryPolicy, deadline: tokio::time::I
             }
             ErrorClass::CredentialsExpired => None,
             ErrorClass::Transient => Some(crate::scheduler::backoff::delay(&policy, tries, rng.f64())),
+            ErrorClass::RateLimited { retry_after: Some(wait) } if *wait > MAX_WAIT => {
+                // Asking again sooner would only be refused again.
+                let why = format!(
+                    "{}; the platform asks to wait {} s: run `herald recall` again after that",
+                    error.reason,
+                    wait.as_secs()
+                );
+                return Finished { delivery, result: Err(error), tries, gave_up: Some(why) };
+            }
             ErrorClass::RateLimited { retry_after } => {
                 Some(retry_after.unwrap_or_else(|| crate::scheduler::backoff::delay(&policy, tries, rng.f64())))
             }
@@ -327,6 +336,8 @@ async fn take_down(target: Target, policy: RetryPolicy, deadline: tokio::time::I
         let Some(wait) = wait else {
             return Finished { delivery, result: Err(error), tries, gave_up: None };
         };
+        // The `[retry]` backoff (30 s at first by default) is shortened: the
+        // operator is waiting, and the whole recall has `DEADLINE`.
         let wait = wait.min(MAX_WAIT);
         if tries >= policy.max_attempts.max(1) {
             let why = format!("{}; gave up after {tries} tries", error.reason);

@@ -158,18 +158,22 @@ async fn a_transient_delete_error_is_retried_and_a_refused_delete_exits_non_zero
     let sandbox = sandbox().await;
     let dir = TestDir::new();
     std::fs::write(dir.path().join("cover.jpg"), JPEG).unwrap();
-    let targets = ["mastodon", "weibo"];
+    let targets = ["mastodon", "weibo", "discourse"];
     dir.write_config(&(daemon_section() + &accounts(&sandbox) + &post("alert", &targets, in_secs(1))));
     let herald = dir.start().await;
-    delivered(&dir, 2).await;
+    delivered(&dir, 3).await;
 
-    // Mastodon's first DELETE fails with a 503; Weibo's app may not delete.
+    // Mastodon's first DELETE fails with a 503; Weibo's app may not delete;
+    // Discourse is rate limited for ten minutes, longer than a recall waits.
     sandbox.mastodon.fail_next(1, Fault::status(503));
     sandbox.weibo.answer_next(1, 10014);
+    sandbox.discourse.rate_limit_next(1, 600, true);
     let out = dir.ask_daemon(&["recall", "--post", "alert", "--reason", "wrong number"]);
     let stdout = text(&out.stdout);
     assert_eq!(out.status.code(), Some(3), "not every copy is down: exit 3\n{stdout}");
-    assert!(stdout.contains("1 taken down, 0 cancelled before sending, 1 not possible, 0 failed"), "{stdout}");
+    assert!(stdout.contains("1 taken down, 0 cancelled before sending, 1 not possible, 1 failed"), "{stdout}");
+    assert!(stdout.contains("asks to wait 600 s: run `herald recall` again"), "{stdout}");
+    assert!(sandbox.discourse.published()[0].deleted_at.is_none(), "Discourse's copy is still up");
     assert!(stdout.contains("Take these down by hand:"), "{stdout}");
     assert!(stdout.contains("sign in to weibo.com"), "says what to do: {stdout}");
 
@@ -181,8 +185,8 @@ async fn a_transient_delete_error_is_retried_and_a_refused_delete_exits_non_zero
 
     let failed = dir.log_from_daemon(&["--event", "recall_failed"]);
     herald.stop().await;
-    assert_eq!(failed.len(), 1, "{failed:?}");
-    assert_eq!(failed[0].account, "weibo");
+    assert_eq!(failed.len(), 2, "{failed:?}");
+    let failed: Vec<_> = failed.into_iter().filter(|r| r.account == "weibo").collect();
     assert_eq!(failed[0].raw["answer"]["code"], "10014", "the platform's answer is kept: {}", failed[0].raw);
     assert!(failed[0].reason.clone().unwrap_or_default().contains("not possible"), "{:?}", failed[0].reason);
 }
@@ -222,6 +226,11 @@ async fn recalling_a_post_not_sent_yet_cancels_its_pending_and_planned_deliverie
     assert_eq!(later.len(), 1, "only hook-a's delivery of `later` is still to come:\n{upcoming}");
     assert!(later[0].contains("hook-a"), "{upcoming}");
     assert!(hook.received().is_empty(), "nothing reached the receiver");
+
+    // A recall needs a reason.
+    let blank = dir.cli(&["recall", "--post", "later", "--reason", " "]);
+    assert_eq!(blank.status.code(), Some(1), "{}", text(&blank.stdout));
+    assert!(text(&blank.stderr).contains("--reason"), "{}", text(&blank.stderr));
 
     // Nothing left to recall is an error, not a silent success.
     let again = dir.cli(&["recall", "--post", "soon", "--reason", "superseded"]);
