@@ -264,14 +264,25 @@ pub struct Finished {
 pub async fn execute(plan: Plan) -> (Vec<Finished>, Vec<TargetOutcome>, Vec<AuditRecord>) {
     let deadline = tokio::time::Instant::now() + DEADLINE;
     let mut running = tokio::task::JoinSet::new();
+    let mut started = std::collections::HashMap::new();
     for target in plan.targets {
-        let policy = plan.policy.clone();
-        running.spawn(take_down(target, policy, deadline));
+        let delivery = target.delivery.clone();
+        let task = running.spawn(take_down(target, plan.policy.clone(), deadline));
+        started.insert(task.id(), delivery);
     }
     let mut finished = Vec::new();
-    while let Some(done) = running.join_next().await {
-        if let Ok(done) = done {
-            finished.push(done);
+    while let Some(done) = running.join_next_with_id().await {
+        match done {
+            Ok((_, done)) => finished.push(done),
+            // A task that panicked still gets its line and record: a
+            // recall is never silently partial.
+            Err(error) => {
+                if let Some(delivery) = started.remove(&error.id()) {
+                    let reason = format!("the recall of this copy stopped unexpectedly ({error})");
+                    let result = Err(DeliveryError::transient(PlatformAnswer::default(), reason));
+                    finished.push(Finished { delivery, result, tries: 0, gave_up: None });
+                }
+            }
         }
     }
     (finished, plan.settled, plan.notes)
@@ -399,6 +410,8 @@ pub fn record(
             Verdict::NotPossible => format!("not possible on this platform: {detail} ({because})"),
             _ => format!("{detail} ({because})"),
         });
+        tracing::info!(delivery = %f.delivery.id, post = %f.delivery.post_id, account = %f.delivery.account,
+            verdict = verdict.label(), tries = f.tries, "recall");
         changes.notes.push(record);
         report.targets.push(TargetOutcome {
             account: f.delivery.account.clone(),
