@@ -250,3 +250,14 @@ async fn without_a_remote_id_recall_is_not_possible_and_says_so() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_wechat_article_recorded_by_its_article_id_is_deleted_too() {
+    // A delivery found by a look-up records the article_id, not a publish_id.
+    let target = Target::new(Platform::Wechat).await;
+    let published = target.publish().await;
+    let article_id = target.sandbox.wechat.published()[0].article_id.clone();
+    let receipt = Receipt { remote_id: Some(article_id), ..published };
+    taken_down(target.recall(&receipt).await.unwrap());
+    assert_eq!(target.live(), 0);
+}

@@ -16,6 +16,10 @@ use crate::{DeliveryError, ErrorClass, PlatformAnswer, RecallRequest, Recalled};
 /// console: the API is not authorized (48001) or banned (48004) for the account.
 const CONSOLE_ONLY: [&str; 2] = ["48001", "48004"];
 
+/// WeChat's answer to an id it does not know (`invalid media_id` and the
+/// like): on `freepublish/get`, the id is not a publish_id.
+const UNKNOWN_ID: &str = "40007";
+
 /// What the operator does by hand when herald cannot delete.
 const BY_HAND: &str = "sign in to mp.weixin.qq.com as the account, open 发表记录 (published records), \
                        and delete the article there";
@@ -46,9 +50,12 @@ impl WechatAdapter {
     }
 
     async fn delete_published(&self, id: &str) -> Result<Recalled, DeliveryError> {
-        // A publish_id names a job; its article_id is what delete takes. An
-        // id freepublish/get does not know is taken as an article_id (a
-        // look-up recorded one).
+        // A publish_id (digits) names a job; its article_id (letters too) is
+        // what delete takes, and what a look-up records. An id that
+        // freepublish/get does not know is taken as an article_id.
+        if !id.bytes().all(|b| b.is_ascii_digit()) {
+            return self.delete_article(id.to_string()).await;
+        }
         let status = self
             .with_fresh_token(|token| async move {
                 let url = self.api.url(Api::PublishStatus.path())?;
@@ -67,9 +74,15 @@ impl WechatAdapter {
                 }
                 answer.article_id.unwrap_or_else(|| id.to_string())
             }
-            Err(error) if error.class == ErrorClass::Permanent => id.to_string(),
+            Err(error) if error.class == ErrorClass::Permanent || error.answer.code.as_deref() == Some(UNKNOWN_ID) => {
+                id.to_string()
+            }
             Err(error) => return Err(error),
         };
+        self.delete_article(article_id).await
+    }
+
+    async fn delete_article(&self, article_id: String) -> Result<Recalled, DeliveryError> {
         let reply = self
             .with_fresh_token(|token| {
                 let article_id = article_id.clone();
