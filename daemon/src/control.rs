@@ -495,12 +495,16 @@ async fn recall(
     let stopped = || ApiError(StatusCode::SERVICE_UNAVAILABLE, "herald is stopping".into());
     ctx.control.send(Control::Recall(order.clone(), tx)).await.map_err(|_| stopped())?;
     let plan = rx.await.map_err(|_| stopped())??;
-    let done = crate::recall::execute(plan).await;
+    // A task of its own: a client that goes away (Ctrl-C) does not stop
+    // the deletes half-way, and every outcome is still recorded.
     let store = Arc::clone(&ctx.store);
-    let report =
+    let work = tokio::spawn(async move {
+        let done = crate::recall::execute(plan).await;
         tokio::task::spawn_blocking(move || crate::recall::record(store.as_ref(), done, &order, crate::clock::now()))
             .await
-            .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    });
+    let failed = |e: tokio::task::JoinError| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+    let report = work.await.map_err(failed)?.map_err(failed)??;
     Ok(Json(report))
 }
 
