@@ -75,6 +75,49 @@ pub struct Probe {
     pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
+/// A published copy to take down (`herald recall`): what herald recorded
+/// when the delivery went out.
+#[derive(Debug, Clone)]
+pub struct RecallRequest<'a> {
+    pub delivery_id: &'a str,
+    pub post_id: &'a str,
+    pub account_id: &'a str,
+    /// The platform's id of the published item, from the delivery's receipt.
+    pub remote_id: Option<&'a str>,
+    /// Its public URL, from the receipt.
+    pub url: Option<&'a str>,
+}
+
+/// What became of a recall.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recalled {
+    /// The platform took the copy down, or says it is already gone.
+    TakenDown {
+        answer: PlatformAnswer,
+        /// What stays visible despite the take-down (WeChat: followers keep
+        /// a mass-sent message card), for the operator's report.
+        note: Option<String>,
+    },
+    /// The platform (or this account's permissions) offers no way to take
+    /// it down: a person must, and `what_to_do` says how.
+    NotPossible { what_to_do: String, answer: PlatformAnswer },
+}
+
+impl RecallRequest<'_> {
+    /// The answer when herald recorded no remote id for the copy (the
+    /// platform gave none): only a person can find it.
+    pub fn without_remote_id(&self, platform: &str) -> Recalled {
+        let place = self.url.map(|url| format!(" at {url}")).unwrap_or_default();
+        Recalled::NotPossible {
+            what_to_do: format!(
+                "{platform} gave no id for this copy when it was published, so herald cannot name it; \
+                 find the post{place} and delete it by hand"
+            ),
+            answer: PlatformAnswer::default(),
+        }
+    }
+}
+
 /// One platform account, ready to publish.
 ///
 /// Implementations hold their HTTP client and settings; they are shared by
@@ -137,6 +180,18 @@ pub trait Adapter: Send + Sync {
     /// follows a publish job for minutes. `None` keeps the default.
     fn attempt_limit(&self) -> Option<std::time::Duration> {
         None
+    }
+
+    /// Take a published copy down (`herald recall`), by the remote id herald
+    /// recorded. Errors are classified like a publish's: the daemon retries
+    /// transient ones and refreshes expired credentials once. Default: not
+    /// possible on this platform.
+    fn recall<'a>(&'a self, request: RecallRequest<'a>) -> BoxFuture<'a, Result<Recalled, DeliveryError>> {
+        let what_to_do = match request.url {
+            Some(url) => format!("herald cannot delete on this platform; delete {url} by hand"),
+            None => "herald cannot delete on this platform; delete the post by hand".to_string(),
+        };
+        Box::pin(async move { Ok(Recalled::NotPossible { what_to_do, answer: PlatformAnswer::default() }) })
     }
 
     /// Obtain fresh credentials after the platform said they expired. The

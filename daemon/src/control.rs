@@ -214,6 +214,7 @@ fn router(ctx: Ctx) -> Router {
         .route("/v1/pause", post(pause))
         .route("/v1/resume", post(resume))
         .route("/v1/approve", post(approve))
+        .route("/v1/recall", post(recall))
         .with_state(ctx)
 }
 
@@ -544,6 +545,44 @@ async fn cancel(
 ) -> ApiResult<CountView> {
     selection.actor = peer.actor();
     operation(&ctx, |tx| Control::Cancel(selection, tx)).await
+}
+
+impl From<crate::recall::RecallError> for ApiError {
+    fn from(e: crate::recall::RecallError) -> Self {
+        use crate::recall::RecallError;
+        match e {
+            RecallError::Operation(e) => e.into(),
+            RecallError::Store(e) => e.into(),
+            RecallError::NothingToRecall(..) => ApiError(StatusCode::NOT_FOUND, e.to_string()),
+            RecallError::NoReason => ApiError(StatusCode::BAD_REQUEST, e.to_string()),
+        }
+    }
+}
+
+/// `herald recall`: the scheduler (the store's writer) cancels what has not
+/// gone out and names the copies; this task deletes them, within
+/// [`crate::recall::DEADLINE`], and records each outcome.
+async fn recall(
+    AxumState(ctx): AxumState<Ctx>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    Json(mut order): Json<crate::recall::RecallOrder>,
+) -> ApiResult<crate::recall::RecallReport> {
+    order.actor = peer.actor();
+    let (tx, rx) = oneshot::channel();
+    let stopped = || ApiError(StatusCode::SERVICE_UNAVAILABLE, "herald is stopping".into());
+    ctx.control.send(Control::Recall(order.clone(), tx)).await.map_err(|_| stopped())?;
+    let plan = rx.await.map_err(|_| stopped())??;
+    // A task of its own: a client that goes away (Ctrl-C) does not stop
+    // the deletes half-way, and every outcome is still recorded.
+    let store = Arc::clone(&ctx.store);
+    let work = tokio::spawn(async move {
+        let done = crate::recall::execute(plan).await;
+        tokio::task::spawn_blocking(move || crate::recall::record(store.as_ref(), done, &order, crate::clock::now()))
+            .await
+    });
+    let failed = |e: tokio::task::JoinError| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+    let report = work.await.map_err(failed)?.map_err(failed)??;
+    Ok(Json(report))
 }
 
 /// The operator's reason for a reload (`herald reload --reason`).

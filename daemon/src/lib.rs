@@ -25,6 +25,7 @@ pub mod notify;
 pub mod occurrences;
 pub mod operations;
 pub mod pauses;
+pub mod recall;
 pub mod reconcile;
 pub mod schedule;
 pub mod scheduler;

@@ -216,10 +216,16 @@ pub enum Event {
     Approved,
     /// An approved post changed: its approval no longer holds.
     ApprovalInvalidated,
+    /// `herald recall` took the delivered copy down (the delivery stays
+    /// `delivered`; this record says its copy is gone).
+    Recalled,
+    /// `herald recall` could not take the copy down: not possible on the
+    /// platform (the reason says what to do by hand), or the delete failed.
+    RecallFailed,
 }
 
 impl Event {
-    pub const ALL: [Event; 23] = [
+    pub const ALL: [Event; 25] = [
         Event::Scheduled,
         Event::Attempt,
         Event::Delivered,
@@ -243,6 +249,8 @@ impl Event {
         Event::Held,
         Event::Approved,
         Event::ApprovalInvalidated,
+        Event::Recalled,
+        Event::RecallFailed,
     ];
 
     pub fn name(self) -> &'static str {
@@ -270,6 +278,8 @@ impl Event {
             Event::Held => "held",
             Event::Approved => "approved",
             Event::ApprovalInvalidated => "approval_invalidated",
+            Event::Recalled => "recalled",
+            Event::RecallFailed => "recall_failed",
         }
     }
 

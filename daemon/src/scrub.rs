@@ -55,7 +55,7 @@ impl Scrubber {
         text.map(|t| self.text(&t))
     }
 
-    fn answer(&self, answer: PlatformAnswer) -> PlatformAnswer {
+    pub fn answer(&self, answer: PlatformAnswer) -> PlatformAnswer {
         PlatformAnswer { status: answer.status, code: self.option(answer.code), message: self.option(answer.message) }
     }
 

@@ -6,6 +6,10 @@
 //! category, a unique `external_id`, and no body too similar to one the same
 //! user posted within a few minutes (422 with `{"errors": [...]}`).
 //!
+//! `DELETE /t/{id}.json` soft-deletes a topic as Discourse does: it stays
+//! in `/_sandbox/published` (and in `GET`, as staff see it) with
+//! `deleted_at` set; deleting it again answers 404.
+//!
 //! Control API (under the emulator's base URL): `GET /_sandbox/published`,
 //! `POST /_sandbox/faults` ([`FaultSpec`]), `POST /_sandbox/rate_limit`
 //! ([`WaitSpec`]: 429 with `extras.wait_seconds`), `POST /_sandbox/reset`.
@@ -74,6 +78,9 @@ pub struct DiscourseTopic {
     pub received_at: DateTime<Utc>,
     /// The JSON body as received.
     pub body: Value,
+    /// When `DELETE /t/{id}.json` (soft-)deleted it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted_at: Option<DateTime<Utc>>,
 }
 
 impl DiscourseTopic {
@@ -94,12 +101,25 @@ impl DiscourseTopic {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum DiscourseOutcome {
-    Created { topic_id: u64 },
-    Refused { status: u16, errors: Vec<String> },
+    Created {
+        topic_id: u64,
+    },
+    Refused {
+        status: u16,
+        errors: Vec<String>,
+    },
     RateLimited,
-    Faulted { status: u16 },
+    Faulted {
+        status: u16,
+    },
     Dropped,
-    Answered { status: u16 },
+    Answered {
+        status: u16,
+    },
+    /// `DELETE /t/{id}.json` soft-deleted the topic.
+    Deleted {
+        topic_id: u64,
+    },
 }
 
 /// One request the emulator got.
@@ -375,6 +395,7 @@ impl Discourse {
             api_username: username.clone(),
             received_at: arrival.received_at,
             body: body.clone(),
+            deleted_at: None,
         };
         ledger.published.push(topic);
         self.record(&mut ledger, &arrival, DiscourseOutcome::Created { topic_id });
@@ -444,6 +465,7 @@ impl Discourse {
             "title": topic.title(),
             "external_id": topic.external_id(),
             "posts_count": 1,
+            "deleted_at": topic.deleted_at.map(|t| t.to_rfc3339()),
             "post_stream": { "posts": [{ "id": topic.post_id, "post_number": 1, "username": topic.api_username }] },
         })
     }
@@ -480,6 +502,25 @@ impl Discourse {
             Some(topic) => {
                 self.record(&mut ledger, &arrival, DiscourseOutcome::Answered { status: 200 });
                 Json(self.topic_json(&topic)).into()
+            }
+            None => self.not_found(&mut ledger, &arrival),
+        }
+    }
+
+    /// Soft-delete a topic; 404 when unknown or already deleted.
+    async fn delete(self: Arc<Self>, arrival: Arrival, topic_id: String) -> Reply {
+        if let Err(reply) = self.admit(&arrival, true).await {
+            return reply;
+        }
+        let mut ledger = lock(&self.ledger);
+        let id = topic_id.trim_end_matches(".json").parse::<u64>().ok();
+        let found = ledger.published.iter_mut().find(|topic| Some(topic.topic_id) == id && topic.deleted_at.is_none());
+        match found {
+            Some(topic) => {
+                topic.deleted_at = Some(arrival.received_at);
+                let topic_id = topic.topic_id;
+                self.record(&mut ledger, &arrival, DiscourseOutcome::Deleted { topic_id });
+                Json(json!({ "success": "OK" })).into()
             }
             None => self.not_found(&mut ledger, &arrival),
         }
@@ -522,6 +563,7 @@ fn router(discourse: Arc<Discourse>) -> Router {
         .route(POSTS, post(create))
         .route("/t/external_id/{external_id}", get(by_external_id))
         .route("/t/{slug}/{id}", get(show))
+        .route("/t/{id}", axum::routing::delete(delete))
         .route(SESSION, get(session))
         .route(SITE, get(site))
         .route("/_sandbox/published", get(list_published))
@@ -567,6 +609,16 @@ async fn show(
 ) -> Response {
     let arrival = Arrival::read(&format!("/t/{slug}/{id}"), &headers, &[]);
     detached(&extensions, discourse.show(arrival, id)).await
+}
+
+async fn delete(
+    State(discourse): State<Arc<Discourse>>,
+    extensions: Extensions,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let arrival = Arrival::read(&format!("/t/{id}"), &headers, &[]);
+    detached(&extensions, discourse.delete(arrival, id)).await
 }
 
 async fn session(State(discourse): State<Arc<Discourse>>, extensions: Extensions, headers: HeaderMap) -> Response {

@@ -9,6 +9,11 @@
 //! and answers its attachment id, which a status names in `media_ids` (at
 //! most 4, each the account's own, 422 otherwise).
 //!
+//! `DELETE /api/v1/statuses/{id}` deletes one of the token's account's
+//! statuses (answers it; 404 when unknown or already deleted); a deleted
+//! status keeps its place in `/_sandbox/published` with `deleted_at` set,
+//! and `GET` answers 404 for it.
+//!
 //! Control API (under the emulator's base URL): `GET /_sandbox/published`,
 //! `POST /_sandbox/faults` ([`FaultSpec`]), `POST /_sandbox/rate_limit`
 //! ([`RateLimitSpec`]: 429 with `X-RateLimit-Reset`), `POST /_sandbox/reset`.
@@ -70,6 +75,9 @@ pub struct MastodonStatus {
     pub idempotency_key: Option<String>,
     /// The body as received (a form becomes an object of strings).
     pub body: Value,
+    /// When `DELETE /api/v1/statuses/{id}` deleted it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted_at: Option<DateTime<Utc>>,
 }
 
 impl MastodonStatus {
@@ -110,6 +118,10 @@ pub enum MastodonOutcome {
     },
     Dropped,
     Answered,
+    /// `DELETE` took the status down.
+    Deleted {
+        id: String,
+    },
 }
 
 /// One request the emulator got.
@@ -418,6 +430,7 @@ impl Mastodon {
             content_type: arrival.content_type.clone(),
             idempotency_key: arrival.idempotency_key.clone(),
             body: arrival.body.clone().unwrap_or(Value::Null),
+            deleted_at: None,
         };
         let answer = status_json(&status);
         if let Some(key) = &arrival.idempotency_key {
@@ -498,7 +511,7 @@ impl Mastodon {
             return reply;
         }
         let mut ledger = lock(&self.ledger);
-        let found = ledger.published.iter().find(|status| status.id == id).cloned();
+        let found = ledger.published.iter().find(|status| status.id == id && status.deleted_at.is_none()).cloned();
         match found {
             Some(status) => {
                 self.record(&mut ledger, &arrival, MastodonOutcome::Answered);
@@ -511,6 +524,33 @@ impl Mastodon {
                     MastodonOutcome::Refused { status: 404, error: "Record not found".into() },
                 );
                 refusal(StatusCode::NOT_FOUND, "Record not found").into()
+            }
+        }
+    }
+
+    /// Delete one of the account's statuses; 404 when it has none by that
+    /// id (another account's, unknown, or deleted already).
+    async fn delete(self: Arc<Self>, arrival: Arrival, id: String) -> Reply {
+        let account = match self.admit(&arrival).await {
+            Ok(account) => account,
+            Err(reply) => return reply,
+        };
+        let mut ledger = lock(&self.ledger);
+        let found = ledger
+            .published
+            .iter_mut()
+            .find(|status| status.id == id && status.account_id == account && status.deleted_at.is_none());
+        match found {
+            Some(status) => {
+                status.deleted_at = Some(arrival.received_at);
+                let answer = status_json(status);
+                self.record(&mut ledger, &arrival, MastodonOutcome::Deleted { id });
+                Json(answer).into()
+            }
+            None => {
+                let error = "Record not found";
+                self.record(&mut ledger, &arrival, MastodonOutcome::Refused { status: 404, error: error.into() });
+                refusal(StatusCode::NOT_FOUND, error).into()
             }
         }
     }
@@ -579,7 +619,7 @@ fn router(mastodon: Arc<Mastodon>) -> Router {
     Router::new()
         .route(STATUSES, post(create))
         .route(MEDIA, post(upload))
-        .route("/api/v1/statuses/{id}", get(show))
+        .route("/api/v1/statuses/{id}", get(show).delete(delete))
         .route(VERIFY_CREDENTIALS, get(verify))
         .route("/_sandbox/published", get(list_published))
         .route("/_sandbox/faults", post(plan_faults))
@@ -618,6 +658,16 @@ async fn show(
 ) -> Response {
     let arrival = Arrival::read(&format!("{STATUSES}/{id}"), &headers, &[]);
     detached(&extensions, mastodon.show(arrival, id)).await
+}
+
+async fn delete(
+    State(mastodon): State<Arc<Mastodon>>,
+    extensions: Extensions,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let arrival = Arrival::read(&format!("{STATUSES}/{id}"), &headers, &[]);
+    detached(&extensions, mastodon.delete(arrival, id)).await
 }
 
 async fn verify(State(mastodon): State<Arc<Mastodon>>, extensions: Extensions, headers: HeaderMap) -> Response {

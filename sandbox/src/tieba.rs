@@ -11,6 +11,12 @@
 //! /c/c/thread/add`, `GET /p/{tid}` (a thread's content), and the control
 //! API: `GET /_sandbox/threads`, `GET /_sandbox/calls`, `POST
 //! /_sandbox/faults` ([`FaultSpec`]), `POST /_sandbox/reset`.
+//!
+//! `POST /c/c/bawu/delthread` (`z` = tid, `fid`, `tbs`, signed) deletes a
+//! thread as open-source clients call it: the thread stays in
+//! `/_sandbox/threads` with `deleted: true` and `GET /p/{tid}` answers 404;
+//! an unknown or deleted thread is answered [`ERROR_NO_THREAD`]. The sandbox
+//! lets any known account delete any thread (the real rules are unknown).
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -45,6 +51,7 @@ pub const ERROR_BAD_TBS: i64 = 3;
 pub const ERROR_NO_FORUM: i64 = 4;
 pub const ERROR_BAD_PARAMS: i64 = 5;
 pub const ERROR_TOO_FREQUENT: i64 = 220034;
+pub const ERROR_NO_THREAD: i64 = 6;
 
 /// How the emulator is set up.
 #[derive(Clone)]
@@ -76,6 +83,8 @@ pub enum TiebaApi {
     Login,
     /// `POST /c/c/thread/add`
     AddThread,
+    /// `POST /c/c/bawu/delthread`
+    DeleteThread,
 }
 
 /// A Tieba-level answer planned for the next calls of an API.
@@ -98,6 +107,9 @@ pub struct Thread {
     pub forum: String,
     pub title: String,
     pub content: String,
+    /// `delthread` deleted it.
+    #[serde(default)]
+    pub deleted: bool,
 }
 
 /// One call the emulator answered, as received.
@@ -310,6 +322,7 @@ impl Tieba {
         let result = match call.api {
             TiebaApi::Login => self.login(state, &call.form),
             TiebaApi::AddThread => self.add_thread(state, &call.form),
+            TiebaApi::DeleteThread => self.delete_thread(state, &call.form),
         };
         result.unwrap_or_else(|error| error)
     }
@@ -365,6 +378,7 @@ impl Tieba {
             forum: forum.clone(),
             title: title.to_string(),
             content: content.to_string(),
+            deleted: false,
         });
         Ok(json!({
             "error_code": "0",
@@ -372,6 +386,23 @@ impl Tieba {
             "msg": "发送成功",
             "data": { "tid": tid, "pid": format!("{}", 100_000_000_000u64 + state.last_id), "info": { "need_vcode": "0" } },
         }))
+    }
+}
+
+impl Tieba {
+    fn delete_thread(&self, state: &mut Forums, form: &[(String, String)]) -> Result<Value, Value> {
+        let bduss = self.known(field(form, "BDUSS"))?;
+        if state.tbs.get(&bduss).map(String::as_str) != field(form, "tbs") {
+            return Err(error(ERROR_BAD_TBS, "tbs check failed"));
+        }
+        let (tid, fid) = (field(form, "z").unwrap_or_default(), field(form, "fid").unwrap_or_default());
+        match state.threads.iter_mut().find(|t| t.tid == tid && t.fid.to_string() == fid && !t.deleted) {
+            Some(thread) => {
+                thread.deleted = true;
+                Ok(json!({ "error_code": "0", "error_msg": "", "time": 0 }))
+            }
+            None => Err(error(ERROR_NO_THREAD, "thread not found")),
+        }
     }
 }
 
@@ -383,6 +414,7 @@ fn router(tieba: Arc<Tieba>) -> Router {
     Router::new()
         .route("/c/s/login", post(login))
         .route("/c/c/thread/add", post(add_thread))
+        .route("/c/c/bawu/delthread", post(delete_thread))
         .route("/p/{tid}", get(show_thread))
         .route("/_sandbox/threads", get(list_threads))
         .route("/_sandbox/calls", get(list_calls))
@@ -407,6 +439,14 @@ async fn add_thread(
     serve(tieba, connection, TiebaApi::AddThread, form).await
 }
 
+async fn delete_thread(
+    State(tieba): State<Arc<Tieba>>,
+    ConnectInfo(connection): ConnectInfo<Connection>,
+    Form(form): Form<Vec<(String, String)>>,
+) -> Response {
+    serve(tieba, connection, TiebaApi::DeleteThread, form).await
+}
+
 async fn serve(tieba: Arc<Tieba>, connection: Connection, api: TiebaApi, form: Vec<(String, String)>) -> Response {
     // On a task of its own, so a client that gives up does not stop the
     // server from finishing, as a real one would.
@@ -425,7 +465,7 @@ async fn serve(tieba: Arc<Tieba>, connection: Connection, api: TiebaApi, form: V
 }
 
 async fn show_thread(State(tieba): State<Arc<Tieba>>, Path(tid): Path<String>) -> Response {
-    match tieba.state().threads.iter().find(|thread| thread.tid == tid) {
+    match tieba.state().threads.iter().find(|thread| thread.tid == tid && !thread.deleted) {
         Some(thread) => Json(thread.clone()).into_response(),
         None => StatusCode::NOT_FOUND.into_response(),
     }

@@ -7,7 +7,12 @@
 //! tests, `herald demo` and reference verifiers.
 //!
 //! HTTP surface (besides `POST <any path>`):
-//! - `GET /posts/{id}`: an accepted post's body (the URL given in receipts);
+//! - `GET /posts/{id}`: an accepted post's body (the URL given in receipts;
+//!   410 once recalled);
+//! - a recall event (`POST` of `{"type": "herald.recall", "delivery_id", ...}`,
+//!   signed like a delivery) marks the post of that delivery recalled
+//!   (`recalled_at` on its entry in `/_sandbox/received`) and answers 200;
+//!   404 when no post of that delivery was accepted;
 //! - `GET /_sandbox/received`: every request received, as a JSON list of
 //!   [`ReceivedPost`];
 //! - `POST /_sandbox/faults`: plan faults ([`FaultSpec`]);
@@ -75,6 +80,9 @@ pub struct ReceivedPost {
     /// outcome): this one is a retry.
     pub key_seen_before: bool,
     pub outcome: Outcome,
+    /// When a recall event took this accepted post down.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recalled_at: Option<DateTime<Utc>>,
 }
 
 impl ReceivedPost {
@@ -123,6 +131,8 @@ pub enum Outcome {
     Faulted { status: u16 },
     /// The connection was closed without an answer (an injected fault).
     Dropped,
+    /// A recall event: the post `id` is taken down (now, or it was already).
+    Recalled { id: String },
 }
 
 /// A webhook receiver running in this process. Dropping it shuts the server
@@ -391,6 +401,7 @@ impl Receiver {
                 signature: arrival.signature,
                 key_seen_before,
                 outcome,
+                recalled_at: None,
             });
             reply
         };
@@ -421,6 +432,9 @@ impl Receiver {
         if arrival.body.is_none() {
             return rejected(StatusCode::BAD_REQUEST, "the body is not JSON");
         }
+        if arrival.body.as_ref().and_then(|body| body.get("type")).and_then(Value::as_str) == Some(RECALL_TYPE) {
+            return recall(ledger, arrival);
+        }
         if let Some(key) = &arrival.idempotency_key
             && let Some((id, url)) = ledger.accepted.get(key)
         {
@@ -435,6 +449,28 @@ impl Receiver {
         }
         let reply = Reply::Answer(post_answer(&id, &url));
         (Outcome::Accepted { id, url }, reply)
+    }
+}
+
+/// The `type` of a recall event.
+pub const RECALL_TYPE: &str = "herald.recall";
+
+/// A recall event: mark the post its delivery made recalled.
+fn recall(ledger: &mut Ledger, arrival: &Arrival) -> (Outcome, Reply) {
+    let delivery = arrival.body.as_ref().and_then(|body| body.get("delivery_id")).and_then(Value::as_str);
+    let found = ledger.received.iter_mut().find(|post| {
+        post.delivery_id.as_deref() == delivery
+            && delivery.is_some()
+            && matches!(post.outcome, Outcome::Accepted { .. })
+    });
+    match found {
+        Some(post) => {
+            post.recalled_at.get_or_insert(arrival.received_at);
+            let id = post.post().map(|(id, _)| id.to_string()).unwrap_or_default();
+            let answer = Json(json!({ "recalled": id })).into_response();
+            (Outcome::Recalled { id }, Reply::Answer(answer))
+        }
+        None => rejected(StatusCode::NOT_FOUND, "no accepted post of this delivery"),
     }
 }
 
@@ -530,6 +566,9 @@ async fn show_post(State(receiver): State<Arc<Receiver>>, Path(id): Path<String>
         .received
         .iter()
         .find(|post| matches!(&post.outcome, Outcome::Accepted { id: accepted, .. } if *accepted == id));
+    if found.is_some_and(|post| post.recalled_at.is_some()) {
+        return StatusCode::GONE.into_response();
+    }
     match found.and_then(|post| post.body.clone()) {
         Some(body) => Json(body).into_response(),
         None => StatusCode::NOT_FOUND.into_response(),

@@ -13,6 +13,13 @@
 //! connection, as when the answer is lost or herald dies waiting),
 //! `POST /_sandbox/expire_tokens`, `POST /_sandbox/publish_plan`
 //! ([`PublishPlan`]), `POST /_sandbox/reset`.
+//!
+//! Recall: `freepublish/delete` (`article_id`) marks a published article
+//! deleted (`deleted_at` in `/_sandbox/published`, `is_deleted` in
+//! `batchget`, `publish_status` 5 in `freepublish/get`, and its page
+//! answers 404); `message/mass/delete` (`msg_id`) marks a mass send deleted
+//! (`deleted_at` in `/_sandbox/mass_sent`). An unknown or deleted id is
+//! answered 40007.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io;
@@ -106,10 +113,14 @@ pub enum WechatApi {
     BatchGet,
     /// `POST cgi-bin/draft/delete`
     DraftDelete,
+    /// `POST cgi-bin/freepublish/delete`
+    PublishDelete,
+    /// `POST cgi-bin/message/mass/delete`
+    MassDelete,
 }
 
 impl WechatApi {
-    pub const ALL: [WechatApi; 10] = [
+    pub const ALL: [WechatApi; 12] = [
         WechatApi::StableToken,
         WechatApi::Token,
         WechatApi::AddMaterial,
@@ -120,6 +131,8 @@ impl WechatApi {
         WechatApi::MassSend,
         WechatApi::BatchGet,
         WechatApi::DraftDelete,
+        WechatApi::PublishDelete,
+        WechatApi::MassDelete,
     ];
 
     pub fn path(self) -> &'static str {
@@ -134,6 +147,8 @@ impl WechatApi {
             WechatApi::MassSend => "/cgi-bin/message/mass/sendall",
             WechatApi::BatchGet => "/cgi-bin/freepublish/batchget",
             WechatApi::DraftDelete => "/cgi-bin/draft/delete",
+            WechatApi::PublishDelete => "/cgi-bin/freepublish/delete",
+            WechatApi::MassDelete => "/cgi-bin/message/mass/delete",
         }
     }
 }
@@ -169,6 +184,9 @@ pub struct PublishedArticle {
     pub article_url: String,
     pub draft_media_id: String,
     pub article: DraftArticle,
+    /// Unix seconds, when `freepublish/delete` deleted it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted_at: Option<i64>,
 }
 
 /// A mass send that went out.
@@ -178,6 +196,9 @@ pub struct MassSend {
     pub clientmsgid: Option<String>,
     pub draft_media_id: String,
     pub articles: Vec<DraftArticle>,
+    /// Unix seconds, when `message/mass/delete` deleted it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted_at: Option<i64>,
 }
 
 /// A file received in a multipart upload.
@@ -357,6 +378,7 @@ impl WechatEmulator {
             update_time: unix_now(),
             draft_media_id: String::new(),
             article,
+            deleted_at: None,
         };
         state.published.push(published.clone());
         published
@@ -504,6 +526,7 @@ impl Platform {
                 article_url: article_url.clone(),
                 draft_media_id: draft_media_id.clone(),
                 article,
+                deleted_at: None,
             });
         }
         article_url
@@ -629,6 +652,8 @@ impl Wechat {
                 WechatApi::DraftDelete => draft_delete(state, call.body.as_ref()),
                 WechatApi::PublishStatus => publish_status(state, call.body.as_ref(), &self.base_url),
                 WechatApi::MassSend => mass_send(state, call.body.as_ref()),
+                WechatApi::PublishDelete => publish_delete(state, call.body.as_ref()),
+                WechatApi::MassDelete => mass_delete(state, call.body.as_ref()),
                 WechatApi::StableToken | WechatApi::Token => Err(error(-1, "system error")),
             }),
         };
@@ -870,6 +895,12 @@ fn publish_status(state: &mut Platform, body: Option<&Value>, base_url: &str) ->
         return Err(error(UNKNOWN_PUBLISH_ID_ERRCODE, "invalid publish_id"));
     };
     job.polls += 1;
+    if state.published.iter().any(|article| article.publish_id == publish_id && article.deleted_at.is_some()) {
+        return Ok(json!({ "publish_id": publish_id, "publish_status": 5, "fail_idx": [] }));
+    }
+    let Some(job) = state.jobs.get_mut(&publish_id) else {
+        return Err(error(UNKNOWN_PUBLISH_ID_ERRCODE, "invalid publish_id"));
+    };
     if job.polls <= job.plan.publishing_polls {
         return Ok(json!({ "publish_id": publish_id, "publish_status": 1 }));
     }
@@ -909,7 +940,7 @@ fn batch_get(state: &mut Platform, body: Option<&Value>) -> Result<Value, Value>
             "content_source_url": article.article.content_source_url.clone().unwrap_or_default(),
             "thumb_media_id": article.article.thumb_media_id,
             "url": article.article_url,
-            "is_deleted": false,
+            "is_deleted": article.deleted_at.is_some(),
         });
         match jobs.iter_mut().find(|(publish_id, ..)| *publish_id == article.publish_id) {
             Some(job) => job.3.push(news),
@@ -937,6 +968,36 @@ fn draft_delete(state: &mut Platform, body: Option<&Value>) -> Result<Value, Val
     match state.drafts.remove(media_id) {
         Some(_) => Ok(json!({ "errcode": 0, "errmsg": "ok" })),
         None => Err(error(40007, "invalid media_id")),
+    }
+}
+
+/// `freepublish/delete`: delete a published article (every article of its
+/// publish job; `index` is not checked).
+fn publish_delete(state: &mut Platform, body: Option<&Value>) -> Result<Value, Value> {
+    let article_id = text_field(body, "article_id")?.to_string();
+    let now = unix_now();
+    let mut found = false;
+    for article in state.published.iter_mut().filter(|a| a.article_id == article_id && a.deleted_at.is_none()) {
+        article.deleted_at = Some(now);
+        found = true;
+    }
+    if found { Ok(json!({ "errcode": 0, "errmsg": "ok" })) } else { Err(error(40007, "invalid article_id")) }
+}
+
+/// `message/mass/delete`: delete a mass-sent article (`msg_id` a number or text).
+fn mass_delete(state: &mut Platform, body: Option<&Value>) -> Result<Value, Value> {
+    let msg_id = match body.and_then(|body| body.get("msg_id")) {
+        Some(Value::String(id)) => id.clone(),
+        Some(Value::Number(id)) => id.to_string(),
+        _ => return Err(error(47001, "data format error")),
+    };
+    let now = unix_now();
+    match state.mass_sent.iter_mut().find(|send| send.msg_id == msg_id && send.deleted_at.is_none()) {
+        Some(send) => {
+            send.deleted_at = Some(now);
+            Ok(json!({ "errcode": 0, "errmsg": "ok" }))
+        }
+        None => Err(error(40007, "invalid msg_id")),
     }
 }
 
@@ -979,6 +1040,7 @@ fn mass_send(state: &mut Platform, body: Option<&Value>) -> Result<Value, Value>
         clientmsgid,
         draft_media_id: media_id.to_string(),
         articles,
+        deleted_at: None,
     });
     Ok(
         json!({ "errcode": 0, "errmsg": "send job submission success", "msg_id": msg_id, "msg_data_id": 2_247_490_000u64 + id }),
@@ -995,6 +1057,7 @@ fn router(wechat: Arc<Wechat>) -> Router {
         .route("/mmbiz/{id}", get(|| async { ([(header::CONTENT_TYPE, "image/png")], Bytes::new()) }))
         .route("/_sandbox/published", get(list_published))
         .route("/_sandbox/calls", get(list_calls))
+        .route("/_sandbox/mass_sent", get(list_mass_sent))
         .route("/_sandbox/faults", post(plan_faults))
         .route("/_sandbox/errcodes", post(plan_errcodes))
         .route("/_sandbox/lose_answers", post(plan_lost_answers))
@@ -1036,7 +1099,7 @@ fn endpoint(api: WechatApi) -> MethodRouter<Arc<Wechat>> {
 
 async fn show_article(State(wechat): State<Arc<Wechat>>, Path(publish_id): Path<String>) -> Response {
     let state = wechat.state();
-    match state.published.iter().find(|article| article.publish_id == publish_id) {
+    match state.published.iter().find(|article| article.publish_id == publish_id && article.deleted_at.is_none()) {
         Some(published) => Html(format!(
             "<!doctype html><meta charset=\"utf-8\"><title>{}</title>\n{}",
             published.article.title.replace('<', "&lt;"),
@@ -1049,6 +1112,10 @@ async fn show_article(State(wechat): State<Arc<Wechat>>, Path(publish_id): Path<
 
 async fn list_published(State(wechat): State<Arc<Wechat>>) -> Json<Vec<PublishedArticle>> {
     Json(wechat.state().published.clone())
+}
+
+async fn list_mass_sent(State(wechat): State<Arc<Wechat>>) -> Json<Vec<MassSend>> {
+    Json(wechat.state().mass_sent.clone())
 }
 
 async fn list_calls(State(wechat): State<Arc<Wechat>>) -> Json<Vec<WechatCall>> {

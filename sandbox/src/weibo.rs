@@ -6,6 +6,12 @@
 //! GIF or PNG picture under 5 MB, and no identical text from the same user
 //! within a short window. Errors are `{"request", "error_code", "error"}`.
 //!
+//! `statuses/destroy.json` (POST, `id`) deletes one of the user's statuses
+//! where the app has the permission (`destroy_permission`; 10014 otherwise),
+//! answering the status; an unknown or deleted id is answered 20101. A
+//! deleted status stays in `/_sandbox/published` with `deleted_at` set and
+//! leaves the timeline.
+//!
 //! Control API (under the emulator's base URL): `GET /_sandbox/published`,
 //! `POST /_sandbox/faults` ([`FaultSpec`]), `POST /_sandbox/errors`
 //! ([`ErrorSpec`]: answer the next requests with an `error_code`),
@@ -36,6 +42,7 @@ use crate::tokens::{Tokens, owner_number};
 const SHARE: &str = "/2/statuses/share.json";
 const GET_UID: &str = "/2/account/get_uid.json";
 const USER_TIMELINE: &str = "/2/statuses/user_timeline.json";
+const DESTROY: &str = "/2/statuses/destroy.json";
 
 /// Pictures must be smaller than this.
 pub const MAX_PICTURE_BYTES: usize = 5 * 1024 * 1024;
@@ -53,6 +60,9 @@ pub struct WeiboConfig {
     /// Whether the app may read the user timeline; many share.json apps
     /// may not, and are answered 10014 there.
     pub timeline_permission: bool,
+    /// Whether the app may delete statuses (`statuses/destroy.json`);
+    /// answered 10014 when not.
+    pub destroy_permission: bool,
 }
 
 impl WeiboConfig {
@@ -63,6 +73,7 @@ impl WeiboConfig {
             max_length: 140,
             duplicate_window: Duration::from_secs(600),
             timeline_permission: true,
+            destroy_permission: true,
         }
     }
 }
@@ -100,6 +111,9 @@ pub struct WeiboPost {
     /// Every text field, exactly as received (`access_token`, `status`, `rip`...).
     pub fields: BTreeMap<String, String>,
     pub pic: Option<Picture>,
+    /// When `statuses/destroy.json` deleted it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted_at: Option<DateTime<Utc>>,
 }
 
 impl WeiboPost {
@@ -131,6 +145,10 @@ pub enum WeiboOutcome {
     Dropped,
     /// A read-only call answered normally.
     Answered,
+    /// `statuses/destroy.json` deleted the status.
+    Deleted {
+        id: u64,
+    },
 }
 
 /// One request the emulator got.
@@ -299,6 +317,7 @@ fn message(code: u32) -> &'static str {
         20019 => "repeat content!",
         20031 => "test and verify",
         20032 => "update success, while server slow now, please wait 1-2 minutes",
+        20101 => "target weibo does not exist!",
         21327 => "expired_token",
         21332 => "invalid_access_token",
         _ => "sandbox error",
@@ -369,6 +388,7 @@ impl Weibo {
                     token_in_parameter: submission.fields.contains_key("access_token"),
                     fields: submission.fields,
                     pic: submission.pic.map(|(picture, _)| picture),
+                    deleted_at: None,
                 };
                 let answer = status_json(&post);
                 ledger.published.push(post);
@@ -411,14 +431,57 @@ impl Weibo {
             }
         }
         let window = chrono::Duration::from_std(self.config.duplicate_window).unwrap_or(chrono::Duration::zero());
-        let repeated = ledger
-            .published
-            .iter()
-            .any(|post| post.uid == uid && post.status() == text && submission.received_at - post.received_at < window);
+        let repeated = ledger.published.iter().any(|post| {
+            post.uid == uid
+                && post.deleted_at.is_none()
+                && post.status() == text
+                && submission.received_at - post.received_at < window
+        });
         if repeated {
             return refuse(20019);
         }
         Ok(uid)
+    }
+
+    /// `statuses/destroy.json`: faults, planned errors, the token, the
+    /// app's permission, then the user's own status by `id`.
+    async fn destroy(self: Arc<Self>, submission: Submission) -> Reply {
+        if let Some(reply) = self.faulted(DESTROY).await {
+            return reply;
+        }
+        let planned = self.errors.take();
+        let mut ledger = lock(&self.ledger);
+        let refused = |ledger: &mut Ledger, status, code| {
+            self.record(ledger, DESTROY, WeiboOutcome::Refused { error_code: code });
+            Reply::from(error(status, DESTROY, code, false))
+        };
+        if let Some(code) = planned {
+            return refused(&mut ledger, StatusCode::FORBIDDEN, code);
+        }
+        let token = submission.fields.get("access_token").or(submission.header_token.as_ref());
+        let uid = match self.authenticate(token.map(String::as_str)) {
+            Ok(uid) => uid,
+            Err(Refusal(status, code)) => return refused(&mut ledger, status, code),
+        };
+        if !self.config.destroy_permission {
+            return refused(&mut ledger, StatusCode::FORBIDDEN, 10014);
+        }
+        let id = submission.fields.get("id").and_then(|id| id.trim().parse::<u64>().ok());
+        let now = submission.received_at;
+        let found = ledger
+            .published
+            .iter_mut()
+            .find(|post| Some(post.id) == id && post.uid == uid && post.deleted_at.is_none());
+        match found {
+            Some(post) => {
+                post.deleted_at = Some(now);
+                let answer = status_json(post);
+                let id = post.id;
+                self.record(&mut ledger, DESTROY, WeiboOutcome::Deleted { id });
+                Json(answer).into()
+            }
+            None => refused(&mut ledger, StatusCode::BAD_REQUEST, 20101),
+        }
     }
 
     /// A read-only call: faults, planned errors, the token, then `answer`.
@@ -474,6 +537,7 @@ fn router(weibo: Arc<Weibo>) -> Router {
         .route(SHARE, post(share))
         .route(GET_UID, get(get_uid))
         .route(USER_TIMELINE, get(user_timeline))
+        .route(DESTROY, post(destroy))
         .route("/_sandbox/published", get(list_published))
         .route("/_sandbox/faults", post(plan_faults))
         .route("/_sandbox/errors", post(plan_errors))
@@ -490,6 +554,11 @@ fn header_token(headers: &HeaderMap) -> Option<String> {
 async fn share(State(weibo): State<Arc<Weibo>>, extensions: Extensions, request: Request) -> Response {
     let submission = read_submission(request).await;
     detached(&extensions, weibo.share(submission)).await
+}
+
+async fn destroy(State(weibo): State<Arc<Weibo>>, extensions: Extensions, request: Request) -> Response {
+    let submission = read_submission(request).await;
+    detached(&extensions, weibo.destroy(submission)).await
 }
 
 async fn read_submission(request: Request) -> Submission {
@@ -567,7 +636,8 @@ async fn user_timeline(
     let token = query.get("access_token").cloned().or_else(|| header_token(&headers));
     let count = query.get("count").and_then(|count| count.parse::<usize>().ok()).unwrap_or(20).clamp(1, 100);
     let answer = move |ledger: &Ledger, uid: u64| {
-        let mine: Vec<&WeiboPost> = ledger.published.iter().filter(|post| post.uid == uid).collect();
+        let mine: Vec<&WeiboPost> =
+            ledger.published.iter().filter(|post| post.uid == uid && post.deleted_at.is_none()).collect();
         let statuses: Vec<Value> = mine.iter().rev().take(count).map(|post| status_json(post)).collect();
         json!({ "statuses": statuses, "total_number": mine.len() })
     };

@@ -327,6 +327,7 @@ fn outcome_kind(outcome: &Outcome) -> &'static str {
         Outcome::Duplicate { .. } => "duplicate",
         Outcome::Rejected { .. } => "rejected",
         Outcome::Faulted { .. } => "faulted",
+        Outcome::Recalled { .. } => "recalled",
         Outcome::Dropped => "dropped",
     }
 }

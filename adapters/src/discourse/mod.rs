@@ -24,8 +24,8 @@ use crate::endpoint::BaseUrl;
 use crate::http::{self, Answer};
 use crate::registry::{BuildError, HttpOptions, Platform};
 use crate::{
-    Adapter, BoxFuture, ContentProblem, DeliveryError, PlatformAnswer, PostContent, Probe, PublishRequest, Receipt,
-    Rendered, Secret,
+    Adapter, BoxFuture, ContentProblem, DeliveryError, PlatformAnswer, PostContent, Probe, PublishRequest,
+    RecallRequest, Recalled, Receipt, Rendered, Secret,
 };
 
 /// The settings that hold secrets.
@@ -222,6 +222,31 @@ impl DiscourseAdapter {
         }
     }
 
+    /// `DELETE /t/:topic_id.json` (a soft delete: staff still see the
+    /// topic); a 404 means it is already gone.
+    async fn delete(&self, request: RecallRequest<'_>) -> Result<Recalled, DeliveryError> {
+        let Some(id) = request.remote_id.filter(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit())) else {
+            return Ok(request.without_remote_id("Discourse"));
+        };
+        let url = self.base.join_segments(&["t", &format!("{id}.json")]);
+        let builder = self.authorized(self.client.delete(url));
+        let answer = http::traced_exchange(builder, "discourse", "delete", Some(request.delivery_id)).await?;
+        if answer.status == StatusCode::NOT_FOUND {
+            return Ok(Recalled::TakenDown {
+                answer: answer.platform_answer(),
+                note: Some("the topic was already gone".into()),
+            });
+        }
+        let rule = errors::rule(answer.status.as_u16());
+        if rule != errors::Rule::Ok {
+            return Err(self.failure(&answer, &rule));
+        }
+        Ok(Recalled::TakenDown {
+            answer: answer.platform_answer(),
+            note: Some("Discourse keeps a deleted topic visible to its staff".into()),
+        })
+    }
+
     async fn session(&self) -> Result<Probe, DeliveryError> {
         let builder = self.authorized(self.client.get(self.base.join(SESSION_PATH)));
         let started = Instant::now();
@@ -366,6 +391,10 @@ impl Adapter for DiscourseAdapter {
 
     fn probe(&self) -> BoxFuture<'_, Result<Probe, DeliveryError>> {
         Box::pin(self.session())
+    }
+
+    fn recall<'a>(&'a self, request: RecallRequest<'a>) -> BoxFuture<'a, Result<Recalled, DeliveryError>> {
+        Box::pin(self.delete(request))
     }
 }
 

@@ -25,8 +25,8 @@ use crate::endpoint::BaseUrl;
 use crate::http::{self, Answer};
 use crate::registry::{BuildError, HttpOptions, Platform};
 use crate::{
-    Adapter, BoxFuture, ContentProblem, DeliveryError, PlatformAnswer, PostContent, Probe, PublishRequest, Receipt,
-    Rendered, Secret,
+    Adapter, BoxFuture, ContentProblem, DeliveryError, PlatformAnswer, PostContent, Probe, PublishRequest,
+    RecallRequest, Recalled, Receipt, Rendered, Secret,
 };
 
 /// The settings that hold secrets.
@@ -230,6 +230,27 @@ impl MastodonAdapter {
         }
     }
 
+    /// `DELETE /api/v1/statuses/:id`; a 404 means it is already gone.
+    async fn delete(&self, request: RecallRequest<'_>) -> Result<Recalled, DeliveryError> {
+        let Some(id) = request.remote_id else { return Ok(request.without_remote_id("Mastodon")) };
+        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Ok(request.without_remote_id("Mastodon"));
+        }
+        let builder = self
+            .client
+            .delete(self.base.join(&format!("{STATUSES_PATH}/{id}")))
+            .header(AUTHORIZATION, self.authorization.clone());
+        let answer = http::traced_exchange(builder, "mastodon", "delete", Some(request.delivery_id)).await?;
+        if answer.status.as_u16() == 404 {
+            return Ok(Recalled::TakenDown {
+                answer: answer.platform_answer(),
+                note: Some("the status was already gone".into()),
+            });
+        }
+        self.check(&answer)?;
+        Ok(Recalled::TakenDown { answer: answer.platform_answer(), note: None })
+    }
+
     async fn verify(&self) -> Result<Probe, DeliveryError> {
         let builder = self.client.get(self.base.join(VERIFY_PATH)).header(AUTHORIZATION, self.authorization.clone());
         let answer = self.call(builder, "verify_credentials", None).await?;
@@ -350,6 +371,10 @@ impl Adapter for MastodonAdapter {
 
     fn probe(&self) -> BoxFuture<'_, Result<Probe, DeliveryError>> {
         Box::pin(self.verify())
+    }
+
+    fn recall<'a>(&'a self, request: RecallRequest<'a>) -> BoxFuture<'a, Result<Recalled, DeliveryError>> {
+        Box::pin(self.delete(request))
     }
 }
 

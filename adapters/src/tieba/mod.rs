@@ -24,8 +24,8 @@ use crate::content::char_len;
 use crate::http::{self, Answer};
 use crate::registry::{BuildError, HttpOptions, Platform};
 use crate::{
-    Adapter, BoxFuture, ContentProblem, DeliveryError, PlatformAnswer, PostContent, Probe, PublishRequest, Receipt,
-    Rendered, Secret,
+    Adapter, BoxFuture, ContentProblem, DeliveryError, PlatformAnswer, PostContent, Probe, PublishRequest,
+    RecallRequest, Recalled, Receipt, Rendered, Secret,
 };
 
 /// The settings that hold secrets.
@@ -46,6 +46,11 @@ pub const DEFAULT_MAX_CONTENT_CHARS: usize = 5000;
 pub const THREAD_URL_PREFIX: &str = "https://tieba.baidu.com/p/";
 
 /// The longest `Retry-After` honoured on an HTTP 429.
+/// The client API's thread deletion, as open-source clients call it
+/// (experimental, like the rest of Tieba: named for moderators, and not
+/// confirmed to let an author delete their own thread; a refusal is
+/// reported as not possible, with what to do by hand).
+const DELETE_PATH: &str = "/c/c/bawu/delthread";
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
 /// The `[accounts.<id>]` settings of a Tieba account.
@@ -110,6 +115,7 @@ pub struct TiebaAdapter {
     max_content_chars: usize,
     login_url: Url,
     thread_url: Url,
+    delete_url: Url,
     client: reqwest::Client,
 }
 
@@ -144,6 +150,7 @@ impl TiebaAdapter {
             max_title_chars: settings.max_title_chars,
             max_content_chars: settings.max_content_chars,
             thread_url: url("/c/c/thread/add")?,
+            delete_url: url(DELETE_PATH)?,
             login_url,
             client: http::client(&http)?,
         })
@@ -252,6 +259,44 @@ impl TiebaAdapter {
     }
 }
 
+impl TiebaAdapter {
+    /// `POST /c/c/bawu/delthread` (`z` = the thread id, `fid`), signed like
+    /// a post. Busy answers are retried like a post's; any other refusal is
+    /// "not possible": a person deletes the thread in the app or on the web.
+    async fn delete_thread(&self, request: RecallRequest<'_>) -> Result<Recalled, DeliveryError> {
+        let Some(tid) = request.remote_id.filter(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit())) else {
+            return Ok(request.without_remote_id("Tieba"));
+        };
+        let by_hand = |why: String, answer: PlatformAnswer| Recalled::NotPossible {
+            what_to_do: format!(
+                "{why}; sign in to Tieba as the account and delete the thread {THREAD_URL_PREFIX}{tid} by hand"
+            ),
+            answer,
+        };
+        let Some(fid) = self.fid else {
+            return Ok(by_hand(
+                "the account has no `fid` setting, which Tieba's delete call needs".into(),
+                PlatformAnswer::default(),
+            ));
+        };
+        let tbs = self.tbs().await?;
+        let form = vec![
+            ("BDUSS", self.bduss.expose().to_string()),
+            ("_client_type", "2".to_string()),
+            ("_client_version", self.client_version.clone()),
+            ("fid", fid.to_string()),
+            ("is_frs_mask", "0".to_string()),
+            ("tbs", tbs.expose().to_string()),
+            ("z", tid.to_string()),
+        ];
+        match self.call("delthread", &self.delete_url, form).await {
+            Ok(answer) => Ok(Recalled::TakenDown { answer: answer.platform_answer(), note: None }),
+            Err(error) if error.class == crate::ErrorClass::Permanent => Ok(by_hand(error.reason, error.answer)),
+            Err(error) => Err(error),
+        }
+    }
+}
+
 fn invalid(field: &'static str, message: impl Into<String>) -> BuildError {
     BuildError::InvalidSetting { field, message: message.into() }
 }
@@ -259,6 +304,10 @@ fn invalid(field: &'static str, message: impl Into<String>) -> BuildError {
 impl Adapter for TiebaAdapter {
     fn platform(&self) -> Platform {
         Platform::Tieba
+    }
+
+    fn recall<'a>(&'a self, request: RecallRequest<'a>) -> BoxFuture<'a, Result<Recalled, DeliveryError>> {
+        Box::pin(self.delete_thread(request))
     }
 
     fn render(&self, content: &PostContent) -> Result<Rendered, Vec<ContentProblem>> {

@@ -21,8 +21,8 @@ use serde::Deserialize;
 use crate::http::{self, Answer};
 use crate::registry::{BuildError, HttpOptions, Platform};
 use crate::{
-    Adapter, BoxFuture, ContentProblem, DeliveryError, PlatformAnswer, PostContent, PublishRequest, Receipt, Rendered,
-    Secret,
+    Adapter, BoxFuture, ContentProblem, DeliveryError, PlatformAnswer, PostContent, PublishRequest, RecallRequest,
+    Recalled, Receipt, Rendered, Secret,
 };
 
 /// The settings that hold secrets.
@@ -33,6 +33,9 @@ pub const IDEMPOTENCY_KEY_HEADER: &str = "Idempotency-Key";
 /// The header carrying the delivery id.
 pub const DELIVERY_HEADER: &str = "X-Herald-Delivery";
 pub use sign::{LEGACY_SIGNATURE_HEADER, Signer};
+pub use wire::RECALL_TYPE;
+/// The header naming what a request is: `delivery` or `recall`.
+pub const EVENT_HEADER: &str = "X-Herald-Event";
 
 /// The longest `Retry-After` honoured; a longer one is clamped to this.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
@@ -69,6 +72,43 @@ impl WebhookAdapter {
             return Err(invalid("legacy_signature", "needs a `secret` to sign with"));
         }
         Ok(Self { url, signer, legacy_signature: settings.legacy_signature, client })
+    }
+
+    /// A recall event: a signed POST of [`wire::Recall`] to the same URL,
+    /// with `webhook-id` `<delivery id>.recall` (the same on every attempt,
+    /// so a receiver de-duplicates it). A 2xx answer means the receiver
+    /// took the copy down; 404 and 410, that it has none.
+    async fn send_recall(&self, request: RecallRequest<'_>) -> Result<Recalled, DeliveryError> {
+        let body = serde_json::to_vec(&wire::Recall::new(&request)).map_err(|error| {
+            DeliveryError::permanent(PlatformAnswer::default(), format!("could not encode the recall: {error}"))
+        })?;
+        let message_id = format!("{}.recall", request.delivery_id);
+        let mut builder = self
+            .client
+            .post(self.url.clone())
+            .header(CONTENT_TYPE, "application/json")
+            .header(EVENT_HEADER, "recall")
+            .header(IDEMPOTENCY_KEY_HEADER, message_id.as_str())
+            .header(DELIVERY_HEADER, request.delivery_id);
+        if let Some(signer) = &self.signer {
+            for (name, value) in signer.headers(&message_id, &body) {
+                builder = builder.header(name, value);
+            }
+            if self.legacy_signature {
+                builder = builder.header(LEGACY_SIGNATURE_HEADER, signer.legacy_signature(&body));
+            }
+        } else {
+            builder = builder.header(sign::ID_HEADER, message_id.as_str());
+        }
+        let answer = http::traced_exchange(builder.body(body), "webhook", "recall", Some(request.delivery_id)).await?;
+        if matches!(answer.status.as_u16(), 404 | 410) {
+            return Ok(Recalled::TakenDown {
+                answer: answer.platform_answer(),
+                note: Some("the receiver has no such copy".into()),
+            });
+        }
+        answer.error_for_status(MAX_RETRY_AFTER)?;
+        Ok(Recalled::TakenDown { answer: answer.platform_answer(), note: None })
     }
 
     async fn deliver(&self, request: PublishRequest<'_>) -> Result<Receipt, DeliveryError> {
@@ -142,6 +182,10 @@ impl Adapter for WebhookAdapter {
             link: content.link.clone(),
             images: content.images.clone(),
         })
+    }
+
+    fn recall<'a>(&'a self, request: RecallRequest<'a>) -> BoxFuture<'a, Result<Recalled, DeliveryError>> {
+        Box::pin(self.send_recall(request))
     }
 
     fn publish<'a>(&'a self, request: PublishRequest<'a>) -> BoxFuture<'a, Result<Receipt, DeliveryError>> {

@@ -45,6 +45,37 @@ impl<'a> Delivery<'a> {
     }
 }
 
+/// The body of a recall event (`herald recall`): POSTed to the same URL,
+/// signed like a delivery, with `type` telling it apart from one (a
+/// delivery has no `type`).
+#[derive(Debug, Serialize)]
+pub(super) struct Recall<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    delivery_id: &'a str,
+    post_id: &'a str,
+    account: &'a str,
+    /// The `id` and `url` the receiver answered to the delivery, if any.
+    remote_id: Option<&'a str>,
+    url: Option<&'a str>,
+}
+
+/// The `type` of a recall event.
+pub const RECALL_TYPE: &str = "herald.recall";
+
+impl<'a> Recall<'a> {
+    pub(super) fn new(request: &crate::RecallRequest<'a>) -> Self {
+        Recall {
+            kind: RECALL_TYPE,
+            delivery_id: request.delivery_id,
+            post_id: request.post_id,
+            account: request.account_id,
+            remote_id: request.remote_id,
+            url: request.url,
+        }
+    }
+}
+
 /// What a receiver's 2xx answer says about the published item: a string (or
 /// integer) `id` and a string `url`, when the body is a JSON object with them.
 #[derive(Debug, Default, PartialEq, Eq)]

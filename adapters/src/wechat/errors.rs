@@ -35,6 +35,10 @@ pub(super) enum Api {
     BatchGet,
     /// `draft/delete`: an abandoned draft.
     DraftDelete,
+    /// `freepublish/delete`: recall a published article.
+    PublishDelete,
+    /// `message/mass/delete`: recall a mass-sent article.
+    MassDelete,
 }
 
 impl Api {
@@ -51,6 +55,8 @@ impl Api {
             Api::MassSend => "cgi-bin/message/mass/sendall",
             Api::BatchGet => "cgi-bin/freepublish/batchget",
             Api::DraftDelete => "cgi-bin/draft/delete",
+            Api::PublishDelete => "cgi-bin/freepublish/delete",
+            Api::MassDelete => "cgi-bin/message/mass/delete",
         }
     }
 }

@@ -15,6 +15,7 @@
 mod api;
 mod errors;
 mod publish;
+mod recall;
 mod records;
 pub mod render;
 mod token;
@@ -242,6 +243,13 @@ impl Adapter for WechatAdapter {
 
     fn refresh_credentials(&self) -> BoxFuture<'_, Result<(), DeliveryError>> {
         Box::pin(self.tokens.refresh(&self.api))
+    }
+
+    fn recall<'a>(
+        &'a self,
+        request: crate::RecallRequest<'a>,
+    ) -> BoxFuture<'a, Result<crate::Recalled, DeliveryError>> {
+        Box::pin(self.take_down(request))
     }
 }
 

@@ -283,7 +283,7 @@ impl WechatAdapter {
     /// Run `call` with the current token; when WeChat rejects the token,
     /// refresh it and run `call` again, as often as the refresh budget
     /// allows (a refused refresh ends it with that reason).
-    async fn with_fresh_token<T, F, Fut>(&self, call: F) -> Result<T, DeliveryError>
+    pub(super) async fn with_fresh_token<T, F, Fut>(&self, call: F) -> Result<T, DeliveryError>
     where
         F: Fn(Token) -> Fut,
         Fut: std::future::Future<Output = Result<T, DeliveryError>>,
@@ -510,7 +510,7 @@ impl WechatAdapter {
 
     /// Send a call made with `token`; a token WeChat refuses is marked so
     /// that the refresh replaces it.
-    async fn call(&self, api: Api, token: &Token, request: RequestBuilder) -> Result<Reply, DeliveryError> {
+    pub(super) async fn call(&self, api: Api, token: &Token, request: RequestBuilder) -> Result<Reply, DeliveryError> {
         let result = self.api.send(api, request).await;
         if let Err(error) = &result
             && error.class == ErrorClass::CredentialsExpired
@@ -521,7 +521,7 @@ impl WechatAdapter {
     }
 }
 
-fn access(token: &Token) -> [(&'static str, &str); 1] {
+pub(super) fn access(token: &Token) -> [(&'static str, &str); 1] {
     [("access_token", token.value.expose())]
 }
 

@@ -100,6 +100,9 @@ pub(super) struct StatusRequest<'a> {
 #[derive(Debug, Deserialize)]
 pub(super) struct StatusAnswer {
     pub(super) publish_status: i64,
+    /// Set once published: what `freepublish/delete` takes.
+    #[serde(default, deserialize_with = "optional_id")]
+    pub(super) article_id: Option<String>,
     #[serde(default)]
     pub(super) article_detail: Option<ArticleDetail>,
 }
@@ -168,6 +171,20 @@ pub(super) struct NewsItem {
     pub(super) url: Option<String>,
     #[serde(default)]
     pub(super) is_deleted: bool,
+}
+
+/// `freepublish/delete`: `index` 0 deletes every article of the publish.
+#[derive(Debug, Serialize)]
+pub(super) struct PublishDeleteRequest<'a> {
+    pub(super) article_id: &'a str,
+    pub(super) index: u32,
+}
+
+/// `message/mass/delete`: `article_idx` 0 deletes every article of the send.
+#[derive(Debug, Serialize)]
+pub(super) struct MassDeleteRequest<'a> {
+    pub(super) msg_id: &'a str,
+    pub(super) article_idx: u32,
 }
 
 /// `draft/delete`.

@@ -30,8 +30,8 @@ use crate::endpoint::BaseUrl;
 use crate::http::{self, Answer};
 use crate::registry::{BuildError, HttpOptions, Platform};
 use crate::{
-    Adapter, BoxFuture, ContentProblem, DeliveryError, PlatformAnswer, PostContent, Probe, PublishRequest, Receipt,
-    Rendered, Secret,
+    Adapter, BoxFuture, ContentProblem, DeliveryError, PlatformAnswer, PostContent, Probe, PublishRequest,
+    RecallRequest, Recalled, Receipt, Rendered, Secret,
 };
 
 pub use render::{MAX_PICTURE_BYTES, weibo_length};
@@ -49,6 +49,14 @@ pub const DEFAULT_MAX_LENGTH: usize = 140;
 const SHARE_PATH: &str = "/2/statuses/share.json";
 const TIMELINE_PATH: &str = "/2/statuses/user_timeline.json";
 const UID_PATH: &str = "/2/account/get_uid.json";
+const DESTROY_PATH: &str = "/2/statuses/destroy.json";
+/// Error codes of `statuses/destroy.json` that mean the app may not delete
+/// (10014: no permission for the API; 10004, 10005: IP or app limits):
+/// recall is not possible through herald for this account.
+const DESTROY_NOT_ALLOWED: [&str; 3] = ["10014", "10004", "10005"];
+/// "Target weibo does not exist" (Weibo's code list; not confirmed against
+/// the live API): the status is already gone.
+const DESTROY_GONE: &str = "20101";
 
 /// How many recent statuses a lookup reads.
 const LOOKUP_COUNT: &str = "20";
@@ -282,6 +290,39 @@ impl WeiboAdapter {
         }))
     }
 
+    /// `POST statuses/destroy.json` with the status id, where the app has
+    /// the permission; where it has not, the answer says what to do by hand.
+    async fn destroy(&self, request: RecallRequest<'_>) -> Result<Recalled, DeliveryError> {
+        let Some(id) = request.remote_id.filter(|id| !id.is_empty()) else {
+            return Ok(request.without_remote_id("Weibo"));
+        };
+        let form = wire::Destroy { access_token: self.token.expose(), id };
+        let builder = self.client.post(self.base.join(DESTROY_PATH)).form(&form);
+        let answer = http::traced_exchange(builder, "weibo", "destroy", Some(request.delivery_id)).await?;
+        if let Some(error) = wire::error(answer.status.as_u16(), &answer.body) {
+            let platform = PlatformAnswer {
+                status: Some(error.status),
+                code: Some(error.code.clone()),
+                message: (!error.message.is_empty()).then(|| error.message.clone()),
+            };
+            if DESTROY_NOT_ALLOWED.contains(&error.code.trim()) {
+                let place = request.url.map(|url| format!(" ({url})")).unwrap_or_default();
+                let what_to_do = format!(
+                    "this Weibo app may not delete statuses (error {}); sign in to weibo.com as the account \
+                     and delete the status{place} by hand",
+                    error.code.trim()
+                );
+                return Ok(Recalled::NotPossible { what_to_do, answer: platform });
+            }
+            if error.code.trim() == DESTROY_GONE {
+                return Ok(Recalled::TakenDown { answer: platform, note: Some("the status was already gone".into()) });
+            }
+            return Err(errors::failure(&error, Utc::now()));
+        }
+        answer.error_for_status(MAX_RETRY_AFTER)?;
+        Ok(Recalled::TakenDown { answer: answer.platform_answer(), note: None })
+    }
+
     async fn get_uid(&self) -> Result<Probe, DeliveryError> {
         let builder = self.client.get(self.base.join(UID_PATH)).header(AUTHORIZATION, self.authorization.clone());
         let answer = self.call(builder, "get_uid", None).await?;
@@ -323,6 +364,10 @@ impl WeiboAdapter {
 impl Adapter for WeiboAdapter {
     fn platform(&self) -> Platform {
         Platform::Weibo
+    }
+
+    fn recall<'a>(&'a self, request: RecallRequest<'a>) -> BoxFuture<'a, Result<Recalled, DeliveryError>> {
+        Box::pin(self.destroy(request))
     }
 
     fn limit_scope(&self) -> Option<String> {

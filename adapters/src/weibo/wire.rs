@@ -16,6 +16,13 @@ pub(super) struct Share<'a> {
     pub rip: Option<&'a str>,
 }
 
+/// `POST statuses/destroy.json`.
+#[derive(Serialize)]
+pub(super) struct Destroy<'a> {
+    pub access_token: &'a str,
+    pub id: &'a str,
+}
+
 /// An id Weibo gives as a number or a string.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(untagged)]

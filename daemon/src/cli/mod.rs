@@ -5,6 +5,7 @@ mod check;
 mod filters;
 mod inspect;
 mod output;
+mod recall;
 mod source;
 
 use std::path::{Path, PathBuf};
@@ -191,6 +192,30 @@ enum Command {
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+    /// Take a post's published copies down from every platform that allows it.
+    ///
+    /// Deletes what each delivery published (by the remote id herald recorded), cancels the
+    /// post's pending and planned deliveries, records each target's outcome in the audit log
+    /// (`recalled`, `recall_failed`, `cancelled`) with your user name and reason, and prints a
+    /// table: taken down, cancelled, not possible (with what to do by hand), failed. Transient
+    /// errors are retried for up to 45 s. Exits 0 when every target is taken down or cancelled,
+    /// 3 when any is not (never silently partial), 1 on an error.
+    Recall {
+        #[command(flatten)]
+        state: StateArgs,
+        /// The post's id.
+        #[arg(long)]
+        post: String,
+        /// Only this occurrence (RFC 3339, as `herald log` shows it); else every occurrence.
+        #[arg(long, value_name = "TIME")]
+        occurrence: Option<String>,
+        /// Only this account (repeatable; `*` matches any characters); else every account.
+        #[arg(long = "account", value_name = "ACCOUNT")]
+        accounts: Vec<String>,
+        /// Why (required): kept in every record with your user name.
+        #[arg(long, value_name = "TEXT")]
+        reason: String,
     },
     /// Stop deliveries from starting: everything (--all), or by account, post or platform.
     ///
@@ -426,6 +451,11 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             let request =
                 crate::approvals::ApproveRequest { post: args.post, reason: args.reason, ..Default::default() };
             inspect::approve(&state.source()?, &request)
+        }
+        Command::Recall { state, post, occurrence, accounts, reason } => {
+            let occurrence = occurrence.map(|t| recall::occurrence(&t)).transpose()?;
+            let order = crate::recall::RecallOrder { post, occurrence, accounts, reason, actor: None };
+            recall::recall(&state.source()?, &order, &state.config)
         }
         #[cfg(feature = "demo")]
         Command::Demo => {

@@ -244,6 +244,32 @@ impl Source {
         }
     }
 
+    /// `herald recall`: by the daemon when it runs; else here, on the
+    /// store, with the adapters of the config at `config`.
+    pub fn recall(
+        &self,
+        order: &crate::recall::RecallOrder,
+        config: &std::path::Path,
+    ) -> anyhow::Result<crate::recall::RecallReport> {
+        match self {
+            Source::Daemon { .. } => self.call(|c| c.post(url("/v1/recall")).json(order)),
+            Source::Store { store, .. } => {
+                let Some(config) = crate::config::load(config).config else {
+                    bail!(
+                        "herald is not running, and the config {} has errors (`herald check` shows them): recall needs its accounts",
+                        config.display()
+                    )
+                };
+                let order = crate::recall::RecallOrder {
+                    actor: Some(crate::model::Actor::current_user("store")),
+                    ..order.clone()
+                };
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                Ok(runtime.block_on(crate::recall::run(store.as_ref(), &config, &order))?)
+            }
+        }
+    }
+
     /// `herald pause`: by the daemon (at once), or written to the store of
     /// a stopped herald, where it holds from the next start on.
     pub fn pause(&self, request: &PauseRequest) -> anyhow::Result<PauseView> {

@@ -69,6 +69,12 @@ pub enum Control {
     ApproversGroup(oneshot::Sender<Option<String>>),
     /// `herald approve`: approve a post's content as the running config has it.
     Approve(ApproveRequest, oneshot::Sender<std::result::Result<ApproveView, ApprovalError>>),
+    /// `herald recall` through the control socket: cancel what has not gone
+    /// out, and answer the copies to take down (the control task deletes them).
+    Recall(
+        crate::recall::RecallOrder,
+        oneshot::Sender<std::result::Result<crate::recall::Plan, crate::recall::RecallError>>,
+    ),
 }
 
 /// What one tick did.
@@ -800,6 +806,10 @@ impl Scheduler {
                         let result = crate::pauses::resume(self.store.as_ref(), &request, Some(&config), crate::clock::now());
                         self.pauses_changed()?;
                         let _ = reply.send(result);
+                    }
+                    Some(Control::Recall(order, reply)) => {
+                        let now = crate::clock::now();
+                        let _ = reply.send(crate::recall::prepare(self.store.as_ref(), &self.config, &order, now));
                     }
                 },
             }

@@ -11,6 +11,7 @@ mod helpers;
 mod operations;
 mod pause;
 mod platforms;
+mod recall;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
