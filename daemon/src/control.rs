@@ -505,9 +505,15 @@ async fn log(
 ) -> ApiResult<LogPage> {
     let query = params.to_query().map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))?;
     let store = Arc::clone(&ctx.store);
-    let page = tokio::task::spawn_blocking(move || log_page(store.as_ref(), &query, after.after))
-        .await
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    // Make what is applied durable first (a no-op when nothing is new): the
+    // log then shows every record that `status` already counts, and still
+    // nothing a crash could take back.
+    let page = tokio::task::spawn_blocking(move || {
+        store.flush()?;
+        log_page(store.as_ref(), &query, after.after)
+    })
+    .await
+    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
     Ok(Json(page))
 }
 

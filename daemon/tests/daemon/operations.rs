@@ -970,6 +970,11 @@ async fn credentials_close_to_expiry_raise_an_alert_recorded_in_the_audit_log() 
         command_alerts(&alert_dir).iter().any(|a| a["kind"] == "credentials_expiring")
     })
     .await;
+    // The alert can run before the flush that makes its record visible.
+    eventually("the credentials_expiring record", Duration::from_secs(20), || {
+        !dir.log_from_daemon(&["--event", "credentials_expiring"]).is_empty()
+    })
+    .await;
     let records = dir.log_from_daemon(&["--event", "credentials_expiring"]);
     herald.stop().await;
     let written = command_alerts(&alert_dir);
