@@ -234,13 +234,7 @@ pub fn pause(
         view.changed.push(selector.to_string());
         pauses.0.push(Pause { selector, since: now, actor: request.actor.clone(), reason: request.reason() });
     }
-    if !changes.notes.is_empty() {
-        changes.meta.push((PAUSES_KEY.to_string(), pauses.encode()?));
-        store.apply(changes)?;
-        store.flush()?;
-    }
-    view.active = pauses.0;
-    Ok(view)
+    save(store, pauses, changes, view)
 }
 
 /// Lift the pauses `request` names, with a `resumed` record for each; a
@@ -265,9 +259,17 @@ pub fn resume(
         changes.notes.push(record(Event::Resumed, &selector, request, now));
         view.changed.push(selector.to_string());
     }
-    changes.meta.push((PAUSES_KEY.to_string(), pauses.encode()?));
-    store.apply(changes)?;
-    store.flush()?;
+    save(store, pauses, changes, view)
+}
+
+/// Store the pauses with their records in one durable step (nothing when
+/// there is no record: nothing changed), and answer what is in force.
+fn save(store: &dyn Store, pauses: Pauses, mut changes: Changes, mut view: PauseView) -> Result<PauseView, PauseError> {
+    if !changes.notes.is_empty() {
+        changes.meta.push((PAUSES_KEY.to_string(), pauses.encode()?));
+        store.apply(changes)?;
+        store.flush()?;
+    }
     view.active = pauses.0;
     Ok(view)
 }
