@@ -35,7 +35,10 @@ pub struct Case {
     pub herald_concurrency: usize,
     pub peer_threads: usize,
     pub herald: BurstResult,
-    pub peer: PeerRun,
+    /// `None` when the peer did not finish within the harness's budget
+    /// (`peer_error` says why).
+    pub peer: Option<PeerRun>,
+    pub peer_error: Option<String>,
 }
 
 /// What the peer did in one case.
@@ -116,16 +119,29 @@ pub fn run(
     eprintln!("the peer stores a job in {:.1} ms", per_job * 1000.0);
     let mut out = Vec::new();
     for (name, n, accounts, concurrency, threads) in cases {
+        if budget.left(Duration::from_secs(1)).is_err() {
+            eprintln!("out of time (--max-minutes): {name} not run");
+            break;
+        }
         let dir = scratch.join(format!("peer-{}-{accounts}-{concurrency}-{threads}", n));
         eprintln!("\n== side by side: {name}: {n} deliveries over {accounts} accounts");
         let opts = configs::DaemonOpts { concurrency, schedule_ahead: None };
         let herald = crate::burst(bins, sink, &dir.join("herald"), n, accounts, &opts, Duration::from_secs(20), budget)
             .with_context(|| format!("herald, {name}"))?;
         sink.reset()?;
-        let lead = Duration::from_secs_f64(10.0 + n as f64 * per_job * 2.0);
-        let peer = peer(python, sink, &dir, n, accounts, threads, lead, budget)
-            .with_context(|| format!("the peer, {name}"))?;
-        per_job = peer.scheduled_s / n as f64;
+        // A little more than the adds should take; if they take longer, the
+        // peer's times count from when they were done (and say so).
+        let lead = Duration::from_secs_f64(5.0 + n as f64 * per_job * 1.2);
+        let (peer, peer_error) = match peer(python, sink, &dir, n, accounts, threads, lead, budget) {
+            Ok(peer) => {
+                per_job = peer.scheduled_s / n as f64;
+                (Some(peer), None)
+            }
+            Err(e) => {
+                eprintln!("the peer, {name}: {e:#}");
+                (None, Some(format!("{e:#}")))
+            }
+        };
         out.push(Case {
             name: name.to_string(),
             deliveries: n,
@@ -134,6 +150,7 @@ pub fn run(
             peer_threads: threads,
             herald,
             peer,
+            peer_error,
         });
     }
     Ok(out)

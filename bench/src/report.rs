@@ -191,7 +191,7 @@ pub fn print_peer(cases: &[crate::peer::Case]) {
     );
     let mut rows = Vec::new();
     for c in cases {
-        let (h, p) = (&c.herald, &c.peer);
+        let h = &c.herald;
         let herald_per_s = h.received_first_arrivals as f64 / h.due_to_last_received_s;
         rows.push(vec![
             format!("{} ({} over {})", c.name, c.deliveries, c.accounts),
@@ -206,6 +206,13 @@ pub fn print_peer(cases: &[crate::peer::Case]) {
             format!("{} (start to ready)", s(h.ready_s)),
             format!("{:.1} MiB (state dir)", h.state_mib),
         ]);
+        let Some(p) = &c.peer else {
+            let mut row = vec![String::new(), "peer".into(), format!("{}", c.peer_threads)];
+            row.push("did not finish".into());
+            row.resize(11, String::new());
+            rows.push(row);
+            continue;
+        };
         rows.push(vec![
             String::new(),
             "peer".into(),
@@ -250,16 +257,20 @@ pub fn print_peer(cases: &[crate::peer::Case]) {
         &rows,
     );
     for c in cases {
-        if c.peer.scheduled_before_due_s < 0.0 {
+        if let Some(e) = &c.peer_error {
+            println!("  {}: the peer did not finish: {e}", c.name);
+        }
+        let Some(p) = &c.peer else { continue };
+        if p.scheduled_before_due_s < 0.0 {
             println!(
                 "  {}: the peer stored its jobs {:.1} s after the due instant; its times count from then",
-                c.name, -c.peer.scheduled_before_due_s
+                c.name, -p.scheduled_before_due_s
             );
         }
-        if c.peer.failed > 0 || c.peer.received_repeats > 0 || c.herald.received_repeats > 0 {
+        if p.failed > 0 || p.received_repeats > 0 || c.herald.received_repeats > 0 {
             println!(
                 "  {}: peer failed {}, repeats herald {} / peer {}",
-                c.name, c.peer.failed, c.herald.received_repeats, c.peer.received_repeats
+                c.name, p.failed, c.herald.received_repeats, p.received_repeats
             );
         }
     }
