@@ -34,7 +34,8 @@ fn per_delivery(cpu_s: f64, deliveries: f64) -> String {
 }
 
 fn ratio(a: f64, b: f64) -> String {
-    format!("{:.2}x", a / b)
+    let r = a / b;
+    if r < 0.1 { format!("{r:.4}x") } else { format!("{r:.2}x") }
 }
 
 pub fn print(r: &Results) {
