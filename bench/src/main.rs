@@ -12,6 +12,7 @@ mod configs;
 mod floor;
 mod http;
 mod machine;
+mod peer;
 mod procs;
 mod report;
 
@@ -39,7 +40,9 @@ struct Args {
     /// 100 accounts each. Default: 10000,100000,1000000 (quick: 10000).
     #[arg(long, value_delimiter = ',')]
     sizes: Vec<usize>,
-    /// Run only these parts (load, ahead, burst, lateness, floor); default all.
+    /// Run only these parts (load, ahead, burst, lateness, floor); default
+    /// all of those. `peer` (only when named) runs herald and a Python
+    /// scheduler (APScheduler + SQLite) side by side on the same bursts.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Deliveries in the burst (default 50000; quick 5000), due at one instant.
@@ -74,6 +77,11 @@ struct Args {
     /// Also write the results as JSON to this file.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
+    /// The venv for `--only peer` (made and filled from
+    /// bench/peer/requirements.txt when missing; default: herald-peer-venv
+    /// in the target directory).
+    #[arg(long, value_name = "DIR")]
+    peer_venv: Option<PathBuf>,
     /// Give up after this many minutes in all.
     #[arg(long, default_value_t = 90)]
     max_minutes: u64,
@@ -97,6 +105,7 @@ pub struct Results {
     pub burst: Option<BurstResult>,
     pub lateness: Option<LatenessResult>,
     pub floor: Vec<floor::Floor>,
+    pub peer: Vec<peer::Case>,
 }
 
 #[derive(Debug, Serialize)]
@@ -137,13 +146,19 @@ pub struct AheadResult {
     pub status_max_ms: f64,
     pub status_polls: usize,
     pub peak_mib: f64,
+    /// herald's CPU time from the timers' instant until none was planned.
+    pub cpu_s: f64,
 }
 
 #[derive(Debug, Serialize)]
 pub struct BurstResult {
     pub deliveries: usize,
     pub accounts: usize,
+    /// Start to ready: config, store and the deliveries written.
+    pub ready_s: f64,
     pub ready_before_due_s: f64,
+    /// The state directory 1 s before the due instant: the schedule on disk.
+    pub state_mib: f64,
     pub delivered: usize,
     pub failed: u64,
     pub received_first_arrivals: usize,
@@ -172,16 +187,18 @@ pub struct LatenessResult {
     pub fsync_p99_ms: f64,
     pub fsync_max_ms: f64,
     pub load_during: f64,
+    /// herald's CPU time from ready until all were settled.
+    pub cpu_s: f64,
 }
 
 /// Paths of the binaries under test.
-struct Bins {
+pub struct Bins {
     herald: PathBuf,
     sandbox: PathBuf,
 }
 
 /// A global deadline: every wait is bounded by it.
-struct Budget(Instant);
+pub struct Budget(Instant);
 
 impl Budget {
     fn left(&self, step: Duration) -> anyhow::Result<Duration> {
@@ -210,7 +227,8 @@ fn main() -> anyhow::Result<()> {
     );
     let sink = Sink::start(&bins.sandbox)?;
     eprintln!("sink: herald-sandbox on {}", sink.addr);
-    let wants = |part: &str| args.only.is_empty() || args.only.iter().any(|o| o == part);
+    let named = |part: &str| args.only.iter().any(|o| o == part);
+    let wants = |part: &str| (args.only.is_empty() && part != "peer") || named(part);
 
     let sizes = match (&args.sizes[..], args.quick) {
         ([], true) => vec![10_000],
@@ -228,6 +246,7 @@ fn main() -> anyhow::Result<()> {
         burst: None,
         lateness: None,
         floor: Vec::new(),
+        peer: Vec::new(),
     };
     let opts = configs::DaemonOpts { concurrency: args.concurrency, schedule_ahead: args.schedule_ahead.clone() };
     let settle = Duration::from_secs(if args.quick { args.settle.min(3) } else { args.settle });
@@ -271,8 +290,14 @@ fn main() -> anyhow::Result<()> {
             results.floor.push(floor);
         }
     }
+    if wants("peer") {
+        let target = bins.herald.parent().and_then(Path::parent).context("the target directory")?;
+        let python = peer::venv(&args.peer_venv.clone().unwrap_or_else(|| target.join("herald-peer-venv")))?;
+        results.peer = peer::run(&bins, &python, &sink, scratch.path(), args.quick, &budget).context("side by side")?;
+    }
     results.load_after = machine::load1();
     report::print(&results);
+    report::print_peer(&results.peer);
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&results)?)?;
         eprintln!("results written to {}", path.display());
@@ -314,6 +339,7 @@ fn ahead(
     }
     let mut status_max = Duration::ZERO;
     let mut polls = 0;
+    let mut cpu_at_fire = None;
     let deadline = Instant::now() + budget.left(Duration::from_secs(ahead_s + 600))?;
     let created_at = loop {
         let asked = Instant::now();
@@ -322,6 +348,8 @@ fn ahead(
         if now >= fire {
             status_max = status_max.max(asked.elapsed());
             polls += 1;
+        } else {
+            cpu_at_fire = Some(herald.cpu_s());
         }
         if counts.get("planned") == Some(&0) && counts.get("pending").copied().unwrap_or(0) >= n as u64 {
             break now;
@@ -332,6 +360,7 @@ fn ahead(
         std::thread::sleep(Duration::from_millis(200));
     };
     let peak_mib = herald.peak_mib();
+    let cpu_s = herald.cpu_s() - cpu_at_fire.unwrap_or(f64::NAN);
     herald.stop(budget.left(Duration::from_secs(120))?)?;
     let created_s = (created_at - fire).num_milliseconds() as f64 / 1000.0;
     let result = AheadResult {
@@ -343,6 +372,7 @@ fn ahead(
         status_max_ms: status_max.as_secs_f64() * 1000.0,
         status_polls: polls,
         peak_mib,
+        cpu_s,
     };
     eprintln!(
         "created {n} in {:.1} s ({:.0}/s), {:.1} s before the due instant; slowest status {:.0} ms of {polls}",
@@ -625,12 +655,18 @@ fn burst(
         .collect();
     let scenario = configs::write(dir, sink, accounts, opts, &specs)?;
     let mut herald = start(bins, &scenario, "run")?;
-    herald.wait_ready(budget.left(lead + Duration::from_secs(600))?)?;
+    let ready_s = herald.wait_ready(budget.left(lead + Duration::from_secs(600))?)?.as_secs_f64();
     let ready_before_due_s = seconds(Utc::now(), due);
     let cpu_at_ready = herald.cpu_s();
     if ready_before_due_s < 0.0 {
         eprintln!("warning: herald was ready {:.1} s after the due instant; use a longer --lead", -ready_before_due_s);
     }
+    // The schedule on disk, 1 s before it falls due (sled writes its log
+    // out every 500 ms).
+    if ready_before_due_s > 2.0 {
+        std::thread::sleep(Duration::from_secs_f64(ready_before_due_s - 1.0));
+    }
+    let state_mib = disk_usage(&scenario.state) as f64 / (1024.0 * 1024.0);
     let (delivered, failed) = wait_settled(&herald, n as u64, budget.left(lead + Duration::from_secs(600))?)?;
     let cpu_s = herald.cpu_s() - cpu_at_ready;
     let peak_mib = herald.peak_mib();
@@ -649,7 +685,9 @@ fn burst(
     let result = BurstResult {
         deliveries: n,
         accounts,
+        ready_s,
         ready_before_due_s,
+        state_mib,
         delivered: records.len(),
         failed,
         received_first_arrivals: firsts.len(),
@@ -696,12 +734,14 @@ fn lateness(
     let scenario = configs::write(dir, sink, LATENESS_ACCOUNTS, opts, &specs)?;
     let mut herald = start(bins, &scenario, "run")?;
     herald.wait_ready(budget.left(lead + Duration::from_secs(300))?)?;
+    let cpu_at_ready = herald.cpu_s();
     if Utc::now() > first {
         eprintln!("warning: herald was ready after the first due time; use a longer --lead");
     }
     let within = lead + Duration::from_secs(window + 120);
     let probe = machine::FsyncProbe::start(dir, Duration::from_millis(50))?;
     wait_settled(&herald, n as u64, budget.left(within)?)?;
+    let cpu_s = herald.cpu_s() - cpu_at_ready;
     let fsyncs = probe.finish();
     let load_during = machine::load1();
     herald.stop(budget.left(Duration::from_secs(60))?)?;
@@ -731,6 +771,7 @@ fn lateness(
         fsync_p99_ms: machine::quantile(&fsyncs, 0.99),
         fsync_max_ms: fsyncs.last().copied().unwrap_or(f64::NAN),
         load_during,
+        cpu_s,
     };
     eprintln!(
         "lateness: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; fdatasync meanwhile p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",

@@ -28,6 +28,16 @@ fn mib(v: f64) -> String {
     format!("{v:.0} MiB")
 }
 
+/// CPU time (user + system) per delivery, in microseconds.
+fn per_delivery(cpu_s: f64, deliveries: f64) -> String {
+    format!("{:.0} µs", cpu_s / deliveries * 1e6)
+}
+
+fn ratio(a: f64, b: f64) -> String {
+    let r = a / b;
+    if r < 0.1 { format!("{r:.4}x") } else { format!("{r:.2}x") }
+}
+
 pub fn print(r: &Results) {
     let m = &r.machine;
     println!();
@@ -53,6 +63,7 @@ pub fn print(r: &Results) {
                     format!("{} ({:.1} CPU)", s(l.check_s), l.check_cpu_s),
                     mib(l.check_peak_mib),
                     format!("{} ({:.1} CPU)", s(l.first_ready_s), l.first_ready_cpu_s),
+                    per_delivery(l.first_ready_cpu_s, l.deliveries as f64),
                     s(l.reload_same_s),
                     s(l.reload_changed_s),
                     mib(l.run_peak_mib),
@@ -69,6 +80,7 @@ pub fn print(r: &Results) {
                 "check",
                 "check peak",
                 "1st reconcile",
+                "CPU/delivery",
                 "reload same",
                 "reload 1%",
                 "peak RSS (1)",
@@ -103,13 +115,14 @@ pub fn print(r: &Results) {
             a.deliveries, a.schedule_ahead_s
         );
         table(
-            &["created in", "created/s", "done before due", "slowest status", "peak RSS"],
+            &["created in", "created/s", "done before due", "slowest status", "peak RSS", "CPU/delivery"],
             &[vec![
                 s(a.created_s),
                 format!("{:.0}", a.per_s),
                 s(a.before_due_s),
                 format!("{:.0} ms ({} polls)", a.status_max_ms, a.status_polls),
                 mib(a.peak_mib),
+                per_delivery(a.cpu_s, a.deliveries as f64),
             ]],
         );
     }
@@ -127,6 +140,7 @@ pub fn print(r: &Results) {
                 "due -> last delivered",
                 "deliveries/s",
                 "peak RSS",
+                "CPU/delivery",
             ],
             &[vec![
                 format!("{}", b.delivered),
@@ -136,6 +150,7 @@ pub fn print(r: &Results) {
                 s(b.due_to_last_delivered_s),
                 format!("{:.0}", b.per_s),
                 mib(b.peak_mib),
+                per_delivery(b.cpu_s, b.delivered as f64),
             ]],
         );
         println!(
@@ -149,18 +164,115 @@ pub fn print(r: &Results) {
             l.deliveries, l.window_s
         );
         table(
-            &["received", "min", "p50", "p99", "max"],
+            &["received", "min", "p50", "p99", "max", "CPU/delivery"],
             &[vec![
                 format!("{}", l.received),
                 format!("{:.1} ms", l.min_ms),
                 format!("{:.1} ms", l.p50_ms),
                 format!("{:.1} ms", l.p99_ms),
                 format!("{:.1} ms", l.max_ms),
+                per_delivery(l.cpu_s, l.received as f64),
             ]],
         );
         println!(
             "target: p99 <= 20 ms; meanwhile a 4 KiB fdatasync took p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; load {:.2}",
             l.fsync_p50_ms, l.fsync_p99_ms, l.fsync_max_ms, l.load_during
         );
+    }
+}
+
+/// The side-by-side part: herald and the Python peer, case by case.
+pub fn print_peer(cases: &[crate::peer::Case]) {
+    if cases.is_empty() {
+        return;
+    }
+    println!(
+        "\nSide by side: herald and APScheduler 3.11 (SQLite job store, a thread pool) on the same bursts and sink \
+         (deliveries/s = deliveries / (due -> last request at the sink))"
+    );
+    let mut rows = Vec::new();
+    for c in cases {
+        let h = &c.herald;
+        let herald_per_s = h.received_first_arrivals as f64 / h.due_to_last_received_s;
+        rows.push(vec![
+            format!("{} ({} over {})", c.name, c.deliveries, c.accounts),
+            "herald".into(),
+            format!("{}", c.herald_concurrency.min(c.accounts)),
+            format!("{}", h.received_first_arrivals),
+            s(h.due_to_first_received_s),
+            s(h.due_to_last_received_s),
+            format!("{herald_per_s:.0}"),
+            mib(h.peak_mib),
+            per_delivery(h.cpu_s, h.delivered as f64),
+            format!("{} (start to ready)", s(h.ready_s)),
+            format!("{:.1} MiB (state dir)", h.state_mib),
+        ]);
+        let Some(p) = &c.peer else {
+            let mut row = vec![String::new(), "peer".into(), format!("{}", c.peer_threads)];
+            row.push("did not finish".into());
+            row.resize(11, String::new());
+            rows.push(row);
+            continue;
+        };
+        rows.push(vec![
+            String::new(),
+            "peer".into(),
+            format!("{}", c.peer_threads),
+            format!("{}", p.received_first_arrivals),
+            s(p.due_to_first_received_s),
+            s(p.due_to_last_received_s),
+            format!("{:.0}", p.per_s),
+            mib(p.peak_mib),
+            per_delivery(p.cpu_s, p.delivered as f64),
+            format!("{} (add_job)", s(p.scheduled_s)),
+            format!("{:.1} MiB (SQLite)", p.sqlite_mib),
+        ]);
+        rows.push(vec![
+            String::new(),
+            "herald / peer".into(),
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+            ratio(herald_per_s, p.per_s),
+            ratio(h.peak_mib, p.peak_mib),
+            ratio(h.cpu_s / h.delivered as f64, p.cpu_s / p.delivered as f64),
+            ratio(h.ready_s, p.scheduled_s),
+            ratio(h.state_mib, p.sqlite_mib),
+        ]);
+    }
+    table(
+        &[
+            "case",
+            "program",
+            "in flight",
+            "received",
+            "due -> first",
+            "due -> last",
+            "deliveries/s",
+            "peak RSS",
+            "CPU/delivery",
+            "stored in",
+            "on disk",
+        ],
+        &rows,
+    );
+    for c in cases {
+        if let Some(e) = &c.peer_error {
+            println!("  {}: the peer did not finish: {e}", c.name);
+        }
+        let Some(p) = &c.peer else { continue };
+        if p.scheduled_before_due_s < 0.0 {
+            println!(
+                "  {}: the peer stored its jobs {:.1} s after the due instant; its times count from then",
+                c.name, -p.scheduled_before_due_s
+            );
+        }
+        if p.failed > 0 || p.received_repeats > 0 || c.herald.received_repeats > 0 {
+            println!(
+                "  {}: peer failed {}, repeats herald {} / peer {}",
+                c.name, p.failed, c.herald.received_repeats, p.received_repeats
+            );
+        }
     }
 }
