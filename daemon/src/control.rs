@@ -16,8 +16,8 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::model::{Actor, AuditRecord, Delivery, State, from_millis};
-use crate::operations::{OperationError, Selection};
 use crate::reconcile::Summary;
+use crate::retry_cancel::{OperationError, Selection};
 use crate::scheduler::Control;
 use crate::store::{AuditQuery, Store};
 

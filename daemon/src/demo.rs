@@ -18,9 +18,9 @@ use herald_sandbox::wechat::{SANDBOX_APPID, SANDBOX_SECRET};
 use herald_sandbox::{Fault, Sandbox, SandboxOptions};
 
 use crate::config;
+use crate::daemon::Daemon;
 use crate::model::{Event, State};
 use crate::notify::Notifier;
-use crate::service::Daemon;
 use crate::store::{AuditQuery, Store};
 
 const SECRET: &str = "demo-signing-key-not-for-production";

@@ -11,8 +11,8 @@ use herald_adapters::Platform;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
+use crate::materialize::Verdict;
 use crate::model::{Actor, AuditRecord, Delivery, DeliveryId, Event, Millis, State, from_millis, to_millis};
-use crate::occurrences::Verdict;
 use crate::store::{Changes, Store, StoreError};
 
 /// The `meta` key holding the active pauses (a JSON list of [`Pause`]).
@@ -286,7 +286,7 @@ pub fn release_verdict(
 ) -> Result<Verdict, StoreError> {
     let Some(post) = config.posts.get(&d.post_id) else { return Ok(Verdict::OnTime) };
     let late = now - from_millis(d.occurrence);
-    if late <= chrono::Duration::from_std(crate::occurrences::ON_TIME).unwrap_or_default() {
+    if late <= chrono::Duration::from_std(crate::materialize::ON_TIME).unwrap_or_default() {
         return Ok(Verdict::OnTime);
     }
     let held = format!("held from {}", from_millis(since).to_rfc3339_opts(chrono::SecondsFormat::Secs, true));

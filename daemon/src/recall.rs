@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, RetryPolicy};
 use crate::model::{Actor, AuditRecord, Delivery, Event, State, from_millis, to_millis};
-use crate::operations::{self, OperationError, Selection};
+use crate::retry_cancel::{self, OperationError, Selection};
 use crate::scrub::Scrubber;
 use crate::store::{Changes, Store, StoreError, wildcard_match};
 
@@ -180,7 +180,7 @@ pub fn prepare(
                 reason: Some(because.clone()),
                 actor: order.actor.clone(),
             };
-            operations::cancel(store, &selection, now)?;
+            retry_cancel::cancel(store, &selection, now)?;
             let mut d = Delivery::new(&order.post, planned.occurrence, account, platform, to_millis(now));
             d.state = State::Cancelled;
             plan.settled.push(outcome(&d, Verdict::Cancelled, "planned, not created yet: cancelled".into()));

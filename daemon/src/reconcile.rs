@@ -9,10 +9,10 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 
+use crate::calendar::Recurrence;
 use crate::config::{Config, Post};
+use crate::materialize::Builder;
 use crate::model::{Event, State, to_millis};
-use crate::occurrences::Builder;
-use crate::schedule::Recurrence;
 use crate::store::{Result, Store};
 
 const ACCOUNTS_META: &str = "accounts_hash";
@@ -172,7 +172,7 @@ fn revive_later(b: &mut Builder, post: &Post) -> Result<usize> {
         .collect();
     let mut revived = 0;
     for t in occurrences {
-        revived += b.ensure_occurrence(post, crate::model::from_millis(t), &crate::occurrences::Verdict::OnTime)?;
+        revived += b.ensure_occurrence(post, crate::model::from_millis(t), &crate::materialize::Verdict::OnTime)?;
     }
     Ok(revived)
 }
@@ -401,8 +401,8 @@ url = "http://127.0.0.1:9/xian"
         reconcile(&store, &cfg, now).unwrap();
         let occurrence = crate::model::to_millis(utc("2026-12-03T01:00:00Z"));
         let xian = DeliveryId::derive("p", occurrence, "xian");
-        let selection = crate::operations::Selection { delivery: Some(xian.to_string()), ..Default::default() };
-        assert_eq!(crate::operations::cancel(&store, &selection, now).unwrap(), 1);
+        let selection = crate::retry_cancel::Selection { delivery: Some(xian.to_string()), ..Default::default() };
+        assert_eq!(crate::retry_cancel::cancel(&store, &selection, now).unwrap(), 1);
         assert_eq!(store.planned_deliveries().unwrap(), 1);
 
         // An account is added: planned posts are planned again, the cancelled one stays out.

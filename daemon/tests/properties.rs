@@ -1,7 +1,7 @@
 //! Property tests (proptest) of herald's core:
 //!
 //! - `cron`: the crontab(5) evaluator against a reference written here from
-//!   crontab(5) and the DST rules documented in `schedule/cron.rs`, by brute
+//!   crontab(5) and the DST rules documented in `calendar/cron.rs`, by brute
 //!   force over UTC minutes, for random expressions, time zones and instants
 //!   around daylight-saving changes;
 //! - `reconcile`: applying config A then B leaves the same pending deliveries
@@ -42,7 +42,7 @@ mod cron {
     use super::*;
     use chrono::Datelike;
     use chrono_tz::Tz;
-    use herald::schedule::CronExpr;
+    use herald::calendar::CronExpr;
 
     /// The zones the brief names, plus three with unusual transitions:
     /// São Paulo (DST gap at midnight, until 2019), Chatham (+12:45/+13:45)
@@ -615,8 +615,8 @@ mod reconcile {
     /// Fire every post timer up to `horizon`, each at its time, as the
     /// scheduler's tick does.
     fn materialize(store: &SledStore, config: &herald::config::Config, horizon: DateTime<Utc>) {
+        use herald::materialize::Builder;
         use herald::model::{from_millis, to_millis};
-        use herald::occurrences::Builder;
         while let Some((t, post_id)) = store.timers_due(to_millis(horizon)).unwrap().into_iter().next() {
             let mut b = Builder::new(store, config, from_millis(t));
             match config.posts.get(&post_id) {
@@ -716,7 +716,7 @@ mod state_machine {
 
     use herald::config::Config;
     use herald::model::{Delivery, DeliveryId, Event, State};
-    use herald::operations::{self, Selection};
+    use herald::retry_cancel::{self, Selection};
     use herald::scheduler::{Finished, Scheduler};
     use herald::store::{AuditQuery, SledStore, Store};
     use herald_adapters::{DeliveryError, PlatformAnswer, Receipt};
@@ -920,9 +920,9 @@ at = "{}"
                             };
                             // Refusals (wrong state) are fine; what matters is what changed.
                             let _ = if matches!(op, Op::Retry(..)) {
-                                operations::retry(store.as_ref(), &selection, now)
+                                retry_cancel::retry(store.as_ref(), &selection, now)
                             } else {
-                                operations::cancel(store.as_ref(), &selection, now)
+                                retry_cancel::cancel(store.as_ref(), &selection, now)
                             };
                         }
                     }

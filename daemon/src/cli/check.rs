@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::CheckFormat;
 use super::output::printable;
 use crate::config::{self, Config, Diagnostic, Post};
-use crate::occurrences::Renderer;
+use crate::materialize::Renderer;
 
 #[derive(Serialize)]
 struct Report<'a> {
@@ -149,7 +149,7 @@ enum History {
 /// is read when no daemon holds it and it belongs to this user (reading it as
 /// root could leave root-owned files in the daemon's state directory).
 fn past_warnings(config: &Config, now: DateTime<Utc>) -> Vec<Diagnostic> {
-    use crate::schedule::Recurrence;
+    use crate::calendar::Recurrence;
     let past: Vec<(&Post, DateTime<Utc>)> = config
         .posts
         .values()
@@ -164,8 +164,8 @@ fn past_warnings(config: &Config, now: DateTime<Utc>) -> Vec<Diagnostic> {
     let history = history(config, &past);
     past.into_iter()
         .filter_map(|(post, at)| {
-            let fate = match crate::occurrences::verdicts(post, &[at], now).pop()? {
-                crate::occurrences::Verdict::Skip(_) => format!(
+            let fate = match crate::materialize::verdicts(post, &[at], now).pop()? {
+                crate::materialize::Verdict::Skip(_) => format!(
                     "it will be skipped (misfire = \"{}\", grace {}) and recorded in the audit log",
                     post.misfire,
                     humantime::format_duration(post.grace)
@@ -328,8 +328,8 @@ fn plans(config: &Config, now: DateTime<Utc>, upcoming: usize) -> Vec<PostPlan> 
 fn plan(config: &Config, post: &Post, now: DateTime<Utc>, upcoming: usize) -> PostPlan {
     let tz = post.schedule.tz;
     let occurrences = match post.schedule.recurrence {
-        crate::schedule::Recurrence::Once(at) => vec![at],
-        crate::schedule::Recurrence::Cron(_) => post.schedule.upcoming(now, upcoming),
+        crate::calendar::Recurrence::Once(at) => vec![at],
+        crate::calendar::Recurrence::Cron(_) => post.schedule.upcoming(now, upcoming),
     };
     let upcoming = occurrences
         .into_iter()

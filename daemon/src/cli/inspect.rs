@@ -12,7 +12,7 @@ use super::output;
 use super::source::Source;
 use crate::control::LogParams;
 use crate::model::{State, from_millis};
-use crate::operations::Selection;
+use crate::retry_cancel::Selection;
 
 pub fn status(source: &Source, failed_limit: usize) -> anyhow::Result<ExitCode> {
     let view = source.status(failed_limit)?;

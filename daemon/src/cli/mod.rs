@@ -363,8 +363,8 @@ pub fn main() -> ExitCode {
                 return ExitCode::from(crate::store::StoreError::EXIT_CODE);
             }
             eprintln!("{priority}herald: {e:#}");
-            match e.downcast_ref::<crate::service::ConfigRefused>() {
-                Some(_) => ExitCode::from(crate::service::ConfigRefused::EXIT_CODE),
+            match e.downcast_ref::<crate::daemon::ConfigRefused>() {
+                Some(_) => ExitCode::from(crate::daemon::ConfigRefused::EXIT_CODE),
                 None => ExitCode::FAILURE,
             }
         }
@@ -404,7 +404,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 crate::config::peek(&config.config).ok().and_then(|p| p.log_level).unwrap_or_else(|| "info".into());
             logging::init(log_format, &level);
             let runtime = runtime()?;
-            let result = runtime.block_on(crate::service::run(&config.config));
+            let result = runtime.block_on(crate::daemon::run(&config.config));
             // Stop the runtime's workers here, in order, rather than in their
             // thread-local destructors at exit, where a task dropped late can
             // no longer log.
@@ -436,10 +436,10 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Reload { state, reason } => inspect::reload(&state.source()?, reason.as_deref()),
         Command::Retry { state, delivery, post, reason } => {
-            inspect::retry(&state.source()?, crate::operations::Selection { delivery, post, reason, actor: None })
+            inspect::retry(&state.source()?, crate::retry_cancel::Selection { delivery, post, reason, actor: None })
         }
         Command::Cancel { state, delivery, post, reason } => {
-            inspect::cancel(&state.source()?, crate::operations::Selection { delivery, post, reason, actor: None })
+            inspect::cancel(&state.source()?, crate::retry_cancel::Selection { delivery, post, reason, actor: None })
         }
         Command::Audit { command: AuditCommand::Verify { state, file, prev, head } } => match file {
             Some(file) => audit::verify_file(&file, prev.as_deref(), head.as_deref()),

@@ -13,8 +13,8 @@ use crate::control::{
     CountView, ErrorView, HelloView, LogPage, LogParams, ReloadView, StateIdentity, StatusView, Upcoming, VerifyView,
     log_page, status_view,
 };
-use crate::operations::{self, Selection};
 use crate::pauses::{PauseRequest, PauseView};
+use crate::retry_cancel::{self, Selection};
 use crate::store::{SledStore, StoreError};
 
 /// How long the CLI keeps asking a daemon that is at its connection bound
@@ -197,14 +197,14 @@ impl Source {
     pub fn retry(&self, selection: &Selection) -> anyhow::Result<usize> {
         match self {
             Source::Daemon { .. } => Ok(self.call::<CountView>(|c| c.post(url("/v1/retry")).json(selection))?.count),
-            Source::Store { store, .. } => Ok(operations::retry(store.as_ref(), &by_me(selection), Utc::now())?),
+            Source::Store { store, .. } => Ok(retry_cancel::retry(store.as_ref(), &by_me(selection), Utc::now())?),
         }
     }
 
     pub fn cancel(&self, selection: &Selection) -> anyhow::Result<usize> {
         match self {
             Source::Daemon { .. } => Ok(self.call::<CountView>(|c| c.post(url("/v1/cancel")).json(selection))?.count),
-            Source::Store { store, .. } => Ok(operations::cancel(store.as_ref(), &by_me(selection), Utc::now())?),
+            Source::Store { store, .. } => Ok(retry_cancel::cancel(store.as_ref(), &by_me(selection), Utc::now())?),
         }
     }
 

@@ -26,7 +26,7 @@ use super::diag::{Diagnostics, SourceFile};
 use super::secrets::{self, Resolved};
 use super::values::{Misfire, Rate, TimeValue, parse_duration};
 use super::{Account, Config, ContentOverride, DaemonSettings, Diagnostic, Post, RetryPolicy};
-use crate::schedule::{CronExpr, Recurrence, Schedule};
+use crate::calendar::{CronExpr, Recurrence, Schedule};
 
 // One module per section; this file reads the files and holds what they share.
 mod accounts;

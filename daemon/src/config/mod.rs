@@ -22,7 +22,7 @@ pub use diag::{Diagnostic, Severity};
 pub use load::{LoadOutcome, Peek, load, load_at, load_with, peek};
 pub use values::{Misfire, Rate, TimeValue, parse_duration};
 
-use crate::schedule::Schedule;
+use crate::calendar::Schedule;
 
 /// A complete, valid configuration.
 #[derive(Clone)]

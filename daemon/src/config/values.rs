@@ -121,7 +121,7 @@ impl TimeValue {
     pub fn resolve(&self, tz: &Tz) -> Result<DateTime<Utc>, String> {
         match self {
             TimeValue::Absolute(t) => Ok(*t),
-            TimeValue::Local(local) => crate::schedule::cron::fire_instant(tz, *local)
+            TimeValue::Local(local) => crate::calendar::cron::fire_instant(tz, *local)
                 .ok_or_else(|| format!("{local} cannot be placed in {tz}; give the time with an offset")),
         }
     }

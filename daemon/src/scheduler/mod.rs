@@ -27,13 +27,13 @@ use gates::{Blocked, Gates};
 use crate::alerts::{Alert, Alerter};
 use crate::approvals::{Approval, ApprovalError, ApproveRequest, ApproveView};
 use crate::config::Config;
+use crate::materialize::{Builder, Verdict};
 use crate::metrics::{Metrics, outcome};
 use crate::model::{AuditRecord, Content, Delivery, DeliveryId, Event, Millis, State, from_millis, to_millis};
 use crate::notify::Notifier;
-use crate::occurrences::{Builder, Verdict};
-use crate::operations::{self, OperationError, Selection};
 use crate::pauses::{PauseError, PauseRequest, PauseView, Pauses};
 use crate::reconcile::{self, Summary};
+use crate::retry_cancel::{self, OperationError, Selection};
 use crate::store::{Changes, DueKey, Result, Store};
 
 /// How many due keys one scan of the due index reads.
@@ -769,12 +769,12 @@ impl Scheduler {
                         let _ = reply.send(result);
                     }
                     Some(Control::Retry(selection, reply)) => {
-                        let result = operations::retry(self.store.as_ref(), &selection, crate::clock::now());
+                        let result = retry_cancel::retry(self.store.as_ref(), &selection, crate::clock::now());
                         self.cursor = None;
                         let _ = reply.send(result);
                     }
                     Some(Control::Cancel(selection, reply)) => {
-                        let _ = reply.send(operations::cancel(self.store.as_ref(), &selection, crate::clock::now()));
+                        let _ = reply.send(retry_cancel::cancel(self.store.as_ref(), &selection, crate::clock::now()));
                     }
                     Some(Control::Upcoming { until, limit, reply }) => {
                         let config = Arc::clone(&self.config);

@@ -563,8 +563,8 @@ grace = "{grace}"
     fn cancelling_a_planned_post_records_it_and_nothing_goes_out_later() {
         let now = utc("2026-11-30T02:00:00Z");
         let (_dir, cfg, store) = setup("at = 2026-12-01T09:00:00+08:00", "latest", "1h", now);
-        let selection = crate::operations::Selection { post: Some("p".into()), ..Default::default() };
-        assert_eq!(crate::operations::cancel(&store, &selection, now).unwrap(), 1);
+        let selection = crate::retry_cancel::Selection { post: Some("p".into()), ..Default::default() };
+        assert_eq!(crate::retry_cancel::cancel(&store, &selection, now).unwrap(), 1);
         assert_eq!(pending_and_planned(&store), (0, 0));
         let d = &store.deliveries_of_post("p").unwrap()[0];
         assert_eq!(d.state, State::Cancelled);
