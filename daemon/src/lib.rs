@@ -9,6 +9,7 @@
 pub mod alerts;
 pub mod anchor;
 pub mod audit_chain;
+pub mod blocking;
 pub mod cli;
 pub mod clock;
 pub mod config;

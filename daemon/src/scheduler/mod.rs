@@ -23,6 +23,7 @@ pub use attempt::Finished;
 use gates::{Blocked, Gates};
 
 use crate::alerts::{Alert, Alerter};
+use crate::blocking::off_the_workers;
 use crate::config::Config;
 use crate::metrics::{Metrics, outcome};
 use crate::model::{AuditRecord, Content, Delivery, DeliveryId, Event, Millis, State, from_millis, to_millis};
@@ -648,7 +649,7 @@ impl Scheduler {
                 }
             }
         }
-        self.record_outcomes(finished, crate::clock::now())
+        off_the_workers(|| self.record_outcomes(finished, crate::clock::now()))
     }
 
     /// The loop: runs until [`Control::Shutdown`] (or the control channel
@@ -657,12 +658,21 @@ impl Scheduler {
         let max_sleep = self.notifier.watchdog_interval().map_or(MAX_SLEEP, |w| w.min(MAX_SLEEP));
         loop {
             let now = crate::clock::now();
-            self.tick(now)?;
-            // Pinged from the loop itself: a stuck scheduler gets restarted by systemd.
-            self.notifier.watchdog();
-            self.report_status(now)?;
-            self.warn_of_expiring_credentials(now);
-            let wake = self.next_wake(now)?;
+            // A round reads and writes the store and waits for its fsync:
+            // off the async workers, so they keep serving the control
+            // socket and the requests in flight meanwhile.
+            let wake = off_the_workers(|| -> Result<Option<Millis>> {
+                self.tick(now)?;
+                // Pinged from the loop itself: a stuck scheduler gets restarted by systemd.
+                self.notifier.watchdog();
+                self.report_status(now)?;
+                self.warn_of_expiring_credentials(now);
+                // The round ended with a flush: what the alerts raised so far report is durable.
+                if let Some(alerter) = &self.alerter {
+                    alerter.release();
+                }
+                self.next_wake(now)
+            })?;
             // From the clock as it is now, not as it was when the tick
             // started: a tick that created a campaign's deliveries took
             // time, and the next due instant has not moved.
@@ -674,25 +684,35 @@ impl Scheduler {
                 result = self.collect(), if !self.running.is_empty() => result?,
                 _ = tokio::time::sleep(sleep) => {}
                 message = control.recv() => match message {
-                    Some(Control::Reload(config, reply)) => {
-                        let result = self.reconcile(config, crate::clock::now());
-                        let _ = reply.send(result);
-                    }
-                    Some(Control::Retry(selection, reply)) => {
-                        let result = operations::retry(self.store.as_ref(), &selection, crate::clock::now());
-                        self.cursor = None;
-                        let _ = reply.send(result);
-                    }
-                    Some(Control::Cancel(selection, reply)) => {
-                        let _ = reply.send(operations::cancel(self.store.as_ref(), &selection, crate::clock::now()));
-                    }
-                    Some(Control::Upcoming { until, limit, reply }) => {
-                        let config = Arc::clone(&self.config);
-                        let _ = reply.send(crate::control::upcoming_window(self.store.as_ref(), Some(&config), until, limit));
-                    }
                     Some(Control::Shutdown) | None => return self.drain().await,
+                    // Each writes or reads the store (a reload reconciles a
+                    // whole config): off the async workers too.
+                    Some(message) => off_the_workers(|| self.obey(message)),
                 },
             }
+        }
+    }
+
+    /// Carry out one control message other than [`Control::Shutdown`].
+    fn obey(&mut self, message: Control) {
+        match message {
+            Control::Reload(config, reply) => {
+                let result = self.reconcile(config, crate::clock::now());
+                let _ = reply.send(result);
+            }
+            Control::Retry(selection, reply) => {
+                let result = operations::retry(self.store.as_ref(), &selection, crate::clock::now());
+                self.cursor = None;
+                let _ = reply.send(result);
+            }
+            Control::Cancel(selection, reply) => {
+                let _ = reply.send(operations::cancel(self.store.as_ref(), &selection, crate::clock::now()));
+            }
+            Control::Upcoming { until, limit, reply } => {
+                let config = Arc::clone(&self.config);
+                let _ = reply.send(crate::control::upcoming_window(self.store.as_ref(), Some(&config), until, limit));
+            }
+            Control::Shutdown => {}
         }
     }
 
@@ -750,11 +770,14 @@ impl Scheduler {
                 }
             }
         }
-        // Alerts raised up to now (the last failures included) go out within the deadline.
+        // Alerts raised up to now (the last failures included) go out
+        // within the deadline, once what they report is durable.
+        off_the_workers(|| self.store.flush())?;
         if let Some(alerter) = &self.alerter {
+            alerter.release();
             alerter.finish(deadline).await;
         }
-        self.store.flush()
+        off_the_workers(|| self.store.flush())
     }
 }
 

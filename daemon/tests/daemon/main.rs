@@ -9,6 +9,7 @@ mod control_plane;
 mod helpers;
 mod operations;
 mod platforms;
+mod runtime;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
