@@ -1,7 +1,8 @@
 //! The scheduler: sleeps until the earliest due delivery or post timer,
 //! dispatches through per-account gates and a global concurrency limit, and
-//! records every outcome. It is the only writer of the store while herald
-//! runs, which keeps the audit log's sequence gapless.
+//! records every outcome. It is the only writer of delivery state while
+//! herald runs (others only append audit notes or their own `meta` keys;
+//! ARCHITECTURE.md, "Several writers, one delivery writer").
 //!
 //! [`Scheduler::tick`] does one round of work and returns what it did, so
 //! tests can drive the loop a step at a time; [`Scheduler::run`] is the loop.
