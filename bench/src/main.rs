@@ -137,6 +137,9 @@ pub struct AheadResult {
     pub status_max_ms: f64,
     pub status_polls: usize,
     pub peak_mib: f64,
+    /// Resident memory once they are all created and herald has settled
+    /// (`--settle` seconds), before the due instant.
+    pub steady_mib: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -247,7 +250,8 @@ fn main() -> anyhow::Result<()> {
         let n = *sizes.iter().max().unwrap_or(&10_000);
         let ahead_s = if args.quick { 10 } else { 120 };
         let dir = scratch.path().join("ahead");
-        results.ahead = Some(ahead(&bins, &sink, &dir, n, ahead_s, &opts, &budget).context("planned, coming due")?);
+        results.ahead =
+            Some(ahead(&bins, &sink, &dir, n, ahead_s, &opts, settle, &budget).context("planned, coming due")?);
     }
     if wants("burst") {
         let n = args.burst.unwrap_or(if args.quick { 5_000 } else { 50_000 });
@@ -288,6 +292,7 @@ fn main() -> anyhow::Result<()> {
 /// `ahead_s` + 15 s after the start): the posts' timers create them all
 /// `ahead_s` before the instant. herald is stopped before the instant when
 /// it can be: this part measures creation, the burst measures sending.
+#[allow(clippy::too_many_arguments)]
 fn ahead(
     bins: &Bins,
     sink: &Sink,
@@ -295,6 +300,7 @@ fn ahead(
     deliveries: usize,
     ahead_s: u64,
     opts: &configs::DaemonOpts,
+    settle: Duration,
     budget: &Budget,
 ) -> anyhow::Result<AheadResult> {
     let posts = (deliveries / LOAD_ACCOUNTS).max(1);
@@ -332,6 +338,8 @@ fn ahead(
         std::thread::sleep(Duration::from_millis(200));
     };
     let peak_mib = herald.peak_mib();
+    std::thread::sleep(settle);
+    let steady_mib = herald.rss_mib();
     herald.stop(budget.left(Duration::from_secs(120))?)?;
     let created_s = (created_at - fire).num_milliseconds() as f64 / 1000.0;
     let result = AheadResult {
@@ -343,10 +351,12 @@ fn ahead(
         status_max_ms: status_max.as_secs_f64() * 1000.0,
         status_polls: polls,
         peak_mib,
+        steady_mib,
     };
     eprintln!(
-        "created {n} in {:.1} s ({:.0}/s), {:.1} s before the due instant; slowest status {:.0} ms of {polls}",
-        result.created_s, result.per_s, result.before_due_s, result.status_max_ms
+        "created {n} in {:.1} s ({:.0}/s), {:.1} s before the due instant; slowest status {:.0} ms of {polls}; \
+         peak RSS {:.0} MiB, {:.0} MiB after settling",
+        result.created_s, result.per_s, result.before_due_s, result.status_max_ms, result.peak_mib, result.steady_mib
     );
     Ok(result)
 }

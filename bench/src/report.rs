@@ -103,13 +103,14 @@ pub fn print(r: &Results) {
             a.deliveries, a.schedule_ahead_s
         );
         table(
-            &["created in", "created/s", "done before due", "slowest status", "peak RSS"],
+            &["created in", "created/s", "done before due", "slowest status", "peak RSS", "RSS after settling"],
             &[vec![
                 s(a.created_s),
                 format!("{:.0}", a.per_s),
                 s(a.before_due_s),
                 format!("{:.0} ms ({} polls)", a.status_max_ms, a.status_polls),
                 mib(a.peak_mib),
+                mib(a.steady_mib),
             ]],
         );
     }
