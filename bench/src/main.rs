@@ -148,6 +148,9 @@ pub struct AheadResult {
     pub peak_mib: f64,
     /// herald's CPU time from the timers' instant until none was planned.
     pub cpu_s: f64,
+    /// Resident memory once they are all created and herald has settled
+    /// (`--settle` seconds), before the due instant.
+    pub steady_mib: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -266,7 +269,8 @@ fn main() -> anyhow::Result<()> {
         let n = *sizes.iter().max().unwrap_or(&10_000);
         let ahead_s = if args.quick { 10 } else { 120 };
         let dir = scratch.path().join("ahead");
-        results.ahead = Some(ahead(&bins, &sink, &dir, n, ahead_s, &opts, &budget).context("planned, coming due")?);
+        results.ahead =
+            Some(ahead(&bins, &sink, &dir, n, ahead_s, &opts, settle, &budget).context("planned, coming due")?);
     }
     if wants("burst") {
         let n = args.burst.unwrap_or(if args.quick { 5_000 } else { 50_000 });
@@ -313,6 +317,7 @@ fn main() -> anyhow::Result<()> {
 /// `ahead_s` + 15 s after the start): the posts' timers create them all
 /// `ahead_s` before the instant. herald is stopped before the instant when
 /// it can be: this part measures creation, the burst measures sending.
+#[allow(clippy::too_many_arguments)]
 fn ahead(
     bins: &Bins,
     sink: &Sink,
@@ -320,6 +325,7 @@ fn ahead(
     deliveries: usize,
     ahead_s: u64,
     opts: &configs::DaemonOpts,
+    settle: Duration,
     budget: &Budget,
 ) -> anyhow::Result<AheadResult> {
     let posts = (deliveries / LOAD_ACCOUNTS).max(1);
@@ -361,6 +367,8 @@ fn ahead(
     };
     let peak_mib = herald.peak_mib();
     let cpu_s = herald.cpu_s() - cpu_at_fire.unwrap_or(f64::NAN);
+    std::thread::sleep(settle);
+    let steady_mib = herald.rss_mib();
     herald.stop(budget.left(Duration::from_secs(120))?)?;
     let created_s = (created_at - fire).num_milliseconds() as f64 / 1000.0;
     let result = AheadResult {
@@ -373,10 +381,12 @@ fn ahead(
         status_polls: polls,
         peak_mib,
         cpu_s,
+        steady_mib,
     };
     eprintln!(
-        "created {n} in {:.1} s ({:.0}/s), {:.1} s before the due instant; slowest status {:.0} ms of {polls}",
-        result.created_s, result.per_s, result.before_due_s, result.status_max_ms
+        "created {n} in {:.1} s ({:.0}/s), {:.1} s before the due instant; slowest status {:.0} ms of {polls}; \
+         peak RSS {:.0} MiB, {:.0} MiB after settling",
+        result.created_s, result.per_s, result.before_due_s, result.status_max_ms, result.peak_mib, result.steady_mib
     );
     Ok(result)
 }

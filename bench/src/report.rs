@@ -115,7 +115,15 @@ pub fn print(r: &Results) {
             a.deliveries, a.schedule_ahead_s
         );
         table(
-            &["created in", "created/s", "done before due", "slowest status", "peak RSS", "CPU/delivery"],
+            &[
+                "created in",
+                "created/s",
+                "done before due",
+                "slowest status",
+                "peak RSS",
+                "CPU/delivery",
+                "RSS after settling",
+            ],
             &[vec![
                 s(a.created_s),
                 format!("{:.0}", a.per_s),
@@ -123,6 +131,7 @@ pub fn print(r: &Results) {
                 format!("{:.0} ms ({} polls)", a.status_max_ms, a.status_polls),
                 mib(a.peak_mib),
                 per_delivery(a.cpu_s, a.deliveries as f64),
+                mib(a.steady_mib),
             ]],
         );
     }

@@ -1,7 +1,8 @@
 //! Alerts: a delivery that ends `failed`, or an account paused by a rate
 //! limit for longer than a threshold, is reported to a webhook (JSON, signed
-//! like the webhook adapter) and/or a command (JSON on its stdin). Alerts
-//! wait in a bounded queue ([`QUEUE`]) served by a fixed number of senders
+//! like the webhook adapter) and/or a command (JSON on its stdin). An alert
+//! is held until the scheduler's next flush has made the record it reports
+//! durable (at most [`QUEUE`] held), then waits in a bounded queue ([`QUEUE`]) served by a fixed number of senders
 //! ([`SENDERS`]), never blocking the scheduler; an alert that finds the
 //! queue full is recorded as not sent. What is queued is sent at shutdown
 //! within the shutdown deadline. Each alert is recorded in the audit log
@@ -104,6 +105,11 @@ struct Sender {
 
 pub struct Alerter {
     sender: Arc<Sender>,
+    /// Alerts raised since the scheduler's last flush, at most [`QUEUE`]:
+    /// an alert leaves only once the record it reports is durable
+    /// ([`Alerter::release`]), so `herald log` always shows what an alert
+    /// names.
+    held: std::sync::Mutex<Vec<Job>>,
     queue: std::sync::Mutex<Option<tokio::sync::mpsc::Sender<Job>>>,
     senders: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
@@ -136,7 +142,12 @@ impl Alerter {
                 })
             })
             .collect();
-        Ok(Alerter { sender, queue: std::sync::Mutex::new(Some(tx)), senders: std::sync::Mutex::new(senders) })
+        Ok(Alerter {
+            sender,
+            held: std::sync::Mutex::new(Vec::new()),
+            queue: std::sync::Mutex::new(Some(tx)),
+            senders: std::sync::Mutex::new(senders),
+        })
     }
 
     pub fn pause_threshold(&self) -> Duration {
@@ -192,6 +203,26 @@ impl Alerter {
             return;
         };
         let job = Job { body, account, what, record };
+        if let Ok(mut held) = self.held.lock()
+            && held.len() < QUEUE
+        {
+            held.push(job);
+            return;
+        }
+        tracing::warn!(account = %job.account, alert = %job.what, "not sent: too many alerts waiting");
+        self.sender.record(job.record, &job.what, "not sent: too many alerts waiting");
+    }
+
+    /// Queue the alerts raised so far for sending. The scheduler calls it
+    /// after a flush, which made durable the records they report.
+    pub fn release(&self) {
+        let held = self.held.lock().map(|mut h| std::mem::take(&mut *h)).unwrap_or_default();
+        for job in held {
+            self.send_later(job);
+        }
+    }
+
+    fn send_later(&self, job: Job) {
         let queue = self.queue.lock().ok().and_then(|q| q.clone());
         let refused = match queue {
             Some(queue) => match queue.try_send(job) {
@@ -240,7 +271,8 @@ impl Alerter {
 impl Sender {
     async fn deliver(&self, job: Job) {
         let outcome = self.send(&job.body, &job.account).await;
-        self.record(job.record, &job.what, &outcome);
+        // A store write and its fsync: off the async workers.
+        crate::blocking::off_the_workers(|| self.record(job.record, &job.what, &outcome));
     }
 
     fn record(&self, mut record: AuditRecord, what: &str, outcome: &str) {

@@ -238,7 +238,14 @@ async fn hello(AxumState(ctx): AxumState<Ctx>) -> Json<HelloView> {
 }
 
 async fn status(AxumState(ctx): AxumState<Ctx>, Query(limit): Query<Limit>) -> ApiResult<StatusView> {
-    Ok(Json(status_view(ctx.store.as_ref(), ctx.time_zone, limit.or(20))?))
+    let (store, time_zone, limit) = (Arc::clone(&ctx.store), ctx.time_zone, limit.or(20));
+    Ok(Json(in_blocking_pool(move || status_view(store.as_ref(), time_zone, limit)).await??))
+}
+
+/// Run a store read on tokio's blocking pool, so a slow disk never holds
+/// up the async workers (and with them every other request).
+async fn in_blocking_pool<T: Send + 'static>(read: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(read).await.map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }
 
 /// The status of a store: counts, the next due delivery, failed deliveries.
@@ -518,7 +525,8 @@ async fn log(
 }
 
 async fn content(AxumState(ctx): AxumState<Ctx>, UrlPath(hash): UrlPath<String>) -> ApiResult<crate::model::Content> {
-    match crate::store::content_by_prefix(ctx.store.as_ref(), &hash)? {
+    let store = Arc::clone(&ctx.store);
+    match in_blocking_pool(move || crate::store::content_by_prefix(store.as_ref(), &hash)).await?? {
         Ok(rendered) => Ok(Json(rendered)),
         Err(message) => Err(ApiError(StatusCode::NOT_FOUND, message)),
     }

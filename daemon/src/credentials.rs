@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use herald_adapters::{CredentialCache, Services};
 
+use crate::blocking::off_the_workers;
 use crate::store::{Changes, Store};
 
 const PREFIX: &str = "credential/";
@@ -22,7 +23,9 @@ impl StoreCache {
 
 impl CredentialCache for StoreCache {
     fn load(&self, key: &str) -> Option<Vec<u8>> {
-        match self.store.meta(&format!("{PREFIX}{key}")) {
+        // Adapters call the cache from their async requests: the store's
+        // reads and writes (with a flush) go off the async workers.
+        match off_the_workers(|| self.store.meta(&format!("{PREFIX}{key}"))) {
             Ok(value) => value,
             Err(e) => {
                 tracing::warn!(key, error = %e, "cannot read a cached credential");
@@ -33,7 +36,7 @@ impl CredentialCache for StoreCache {
 
     fn save(&self, key: &str, value: &[u8]) {
         let changes = Changes { meta: vec![(format!("{PREFIX}{key}"), value.to_vec())], ..Changes::default() };
-        if let Err(e) = self.store.apply(changes).and_then(|_| self.store.flush()) {
+        if let Err(e) = off_the_workers(|| self.store.apply(changes).and_then(|_| self.store.flush())) {
             tracing::warn!(key, error = %e, "cannot save a cached credential");
         }
     }

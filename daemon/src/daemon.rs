@@ -47,6 +47,11 @@ impl FileReloader {
     async fn apply(&self, mut config: Config) -> anyhow::Result<Summary> {
         let store = Arc::clone(&self.store);
         config.bind(|account| StoreCache::services(&store, account)).map_err(anyhow::Error::msg)?;
+        tracing::info!(
+            posts = config.posts.len(),
+            accounts = config.accounts.len(),
+            "applying the config to the store"
+        );
         let (tx, rx) = oneshot::channel();
         self.control
             .send(Control::Reload(Arc::new(config), tx))
@@ -60,7 +65,16 @@ impl FileReloader {
     pub async fn reload_file(&self, actor: Actor, reason: Option<String>) -> ReloadView {
         self.notifier.reloading();
         tracing::info!(config = %self.path.display(), %actor, reason = reason.as_deref().unwrap_or(""), "reloading the config");
-        let outcome = config::load(&self.path);
+        // Reading and checking a large config takes a while: off the async workers.
+        let path = self.path.clone();
+        let outcome = match tokio::task::spawn_blocking(move || config::load(&path)).await {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                tracing::error!(error = %e, "reading the config failed; keeping the running config");
+                self.notifier.ready();
+                return ReloadView { applied: false, summary: None, errors: vec![format!("reading the config: {e}")] };
+            }
+        };
         let files = outcome.files.clone();
         let view = match outcome.config {
             Some(config) => match ((config.alerts.clone(), config.clone()), self.apply(config).await) {
@@ -221,8 +235,13 @@ fn serve_metrics(
     let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
-            let body = metrics.render(store.as_ref());
-            async move { ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], body) }
+            let (metrics, store) = (Arc::clone(&metrics), Arc::clone(&store));
+            async move {
+                // The counts are read from the store: off the async workers.
+                let body =
+                    tokio::task::spawn_blocking(move || metrics.render(store.as_ref())).await.unwrap_or_default();
+                ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
+            }
         }),
     );
     tracing::info!(%addr, "metrics listening");
@@ -271,7 +290,8 @@ pub async fn run(path: &Path) -> anyhow::Result<()> {
         return Err(ConfigRefused(path.to_path_buf()).into());
     };
     raise_open_files_limit();
-    let daemon = Daemon::start(config, Arc::new(Notifier::from_env()))?;
+    // Opening the store, recovering and the first reconcile block: off the async workers.
+    let daemon = crate::blocking::off_the_workers(|| Daemon::start(config, Arc::new(Notifier::from_env())))?;
     if let Err(e) = wait_for_signals(&daemon).await {
         // The scheduler stopped on its own (a storage error): say why.
         return Err(match daemon.stop().await {

@@ -10,6 +10,7 @@ pub mod alerts;
 pub mod anchor;
 pub mod approvals;
 pub mod audit_chain;
+pub mod blocking;
 pub mod calendar;
 pub mod cli;
 pub mod clock;

@@ -1,8 +1,8 @@
 //! The scheduler: sleeps until the earliest due delivery or post timer,
 //! dispatches through per-account gates and a global concurrency limit, and
-//! records every outcome. It is the only writer of deliveries and posts
-//! while herald runs; the store's writer lock keeps the audit log's
-//! sequence gapless.
+//! records every outcome. It is the only writer of delivery state while
+//! herald runs (others only append audit notes or their own `meta` keys;
+//! ARCHITECTURE.md, "Several writers, one delivery writer").
 //!
 //! [`Scheduler::tick`] does one round of work and returns what it did, so
 //! tests can drive the loop a step at a time; [`Scheduler::run`] is the loop.
@@ -26,6 +26,7 @@ use gates::{Blocked, Gates};
 
 use crate::alerts::{Alert, Alerter};
 use crate::approvals::{Approval, ApprovalError, ApproveRequest, ApproveView};
+use crate::blocking::off_the_workers;
 use crate::config::Config;
 use crate::materialize::{Builder, Verdict};
 use crate::metrics::{Metrics, outcome};
@@ -738,7 +739,7 @@ impl Scheduler {
                 }
             }
         }
-        self.record_outcomes(finished, crate::clock::now())
+        off_the_workers(|| self.record_outcomes(finished, crate::clock::now()))
     }
 
     /// The loop: runs until [`Control::Shutdown`] (or the control channel
@@ -747,12 +748,21 @@ impl Scheduler {
         let max_sleep = self.notifier.watchdog_interval().map_or(MAX_SLEEP, |w| w.min(MAX_SLEEP));
         loop {
             let now = crate::clock::now();
-            self.tick(now)?;
-            // Pinged from the loop itself: a stuck scheduler gets restarted by systemd.
-            self.notifier.watchdog();
-            self.report_status(now)?;
-            self.warn_of_expiring_credentials(now);
-            let wake = self.next_wake(now)?;
+            // A round reads and writes the store and waits for its fsync:
+            // off the async workers, so they keep serving the control
+            // socket and the requests in flight meanwhile.
+            let wake = off_the_workers(|| -> Result<Option<Millis>> {
+                self.tick(now)?;
+                // Pinged from the loop itself: a stuck scheduler gets restarted by systemd.
+                self.notifier.watchdog();
+                self.report_status(now)?;
+                self.warn_of_expiring_credentials(now);
+                // The round ended with a flush: what the alerts raised so far report is durable.
+                if let Some(alerter) = &self.alerter {
+                    alerter.release();
+                }
+                self.next_wake(now)
+            })?;
             // From the clock as it is now, not as it was when the tick
             // started: a tick that created a campaign's deliveries took
             // time, and the next due instant has not moved.
@@ -764,53 +774,10 @@ impl Scheduler {
                 result = self.collect(), if !self.running.is_empty() => result?,
                 _ = tokio::time::sleep(sleep) => {}
                 message = control.recv() => match message {
-                    Some(Control::Reload(config, reply)) => {
-                        let result = self.reconcile(config, crate::clock::now());
-                        let _ = reply.send(result);
-                    }
-                    Some(Control::Retry(selection, reply)) => {
-                        let result = retry_cancel::retry(self.store.as_ref(), &selection, crate::clock::now());
-                        self.cursor = None;
-                        let _ = reply.send(result);
-                    }
-                    Some(Control::Cancel(selection, reply)) => {
-                        let _ = reply.send(retry_cancel::cancel(self.store.as_ref(), &selection, crate::clock::now()));
-                    }
-                    Some(Control::Upcoming { until, limit, reply }) => {
-                        let config = Arc::clone(&self.config);
-                        let _ = reply.send(crate::control::upcoming_window(self.store.as_ref(), Some(&config), until, limit));
-                    }
                     Some(Control::Shutdown) | None => return self.drain().await,
-                    Some(Control::Pause(request, reply)) => {
-                        let config = Arc::clone(&self.config);
-                        let result = crate::pauses::pause(self.store.as_ref(), &request, Some(&config), crate::clock::now());
-                        self.pauses_changed()?;
-                        let _ = reply.send(result);
-                    }
-                    Some(Control::ApproversGroup(reply)) => {
-                        let _ = reply.send(self.config.daemon.approvers_group.clone());
-                    }
-                    Some(Control::Approve(request, reply)) => {
-                        let config = Arc::clone(&self.config);
-                        let result = crate::approvals::approve(self.store.as_ref(), &config, &request, crate::clock::now());
-                        let result = result.map(|(view, approval)| {
-                            self.approvals.insert(view.post.clone(), approval);
-                            // What it held is found again by a rescan of the due index.
-                            self.cursor = None;
-                            view
-                        });
-                        let _ = reply.send(result);
-                    }
-                    Some(Control::Resume(request, reply)) => {
-                        let config = Arc::clone(&self.config);
-                        let result = crate::pauses::resume(self.store.as_ref(), &request, Some(&config), crate::clock::now());
-                        self.pauses_changed()?;
-                        let _ = reply.send(result);
-                    }
-                    Some(Control::Recall(order, reply)) => {
-                        let now = crate::clock::now();
-                        let _ = reply.send(crate::recall::prepare(self.store.as_ref(), &self.config, &order, now));
-                    }
+                    // Each writes or reads the store (a reload reconciles a
+                    // whole config): off the async workers too.
+                    Some(message) => off_the_workers(|| self.obey(message))?,
                 },
             }
         }
@@ -837,6 +804,60 @@ impl Scheduler {
         self.held.clear();
         self.cursor = None;
         self.last_status = None;
+        Ok(())
+    }
+
+    /// Carry out one control message other than [`Control::Shutdown`].
+    fn obey(&mut self, message: Control) -> Result<()> {
+        match message {
+            Control::Reload(config, reply) => {
+                let result = self.reconcile(config, crate::clock::now());
+                let _ = reply.send(result);
+            }
+            Control::Retry(selection, reply) => {
+                let result = retry_cancel::retry(self.store.as_ref(), &selection, crate::clock::now());
+                self.cursor = None;
+                let _ = reply.send(result);
+            }
+            Control::Cancel(selection, reply) => {
+                let _ = reply.send(retry_cancel::cancel(self.store.as_ref(), &selection, crate::clock::now()));
+            }
+            Control::Upcoming { until, limit, reply } => {
+                let config = Arc::clone(&self.config);
+                let _ = reply.send(crate::control::upcoming_window(self.store.as_ref(), Some(&config), until, limit));
+            }
+            Control::Pause(request, reply) => {
+                let config = Arc::clone(&self.config);
+                let result = crate::pauses::pause(self.store.as_ref(), &request, Some(&config), crate::clock::now());
+                self.pauses_changed()?;
+                let _ = reply.send(result);
+            }
+            Control::Resume(request, reply) => {
+                let config = Arc::clone(&self.config);
+                let result = crate::pauses::resume(self.store.as_ref(), &request, Some(&config), crate::clock::now());
+                self.pauses_changed()?;
+                let _ = reply.send(result);
+            }
+            Control::ApproversGroup(reply) => {
+                let _ = reply.send(self.config.daemon.approvers_group.clone());
+            }
+            Control::Approve(request, reply) => {
+                let config = Arc::clone(&self.config);
+                let result = crate::approvals::approve(self.store.as_ref(), &config, &request, crate::clock::now());
+                let result = result.map(|(view, approval)| {
+                    self.approvals.insert(view.post.clone(), approval);
+                    // What it held is found again by a rescan of the due index.
+                    self.cursor = None;
+                    view
+                });
+                let _ = reply.send(result);
+            }
+            Control::Recall(order, reply) => {
+                let now = crate::clock::now();
+                let _ = reply.send(crate::recall::prepare(self.store.as_ref(), &self.config, &order, now));
+            }
+            Control::Shutdown => {}
+        }
         Ok(())
     }
 
@@ -894,11 +915,14 @@ impl Scheduler {
                 }
             }
         }
-        // Alerts raised up to now (the last failures included) go out within the deadline.
+        // Alerts raised up to now (the last failures included) go out
+        // within the deadline, once what they report is durable.
+        off_the_workers(|| self.store.flush())?;
         if let Some(alerter) = &self.alerter {
+            alerter.release();
             alerter.finish(deadline).await;
         }
-        self.store.flush()
+        off_the_workers(|| self.store.flush())
     }
 }
 

@@ -1130,6 +1130,52 @@ mod tests {
         assert_eq!(encode("delivery", &1u8).unwrap(), b"1");
     }
 
+    /// The daemon's writers at once, as in `herald run` (ARCHITECTURE,
+    /// "Several writers, one delivery writer"): the scheduler's delivery
+    /// changes, alert senders' notes and the credential cache's keys, each
+    /// flushing on its own thread. The log stays gapless and chained, and
+    /// each writer's flush shows its own record at once.
+    #[test]
+    fn several_writers_at_once_keep_the_log_gapless_chained_and_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), 8).unwrap();
+        const EACH: u64 = 150;
+        let shown_after_own_flush = |record: &AuditRecord| {
+            let query = AuditQuery { after_seq: Some(record.seq - 1), limit: Some(1), ..AuditQuery::default() };
+            store.audit(&query).unwrap().first().map(|r| r.seq) == Some(record.seq)
+        };
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                for n in 0..EACH {
+                    let mut d = delivery((n % 200) as u8, State::Pending, n as Millis);
+                    d.post_id = format!("post-{n}");
+                    let stored = put(&store, &d, Event::Scheduled);
+                    store.flush().unwrap();
+                    assert!(shown_after_own_flush(&stored[0]));
+                }
+            });
+            s.spawn(|| {
+                for n in 0..EACH {
+                    let note = AuditRecord::about_herald(Event::AuditHead, from_millis(0), Some(format!("note {n}")));
+                    let stored = store.apply(Changes { notes: vec![note], ..Changes::default() }).unwrap();
+                    store.flush().unwrap();
+                    assert!(shown_after_own_flush(&stored[0]));
+                }
+            });
+            s.spawn(|| {
+                for n in 0..EACH {
+                    let meta = vec![(format!("credential/token-{}", n % 3), n.to_string().into_bytes())];
+                    store.apply(Changes { meta, ..Changes::default() }).unwrap();
+                    store.flush().unwrap();
+                }
+            });
+        });
+        let seqs: Vec<u64> = store.audit(&AuditQuery::default()).unwrap().iter().map(|r| r.seq).collect();
+        assert_eq!(seqs, (1..=2 * EACH).collect::<Vec<_>>());
+        assert_eq!(verify_store(&store, None).unwrap().records, 2 * EACH);
+        assert_eq!(store.meta("credential/token-2").unwrap(), Some(b"149".to_vec()));
+    }
+
     #[test]
     fn crc32_is_the_ieee_checksum_sled_uses() {
         assert_eq!(crc32(b"123456789"), 0xCBF4_3926);

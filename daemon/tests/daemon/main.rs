@@ -12,6 +12,7 @@ mod operations;
 mod pause;
 mod platforms;
 mod recall;
+mod runtime;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
