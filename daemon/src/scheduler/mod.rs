@@ -28,7 +28,7 @@ use crate::alerts::{Alert, Alerter};
 use crate::approvals::{Approval, ApprovalError, ApproveRequest, ApproveView};
 use crate::blocking::off_the_workers;
 use crate::config::Config;
-use crate::materialize::{Builder, Verdict};
+use crate::materialize::{Builder, ON_TIME, Verdict};
 use crate::metrics::{Metrics, outcome};
 use crate::model::{AuditRecord, Content, Delivery, DeliveryId, Event, Millis, State, from_millis, to_millis};
 use crate::notify::Notifier;
@@ -258,8 +258,21 @@ impl Scheduler {
         let mut tick = Tick::default();
         let now_ms = to_millis(now);
 
+        // Deliveries already due go out before the post timers are
+        // processed (thousands of posts due at one instant each have one),
+        // so the first request of a burst does not wait for them. Only
+        // those due within `ON_TIME`: a timer can only find those on time
+        // (`materialize::verdicts`), so it never settles one of them by
+        // the misfire policy; older ones wait until the timers are done.
+        let timers_due = self.store.next_timer()?.is_some_and(|t| t <= now_ms);
+        if timers_due {
+            // One page of the due index is enough to fill the free slots.
+            self.queue_due(now_ms, 1)?;
+            tick.dispatched += self.dispatch(now, now_ms - ON_TIME.as_millis() as Millis)?;
+        }
+
         // Post timers: schedule the following occurrences.
-        let timers = self.store.timers_due(now_ms)?;
+        let timers = if timers_due { self.store.timers_due(now_ms)? } else { Vec::new() };
         if !timers.is_empty() {
             let started = std::time::Instant::now();
             let config = Arc::clone(&self.config);
@@ -297,8 +310,19 @@ impl Scheduler {
             );
         }
 
-        // Due deliveries into the per-account queues.
-        loop {
+        self.queue_due(now_ms, usize::MAX)?;
+        tick.dispatched += self.dispatch(now, Millis::MIN)?;
+        if self.unflushed {
+            self.store.flush()?;
+            self.unflushed = false;
+        }
+        Ok(tick)
+    }
+
+    /// Due deliveries into the per-account queues: up to `pages` reads of
+    /// the due index; the cursor keeps the place for the next call.
+    fn queue_due(&mut self, now_ms: Millis, pages: usize) -> Result<()> {
+        for _ in 0..pages {
             let keys = self.store.due(self.cursor.as_ref(), now_ms, SCAN)?;
             let full = keys.len() == SCAN;
             for key in keys {
@@ -311,18 +335,14 @@ impl Scheduler {
                 break;
             }
         }
-
-        tick.dispatched = self.dispatch(now)?;
-        if self.unflushed {
-            self.store.flush()?;
-            self.unflushed = false;
-        }
-        Ok(tick)
+        Ok(())
     }
 
     /// Start every delivery the gates allow; the in-flight transitions are
     /// made durable (one flush for the batch) before any request is sent.
-    fn dispatch(&mut self, now: DateTime<Utc>) -> Result<usize> {
+    /// An account whose next queued delivery was due before `not_before`
+    /// waits for a later call.
+    fn dispatch(&mut self, now: DateTime<Utc>, not_before: Millis) -> Result<usize> {
         let now_ms = to_millis(now);
         let mut free = self.config.daemon.concurrency.saturating_sub(self.running.len());
         let mut starting: Vec<Delivery> = Vec::new();
@@ -352,7 +372,11 @@ impl Scheduler {
                     continue;
                 }
                 let Some(queue) = self.ready.get_mut(account) else { continue };
-                while let Some(key) = queue.pop_front() {
+                loop {
+                    if queue.front().is_none_or(|k| k.due < not_before) {
+                        break;
+                    }
+                    let Some(key) = queue.pop_front() else { break };
                     self.queued.remove(&key.id);
                     let Some(mut d) = self.store.delivery(key.id)? else { continue };
                     if d.state != State::Pending || d.due != key.due {
