@@ -996,3 +996,87 @@ pub fn status_line(store: &dyn Store, tz: chrono_tz::Tz, in_flight: usize, now: 
         count(State::Failed),
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{AuditQuery, SledStore};
+    use crate::testkit::{config, utc};
+
+    /// Post `soon` is due at 01:00 UTC (its deliveries are created an hour
+    /// before, and its timer is at 01:00); post `next`, due at 02:00, has
+    /// its timer at 01:00 too. Nothing is ever sent: attempts are spawned on
+    /// a runtime that is never driven.
+    fn setup(misfire: &str) -> (tempfile::TempDir, Arc<SledStore>, Scheduler) {
+        let dir = tempfile::tempdir().unwrap();
+        let now = utc("2026-11-30T02:00:00Z");
+        let text = format!(
+            r#"
+[daemon]
+state_dir = "state"
+time_zone = "Asia/Shanghai"
+
+[accounts.wuhan]
+platform = "webhook"
+url = "http://127.0.0.1:9/wuhan"
+
+[[posts]]
+id = "soon"
+body = "stay safe"
+targets = ["wuhan"]
+at = 2026-12-01T09:00:00+08:00
+misfire = "{misfire}"
+
+[[posts]]
+id = "next"
+body = "stay safe again"
+targets = ["wuhan"]
+at = 2026-12-01T10:00:00+08:00
+"#
+        );
+        let cfg = Arc::new(config(dir.path(), &text, now));
+        let store = Arc::new(SledStore::open(&dir.path().join("state"), 8).unwrap());
+        let mut scheduler = Scheduler::new(Arc::clone(&store) as Arc<dyn Store>, Arc::clone(&cfg));
+        scheduler.recover(now).unwrap();
+        scheduler.reconcile(cfg, now).unwrap();
+        // The timer an hour before `soon` creates its delivery.
+        let tick = scheduler.tick(utc("2026-12-01T00:00:00.100Z")).unwrap();
+        assert_eq!((tick.scheduled, tick.dispatched), (1, 0));
+        (dir, store, scheduler)
+    }
+
+    fn records(store: &SledStore, post: &str, event: Event) -> Vec<AuditRecord> {
+        let query = AuditQuery { post: Some(post.into()), events: vec![event], ..Default::default() };
+        store.audit(&query).unwrap()
+    }
+
+    #[test]
+    fn a_due_delivery_starts_before_the_timers_of_its_round_are_processed() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let _guard = runtime.enter();
+        let (_dir, store, mut scheduler) = setup("latest");
+        let tick = scheduler.tick(utc("2026-12-01T01:00:00.100Z")).unwrap();
+        assert_eq!((tick.timers_fired, tick.scheduled, tick.dispatched), (2, 1, 1));
+        let attempt = records(&store, "soon", Event::Attempt);
+        let scheduled = records(&store, "next", Event::Scheduled);
+        assert_eq!((attempt.len(), scheduled.len()), (1, 1));
+        assert!(
+            attempt[0].seq < scheduled[0].seq,
+            "the due delivery should be in flight before the timers create anything: {attempt:?} {scheduled:?}"
+        );
+    }
+
+    #[test]
+    fn a_delivery_missed_by_more_than_on_time_waits_for_its_timer_and_its_misfire_policy() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let _guard = runtime.enter();
+        let (_dir, store, mut scheduler) = setup("skip");
+        // The round comes five minutes late (the host was suspended).
+        let tick = scheduler.tick(utc("2026-12-01T01:05:00Z")).unwrap();
+        assert_eq!(tick.dispatched, 0);
+        assert!(records(&store, "soon", Event::Attempt).is_empty(), "a missed delivery was sent");
+        let soon = store.deliveries_of_post("soon").unwrap();
+        assert_eq!(soon.len(), 1);
+        assert_eq!(soon[0].state, State::Skipped, "{:?}", soon[0]);
+    }
+}
