@@ -141,14 +141,15 @@ fi
 start_disk() {
     [ "$disk_model" = nbd ] || return 0
     rm -f "$disk"
-    python3 "$here/vm/volatile_nbd.py" "$image" "$disk" 2>"$work/nbd.log" &
+    # Its log: a line per flush (time, blocks made durable). $n: boot_vm's.
+    python3 "$here/vm/volatile_nbd.py" "$image" "$disk" 2>"$work/nbd.$n.log" &
     nbd_pid=$!
     for _ in $(seq 100); do
         [ -S "$disk" ] && return 0
         kill -0 "$nbd_pid" 2>/dev/null || break
         sleep 0.1
     done
-    die "the NBD disk did not start (see $work/nbd.log)"
+    die "the NBD disk did not start (see $work/nbd.$n.log)"
 }
 
 # --- helpers -------------------------------------------------------------------------
@@ -247,17 +248,24 @@ for ((n = 1; n <= cuts; n++)); do
     # The cut: a random moment 0.5-6.5 s on, then as soon as a new request
     # reaches the receiver, plus 0-250 ms, so the cut often falls within
     # the half second between sled's own periodic fsyncs that follows a
-    # request: the window a missing fdatasync would lose.
+    # request: the window a missing fdatasync would lose. A cut also kills
+    # the disk (nbd), so what it was not told to flush is lost.
     delay=$((500 + RANDOM % 6000))
     sleep "$((delay / 1000)).$(printf '%03d' $((delay % 1000)))"
-    count=$(received | jq length)
-    for _ in $(seq 1200); do # at most a minute
-        [ "$(received | jq length)" -le "$count" ] || break
-        sleep 0.05
+    # The receiver logs each request as it handles it: follow its log, so
+    # the cut is timed from the request itself (asking the receiver for its
+    # whole list took hundreds of ms, and the window closed meanwhile).
+    exec {follow}< <(exec tail -n 0 -s 0.01 -f "$work/receiver.log")
+    follow_pid=$!
+    while IFS= read -r -t 60 line <&"$follow"; do # at most a minute
+        case $line in *"webhook request handled"*) break ;; esac
     done
+    kill "$follow_pid" 2>/dev/null || true
+    exec {follow}<&-
     after_request=$((RANDOM % 250))
     sleep "0.$(printf '%03d' "$after_request")"
     # The power goes: the machine and its disk (with its unflushed writes).
+    cut_time=$(date +%s.%N)
     kill -9 "$qemu_pid" $nbd_pid
     wait "$qemu_pid" $nbd_pid 2>/dev/null || true
     qemu_pid= nbd_pid=
@@ -268,6 +276,9 @@ for ((n = 1; n <= cuts; n++)); do
     block "$export_log" "$last" >"$work/shown.$n"
     total_shown=$((total_shown + $(wc -l <"$work/shown.$n")))
     log "cut $n at $((SECONDS - boot_started))s of boot ($delay ms after deliveries flowed, then $after_request ms after a request): the receiver has $(received | jq length) requests; $last showed $(wc -l <"$work/shown.$n") records"
+    if [ "$disk_model" = nbd ] && [ -s "$work/nbd.$n.log" ]; then
+        log "cut $n: the disk's last flush was $(tail -n 1 "$work/nbd.$n.log" | awk -v c="$cut_time" '{ printf "%d", (c - $1) * 1000 }') ms before the cut"
+    fi
 done
 boot_vm $((cuts + 1)) final
 check_after $((cuts + 1))

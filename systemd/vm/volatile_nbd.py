@@ -20,6 +20,7 @@ import signal
 import socket
 import struct
 import sys
+import time
 
 BLOCK = 4096
 
@@ -104,6 +105,7 @@ class VolatileDisk:
             self._block(n)[lo - n * BLOCK : hi - n * BLOCK] = data[lo - offset : hi - offset]
         if fua:
             self._persist(touched)
+            log("fua", len(touched))
 
     def _persist(self, blocks):
         for n in sorted(blocks):
@@ -114,7 +116,15 @@ class VolatileDisk:
         os.fsync(self.fd)
 
     def flush(self):
+        blocks = len(self.overlay)
         self._persist(list(self.overlay))
+        log("flush", blocks)
+
+
+def log(what, blocks):
+    """One line on stderr per durable point: the time, and how many 4 KiB
+    blocks it made durable (a cut loses those written after the last one)."""
+    print(f"{time.time():.3f} {what} {blocks}", file=sys.stderr, flush=True)
 
 
 def handshake(conn, disk):
