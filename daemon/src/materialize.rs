@@ -394,20 +394,12 @@ mod tests {
     use super::*;
     use crate::reconcile::reconcile;
     use crate::store::SledStore;
-    use crate::testkit::{config, utc};
+    use crate::testkit::{WUHAN_WEBHOOK, config, utc};
 
     fn setup(schedule: &str, misfire: &str, grace: &str, now: DateTime<Utc>) -> (tempfile::TempDir, Config, SledStore) {
         let dir = tempfile::tempdir().unwrap();
         let text = format!(
-            r#"
-[daemon]
-state_dir = "state"
-time_zone = "Asia/Shanghai"
-
-[accounts.wuhan]
-platform = "webhook"
-url = "http://127.0.0.1:9/wuhan"
-
+            r#"{WUHAN_WEBHOOK}
 [[posts]]
 id = "p"
 body = "stay safe"

@@ -7,6 +7,18 @@ use chrono::{DateTime, Utc};
 
 use crate::config::{Config, load_at};
 
+/// The head of a unit test's config: a state directory, Beijing time and
+/// one webhook account `wuhan` (on a port nothing listens on).
+pub const WUHAN_WEBHOOK: &str = r#"
+[daemon]
+state_dir = "state"
+time_zone = "Asia/Shanghai"
+
+[accounts.wuhan]
+platform = "webhook"
+url = "http://127.0.0.1:9/wuhan"
+"#;
+
 /// Write `text` as `herald.toml` in `dir` and load it as of `now`; panics
 /// with the diagnostics if it has errors.
 pub fn config(dir: &Path, text: &str, now: DateTime<Utc>) -> Config {

@@ -1001,7 +1001,7 @@ pub fn status_line(store: &dyn Store, tz: chrono_tz::Tz, in_flight: usize, now: 
 mod tests {
     use super::*;
     use crate::store::{AuditQuery, SledStore};
-    use crate::testkit::{config, utc};
+    use crate::testkit::{WUHAN_WEBHOOK, config, utc};
 
     /// Post `soon` is due at 01:00 UTC (its deliveries are created an hour
     /// before, and its timer is at 01:00); post `next`, due at 02:00, has
@@ -1011,15 +1011,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let now = utc("2026-11-30T02:00:00Z");
         let text = format!(
-            r#"
-[daemon]
-state_dir = "state"
-time_zone = "Asia/Shanghai"
-
-[accounts.wuhan]
-platform = "webhook"
-url = "http://127.0.0.1:9/wuhan"
-
+            r#"{WUHAN_WEBHOOK}
 [[posts]]
 id = "soon"
 body = "stay safe"
