@@ -4,9 +4,12 @@
 //! `sync_file_range`, which flushes neither the file's metadata nor the
 //! disk's write cache.
 //!
-//! Watched from outside with `strace` (system calls with their file paths):
-//! before the first connection to the receiver, the last `fdatasync`/`fsync`
-//! of `db/db` must come after the last write to it. Where `strace` is not
+//! Watched from outside with `strace` (system calls with their file paths
+//! and the bytes written): before the first connection to the receiver, the
+//! write to `db/db` that carries the delivery's `in_flight` state must be
+//! followed by an `fdatasync`/`fsync` of it. Other writes may come between
+//! that sync and the connection (a post timer processed after the dispatch,
+//! say): they guard nothing that has left. Where `strace` is not
 //! installed or not allowed, the test says so loudly and checks nothing,
 //! unless `HERALD_REQUIRE_STRACE=1` (the `.ci/run` step), which fails.
 
@@ -38,7 +41,7 @@ async fn the_in_flight_mark_is_fdatasynced_before_the_request_leaves() {
     dir.write_config(&config);
     let trace = dir.path().join("strace.txt");
     let mut child = Command::new("strace")
-        .args(["-f", "-y", "-qq", "-e", "trace=pwrite64,write,fdatasync,fsync,connect", "-o"])
+        .args(["-f", "-y", "-qq", "-s", "65536", "-e", "trace=pwrite64,write,fdatasync,fsync,connect", "-o"])
         .arg(&trace)
         .arg(herald_binary())
         .args(["run", "--config"])
@@ -72,23 +75,29 @@ async fn the_in_flight_mark_is_fdatasynced_before_the_request_leaves() {
         .position(|l| l.contains("connect(") && l.contains(&format!("sin_port=htons({port})")))
         .unwrap_or_else(|| panic!("no connection to the receiver (port {port}) in the trace"));
     let log = "/state/db/db>";
-    let last_write =
-        lines[..request].iter().rposition(|l| (l.contains("pwrite64(") || l.contains("write(")) && l.contains(log));
-    let last_sync =
-        lines[..request].iter().rposition(|l| (l.contains("fdatasync(") || l.contains("fsync(")) && l.contains(log));
-    let last_write = last_write.expect("herald wrote nothing to sled's log before the request");
+    let writes_log = |l: &&str| (l.contains("pwrite64(") || l.contains("write(")) && l.contains(log);
+    // The delivery as stored is JSON: its state is written as `in_flight`.
+    let mark = lines[..request]
+        .iter()
+        .rposition(|l| writes_log(l) && l.contains("in_flight"))
+        .expect("the in_flight mark was not written to sled's log before the request left");
+    let sync = lines[mark..request]
+        .iter()
+        .position(|l| (l.contains("fdatasync(") || l.contains("fsync(")) && l.contains(log))
+        .map(|i| mark + i);
+    let short = |l: &str| l.chars().take(160).collect::<String>();
     assert!(
-        last_sync.is_some_and(|s| s > last_write),
-        "sled's log was written (line {}: {}) and not fdatasynced before the request left (line {}: {})",
-        last_write + 1,
-        lines[last_write],
+        sync.is_some(),
+        "the in_flight mark was written (line {}: {}) and not fdatasynced before the request left (line {}: {})",
+        mark + 1,
+        short(lines[mark]),
         request + 1,
         lines[request]
     );
     println!(
-        "fsync before send: last write to the log at line {}, fdatasync at line {}, request at line {}",
-        last_write + 1,
-        last_sync.unwrap() + 1,
+        "fsync before send: the in_flight mark written at line {}, fdatasync at line {}, request at line {}",
+        mark + 1,
+        sync.unwrap() + 1,
         request + 1
     );
 }
