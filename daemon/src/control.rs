@@ -512,11 +512,15 @@ async fn log(
 ) -> ApiResult<LogPage> {
     let query = params.to_query().map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))?;
     let store = Arc::clone(&ctx.store);
-    // Make what is applied durable first (a no-op when nothing is new): the
-    // log then shows every record that `status` already counts, and still
-    // nothing a crash could take back.
+    // Before the first page, make what is applied durable (a no-op when
+    // nothing is new): the log then shows every record that `status`
+    // already counts, and still nothing a crash could take back. Later
+    // pages continue from a sequence number and need no flush of their own.
+    let first_page = after.after.is_none();
     let page = tokio::task::spawn_blocking(move || {
-        store.flush()?;
+        if first_page {
+            store.flush()?;
+        }
         log_page(store.as_ref(), &query, after.after)
     })
     .await
