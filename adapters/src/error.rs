@@ -15,6 +15,17 @@ pub struct PlatformAnswer {
     pub message: Option<String>,
 }
 
+impl PlatformAnswer {
+    /// The answer with `secret` hidden in its code and message.
+    pub fn hiding(self, secret: &crate::Secret) -> Self {
+        PlatformAnswer {
+            status: self.status,
+            code: self.code.map(|code| secret.hide_in(&code)),
+            message: self.message.map(|message| secret.hide_in(&message)),
+        }
+    }
+}
+
 /// The decision an adapter hands to the daemon. The daemon owns the policy
 /// (backoff, attempts, pauses); the adapter only classifies.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +78,11 @@ impl DeliveryError {
 
     pub fn credentials_expired(answer: PlatformAnswer, reason: impl Into<String>) -> Self {
         Self::new(ErrorClass::CredentialsExpired, answer, reason)
+    }
+
+    /// The error with `secret` hidden in the platform's answer and the reason.
+    pub fn hiding(self, secret: &crate::Secret) -> Self {
+        DeliveryError { answer: self.answer.hiding(secret), reason: secret.hide_in(&self.reason), ..self }
     }
 
     /// Mark a rate limit as shared by every account of the same limit scope.

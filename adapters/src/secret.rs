@@ -20,17 +20,49 @@ impl Secret {
     pub fn expose(&self) -> &str {
         &self.0
     }
+
+    /// `text` with the value, as it is and percent-encoded, replaced by
+    /// `<redacted>`: for what a platform (or a gateway in front of it)
+    /// answers, which may repeat the request that carried the secret.
+    pub fn hide_in(&self, text: &str) -> String {
+        if self.0.is_empty() {
+            return text.to_string();
+        }
+        let mut out = text.replace(&self.0, REDACTED);
+        let encoded = percent_encode(&self.0);
+        if encoded != self.0 {
+            out = out.replace(&encoded, REDACTED);
+        }
+        out
+    }
+}
+
+/// What stands in for a secret wherever one would have been shown.
+pub const REDACTED: &str = "<redacted>";
+
+/// `value` percent-encoded as a URL query or form would carry it (every
+/// byte but ASCII letters, digits and `-._~`).
+pub fn percent_encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
+        f.write_str(REDACTED)
     }
 }
 
 impl fmt::Display for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
+        f.write_str(REDACTED)
     }
 }
 

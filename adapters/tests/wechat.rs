@@ -702,6 +702,36 @@ async fn no_secret_or_token_shows_in_debug_output_or_errors() {
     }
 }
 
+/// The access_token is fetched at run time, so the daemon's scrubbing of
+/// configured secrets cannot know it: the adapter hides it itself when an
+/// answer repeats the request (as gateways in front of an API do).
+#[tokio::test]
+async fn an_answer_repeating_the_request_never_shows_the_access_token() {
+    let emulator = emulator().await;
+    emulator.echo_requests_in_errors();
+    let adapter = adapter(settings(&emulator), &Services::in_memory(ACCOUNT));
+    let post = Post::new();
+
+    // A permanent refusal of the draft, then a rate limit.
+    emulator.fail_api(WechatApi::DraftAdd, 1, 40164);
+    let refused = adapter.publish(Delivery::new("d-echo-1", &adapter, &post).request()).await.unwrap_err();
+    emulator.fail_api(WechatApi::DraftAdd, 1, 45011);
+    let limited = adapter.publish(Delivery::new("d-echo-2", &adapter, &post).request()).await.unwrap_err();
+    let token = emulator.calls_to(WechatApi::DraftAdd)[0].query["access_token"].clone();
+    assert!(token.len() >= 16, "the emulator issues real-looking tokens: {token}");
+
+    for error in [&refused, &limited] {
+        let message = error.answer.message.as_deref().unwrap_or_default();
+        // The emulator did repeat the request, and the token in it is hidden.
+        assert!(message.contains("access_token=<redacted>"), "{message}");
+        for shown in [message, error.reason.as_str(), &format!("{error:?}")] {
+            assert!(!shown.contains(&token), "{shown}");
+        }
+    }
+    assert_eq!(refused.class, ErrorClass::Permanent);
+    assert!(matches!(limited.class, ErrorClass::RateLimited { .. }), "{limited:?}");
+}
+
 #[tokio::test]
 async fn the_registry_builds_a_working_wechat_adapter() {
     let emulator = emulator().await;

@@ -5,12 +5,13 @@
 //! record, a reason, a log line or an alert, so a secret never reaches the
 //! store or `herald log`.
 
+use herald_adapters::secret::percent_encode;
 use herald_adapters::{DeliveryError, PlatformAnswer, Receipt};
 
 use crate::config::Account;
 
 /// What replaces a secret in an answer.
-pub const REDACTED: &str = "<redacted>";
+pub use herald_adapters::secret::REDACTED;
 
 /// Shorter values are not scrubbed: they would blank out ordinary words.
 const SHORTEST: usize = 6;
@@ -88,18 +89,6 @@ fn url_tokens(url: &reqwest::Url) -> Vec<String> {
     out.extend(url.query_pairs().map(|(_, v)| v.into_owned()));
     if let Some(password) = url.password() {
         out.push(password.to_string());
-    }
-    out
-}
-
-fn percent_encode(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for b in value.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
     }
     out
 }

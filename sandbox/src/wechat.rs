@@ -338,6 +338,12 @@ impl WechatEmulator {
         }
     }
 
+    /// From now on, every error answer repeats the request's query string
+    /// (the access_token with it) in its `errmsg`, as some gateways do.
+    pub fn echo_requests_in_errors(&self) {
+        self.wechat.state().echo_requests = true;
+    }
+
     /// The next `count` calls of `api` are handled (an article submitted is
     /// published), then the connection is closed without an answer.
     pub fn lose_answers(&self, api: WechatApi, count: usize) {
@@ -446,6 +452,9 @@ struct Platform {
     hold: HashMap<WechatApi, (usize, Duration)>,
     /// Calls that arrived, per API, handled or not yet.
     arrived: HashMap<WechatApi, usize>,
+    /// Error answers repeat the request's query in `errmsg`, as some
+    /// gateways in front of an API do (it holds the access_token).
+    echo_requests: bool,
     plan: PublishPlan,
     calls: Vec<WechatCall>,
     last_id: u64,
@@ -561,6 +570,16 @@ struct Arrival {
     body: Bytes,
 }
 
+/// Append the request's query to an error answer's `errmsg`.
+fn echo_request(answer: &mut Value, query: &BTreeMap<String, String>) {
+    if answer.get("errcode").and_then(Value::as_i64).unwrap_or(0) == 0 {
+        return;
+    }
+    let request: Vec<String> = query.iter().map(|(key, value)| format!("{key}={value}")).collect();
+    let errmsg = answer.get("errmsg").and_then(Value::as_str).unwrap_or_default();
+    answer["errmsg"] = Value::String(format!("{errmsg} (request: {})", request.join("&")));
+}
+
 fn error(errcode: i64, errmsg: &str) -> Value {
     json!({ "errcode": errcode, "errmsg": format!("{errmsg} rid: sandbox") })
 }
@@ -611,7 +630,10 @@ impl Wechat {
                 };
                 let answer = {
                     let mut state = self.state();
-                    let answer = self.answer(&mut state, &arrival, &call, uploads.as_deref());
+                    let mut answer = self.answer(&mut state, &arrival, &call, uploads.as_deref());
+                    if state.echo_requests {
+                        echo_request(&mut answer, &arrival.query);
+                    }
                     call.uploads =
                         uploads.map(|files| files.into_iter().map(|(upload, _)| upload).collect()).unwrap_or_default();
                     call.errcode = Some(answer.get("errcode").and_then(Value::as_i64).unwrap_or(0));

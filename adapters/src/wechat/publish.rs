@@ -509,7 +509,11 @@ impl WechatAdapter {
     }
 
     /// Send a call made with `token`; a token WeChat refuses is marked so
-    /// that the refresh replaces it.
+    /// that the refresh replaces it. The token is hidden in what comes
+    /// back: it rides in the request's query, which WeChat or a gateway in
+    /// front of it may repeat in an answer, and an answer ends up in the
+    /// audit log and the alerts (the daemon scrubs only the secrets of the
+    /// config; this one is fetched at run time).
     pub(super) async fn call(&self, api: Api, token: &Token, request: RequestBuilder) -> Result<Reply, DeliveryError> {
         let result = self.api.send(api, request).await;
         if let Err(error) = &result
@@ -517,7 +521,10 @@ impl WechatAdapter {
         {
             self.tokens.reject(token);
         }
-        result
+        match result {
+            Ok(reply) => Ok(Reply { answer: reply.answer.hiding(&token.value), ..reply }),
+            Err(error) => Err(error.hiding(&token.value)),
+        }
     }
 }
 
