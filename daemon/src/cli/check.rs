@@ -17,6 +17,8 @@ struct Report<'a> {
     ok: bool,
     errors: Vec<&'a Diagnostic>,
     warnings: Vec<&'a Diagnostic>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    store: Option<StoreView>,
     accounts: Vec<AccountView>,
     posts: Vec<PostPlan>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -31,6 +33,34 @@ struct ProbeView {
     checked: bool,
     detail: String,
     expires_at: Option<String>,
+}
+
+/// Where the config keeps herald's state; the URL never with its password.
+#[derive(Serialize)]
+struct StoreView {
+    backend: &'static str,
+    /// The state directory (sled), or `postgres://user@host:port/db`.
+    location: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pool: Option<usize>,
+}
+
+impl StoreView {
+    fn of(config: &Config) -> StoreView {
+        match &config.store {
+            config::StoreSettings::Sled => StoreView {
+                backend: "sled",
+                location: std::path::absolute(&config.daemon.state_dir)
+                    .unwrap_or_else(|_| config.daemon.state_dir.clone())
+                    .display()
+                    .to_string(),
+                pool: None,
+            },
+            config::StoreSettings::Postgres(pg) => {
+                StoreView { backend: "postgres", location: pg.shown.clone(), pool: Some(pg.pool) }
+            }
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -123,6 +153,7 @@ pub fn run(
         ok: outcome.config.is_some() && probes_ok,
         errors: outcome.errors().collect(),
         warnings: outcome.warnings().chain(&past).collect(),
+        store: outcome.config.as_ref().map(StoreView::of),
         accounts,
         posts,
         probes,
@@ -390,6 +421,10 @@ fn print_text(report: &Report, config: Option<&Config>) {
         config.posts.len(),
         report.warnings.len()
     );
+    if let Some(store) = &report.store {
+        let pool = store.pool.map(|n| format!(", up to {n} connections")).unwrap_or_default();
+        println!("store: {} at {}{pool}", store.backend, printable(&store.location));
+    }
     for a in report.accounts.iter().filter(|a| a.experimental) {
         println!("note: account `{}` uses the experimental {} adapter", a.id, a.platform);
     }
