@@ -4,6 +4,7 @@
 //! ([`sled_store::SledStore`]) is the one backend today.
 
 mod keys;
+pub mod open;
 pub mod sled_store;
 
 use std::collections::BTreeMap;
