@@ -46,6 +46,12 @@ struct StoreView {
     location: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pool: Option<usize>,
+    /// PostgreSQL: the schema version after connecting, or why it could not
+    /// be used (an error of the check).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    schema: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
 }
 
 impl StoreView {
@@ -58,9 +64,17 @@ impl StoreView {
                     .display()
                     .to_string(),
                 pool: None,
+                schema: None,
+                error: None,
             },
             config::StoreSettings::Postgres(pg) => {
-                StoreView { backend: "postgres", location: pg.shown.clone(), pool: Some(pg.pool) }
+                // Connecting brings an empty database to this build's schema
+                // (as `herald run` would) and refuses a newer one.
+                let (schema, error) = match crate::store::postgres::PostgresStore::connect(pg.url.expose(), 1) {
+                    Ok(_) => (Some(crate::store::postgres::schema::known()), None),
+                    Err(e) => (None, Some(e.to_string())),
+                };
+                StoreView { backend: "postgres", location: pg.shown.clone(), pool: Some(pg.pool), schema, error }
             }
         }
     }
@@ -151,12 +165,14 @@ pub fn run(
         _ => None,
     };
     let probes_ok = probes.as_ref().is_none_or(|p| p.iter().all(|p| p.ok));
+    let store = outcome.config.as_ref().map(StoreView::of);
+    let store_ok = store.as_ref().is_none_or(|s| s.error.is_none());
     let past = outcome.config.as_ref().map(|c| past_warnings(c, now)).unwrap_or_default();
     let report = Report {
-        ok: outcome.config.is_some() && probes_ok,
+        ok: outcome.config.is_some() && probes_ok && store_ok,
         errors: outcome.errors().collect(),
         warnings: outcome.warnings().chain(&past).collect(),
-        store: outcome.config.as_ref().map(StoreView::of),
+        store,
         accounts,
         posts,
         probes,
@@ -440,7 +456,11 @@ fn print_text(report: &Report, config: Option<&Config>) {
     );
     if let Some(store) = &report.store {
         let pool = store.pool.map(|n| format!(", up to {n} connections")).unwrap_or_default();
-        println!("store: {} at {}{pool}", store.backend, printable(&store.location));
+        let schema = store.schema.map(|v| format!("; reachable, schema version {v}")).unwrap_or_default();
+        println!("store: {} at {}{pool}{schema}", store.backend, printable(&store.location));
+        if let Some(error) = &store.error {
+            eprintln!("error: store: {} (the config is valid, but `herald run` would not start)", printable(error));
+        }
     }
     for a in report.accounts.iter().filter(|a| a.experimental) {
         println!("note: account `{}` uses the experimental {} adapter", a.id, a.platform);

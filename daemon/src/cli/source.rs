@@ -77,6 +77,11 @@ impl Source {
                  (under systemd: /run/herald/herald.sock)",
                 socket.display()
             ))),
+            Err(e @ StoreError::Claimed { .. }) => Err(anyhow::Error::new(e).context(format!(
+                "a herald daemon holds the database but does not answer on {}: ask it on its own host, \
+                 or name its socket in `[daemon] control_socket`",
+                socket.display()
+            ))),
             Err(e) => Err(e.into()),
         }
     }

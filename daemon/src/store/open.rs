@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use super::postgres::PostgresStore;
 use super::{Result, SledStore, Store};
 use crate::config::StoreSettings;
 
@@ -61,13 +62,20 @@ impl Location {
 
     /// Open the store for `role`.
     pub fn open(&self, role: Role) -> Result<Arc<dyn Store>> {
-        let _ = role;
         match &self.store {
             StoreSettings::Sled => Ok(Arc::new(SledStore::open(&self.state_dir, self.cache_mb)?)),
-            StoreSettings::Postgres(pg) => Err(super::StoreError::Backend(format!(
-                "this herald has no PostgreSQL backend yet; {} cannot be opened",
-                pg.shown
-            ))),
+            StoreSettings::Postgres(pg) => {
+                let store = PostgresStore::connect(pg.url.expose(), pg.pool)?;
+                // One daemon per database until leases let several share it;
+                // the CLI on a stopped daemon writes too, so it claims alike.
+                if role != Role::Reader {
+                    store.claim_exclusive()?;
+                }
+                Err(super::StoreError::Backend(format!(
+                    "the PostgreSQL store of {} is not complete in this build yet",
+                    store.target()
+                )))
+            }
         }
     }
 
