@@ -118,6 +118,11 @@ async fn postgres_store_delivers_everywhere_and_keeps_it_all_across_a_restart() 
     let offline = records(cli_ok(&dir, &url, &mut printed, &["log", "--format", "json"]).as_bytes());
     let offline_verify = cli_ok(&dir, &url, &mut printed, &["audit", "verify"]);
     assert!(offline_verify.contains("intact"), "{offline_verify}");
+    // A recall on the database itself (its deletes run on a runtime, its store work outside one).
+    let recalled =
+        cli_ok(&dir, &url, &mut printed, &["recall", "--post", "alert", "--account", "webhook", "--reason", "test"]);
+    assert!(recalled.contains("1 taken down"), "{recalled}");
+    assert!(sandbox.webhook.accepted().iter().all(|p| p.recalled_at.is_some()), "the webhook's copy is recalled");
 
     // A restart keeps everything, and adds to the same log.
     let herald = dir.start_with(&env).await;
