@@ -204,7 +204,11 @@ async fn postgres_store_a_second_daemon_on_the_same_database_is_refused() {
         + &post_at("later", "Later.", &["wuhan-hook"], in_secs(600));
     let (one, two) = (TestDir::new(), TestDir::new());
     one.write_config(&config);
-    two.write_config(&config);
+    // The second host keeps its socket outside its state directory, which
+    // herald makes itself: nothing of sled's is there to make it.
+    two.write_config(
+        &config.replace("state_dir = \"state\"\n", "state_dir = \"state\"\ncontrol_socket = \"run/herald.sock\"\n"),
+    );
     let mut first = one.start_with(&env).await;
 
     // Another host (another state directory), the same database.
@@ -219,8 +223,13 @@ async fn postgres_store_a_second_daemon_on_the_same_database_is_refused() {
     let stderr = first.stop().await;
     assert!(!stderr.contains(&password), "{stderr}");
 
-    // Once the first has stopped, the second may take over.
+    // Once the first has stopped, the second may take over, and its CLI
+    // finds it (the state directory's identity).
     let second = two.start_with(&env).await;
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(two.state_dir()).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "the state directory is herald's own");
+    assert_eq!(status_counts(&two.ask_daemon_ok(&["status"])).get("pending"), Some(&1));
     second.stop().await;
 }
 
