@@ -5,8 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use super::postgres::PostgresStore;
-use super::postgres::import::{Imported, Records};
+use super::postgres::{Import, PostgresStore};
 use super::sled_store::{Exported, SledStore};
 use super::{DueKey, Result, Store, StoreError};
 
@@ -59,37 +58,63 @@ pub fn copied_meta(from: &SledStore) -> Result<Vec<(String, Vec<u8>)>> {
     Ok(out)
 }
 
+/// How many records of each kind a copy wrote.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Imported {
+    pub deliveries: u64,
+    pub posts: u64,
+    pub contents: u64,
+    pub meta: u64,
+    pub audit: u64,
+}
+
+fn decoded<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
+}
+
 /// Copy everything `from` holds into `to` (which must hold no herald data:
-/// the caller checks) in one transaction.
+/// the caller checks), in batches, then let `to` count and set the chain's
+/// head. The audit records keep their bytes and sequence numbers.
 pub fn sled_to_postgres(from: &SledStore, to: &PostgresStore) -> Result<Imported> {
-    let deliveries =
-        in_batches(from.export(Exported::Deliveries).map(|e| e.map(|(_, v)| v))).map(|b| b.map(Records::Deliveries));
-    let keyed = |what: &'static str, tree: Exported| {
-        in_batches(from.export(tree).map(move |e| e.and_then(|(k, v)| Ok((text_key(what, k)?, v)))))
-    };
-    let posts = keyed("post", Exported::Posts).map(|b| b.map(Records::Posts));
-    let contents = keyed("content", Exported::Contents).map(|b| b.map(Records::Contents));
-    let meta = std::iter::once(copied_meta(from).map(Records::Meta));
+    let mut imported = Imported::default();
+    for batch in in_batches(from.export(Exported::Deliveries)) {
+        let deliveries = batch?.iter().map(|(_, v)| decoded("delivery", v)).collect::<Result<Vec<_>>>()?;
+        imported.deliveries += deliveries.len() as u64;
+        to.import(&Import { deliveries, ..Import::default() })?;
+    }
+    for batch in in_batches(from.export(Exported::Posts)) {
+        let posts = batch?
+            .into_iter()
+            .map(|(k, v)| Ok((text_key("post", k)?, decoded("post record", &v)?)))
+            .collect::<Result<Vec<_>>>()?;
+        imported.posts += posts.len() as u64;
+        to.import(&Import { posts, ..Import::default() })?;
+    }
+    for batch in in_batches(from.export(Exported::Contents)) {
+        let contents = batch?
+            .into_iter()
+            .map(|(k, v)| Ok((text_key("content", k)?, decoded("content", &v)?)))
+            .collect::<Result<Vec<_>>>()?;
+        imported.contents += contents.len() as u64;
+        to.import(&Import { contents, ..Import::default() })?;
+    }
+    let meta = copied_meta(from)?;
+    imported.meta = meta.len() as u64;
+    to.import(&Import { meta, ..Import::default() })?;
     let mut after = None;
-    let mut done = false;
-    let audit = std::iter::from_fn(move || {
-        if done {
-            return None;
+    loop {
+        let audit = from.audit_raw(after, BATCH)?;
+        let Some((last, _)) = audit.last() else { break };
+        after = Some(*last);
+        let full = audit.len() == BATCH;
+        imported.audit += audit.len() as u64;
+        to.import(&Import { audit, ..Import::default() })?;
+        if !full {
+            break;
         }
-        match from.audit_raw(after, BATCH) {
-            Ok(page) if page.is_empty() => None,
-            Ok(page) => {
-                done = page.len() < BATCH;
-                after = page.last().map(|(seq, _)| *seq);
-                Some(Ok(Records::Audit(page)))
-            }
-            Err(e) => {
-                done = true;
-                Some(Err(e))
-            }
-        }
-    });
-    to.import(deliveries.chain(posts).chain(contents).chain(meta).chain(audit))
+    }
+    to.finish_import()?;
+    Ok(imported)
 }
 
 /// One thing compared between the two stores.
@@ -283,11 +308,11 @@ mod tests {
         let from = SledStore::open(dir.path(), 8).unwrap();
         history(&from, 700);
         let to = PostgresStore::connect(&url, 2).unwrap();
-        assert!(!to.holds_data().unwrap());
+        assert!(to.is_empty().unwrap());
         let imported = sled_to_postgres(&from, &to).unwrap();
         assert_eq!((imported.deliveries, imported.posts, imported.contents, imported.meta), (700, 50, 2, 2));
         assert_eq!(imported.audit, 700 + 70);
-        assert!(to.holds_data().unwrap());
+        assert!(!to.is_empty().unwrap());
         let meta = copied_meta(&from).unwrap();
         let lines = compare(&from, &to, &meta).unwrap();
         assert!(differing(&lines).is_empty(), "{:?}", differing(&lines));

@@ -133,10 +133,66 @@ pub fn error(target: &str, e: &postgres::Error) -> StoreError {
     }
 }
 
+/// Statements prepared on one connection, by their SQL.
+pub type Statements = HashMap<&'static str, Statement>;
+
 /// One client, and the statements prepared on it.
 pub struct Connection {
     pub client: Client,
-    statements: HashMap<&'static str, Statement>,
+    pub statements: Statements,
+}
+
+/// A transaction whose statements are prepared once per connection.
+pub struct CachedTx<'a, 'c> {
+    pub tx: postgres::Transaction<'c>,
+    pub statements: &'a mut Statements,
+}
+
+impl CachedTx<'_, '_> {
+    fn statement(&mut self, sql: &'static str) -> std::result::Result<Statement, postgres::Error> {
+        if let Some(s) = self.statements.get(sql) {
+            return Ok(s.clone());
+        }
+        let s = self.tx.prepare(sql)?;
+        self.statements.insert(sql, s.clone());
+        Ok(s)
+    }
+
+    pub fn execute(
+        &mut self,
+        sql: &'static str,
+        params: &[&(dyn postgres::types::ToSql + Sync)],
+    ) -> std::result::Result<u64, postgres::Error> {
+        let s = self.statement(sql)?;
+        self.tx.execute(&s, params)
+    }
+
+    pub fn query(
+        &mut self,
+        sql: &'static str,
+        params: &[&(dyn postgres::types::ToSql + Sync)],
+    ) -> std::result::Result<Vec<postgres::Row>, postgres::Error> {
+        let s = self.statement(sql)?;
+        self.tx.query(&s, params)
+    }
+
+    pub fn query_one(
+        &mut self,
+        sql: &'static str,
+        params: &[&(dyn postgres::types::ToSql + Sync)],
+    ) -> std::result::Result<postgres::Row, postgres::Error> {
+        let s = self.statement(sql)?;
+        self.tx.query_one(&s, params)
+    }
+
+    pub fn query_opt(
+        &mut self,
+        sql: &'static str,
+        params: &[&(dyn postgres::types::ToSql + Sync)],
+    ) -> std::result::Result<Option<postgres::Row>, postgres::Error> {
+        let s = self.statement(sql)?;
+        self.tx.query_opt(&s, params)
+    }
 }
 
 impl Connection {

@@ -17,7 +17,7 @@ use postgres::Row;
 use postgres::types::ToSql;
 
 use super::PostgresStore;
-use super::pool::{self, Connection};
+use super::pool::{self, CachedTx, Connection};
 use crate::audit_chain::{ChainHead, ChainWriter, LegacyDigest};
 use crate::model::{AuditRecord, Content, Delivery, DeliveryId, Millis, State};
 use crate::store::{AuditQuery, Changes, DueKey, Planned, PostRecord, Result, Store, StoreError};
@@ -26,9 +26,18 @@ type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
 
 /// A failure inside a transaction: the database's, or ours (a record that
 /// does not decode or encode).
-enum Fail {
+pub(super) enum Fail {
     Pg(postgres::Error),
     Store(StoreError),
+}
+
+impl Fail {
+    pub(super) fn into_store(self, target: &str) -> StoreError {
+        match self {
+            Fail::Pg(e) => pool::error(target, &e),
+            Fail::Store(e) => e,
+        }
+    }
 }
 
 impl From<postgres::Error> for Fail {
@@ -175,10 +184,7 @@ impl PostgresStore {
 }
 
 /// The body of [`Store::apply`], in the open transaction `tx`.
-fn apply_in(
-    tx: &mut postgres::Transaction<'_>,
-    changes: &Changes,
-) -> std::result::Result<(Vec<AuditRecord>, ChainHead), Fail> {
+fn apply_in(tx: &mut CachedTx<'_, '_>, changes: &Changes) -> std::result::Result<(Vec<AuditRecord>, ChainHead), Fail> {
     let row = tx.query_one("SELECT seq, hash, unstarted FROM chain_head WHERE id = 1 FOR UPDATE", &[])?;
     let head = head_from(&row);
     let mut chain = ChainWriter::new(&head);
@@ -418,11 +424,15 @@ impl Store for PostgresStore {
         let mut retried = false;
         loop {
             let mut conn = self.pool.get()?;
-            let outcome = match conn.client.transaction() {
-                Ok(mut tx) => Ok(apply_in(&mut tx, &changes).and_then(|(stored, _)| {
-                    tx.commit()?;
-                    Ok(stored)
-                })),
+            let Connection { client, statements } = &mut *conn;
+            let outcome = match client.transaction() {
+                Ok(tx) => {
+                    let mut tx = CachedTx { tx, statements };
+                    Ok(apply_in(&mut tx, &changes).and_then(|(stored, _)| {
+                        tx.tx.commit()?;
+                        Ok(stored)
+                    }))
+                }
                 Err(e) => Err(e),
             };
             match outcome {
