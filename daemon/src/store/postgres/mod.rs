@@ -116,6 +116,8 @@ mod tests {
             client.query("SELECT version FROM herald_schema", &[]).unwrap().iter().map(|r| r.get(0)).collect();
         assert_eq!(versions, [schema::known() as i32]);
         assert!(store.target().starts_with("herald_test@127.0.0.1:"), "{}", store.target());
+        use crate::store::Store;
+        assert_eq!(store.audit_head().unwrap(), crate::audit_chain::ChainHead::empty(), "the migration's first head");
     }
 
     #[test]
