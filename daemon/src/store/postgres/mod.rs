@@ -33,6 +33,13 @@ pub struct PostgresStore {
     claim: Mutex<Option<Client>>,
 }
 
+/// Shows where the store is (`user@host:port/database`), never the password.
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore").field("target", &self.target()).finish_non_exhaustive()
+    }
+}
+
 impl PostgresStore {
     /// Connect to the database at `url` with at most `pool` connections,
     /// and bring its schema to this build's (refusing a newer one). The
@@ -116,6 +123,7 @@ mod tests {
             client.query("SELECT version FROM herald_schema", &[]).unwrap().iter().map(|r| r.get(0)).collect();
         assert_eq!(versions, [schema::known() as i32]);
         assert!(store.target().starts_with("herald_test@127.0.0.1:"), "{}", store.target());
+        assert!(!format!("{store:?}").contains(&password_of(&url)), "{store:?}");
         use crate::store::Store;
         assert_eq!(store.audit_head().unwrap(), crate::audit_chain::ChainHead::empty(), "the migration's first head");
     }
@@ -138,7 +146,7 @@ mod tests {
         let Some((url, store)) = fresh() else { return };
         let newer = schema::known() as i32 + 1;
         store.pool.connect().unwrap().execute("UPDATE herald_schema SET version = $1", &[&newer]).unwrap();
-        let err = PostgresStore::connect(&url, 1).err().expect("a newer schema must be refused");
+        let err = PostgresStore::connect(&url, 1).expect_err("a newer schema must be refused");
         assert!(matches!(err, StoreError::NewerSchema { .. }), "{err}");
         let text = err.to_string();
         assert!(text.contains("the PostgreSQL database herald_test@") && text.contains("newer herald"), "{text}");
@@ -154,7 +162,7 @@ mod tests {
         let Some(url) = testing::fresh_database() else { return };
         let password = password_of(&url);
         let wrong = url.replace(&password, "not-the-password-Zq81");
-        let err = PostgresStore::connect(&wrong, 1).err().expect("a wrong password must fail");
+        let err = PostgresStore::connect(&wrong, 1).expect_err("a wrong password must fail");
         let text = err.to_string();
         assert!(matches!(err, StoreError::Unreachable { .. }), "{text}");
         assert!(text.contains("password authentication failed"), "{text}");
@@ -163,7 +171,7 @@ mod tests {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let config: postgres::Config = url.parse().unwrap();
         let dead = url.replace(&format!(":{}/", config.get_ports()[0]), &format!(":{port}/"));
-        let err = PostgresStore::connect(&dead, 1).err().expect("a closed port must fail");
+        let err = PostgresStore::connect(&dead, 1).expect_err("a closed port must fail");
         let text = err.to_string();
         assert!(matches!(err, StoreError::Unreachable { .. }), "{text}");
         assert!(text.contains(&format!("herald_test@127.0.0.1:{port}/")), "{text}");
@@ -177,11 +185,17 @@ mod tests {
     fn tls_asked_for_in_the_url_is_refused_not_sent_in_plain_text() {
         for mode in ["require", "verify-ca", "verify-full"] {
             let url = format!("postgres://herald:s3cret-pw@127.0.0.1:9/herald?sslmode={mode}");
-            let err = PostgresStore::connect(&url, 1).err().expect("TLS cannot be honoured");
+            let err = PostgresStore::connect(&url, 1).expect_err("TLS cannot be honoured");
             let text = err.to_string();
             assert!(matches!(err, StoreError::BadUrl(_)) && text.contains(&format!("sslmode={mode}")), "{text}");
             assert!(!text.contains("s3cret-pw"), "{text}");
+            let kv = format!("host=127.0.0.1 port=9 user=herald password=s3cret-pw sslmode={mode}");
+            assert!(matches!(PostgresStore::connect(&kv, 1), Err(StoreError::BadUrl(_))), "{kv}");
         }
+        // `sslmode=` inside a password is not the option.
+        let url = "postgres://herald:x%3Fsslmode=require@127.0.0.1:9/herald";
+        let err = PostgresStore::connect(url, 1).expect_err("nothing listens on port 9");
+        assert!(matches!(err, StoreError::Unreachable { .. }), "{err}");
     }
 
     #[test]
@@ -203,7 +217,7 @@ mod tests {
         let name = url.rsplit('/').next().unwrap().to_string();
         let mut admin = postgres::Client::connect(&url, postgres::NoTls).unwrap();
         admin.batch_execute(&format!("ALTER DATABASE {name} SET synchronous_commit = off")).unwrap();
-        let err = PostgresStore::connect(&url, 1).err().expect("commits that are not durable must be refused");
+        let err = PostgresStore::connect(&url, 1).expect_err("commits that are not durable must be refused");
         assert!(matches!(err, StoreError::SynchronousCommitOff { .. }), "{err}");
         assert!(err.needs_an_operator());
         admin.batch_execute(&format!("ALTER DATABASE {name} SET synchronous_commit = on")).unwrap();
