@@ -375,4 +375,44 @@ mod tests {
         let verified = verify(&store).unwrap();
         assert_eq!((verified.records, verified.legacy), (5, 3));
     }
+
+    /// Two stores on one database (two daemons, or a daemon and a CLI on
+    /// another host), each with two writers: the log stays one log,
+    /// gapless and chained, and each sees the other's committed records
+    /// without any flush.
+    #[test]
+    fn postgres_two_stores_writing_at_once_keep_one_gapless_chained_log() {
+        use crate::model::{AuditRecord, Event, State, from_millis};
+        use crate::store::conformance::{delivery, put, verify};
+        use crate::store::{AuditQuery, Changes, Store};
+        let Some((url, first)) = fresh() else { return };
+        let second = PostgresStore::connect(&url, 2).unwrap();
+        const EACH: u8 = 60;
+        std::thread::scope(|s| {
+            for (k, store) in [&first, &second].into_iter().enumerate() {
+                s.spawn(move || {
+                    for n in 0..EACH {
+                        let mut d = delivery(n, State::Pending, i64::from(n));
+                        d.id.0[0] = k as u8;
+                        put(store, &d, Event::Scheduled);
+                    }
+                });
+                s.spawn(move || {
+                    for n in 0..EACH {
+                        let note =
+                            AuditRecord::about_herald(Event::AuditHead, from_millis(0), Some(format!("{k}/{n}")));
+                        store.apply(Changes { notes: vec![note], ..Changes::default() }).unwrap();
+                    }
+                });
+            }
+        });
+        let total = 4 * u64::from(EACH);
+        for store in [&first, &second] {
+            let seqs: Vec<u64> = store.audit(&AuditQuery::default()).unwrap().iter().map(|r| r.seq).collect();
+            assert_eq!(seqs, (1..=total).collect::<Vec<_>>());
+            assert_eq!(store.counts().unwrap()[&State::Pending], 2 * u64::from(EACH));
+        }
+        assert_eq!(verify(&second).unwrap().records, total);
+        assert_eq!(first.audit_head().unwrap(), second.audit_head().unwrap());
+    }
 }
