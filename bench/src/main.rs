@@ -8,6 +8,7 @@
 //! cargo run --release -p herald-bench -- --quick # 10k deliveries, a short burst (about 2 minutes)
 //! ```
 
+mod burst_floor;
 mod configs;
 mod floor;
 mod http;
@@ -42,7 +43,9 @@ struct Args {
     sizes: Vec<usize>,
     /// Run only these parts (load, ahead, burst, lateness, floor); default
     /// all of those. `peer` (only when named) runs herald and a Python
-    /// scheduler (APScheduler + SQLite) side by side on the same bursts.
+    /// scheduler (APScheduler + SQLite) side by side on the same bursts;
+    /// `burst-floor` and `memory-floor` (only when named) measure sled, an
+    /// append-only file and SQLite alone under a burst and held open.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Deliveries in the burst (default 50000; quick 5000), due at one instant.
@@ -85,6 +88,25 @@ struct Args {
     /// Give up after this many minutes in all.
     #[arg(long, default_value_t = 90)]
     max_minutes: u64,
+    /// `--only burst-floor`: the bursts' sizes (default 5000,50000).
+    #[arg(long, value_delimiter = ',')]
+    floor_sizes: Vec<usize>,
+    /// `--only burst-floor`: deliveries per group commit (default 20,1).
+    #[arg(long, value_delimiter = ',')]
+    floor_batches: Vec<usize>,
+    /// `--only burst-floor`: how many times each engine runs, alternated.
+    #[arg(long, default_value_t = 2)]
+    floor_rounds: usize,
+    /// `--only memory-floor`: sled's cache sizes to open the store with, MiB.
+    #[arg(long, value_delimiter = ',', default_value = "64,8")]
+    cache_mb: Vec<u64>,
+    /// Run each floor's burst under `valgrind --tool=callgrind` too and
+    /// report instructions per delivery (slow: use small sizes).
+    #[arg(long)]
+    callgrind: bool,
+    /// Internal: run one floor child (a JSON spec) and print its report.
+    #[arg(long, hide = true, value_name = "JSON")]
+    floor_child: Option<String>,
 }
 
 /// Accounts in the load measurements.
@@ -106,6 +128,8 @@ pub struct Results {
     pub lateness: Option<LatenessResult>,
     pub floor: Vec<floor::Floor>,
     pub peer: Vec<peer::Case>,
+    pub burst_floor: Vec<burst_floor::BurstFloor>,
+    pub memory_floor: Vec<burst_floor::Hold>,
 }
 
 #[derive(Debug, Serialize)]
@@ -215,6 +239,9 @@ impl Budget {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(spec) = &args.floor_child {
+        return burst_floor::child(spec);
+    }
     let budget = Budget(Instant::now() + Duration::from_secs(args.max_minutes * 60));
     let bins = binaries(!args.no_build)?;
     let scratch = match &args.dir {
@@ -231,7 +258,8 @@ fn main() -> anyhow::Result<()> {
     let sink = Sink::start(&bins.sandbox)?;
     eprintln!("sink: herald-sandbox on {}", sink.addr);
     let named = |part: &str| args.only.iter().any(|o| o == part);
-    let wants = |part: &str| (args.only.is_empty() && part != "peer") || named(part);
+    let wants =
+        |part: &str| (args.only.is_empty() && !["peer", "burst-floor", "memory-floor"].contains(&part)) || named(part);
 
     let sizes = match (&args.sizes[..], args.quick) {
         ([], true) => vec![10_000],
@@ -250,6 +278,8 @@ fn main() -> anyhow::Result<()> {
         lateness: None,
         floor: Vec::new(),
         peer: Vec::new(),
+        burst_floor: Vec::new(),
+        memory_floor: Vec::new(),
     };
     let opts = configs::DaemonOpts { concurrency: args.concurrency, schedule_ahead: args.schedule_ahead.clone() };
     let settle = Duration::from_secs(if args.quick { args.settle.min(3) } else { args.settle });
@@ -299,8 +329,22 @@ fn main() -> anyhow::Result<()> {
         let python = peer::venv(&args.peer_venv.clone().unwrap_or_else(|| target.join("herald-peer-venv")))?;
         results.peer = peer::run(&bins, &python, &sink, scratch.path(), args.quick, &budget).context("side by side")?;
     }
+    if named("burst-floor") || named("memory-floor") {
+        let runner = burst_floor::Runner::new(args.callgrind)?;
+        let sizes = if args.floor_sizes.is_empty() { vec![5_000, 50_000] } else { args.floor_sizes.clone() };
+        if named("burst-floor") {
+            let batches = if args.floor_batches.is_empty() { vec![20, 1] } else { args.floor_batches.clone() };
+            eprintln!("\n== burst floors: sled, an append-only file and SQLite, no herald");
+            results.burst_floor = burst_floor::bursts(&runner, scratch.path(), &sizes, &batches, args.floor_rounds)?;
+        }
+        if named("memory-floor") {
+            eprintln!("\n== memory and size floors: a store of pending deliveries, held open");
+            results.memory_floor = burst_floor::holds(&runner, scratch.path(), &sizes, &args.cache_mb)?;
+        }
+    }
     results.load_after = machine::load1();
     report::print(&results);
+    burst_floor::print(&results.burst_floor, &results.memory_floor);
     report::print_peer(&results.peer);
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&results)?)?;
