@@ -133,11 +133,19 @@ pub fn child(spec_json: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// This process's CPU time (user + system), to the nanosecond.
+/// This process's CPU time (user + system), to the nanosecond; 0 under
+/// valgrind (`--callgrind`), where rustix's vDSO lookup would crash and
+/// only the instruction count matters.
 fn cpu_now() -> f64 {
+    if std::env::var_os(UNDER_VALGRIND).is_some() {
+        return 0.0;
+    }
     let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
     t.tv_sec as f64 + t.tv_nsec as f64 / 1e9
 }
+
+/// Set in the environment of a child run under valgrind.
+const UNDER_VALGRIND: &str = "HERALD_BENCH_UNDER_VALGRIND";
 
 fn self_kb(field: &str) -> u64 {
     crate::procs::proc_kb(std::process::id(), field).unwrap_or(0)
@@ -347,10 +355,14 @@ fn sled_hold(spec: &Spec) -> anyhow::Result<ChildReport> {
 
 // ----------------------------------------------- append-only log (the disk)
 
-/// A record of the log: kind (0 scheduled, 1 in flight, 2 delivered), the
+/// A record of the log: kind (1 scheduled, 2 in flight, 3 delivered), the
 /// delivery id, its due time, the delivery record and the audit record,
-/// then a CRC-32 of all of it.
+/// then a CRC-32 of all of it. A record of zeros ends the log (the rest of
+/// the file is written ahead with zeros, below).
 const LOG_RECORD: usize = 1 + 16 + 8 + DELIVERY_BYTES + AUDIT_BYTES + 4;
+const SCHEDULED: u8 = 1;
+const IN_FLIGHT: u8 = 2;
+const DELIVERED: u8 = 3;
 
 /// CRC-32 (IEEE), a table of 256 entries.
 const CRC_TABLE: [u32; 256] = {
@@ -389,7 +401,7 @@ fn append_make(spec: &Spec) -> anyhow::Result<ChildReport> {
     let mut file = std::fs::File::create(spec.dir.join("log"))?;
     let mut buf = Vec::with_capacity(2_000 * LOG_RECORD);
     for n in 0..spec.deliveries as u64 {
-        log_record(&mut buf, 0, n, &delivery_id(n), DUE);
+        log_record(&mut buf, SCHEDULED, n, &delivery_id(n), DUE);
         if buf.len() >= 2_000 * LOG_RECORD {
             file.write_all(&buf)?;
             buf.clear();
@@ -407,37 +419,57 @@ struct Index {
     due: BTreeSet<(i64, [u8; 16])>,
 }
 
-fn append_open(dir: &Path) -> anyhow::Result<(std::fs::File, Index)> {
-    let file = std::fs::OpenOptions::new().read(true).append(true).open(dir.join("log"))?;
+fn append_open(dir: &Path) -> anyhow::Result<(std::fs::File, Index, u64)> {
+    let file = std::fs::OpenOptions::new().read(true).write(true).open(dir.join("log"))?;
     // Read record by record: what stays in memory is the index, not the file.
     let mut reader = std::io::BufReader::with_capacity(1 << 16, &file);
     let mut index = Index { states: HashMap::new(), due: BTreeSet::new() };
     let mut rec = [0u8; LOG_RECORD];
+    let mut end = 0u64;
     loop {
         match reader.read_exact(&mut rec) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
             Err(e) => return Err(e.into()),
         }
+        if rec.iter().all(|&b| b == 0) {
+            break;
+        }
+        end += LOG_RECORD as u64;
         let (body, crc) = rec.split_at(LOG_RECORD - 4);
         if crc32(body) != u32::from_be_bytes(crc.try_into()?) {
             bail!("a damaged record in the log");
         }
         let id: [u8; 16] = body[1..17].try_into()?;
         let due = i64::from_be_bytes(body[17..25].try_into()?);
-        if let Some((0, old_due)) = index.states.insert(id, (body[0], due)) {
+        if let Some((SCHEDULED, old_due)) = index.states.insert(id, (body[0], due)) {
             index.due.remove(&(old_due, id));
         }
-        if body[0] == 0 {
+        if body[0] == SCHEDULED {
             index.due.insert((due, id));
         }
     }
     drop(reader);
-    Ok((file, index))
+    Ok((file, index, end))
 }
 
 fn append_burst(spec: &Spec) -> anyhow::Result<ChildReport> {
-    let (mut file, mut index) = append_open(&spec.dir)?;
+    use std::os::unix::fs::FileExt;
+    let (file, mut index, mut end) = append_open(&spec.dir)?;
+    // Write the space the burst will use ahead with zeros and make it
+    // durable, before the clock starts, as a log-structured store recycles
+    // or pre-writes its segments off the hot path (PostgreSQL zero-fills its
+    // WAL segments; SQLite reuses its WAL): overwriting written blocks in
+    // place lets fdatasync flush the data alone, where growing the file
+    // also makes it commit the file's new size (an ext4 journal commit).
+    let zeros = vec![0u8; 1 << 20];
+    let ahead = (2 * spec.deliveries + 2) as u64 * LOG_RECORD as u64;
+    let mut at = end;
+    while at < end + ahead {
+        file.write_all_at(&zeros, at)?;
+        at += zeros.len() as u64;
+    }
+    file.sync_all()?;
     let rss_open_kib = self_kb("VmRSS");
     let cpu0 = cpu_now();
     let started = Instant::now();
@@ -451,18 +483,19 @@ fn append_burst(spec: &Spec) -> anyhow::Result<ChildReport> {
         // and one fdatasync: the group commit.
         for &(due, id) in &outcomes {
             let n = u64::from_be_bytes(id[..8].try_into()?);
-            log_record(&mut buf, 2, n, &id, due);
-            index.states.insert(id, (2, due));
+            log_record(&mut buf, DELIVERED, n, &id, due);
+            index.states.insert(id, (DELIVERED, due));
         }
         for &(due, id) in &batch {
             let n = u64::from_be_bytes(id[..8].try_into()?);
-            log_record(&mut buf, 1, n, &id, due);
-            index.states.insert(id, (1, due));
+            log_record(&mut buf, IN_FLIGHT, n, &id, due);
+            index.states.insert(id, (IN_FLIGHT, due));
         }
         if buf.is_empty() {
             break;
         }
-        file.write_all(&buf)?;
+        file.write_all_at(&buf, end)?;
+        end += buf.len() as u64;
         buf.clear();
         file.sync_data()?;
         fdatasyncs += 1;
@@ -480,7 +513,7 @@ fn append_burst(spec: &Spec) -> anyhow::Result<ChildReport> {
 }
 
 fn append_hold(spec: &Spec) -> anyhow::Result<ChildReport> {
-    let (_file, index) = append_open(&spec.dir)?;
+    let (_file, index, _) = append_open(&spec.dir)?;
     // What stays after the file was read: the index.
     Ok(ChildReport {
         rss_open_kib: self_kb("VmRSS"),
@@ -494,6 +527,9 @@ fn append_hold(spec: &Spec) -> anyhow::Result<ChildReport> {
 /// How the parent runs children.
 pub struct Runner {
     pub exe: PathBuf,
+    /// python3 itself (not a wrapper script such as pyenv's shim, which
+    /// valgrind would count instead).
+    pub python: PathBuf,
     pub script: PathBuf,
     pub callgrind: bool,
 }
@@ -501,7 +537,12 @@ pub struct Runner {
 impl Runner {
     pub fn new(callgrind: bool) -> anyhow::Result<Runner> {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("peer/sqlite_floor.py");
-        Ok(Runner { exe: std::env::current_exe()?, script, callgrind })
+        let out = Command::new("python3")
+            .args(["-c", "import sys; print(sys.executable)"])
+            .output()
+            .context("running python3 (the SQLite floor needs it)")?;
+        let python = PathBuf::from(String::from_utf8(out.stdout)?.trim());
+        Ok(Runner { exe: std::env::current_exe()?, python, script, callgrind })
     }
 
     /// Run one child; its report and, under callgrind, its instruction count.
@@ -509,13 +550,13 @@ impl Runner {
         let json = serde_json::to_string(spec)?;
         let mut cmd = if counted && self.callgrind {
             let mut c = Command::new("valgrind");
-            c.args(["--tool=callgrind", "--callgrind-out-file=/dev/null"]);
+            c.args(["--tool=callgrind", "--callgrind-out-file=/dev/null"]).env(UNDER_VALGRIND, "1");
             c
         } else {
-            Command::new(if spec.engine == "sqlite" { "python3" } else { self.exe.to_str().context("exe path")? })
+            Command::new(if spec.engine == "sqlite" { &self.python } else { &self.exe })
         };
         if counted && self.callgrind {
-            cmd.arg(if spec.engine == "sqlite" { "python3" } else { self.exe.to_str().context("exe path")? });
+            cmd.arg(if spec.engine == "sqlite" { &self.python } else { &self.exe });
         }
         if spec.engine == "sqlite" {
             cmd.arg(&self.script).arg(&json);
