@@ -18,11 +18,12 @@ use crate::model::{Actor, AuditRecord};
 use crate::notify::Notifier;
 use crate::reconcile::Summary;
 use crate::scheduler::{Control, Scheduler};
-use crate::store::{SledStore, Store};
+use crate::store::Store;
+use crate::store::open::{Location, Role};
 
 /// A daemon running inside this process (for `herald run`, the demo and tests).
 pub struct Daemon {
-    pub store: Arc<SledStore>,
+    pub store: Arc<dyn Store>,
     pub metrics: Arc<Metrics>,
     control: mpsc::Sender<Control>,
     task: tokio::task::JoinHandle<crate::store::Result<()>>,
@@ -136,8 +137,9 @@ impl Daemon {
     /// Returns once herald is ready. Must run inside a tokio runtime.
     pub fn start(mut config: Config, notifier: Arc<Notifier>) -> anyhow::Result<Daemon> {
         let dir = config.daemon.state_dir.clone();
-        let store = Arc::new(SledStore::open(&dir, config.daemon.cache_mb)?);
-        let shared: Arc<dyn Store> = Arc::clone(&store) as Arc<dyn Store>;
+        let location = Location::of(&config);
+        let store = location.open(Role::Daemon)?;
+        let shared = Arc::clone(&store);
         config.bind(|account| StoreCache::services(&shared, account)).map_err(anyhow::Error::msg)?;
         let config = Arc::new(config);
         let metrics = Arc::new(Metrics::default());
@@ -176,7 +178,7 @@ impl Daemon {
         };
         let task = tokio::spawn(scheduler.run(rx));
         let anchor_task = anchor.run(config.daemon.audit_head_interval);
-        tracing::info!(recovered, %summary, state_dir = %dir.display(), socket = %socket.display(), "herald is ready");
+        tracing::info!(recovered, %summary, store = %location.describe(), socket = %socket.display(), "herald is ready");
         notifier.ready();
         Ok(Daemon {
             store,
