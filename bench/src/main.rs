@@ -14,6 +14,7 @@ mod floor;
 mod http;
 mod machine;
 mod peer;
+mod pg;
 mod procs;
 mod report;
 
@@ -104,6 +105,13 @@ struct Args {
     /// report instructions per delivery (slow: use small sizes).
     #[arg(long)]
     callgrind: bool,
+    /// `--only store-burst`: the burst on these stores, alternated
+    /// (`sled`, `postgres`: a cluster from `.ci/postgres.sh start`).
+    #[arg(long, value_delimiter = ',', default_value = "sled,postgres")]
+    store: Vec<String>,
+    /// `--only store-burst`: how many times each store runs the burst.
+    #[arg(long, default_value_t = 2)]
+    store_rounds: usize,
     /// Internal: run one floor child (a JSON spec) and print its report.
     #[arg(long, hide = true, value_name = "JSON")]
     floor_child: Option<String>,
@@ -130,6 +138,18 @@ pub struct Results {
     pub peer: Vec<peer::Case>,
     pub burst_floor: Vec<burst_floor::BurstFloor>,
     pub memory_floor: Vec<burst_floor::Hold>,
+    pub store_bursts: Vec<StoreBurst>,
+}
+
+/// The burst on one store (`--only store-burst`).
+#[derive(Debug, Serialize)]
+pub struct StoreBurst {
+    pub store: String,
+    pub round: usize,
+    pub burst: BurstResult,
+    /// The disk's 4 KiB write + fdatasync rate just before.
+    pub disk_fsyncs_per_s: f64,
+    pub load1: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -198,6 +218,9 @@ pub struct BurstResult {
     /// herald's CPU time (user + system) from ready until all were
     /// delivered: what the burst cost, whatever else ran on the machine.
     pub cpu_s: f64,
+    /// With `--store postgres`: the PostgreSQL server's CPU time (the
+    /// postmaster and its children) over the same span.
+    pub server_cpu_s: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -258,8 +281,9 @@ fn main() -> anyhow::Result<()> {
     let sink = Sink::start(&bins.sandbox)?;
     eprintln!("sink: herald-sandbox on {}", sink.addr);
     let named = |part: &str| args.only.iter().any(|o| o == part);
-    let wants =
-        |part: &str| (args.only.is_empty() && !["peer", "burst-floor", "memory-floor"].contains(&part)) || named(part);
+    let wants = |part: &str| {
+        (args.only.is_empty() && !["peer", "burst-floor", "memory-floor", "store-burst"].contains(&part)) || named(part)
+    };
 
     let sizes = match (&args.sizes[..], args.quick) {
         ([], true) => vec![10_000],
@@ -280,8 +304,13 @@ fn main() -> anyhow::Result<()> {
         peer: Vec::new(),
         burst_floor: Vec::new(),
         memory_floor: Vec::new(),
+        store_bursts: Vec::new(),
     };
-    let opts = configs::DaemonOpts { concurrency: args.concurrency, schedule_ahead: args.schedule_ahead.clone() };
+    let opts = configs::DaemonOpts {
+        concurrency: args.concurrency,
+        schedule_ahead: args.schedule_ahead.clone(),
+        postgres_url_file: None,
+    };
     let settle = Duration::from_secs(if args.quick { args.settle.min(3) } else { args.settle });
     if wants("load") {
         for &size in &sizes {
@@ -306,7 +335,7 @@ fn main() -> anyhow::Result<()> {
         let n = args.burst.unwrap_or(if args.quick { 5_000 } else { 50_000 });
         let dir = scratch.path().join("burst");
         results.burst =
-            Some(burst(&bins, &sink, &dir, n, args.burst_accounts, &opts, lead, &budget).context("the burst")?);
+            Some(burst(&bins, &sink, &dir, n, args.burst_accounts, &opts, lead, &budget, None).context("the burst")?);
     }
     if wants("lateness") {
         let (n, window) = if args.quick { (200, 12) } else { (1_000, 60) };
@@ -342,8 +371,35 @@ fn main() -> anyhow::Result<()> {
             results.memory_floor = burst_floor::holds(&runner, scratch.path(), &sizes, &args.cache_mb)?;
         }
     }
+    if named("store-burst") {
+        let n = args.burst.unwrap_or(5_000);
+        let cluster = if args.store.iter().any(|s| s == "postgres") { Some(pg::Cluster::from_env()?) } else { None };
+        for round in 1..=args.store_rounds {
+            for store in &args.store {
+                let dir = scratch.path().join(format!("store-burst-{store}-{round}"));
+                let (opts, pg) = match (store.as_str(), &cluster) {
+                    ("sled", _) => (opts.clone(), None),
+                    ("postgres", Some(c)) => {
+                        let url = c.new_database(&format!("herald_bench_{round}"), &scratch.path().join("pg"))?;
+                        (configs::DaemonOpts { postgres_url_file: Some(url), ..opts.clone() }, Some(c))
+                    }
+                    (other, _) => bail!("--store {other}: sled or postgres"),
+                };
+                let disk_fsyncs_per_s = machine::fsync_rate(scratch.path()).unwrap_or(f64::NAN);
+                let load1 = machine::load1();
+                eprintln!("\n== store burst on {store} (round {round})");
+                let burst = burst(&bins, &sink, &dir, n, args.burst_accounts, &opts, lead, &budget, pg)
+                    .with_context(|| format!("the burst on {store}"))?;
+                results.store_bursts.push(StoreBurst { store: store.clone(), round, burst, disk_fsyncs_per_s, load1 });
+                if !args.keep {
+                    std::fs::remove_dir_all(&dir).ok();
+                }
+            }
+        }
+    }
     results.load_after = machine::load1();
     report::print(&results);
+    report::print_store_bursts(&results.store_bursts);
     burst_floor::print(&results.burst_floor, &results.memory_floor);
     report::print_peer(&results.peer);
     if let Some(path) = &args.json {
@@ -698,6 +754,7 @@ fn burst(
     opts: &configs::DaemonOpts,
     lead: Duration,
     budget: &Budget,
+    pg: Option<&pg::Cluster>,
 ) -> anyhow::Result<BurstResult> {
     let posts = (n / accounts).max(1);
     let n = posts * accounts;
@@ -712,6 +769,7 @@ fn burst(
     let ready_s = herald.wait_ready(budget.left(lead + Duration::from_secs(600))?)?.as_secs_f64();
     let ready_before_due_s = seconds(Utc::now(), due);
     let cpu_at_ready = herald.cpu_s();
+    let server_at_ready = pg.map(|c| c.cpu_by_pid());
     if ready_before_due_s < 0.0 {
         eprintln!("warning: herald was ready {:.1} s after the due instant; use a longer --lead", -ready_before_due_s);
     }
@@ -723,6 +781,8 @@ fn burst(
     let state_mib = disk_usage(&scenario.state) as f64 / (1024.0 * 1024.0);
     let (delivered, failed) = wait_settled(&herald, n as u64, budget.left(lead + Duration::from_secs(600))?)?;
     let cpu_s = herald.cpu_s() - cpu_at_ready;
+    // Before herald stops, while its connections (server processes) live.
+    let server_cpu_s = pg.zip(server_at_ready.as_ref()).map(|(c, before)| pg::cpu_between(before, &c.cpu_by_pid()));
     let peak_mib = herald.peak_mib();
     let records = herald.audit("delivered")?;
     let last_delivered = records
@@ -752,6 +812,7 @@ fn burst(
         per_s: delivered as f64 / due_to_last_delivered_s,
         peak_mib,
         cpu_s,
+        server_cpu_s,
     };
     eprintln!(
         "burst: {} delivered in {:.2} s = {:.0}/s ({:.2} s herald CPU)",
