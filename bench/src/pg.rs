@@ -82,10 +82,10 @@ impl Cluster {
             let Some(close) = stat.rfind(')') else { continue };
             let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
             let ppid = fields.get(1).and_then(|p| p.parse::<u32>().ok());
-            if pid == self.postmaster || ppid == Some(self.postmaster) {
-                if let Some(cpu) = crate::procs::cpu_seconds(pid) {
-                    out.insert(pid, cpu);
-                }
+            if (pid == self.postmaster || ppid == Some(self.postmaster))
+                && let Some(cpu) = crate::procs::cpu_seconds(pid)
+            {
+                out.insert(pid, cpu);
             }
         }
         out
