@@ -109,6 +109,10 @@ struct Args {
     /// (`sled`, `postgres`: a cluster from `.ci/postgres.sh start`).
     #[arg(long, value_delimiter = ',', default_value = "sled,postgres")]
     store: Vec<String>,
+    /// The store of the load part: `sled` (default) or `postgres` (a new
+    /// database per size in the cluster of `.ci/postgres.sh start`).
+    #[arg(long, default_value = "sled")]
+    load_store: String,
     /// `--only store-burst`: how many times each store runs the burst.
     #[arg(long, default_value_t = 2)]
     store_rounds: usize,
@@ -313,8 +317,20 @@ fn main() -> anyhow::Result<()> {
     };
     let settle = Duration::from_secs(if args.quick { args.settle.min(3) } else { args.settle });
     if wants("load") {
+        let cluster = match args.load_store.as_str() {
+            "sled" => None,
+            "postgres" => Some(pg::Cluster::from_env()?),
+            other => bail!("--load-store {other}: sled or postgres"),
+        };
         for &size in &sizes {
             let dir = scratch.path().join(format!("load-{size}"));
+            let opts = match &cluster {
+                Some(c) => configs::DaemonOpts {
+                    postgres_url_file: Some(c.new_database(&format!("herald_load_{size}"), &dir.join("pg"))?),
+                    ..opts.clone()
+                },
+                None => opts.clone(),
+            };
             let result = load(&bins, &sink, &dir, size, &opts, settle, &budget)
                 .with_context(|| format!("the load measurement at {size} deliveries"))?;
             results.loads.push(result);
