@@ -40,6 +40,8 @@ pub struct DaemonOpts {
     pub concurrency: usize,
     /// `schedule_ahead` as written in TOML (`"60d"`), or herald's default.
     pub schedule_ahead: Option<String>,
+    /// `[store] backend = "postgres"`, its URL in this file; None: sled.
+    pub postgres_url_file: Option<PathBuf>,
 }
 
 /// Write the main file (daemon settings, `accounts` webhook accounts, the
@@ -59,6 +61,9 @@ pub fn write(
         opts.concurrency,
         opts.schedule_ahead.as_ref().map(|a| format!("schedule_ahead = \"{a}\"\n")).unwrap_or_default()
     );
+    if let Some(file) = &opts.postgres_url_file {
+        writeln!(main, "\n[store]\nbackend = \"postgres\"\nurl = {{ file = \"{}\" }}", file.display())?;
+    }
     let ids: Vec<String> = (1..=accounts).map(account_id).collect();
     for id in &ids {
         writeln!(main, "\n[accounts.{id}]\nplatform = \"webhook\"\nurl = \"{}\"", sink.url(id))?;

@@ -18,7 +18,7 @@ pub struct Floor {
 }
 
 /// A stand-in for a 16-byte delivery id: spread like a hash.
-fn id(n: u64) -> [u8; 16] {
+pub(crate) fn id(n: u64) -> [u8; 16] {
     let mut x = n.wrapping_add(0x9e37_79b9_7f4a_7c15);
     let mut out = [0u8; 16];
     for chunk in out.chunks_mut(8) {

@@ -68,7 +68,7 @@ fn disk_of(path: &Path) -> String {
 
 /// How many small durable writes the disk takes per second: the floor under
 /// every durable state change.
-fn fsync_rate(dir: &Path) -> std::io::Result<f64> {
+pub fn fsync_rate(dir: &Path) -> std::io::Result<f64> {
     let path = dir.join("fsync-probe");
     let mut file = std::fs::File::create(&path)?;
     let block = [0x5au8; 4096];

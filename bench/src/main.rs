@@ -8,11 +8,13 @@
 //! cargo run --release -p herald-bench -- --quick # 10k deliveries, a short burst (about 2 minutes)
 //! ```
 
+mod burst_floor;
 mod configs;
 mod floor;
 mod http;
 mod machine;
 mod peer;
+mod pg;
 mod procs;
 mod report;
 
@@ -42,7 +44,9 @@ struct Args {
     sizes: Vec<usize>,
     /// Run only these parts (load, ahead, burst, lateness, floor); default
     /// all of those. `peer` (only when named) runs herald and a Python
-    /// scheduler (APScheduler + SQLite) side by side on the same bursts.
+    /// scheduler (APScheduler + SQLite) side by side on the same bursts;
+    /// `burst-floor` and `memory-floor` (only when named) measure sled, an
+    /// append-only file and SQLite alone under a burst and held open.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Deliveries in the burst (default 50000; quick 5000), due at one instant.
@@ -85,6 +89,36 @@ struct Args {
     /// Give up after this many minutes in all.
     #[arg(long, default_value_t = 90)]
     max_minutes: u64,
+    /// `--only burst-floor`: the bursts' sizes (default 5000,50000).
+    #[arg(long, value_delimiter = ',')]
+    floor_sizes: Vec<usize>,
+    /// `--only burst-floor`: deliveries per group commit (default 20,1).
+    #[arg(long, value_delimiter = ',')]
+    floor_batches: Vec<usize>,
+    /// `--only burst-floor`: how many times each engine runs, alternated.
+    #[arg(long, default_value_t = 2)]
+    floor_rounds: usize,
+    /// `--only memory-floor`: sled's cache sizes to open the store with, MiB.
+    #[arg(long, value_delimiter = ',', default_value = "64,8")]
+    cache_mb: Vec<u64>,
+    /// Run each floor's burst under `valgrind --tool=callgrind` too and
+    /// report instructions per delivery (slow: use small sizes).
+    #[arg(long)]
+    callgrind: bool,
+    /// `--only store-burst`: the burst on these stores, alternated
+    /// (`sled`, `postgres`: a cluster from `.ci/postgres.sh start`).
+    #[arg(long, value_delimiter = ',', default_value = "sled,postgres")]
+    store: Vec<String>,
+    /// The store of the load part: `sled` (default) or `postgres` (a new
+    /// database per size in the cluster of `.ci/postgres.sh start`).
+    #[arg(long, default_value = "sled")]
+    load_store: String,
+    /// `--only store-burst`: how many times each store runs the burst.
+    #[arg(long, default_value_t = 2)]
+    store_rounds: usize,
+    /// Internal: run one floor child (a JSON spec) and print its report.
+    #[arg(long, hide = true, value_name = "JSON")]
+    floor_child: Option<String>,
 }
 
 /// Accounts in the load measurements.
@@ -106,6 +140,20 @@ pub struct Results {
     pub lateness: Option<LatenessResult>,
     pub floor: Vec<floor::Floor>,
     pub peer: Vec<peer::Case>,
+    pub burst_floor: Vec<burst_floor::BurstFloor>,
+    pub memory_floor: Vec<burst_floor::Hold>,
+    pub store_bursts: Vec<StoreBurst>,
+}
+
+/// The burst on one store (`--only store-burst`).
+#[derive(Debug, Serialize)]
+pub struct StoreBurst {
+    pub store: String,
+    pub round: usize,
+    pub burst: BurstResult,
+    /// The disk's 4 KiB write + fdatasync rate just before.
+    pub disk_fsyncs_per_s: f64,
+    pub load1: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -174,6 +222,9 @@ pub struct BurstResult {
     /// herald's CPU time (user + system) from ready until all were
     /// delivered: what the burst cost, whatever else ran on the machine.
     pub cpu_s: f64,
+    /// With `--store postgres`: the PostgreSQL server's CPU time (the
+    /// postmaster and its children) over the same span.
+    pub server_cpu_s: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -215,6 +266,9 @@ impl Budget {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(spec) = &args.floor_child {
+        return burst_floor::child(spec);
+    }
     let budget = Budget(Instant::now() + Duration::from_secs(args.max_minutes * 60));
     let bins = binaries(!args.no_build)?;
     let scratch = match &args.dir {
@@ -231,7 +285,9 @@ fn main() -> anyhow::Result<()> {
     let sink = Sink::start(&bins.sandbox)?;
     eprintln!("sink: herald-sandbox on {}", sink.addr);
     let named = |part: &str| args.only.iter().any(|o| o == part);
-    let wants = |part: &str| (args.only.is_empty() && part != "peer") || named(part);
+    let wants = |part: &str| {
+        (args.only.is_empty() && !["peer", "burst-floor", "memory-floor", "store-burst"].contains(&part)) || named(part)
+    };
 
     let sizes = match (&args.sizes[..], args.quick) {
         ([], true) => vec![10_000],
@@ -250,12 +306,31 @@ fn main() -> anyhow::Result<()> {
         lateness: None,
         floor: Vec::new(),
         peer: Vec::new(),
+        burst_floor: Vec::new(),
+        memory_floor: Vec::new(),
+        store_bursts: Vec::new(),
     };
-    let opts = configs::DaemonOpts { concurrency: args.concurrency, schedule_ahead: args.schedule_ahead.clone() };
+    let opts = configs::DaemonOpts {
+        concurrency: args.concurrency,
+        schedule_ahead: args.schedule_ahead.clone(),
+        postgres_url_file: None,
+    };
     let settle = Duration::from_secs(if args.quick { args.settle.min(3) } else { args.settle });
     if wants("load") {
+        let cluster = match args.load_store.as_str() {
+            "sled" => None,
+            "postgres" => Some(pg::Cluster::from_env()?),
+            other => bail!("--load-store {other}: sled or postgres"),
+        };
         for &size in &sizes {
             let dir = scratch.path().join(format!("load-{size}"));
+            let opts = match &cluster {
+                Some(c) => configs::DaemonOpts {
+                    postgres_url_file: Some(c.new_database(&format!("herald_load_{size}"), &dir.join("pg"))?),
+                    ..opts.clone()
+                },
+                None => opts.clone(),
+            };
             let result = load(&bins, &sink, &dir, size, &opts, settle, &budget)
                 .with_context(|| format!("the load measurement at {size} deliveries"))?;
             results.loads.push(result);
@@ -276,7 +351,7 @@ fn main() -> anyhow::Result<()> {
         let n = args.burst.unwrap_or(if args.quick { 5_000 } else { 50_000 });
         let dir = scratch.path().join("burst");
         results.burst =
-            Some(burst(&bins, &sink, &dir, n, args.burst_accounts, &opts, lead, &budget).context("the burst")?);
+            Some(burst(&bins, &sink, &dir, n, args.burst_accounts, &opts, lead, &budget, None).context("the burst")?);
     }
     if wants("lateness") {
         let (n, window) = if args.quick { (200, 12) } else { (1_000, 60) };
@@ -299,8 +374,49 @@ fn main() -> anyhow::Result<()> {
         let python = peer::venv(&args.peer_venv.clone().unwrap_or_else(|| target.join("herald-peer-venv")))?;
         results.peer = peer::run(&bins, &python, &sink, scratch.path(), args.quick, &budget).context("side by side")?;
     }
+    if named("burst-floor") || named("memory-floor") {
+        let runner = burst_floor::Runner::new(args.callgrind)?;
+        let sizes = if args.floor_sizes.is_empty() { vec![5_000, 50_000] } else { args.floor_sizes.clone() };
+        if named("burst-floor") {
+            let batches = if args.floor_batches.is_empty() { vec![20, 1] } else { args.floor_batches.clone() };
+            eprintln!("\n== burst floors: sled, an append-only file and SQLite, no herald");
+            results.burst_floor = burst_floor::bursts(&runner, scratch.path(), &sizes, &batches, args.floor_rounds)?;
+        }
+        if named("memory-floor") {
+            eprintln!("\n== memory and size floors: a store of pending deliveries, held open");
+            results.memory_floor = burst_floor::holds(&runner, scratch.path(), &sizes, &args.cache_mb)?;
+        }
+    }
+    if named("store-burst") {
+        let n = args.burst.unwrap_or(5_000);
+        let cluster = if args.store.iter().any(|s| s == "postgres") { Some(pg::Cluster::from_env()?) } else { None };
+        for round in 1..=args.store_rounds {
+            for store in &args.store {
+                let dir = scratch.path().join(format!("store-burst-{store}-{round}"));
+                let (opts, pg) = match (store.as_str(), &cluster) {
+                    ("sled", _) => (opts.clone(), None),
+                    ("postgres", Some(c)) => {
+                        let url = c.new_database(&format!("herald_bench_{round}"), &scratch.path().join("pg"))?;
+                        (configs::DaemonOpts { postgres_url_file: Some(url), ..opts.clone() }, Some(c))
+                    }
+                    (other, _) => bail!("--store {other}: sled or postgres"),
+                };
+                let disk_fsyncs_per_s = machine::fsync_rate(scratch.path()).unwrap_or(f64::NAN);
+                let load1 = machine::load1();
+                eprintln!("\n== store burst on {store} (round {round})");
+                let burst = burst(&bins, &sink, &dir, n, args.burst_accounts, &opts, lead, &budget, pg)
+                    .with_context(|| format!("the burst on {store}"))?;
+                results.store_bursts.push(StoreBurst { store: store.clone(), round, burst, disk_fsyncs_per_s, load1 });
+                if !args.keep {
+                    std::fs::remove_dir_all(&dir).ok();
+                }
+            }
+        }
+    }
     results.load_after = machine::load1();
     report::print(&results);
+    report::print_store_bursts(&results.store_bursts);
+    burst_floor::print(&results.burst_floor, &results.memory_floor);
     report::print_peer(&results.peer);
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&results)?)?;
@@ -654,6 +770,7 @@ fn burst(
     opts: &configs::DaemonOpts,
     lead: Duration,
     budget: &Budget,
+    pg: Option<&pg::Cluster>,
 ) -> anyhow::Result<BurstResult> {
     let posts = (n / accounts).max(1);
     let n = posts * accounts;
@@ -668,6 +785,7 @@ fn burst(
     let ready_s = herald.wait_ready(budget.left(lead + Duration::from_secs(600))?)?.as_secs_f64();
     let ready_before_due_s = seconds(Utc::now(), due);
     let cpu_at_ready = herald.cpu_s();
+    let server_at_ready = pg.map(|c| c.cpu_by_pid());
     if ready_before_due_s < 0.0 {
         eprintln!("warning: herald was ready {:.1} s after the due instant; use a longer --lead", -ready_before_due_s);
     }
@@ -679,6 +797,8 @@ fn burst(
     let state_mib = disk_usage(&scenario.state) as f64 / (1024.0 * 1024.0);
     let (delivered, failed) = wait_settled(&herald, n as u64, budget.left(lead + Duration::from_secs(600))?)?;
     let cpu_s = herald.cpu_s() - cpu_at_ready;
+    // Before herald stops, while its connections (server processes) live.
+    let server_cpu_s = pg.zip(server_at_ready.as_ref()).map(|(c, before)| pg::cpu_between(before, &c.cpu_by_pid()));
     let peak_mib = herald.peak_mib();
     let records = herald.audit("delivered")?;
     let last_delivered = records
@@ -708,6 +828,7 @@ fn burst(
         per_s: delivered as f64 / due_to_last_delivered_s,
         peak_mib,
         cpu_s,
+        server_cpu_s,
     };
     eprintln!(
         "burst: {} delivered in {:.2} s = {:.0}/s ({:.2} s herald CPU)",

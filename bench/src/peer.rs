@@ -125,9 +125,10 @@ pub fn run(
         }
         let dir = scratch.join(format!("peer-{}-{accounts}-{concurrency}-{threads}", n));
         eprintln!("\n== side by side: {name}: {n} deliveries over {accounts} accounts");
-        let opts = configs::DaemonOpts { concurrency, schedule_ahead: None };
-        let herald = crate::burst(bins, sink, &dir.join("herald"), n, accounts, &opts, Duration::from_secs(20), budget)
-            .with_context(|| format!("herald, {name}"))?;
+        let opts = configs::DaemonOpts { concurrency, schedule_ahead: None, postgres_url_file: None };
+        let herald =
+            crate::burst(bins, sink, &dir.join("herald"), n, accounts, &opts, Duration::from_secs(20), budget, None)
+                .with_context(|| format!("herald, {name}"))?;
         sink.reset()?;
         // A little more than the adds should take; if they take longer, the
         // peer's times count from when they were done (and say so).

@@ -285,3 +285,48 @@ pub fn print_peer(cases: &[crate::peer::Case]) {
         }
     }
 }
+
+/// `--only store-burst`: the same burst on each store, in the order run.
+pub fn print_store_bursts(runs: &[crate::StoreBurst]) {
+    if runs.is_empty() {
+        return;
+    }
+    println!("\nThe burst on each store (herald's durable point on both; sink-timed first/last, audit-timed rate):");
+    let rows: Vec<Vec<String>> = runs
+        .iter()
+        .map(|r| {
+            let b = &r.burst;
+            vec![
+                r.store.clone(),
+                r.round.to_string(),
+                format!("{} / {}", b.delivered, b.deliveries),
+                format!("{:.2} s", b.due_to_first_received_s),
+                format!("{:.2} s", b.due_to_last_delivered_s),
+                format!("{:.0}", b.per_s),
+                per_delivery(b.cpu_s, b.delivered as f64),
+                b.server_cpu_s.map_or("-".into(), |s| per_delivery(s, b.delivered as f64)),
+                mib(b.peak_mib),
+                s(b.ready_s),
+                format!("{:.0}", r.disk_fsyncs_per_s),
+                format!("{:.2}", r.load1),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "store",
+            "round",
+            "delivered",
+            "due -> first",
+            "due -> last delivered",
+            "deliveries/s",
+            "herald CPU/delivery",
+            "server CPU/delivery",
+            "peak RSS",
+            "start to ready",
+            "disk fdatasync/s",
+            "load",
+        ],
+        &rows,
+    );
+}
