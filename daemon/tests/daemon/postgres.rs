@@ -81,6 +81,7 @@ async fn postgres_store_delivers_everywhere_and_keeps_it_all_across_a_restart() 
 
     let check = printed.keep("herald check", &dir.cli_with(&["check"], &env));
     assert!(check.contains("store: postgres at postgres://herald_test@127.0.0.1:"), "{check}");
+    assert!(check.contains("up to 4 connections; reachable, schema version "), "{check}");
     let herald = dir.start_with(&env).await;
     eventually("five platforms delivered, the webhook failed", Duration::from_secs(60), || {
         let counts = status_counts(&dir.ask_daemon_ok(&["status"]));
