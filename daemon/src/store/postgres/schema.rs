@@ -113,7 +113,12 @@ pub fn migrate(tx: &mut Transaction<'_>, target: &str) -> Result<u32> {
     // daemon migrates: an hour, only inside this transaction.
     tx.batch_execute("SET LOCAL statement_timeout = '1h'; SET LOCAL lock_timeout = '1h'").map_err(err)?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).map_err(err)?;
-    tx.batch_execute("CREATE TABLE IF NOT EXISTS herald_schema (version integer NOT NULL)").map_err(err)?;
+    // Created only when missing: `IF NOT EXISTS` would have the server send
+    // a NOTICE, logged at every connect.
+    let exists: bool = tx.query_one("SELECT to_regclass('herald_schema') IS NOT NULL", &[]).map_err(err)?.get(0);
+    if !exists {
+        tx.batch_execute("CREATE TABLE herald_schema (version integer NOT NULL)").map_err(err)?;
+    }
     let found: Option<i32> = tx.query_one("SELECT max(version) FROM herald_schema", &[]).map_err(err)?.get(0);
     let found = found.map_or(0, |v| v.max(0) as u32);
     let known = known();
