@@ -47,6 +47,10 @@ pub enum StoreError {
     Encode { what: String, error: String },
     #[error("storage error: {0}")]
     Backend(String),
+    /// A write of the scheduler refused by the lease's fence, or a change
+    /// asked of a standby (see `lease`): nothing was written.
+    #[error("not the leader: {0}; nothing was written")]
+    NotLeader(String),
 }
 
 impl From<sled::Error> for StoreError {
@@ -68,6 +72,13 @@ impl StoreError {
     /// Will the same store refuse every start until someone acts?
     pub fn needs_an_operator(&self) -> bool {
         matches!(self, StoreError::Corrupt(_) | StoreError::NewerSchema { .. })
+    }
+
+    /// Does this error end this daemon's turn as the leader (the fence
+    /// refused a write, or the shared store cannot be reached)? The leader
+    /// then steps down to standby instead of stopping (`lease`).
+    pub fn loses_leadership(&self) -> bool {
+        matches!(self, StoreError::NotLeader(_))
     }
 }
 
@@ -218,6 +229,36 @@ pub trait Store: Send + Sync {
     fn planned(&self, limit: usize) -> Result<Vec<(String, Planned)>>;
     /// How many deliveries the planned occurrences will create.
     fn planned_deliveries(&self) -> Result<u64>;
+
+    /// Can several daemons use this store at once (so they take turns
+    /// through the scheduler lease, and show their role)? Not sled.
+    fn is_shared(&self) -> bool {
+        false
+    }
+    /// Take (`held` = None) or renew (`held` = the epoch this daemon
+    /// holds) the lease `name` for `holder`, for `length` of the store's
+    /// clock (see `lease`). The default is a store one daemon owns (sled,
+    /// behind its lock file): the lease is always its own.
+    fn lease(
+        &self,
+        _name: &'static str,
+        _holder: &str,
+        held: Option<u64>,
+        _length: std::time::Duration,
+    ) -> Result<crate::lease::LeaseState> {
+        Ok(crate::lease::LeaseState::Held { epoch: held.unwrap_or(1) })
+    }
+    /// Give the lease up (a clean stop), so a standby need not wait for it to expire.
+    fn release_lease(&self, _fence: &crate::lease::Fence) -> Result<()> {
+        Ok(())
+    }
+    /// [`Store::apply`], only while `fence` still holds its lease (same
+    /// epoch, not expired), checked in the same transaction; otherwise
+    /// [`StoreError::NotLeader`] and nothing is written. The default (one
+    /// daemon per store) never refuses.
+    fn apply_fenced(&self, changes: Changes, _fence: &crate::lease::Fence) -> Result<Vec<AuditRecord>> {
+        self.apply(changes)
+    }
 }
 
 /// A pending delivery in the due index.
