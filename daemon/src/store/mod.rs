@@ -1,9 +1,11 @@
 //! Persistent state behind one narrow interface: deliveries, the ordered due
 //! index, post records and their timers, rendered content, the append-only
-//! audit log, and metadata. [`Store`] is what the rest of herald sees; sled
-//! ([`sled_store::SledStore`]) is the one backend today.
+//! audit log, and metadata. [`Store`] is what the rest of herald sees; it
+//! has two backends: sled ([`sled_store::SledStore`], embedded, the default)
+//! and PostgreSQL ([`postgres::PostgresStore`]).
 
 mod keys;
+pub mod postgres;
 pub mod sled_store;
 
 use std::collections::BTreeMap;
@@ -36,11 +38,12 @@ pub enum StoreError {
     // Not `source`: the message already says it, and a chained error would say it twice.
     #[error("cannot use the state directory {dir}: {error}")]
     Dir { dir: String, error: std::io::Error },
+    /// `store` names it: "the state directory …" or "the PostgreSQL database …".
     #[error(
-        "the state directory {dir} was written by a newer herald (schema {found}, this build knows {known}); \
+        "{store} was written by a newer herald (schema {found}, this build knows {known}); \
          upgrade herald, or restore a backup made by this version"
     )]
-    NewerSchema { dir: String, found: u32, known: u32 },
+    NewerSchema { store: String, found: u32, known: u32 },
     #[error("the store is damaged: {0}")]
     Corrupt(String),
     #[error("cannot store a {what}: it does not serialise ({error}); nothing of this change was written")]
@@ -51,6 +54,24 @@ pub enum StoreError {
     /// asked of a standby (see `lease`): nothing was written.
     #[error("not the leader: {0}; nothing was written")]
     NotLeader(String),
+    /// The database cannot be reached, or refused the connection. `target`
+    /// is `user@host:port/database`: never the URL, whose password it would show.
+    #[error("cannot reach the PostgreSQL database {target}: {error}")]
+    Unreachable { target: String, error: String },
+    /// The PostgreSQL URL cannot be used as written (the message never repeats it).
+    #[error("the PostgreSQL URL is not usable: {0}")]
+    BadUrl(String),
+    #[error(
+        "the PostgreSQL database {database} is in use by another herald daemon (it holds herald's exclusive \
+         claim on it); stop that daemon, or give this one another database"
+    )]
+    Claimed { database: String },
+    #[error(
+        "the PostgreSQL database {database} runs with synchronous_commit = off: a commit there is not durable \
+         when it returns, and herald must not send on a record a crash could take back; set it back to on \
+         (ALTER ROLE … SET synchronous_commit = on, or ALTER DATABASE …, or in postgresql.conf)"
+    )]
+    SynchronousCommitOff { database: String },
 }
 
 impl From<sled::Error> for StoreError {
@@ -71,14 +92,20 @@ impl StoreError {
 
     /// Will the same store refuse every start until someone acts?
     pub fn needs_an_operator(&self) -> bool {
-        matches!(self, StoreError::Corrupt(_) | StoreError::NewerSchema { .. })
+        matches!(
+            self,
+            StoreError::Corrupt(_)
+                | StoreError::NewerSchema { .. }
+                | StoreError::BadUrl(_)
+                | StoreError::SynchronousCommitOff { .. }
+        )
     }
 
     /// Does this error end this daemon's turn as the leader (the fence
     /// refused a write, or the shared store cannot be reached)? The leader
     /// then steps down to standby instead of stopping (`lease`).
     pub fn loses_leadership(&self) -> bool {
-        matches!(self, StoreError::NotLeader(_))
+        matches!(self, StoreError::NotLeader(_) | StoreError::Unreachable { .. })
     }
 }
 

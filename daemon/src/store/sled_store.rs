@@ -160,7 +160,7 @@ impl SledStore {
                     u32::from_be_bytes(v.as_ref().try_into().map_err(|_| corrupt("schema version", "bad length"))?);
                 if found > SCHEMA_VERSION {
                     return Err(StoreError::NewerSchema {
-                        dir: dir.display().to_string(),
+                        store: format!("the state directory {}", dir.display()),
                         found,
                         known: SCHEMA_VERSION,
                     });

@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# A throwaway PostgreSQL cluster for herald's PostgreSQL tests.
+#
+#   eval "$(bash .ci/postgres.sh start)"   # prints the two export lines below
+#   cargo test -p herald ...                # tests read HERALD_TEST_POSTGRES
+#   bash .ci/postgres.sh stop               # stops it and removes its directory
+#
+# start: installs the distribution's `postgresql` package if no `initdb` is
+# found (as root, Debian/Ubuntu), creates a cluster in a new temporary
+# directory, with one superuser role `herald_test` whose random password is
+# checked with scram-sha-256, listening on 127.0.0.1 only, on a free port,
+# its unix socket inside the directory. fsync stays on (the default): some
+# tests are about what a commit makes durable. Prints, on stdout only:
+#   export HERALD_TEST_POSTGRES=postgres://herald_test:PASSWORD@127.0.0.1:PORT/postgres
+#   export HERALD_TEST_POSTGRES_DIR=DIR
+# stop: stops the cluster in $HERALD_TEST_POSTGRES_DIR (or the directory
+# given after `stop`) and removes the directory.
+#
+# PostgreSQL refuses to run as root: as root, the cluster belongs to the
+# `postgres` user that the package creates, and its programs run as it.
+set -euo pipefail
+
+log() { printf 'postgres.sh: %s\n' "$*" >&2; }
+
+bindir() {
+    local d
+    for d in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V -r); do
+        [ -x "$d/initdb" ] && { echo "$d"; return 0; }
+    done
+    if command -v initdb >/dev/null 2>&1; then
+        dirname "$(command -v initdb)"
+        return 0
+    fi
+    return 1
+}
+
+as_owner() {
+    if [ "$(id -u)" = 0 ]; then
+        runuser -u postgres -- "$@"
+    else
+        "$@"
+    fi
+}
+
+start() {
+    local bin
+    if ! bin=$(bindir); then
+        [ "$(id -u)" = 0 ] || { log "initdb not found: install PostgreSQL (apt-get install postgresql)"; exit 1; }
+        log "installing postgresql (Debian packages)"
+        DEBIAN_FRONTEND=noninteractive apt-get update -q >&2
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends postgresql >&2
+        bin=$(bindir) || { log "postgresql installed, but no initdb found"; exit 1; }
+    fi
+    local dir password
+    dir=$(mktemp -d "${TMPDIR:-/tmp}/herald-pg.XXXXXX")
+    password=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
+    printf '%s\n' "$password" >"$dir/pwfile"
+    chmod 600 "$dir/pwfile"
+    if [ "$(id -u)" = 0 ]; then
+        chown -R postgres: "$dir"
+        chmod 700 "$dir"
+    fi
+    as_owner "$bin/initdb" -D "$dir/data" -U herald_test --pwfile="$dir/pwfile" \
+        --auth=scram-sha-256 --encoding=UTF8 --locale=C.UTF-8 >"$dir/initdb.log" 2>&1 \
+        || { cat "$dir/initdb.log" >&2; log "initdb failed"; exit 1; }
+    rm -f "$dir/pwfile"
+    local port attempt
+    for attempt in 1 2 3 4 5 6 7 8; do
+        port=$((20000 + RANDOM % 40000))
+        # Taken already? (bash connects to it)
+        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then continue; fi
+        if as_owner "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start -o \
+            "-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories=$dir \
+             -c shared_buffers=32MB -c max_connections=300 -c fsync=on" >/dev/null 2>&1; then
+            printf 'export HERALD_TEST_POSTGRES=postgres://herald_test:%s@127.0.0.1:%s/postgres\n' "$password" "$port"
+            printf 'export HERALD_TEST_POSTGRES_DIR=%s\n' "$dir"
+            log "PostgreSQL $("$bin/postgres" --version | awk '{print $3}') listening on 127.0.0.1:$port (cluster in $dir)"
+            return 0
+        fi
+        log "could not start on port $port (attempt $attempt), trying another"
+    done
+    tail -n 20 "$dir/server.log" >&2 || true
+    rm -rf "$dir"
+    log "PostgreSQL did not start"
+    exit 1
+}
+
+stop() {
+    local dir=${1:-${HERALD_TEST_POSTGRES_DIR:-}}
+    [ -n "$dir" ] || { log "stop: no directory (set HERALD_TEST_POSTGRES_DIR or give it)"; exit 1; }
+    [ -d "$dir/data" ] || { log "stop: $dir holds no cluster"; exit 1; }
+    local bin
+    bin=$(bindir)
+    as_owner "$bin/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null 2>&1 || log "pg_ctl stop failed (already stopped?)"
+    rm -rf "$dir"
+}
+
+case "${1:-}" in
+    start) start ;;
+    stop) shift; stop "$@" ;;
+    *) log "usage: $0 start | stop [DIR]"; exit 2 ;;
+esac

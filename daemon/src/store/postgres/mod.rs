@@ -1,0 +1,217 @@
+//! The PostgreSQL backend of [`Store`](crate::store::Store): the same
+//! interface and semantics as the sled store, on a database that several
+//! hosts can reach.
+//!
+//! - [`PostgresStore::connect`] parses the URL (refusing TLS it cannot do),
+//!   opens a bounded pool ([`pool`]), checks that commits are durable
+//!   (`synchronous_commit` not `off`) and runs the migrations ([`schema`]).
+//! - Every write is one transaction; a committed transaction is durable, so
+//!   `flush` has nothing left to do and `audit` shows every committed record.
+//! - [`PostgresStore::claim_exclusive`] makes a daemon the only one sending
+//!   from a database (a session advisory lock), until leases replace it.
+
+pub mod pool;
+pub mod schema;
+pub mod testing;
+
+use std::sync::Mutex;
+
+use postgres::Client;
+
+use crate::store::{Result, StoreError};
+use pool::Pool;
+
+/// The key of the session advisory lock held by [`PostgresStore::claim_exclusive`] ("herald" + 2).
+const EXCLUSIVE_LOCK: i64 = 0x6865_7261_6c64_0002;
+
+pub struct PostgresStore {
+    pool: Pool,
+    /// The dedicated connection that holds the exclusive claim, once taken.
+    claim: Mutex<Option<Client>>,
+}
+
+impl PostgresStore {
+    /// Connect to the database at `url` with at most `pool` connections,
+    /// and bring its schema to this build's (refusing a newer one). The
+    /// URL's password appears in no error.
+    pub fn connect(url: &str, pool: usize) -> Result<PostgresStore> {
+        let config = pool::parse(url)?;
+        let pool = Pool::new(config, pool);
+        {
+            let mut conn = pool.get()?;
+            let target = pool.target().to_string();
+            let mut tx = conn.client.transaction().map_err(|e| pool::error(&target, &e))?;
+            schema::migrate(&mut tx, &target)?;
+            tx.commit().map_err(|e| pool::error(&target, &e))?;
+        }
+        Ok(PostgresStore { pool, claim: Mutex::new(None) })
+    }
+
+    /// `user@host:port/database`, for messages (no password).
+    pub fn target(&self) -> &str {
+        self.pool.target()
+    }
+
+    /// Become the one herald daemon sending from this database: a session
+    /// advisory lock on a connection of its own, held as long as this store
+    /// lives. A second daemon gets [`StoreError::Claimed`]. CLI commands that
+    /// only read do not claim. Claiming twice from one store is a no-op.
+    ///
+    /// If the claim's connection is lost, the server releases the lock; the
+    /// daemon does not notice until its next write fails on the same
+    /// outage. Leases (several daemons) replace this claim.
+    pub fn claim_exclusive(&self) -> Result<()> {
+        let mut claim = self.claim.lock().unwrap_or_else(|p| p.into_inner());
+        if claim.as_ref().is_some_and(|c| !c.is_closed()) {
+            return Ok(());
+        }
+        let mut client = self.pool.connect()?;
+        let row = client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&EXCLUSIVE_LOCK])
+            .map_err(|e| pool::error(self.target(), &e))?;
+        if !row.get::<_, bool>(0) {
+            return Err(StoreError::Claimed { database: self.target().to_string() });
+        }
+        *claim = Some(client);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store on a fresh database, or `None` (skipped, said on stderr).
+    fn fresh() -> Option<(String, PostgresStore)> {
+        let url = testing::fresh_database()?;
+        let store = PostgresStore::connect(&url, 4).unwrap();
+        Some((url, store))
+    }
+
+    fn password_of(url: &str) -> String {
+        let config: postgres::Config = url.parse().unwrap();
+        String::from_utf8(config.get_password().unwrap().to_vec()).unwrap()
+    }
+
+    #[test]
+    fn postgres_connect_migrates_once_and_a_second_connect_finds_the_schema() {
+        let Some((url, store)) = fresh() else { return };
+        let again = PostgresStore::connect(&url, 2).unwrap();
+        let mut client = again.pool.connect().unwrap();
+        let versions: Vec<i32> =
+            client.query("SELECT version FROM herald_schema", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+        assert_eq!(versions, [schema::known() as i32]);
+        assert!(store.target().starts_with("herald_test@127.0.0.1:"), "{}", store.target());
+    }
+
+    #[test]
+    fn postgres_two_connects_migrating_at_once_both_succeed_with_one_schema() {
+        let Some(url) = testing::fresh_database() else { return };
+        let stores: Vec<PostgresStore> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..4).map(|_| s.spawn(|| PostgresStore::connect(&url, 1))).collect();
+            handles.into_iter().map(|h| h.join().unwrap().unwrap()).collect()
+        });
+        let mut client = stores[0].pool.connect().unwrap();
+        let heads: i64 = client.query_one("SELECT count(*) FROM chain_head", &[]).unwrap().get(0);
+        let versions: i64 = client.query_one("SELECT count(*) FROM herald_schema", &[]).unwrap().get(0);
+        assert_eq!((heads, versions), (1, 1));
+    }
+
+    #[test]
+    fn postgres_a_database_from_a_newer_herald_is_refused_and_left_alone() {
+        let Some((url, store)) = fresh() else { return };
+        let newer = schema::known() as i32 + 1;
+        store.pool.connect().unwrap().execute("UPDATE herald_schema SET version = $1", &[&newer]).unwrap();
+        let err = PostgresStore::connect(&url, 1).err().expect("a newer schema must be refused");
+        assert!(matches!(err, StoreError::NewerSchema { .. }), "{err}");
+        let text = err.to_string();
+        assert!(text.contains("the PostgreSQL database herald_test@") && text.contains("newer herald"), "{text}");
+        assert!(!text.contains("state directory"), "{text}");
+        assert!(err.needs_an_operator());
+        let found: i32 =
+            store.pool.connect().unwrap().query_one("SELECT version FROM herald_schema", &[]).unwrap().get(0);
+        assert_eq!(found, newer, "the newer version is left as it was");
+    }
+
+    #[test]
+    fn postgres_the_password_is_in_no_error_wrong_password_or_unreachable_port() {
+        let Some(url) = testing::fresh_database() else { return };
+        let password = password_of(&url);
+        let wrong = url.replace(&password, "not-the-password-Zq81");
+        let err = PostgresStore::connect(&wrong, 1).err().expect("a wrong password must fail");
+        let text = err.to_string();
+        assert!(matches!(err, StoreError::Unreachable { .. }), "{text}");
+        assert!(text.contains("password authentication failed"), "{text}");
+        assert!(!text.contains("not-the-password-Zq81") && !format!("{err:?}").contains("not-the-password-Zq81"));
+        // A port nothing listens on (bound, then closed).
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let config: postgres::Config = url.parse().unwrap();
+        let dead = url.replace(&format!(":{}/", config.get_ports()[0]), &format!(":{port}/"));
+        let err = PostgresStore::connect(&dead, 1).err().expect("a closed port must fail");
+        let text = err.to_string();
+        assert!(matches!(err, StoreError::Unreachable { .. }), "{text}");
+        assert!(text.contains(&format!("herald_test@127.0.0.1:{port}/")), "{text}");
+        assert!(!text.contains(&password) && !format!("{err:?}").contains(&password), "{text}");
+        // An invalid URL: the parser's message names the option, not the value.
+        let err = PostgresStore::connect(&format!("{url}?bogus_option=1"), 1).err().unwrap();
+        assert!(matches!(err, StoreError::BadUrl(_)) && !err.to_string().contains(&password), "{err}");
+    }
+
+    #[test]
+    fn tls_asked_for_in_the_url_is_refused_not_sent_in_plain_text() {
+        for mode in ["require", "verify-ca", "verify-full"] {
+            let url = format!("postgres://herald:s3cret-pw@127.0.0.1:9/herald?sslmode={mode}");
+            let err = PostgresStore::connect(&url, 1).err().expect("TLS cannot be honoured");
+            let text = err.to_string();
+            assert!(matches!(err, StoreError::BadUrl(_)) && text.contains(&format!("sslmode={mode}")), "{text}");
+            assert!(!text.contains("s3cret-pw"), "{text}");
+        }
+    }
+
+    #[test]
+    fn postgres_a_second_claimer_is_refused_until_the_first_store_is_gone() {
+        let Some((url, first)) = fresh() else { return };
+        first.claim_exclusive().unwrap();
+        first.claim_exclusive().unwrap();
+        let second = PostgresStore::connect(&url, 1).unwrap();
+        let err = second.claim_exclusive().expect_err("a second daemon must not send from the same database");
+        assert!(matches!(err, StoreError::Claimed { .. }), "{err}");
+        assert!(err.to_string().contains("in use by another herald daemon"), "{err}");
+        drop(first);
+        second.claim_exclusive().unwrap();
+    }
+
+    #[test]
+    fn postgres_a_database_with_synchronous_commit_off_is_refused() {
+        let Some(url) = testing::fresh_database() else { return };
+        let name = url.rsplit('/').next().unwrap().to_string();
+        let mut admin = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        admin.batch_execute(&format!("ALTER DATABASE {name} SET synchronous_commit = off")).unwrap();
+        let err = PostgresStore::connect(&url, 1).err().expect("commits that are not durable must be refused");
+        assert!(matches!(err, StoreError::SynchronousCommitOff { .. }), "{err}");
+        assert!(err.needs_an_operator());
+        admin.batch_execute(&format!("ALTER DATABASE {name} SET synchronous_commit = on")).unwrap();
+        PostgresStore::connect(&url, 1).unwrap();
+    }
+
+    /// The store is synchronous: the daemon calls it on `spawn_blocking`
+    /// and `block_in_place` threads, the CLI on a plain thread.
+    #[test]
+    fn postgres_the_sync_client_works_from_tokio_blocking_threads_and_plain_threads() {
+        let Some((_, store)) = fresh() else { return };
+        let store = std::sync::Arc::new(store);
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let count = |s: &PostgresStore| -> i64 {
+            s.pool.get().unwrap().client.query_one("SELECT count(*) FROM deliveries", &[]).unwrap().get(0)
+        };
+        runtime.block_on(async {
+            let s = store.clone();
+            assert_eq!(tokio::task::spawn_blocking(move || count(&s)).await.unwrap(), 0);
+            let s = store.clone();
+            let in_place = tokio::spawn(async move { tokio::task::block_in_place(|| count(&s)) });
+            assert_eq!(in_place.await.unwrap(), 0);
+        });
+        let s = store.clone();
+        assert_eq!(std::thread::spawn(move || count(&s)).join().unwrap(), 0);
+    }
+}

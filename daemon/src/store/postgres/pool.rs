@@ -1,0 +1,261 @@
+//! The connections of a [`super::PostgresStore`]: a small bounded pool of
+//! synchronous clients, each bounded in time and failing closed.
+//!
+//! Every connection has a connect timeout, TCP keepalives and a TCP user
+//! timeout (a dead peer is noticed), `statement_timeout`, `lock_timeout` and
+//! `idle_in_transaction_session_timeout` (no statement or transaction hangs
+//! for ever), and `application_name=herald` (it shows in `pg_stat_activity`).
+//! A client whose connection broke is dropped when it comes back to the pool
+//! and the next caller gets a fresh one.
+
+use std::collections::HashMap;
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use postgres::config::Host;
+use postgres::{Client, NoTls, Statement};
+
+use crate::store::{Result, StoreError};
+
+/// How long a new connection may take (TCP, authentication).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest one statement may run.
+pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(60);
+/// The longest a statement waits for a row or table lock.
+pub const LOCK_TIMEOUT: Duration = Duration::from_secs(30);
+/// A transaction left open (its client gone) is ended by the server after this.
+pub const IDLE_IN_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a caller waits for a free connection when all are busy.
+pub const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Where a store's database is, for messages: `user@host:port/database`,
+/// written from the parsed URL's parts, so it never carries the password.
+pub fn describe(config: &postgres::Config) -> String {
+    let user = config.get_user().unwrap_or("?");
+    let host = match config.get_hosts().first() {
+        Some(Host::Tcp(h)) => h.clone(),
+        Some(Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".to_string(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let db = config.get_dbname().unwrap_or(user);
+    format!("{user}@{host}:{port}/{db}")
+}
+
+/// Parse a PostgreSQL URL (`postgres://user:password@host:port/db?...`, or
+/// `key=value` pairs) into a client config with herald's bounds. TLS is
+/// not built in: a URL that asks for it (`sslmode=require`, `verify-ca`,
+/// `verify-full`) is refused rather than connected in plain text; without
+/// `sslmode`, or with `disable` or `prefer`, the connection is plain TCP
+/// (or a unix socket), as for a database on the same host or a private network.
+pub fn parse(url: &str) -> Result<postgres::Config> {
+    if let Some(mode) = ssl_mode(url)
+        && !matches!(mode.as_str(), "disable" | "allow" | "prefer")
+    {
+        return Err(StoreError::BadUrl(format!(
+            "it asks for TLS (sslmode={mode}), and this herald does not speak TLS to PostgreSQL; connect over \
+             a unix socket or a private network with sslmode=disable, or through a TLS tunnel (stunnel, \
+             an SSH tunnel) on this host"
+        )));
+    }
+    // The parser's errors name the option, never its value.
+    let mut config: postgres::Config = url.parse().map_err(|e: postgres::Error| StoreError::BadUrl(chain(&e)))?;
+    if config.get_user().is_none() {
+        return Err(StoreError::BadUrl("it names no user (postgres://USER:PASSWORD@HOST:PORT/DATABASE)".into()));
+    }
+    let bounds = format!(
+        "-c statement_timeout={} -c lock_timeout={} -c idle_in_transaction_session_timeout={}",
+        STATEMENT_TIMEOUT.as_millis(),
+        LOCK_TIMEOUT.as_millis(),
+        IDLE_IN_TRANSACTION_TIMEOUT.as_millis()
+    );
+    let options = match config.get_options() {
+        Some(given) if !given.trim().is_empty() => format!("{given} {bounds}"),
+        _ => bounds,
+    };
+    config
+        .options(&options)
+        .application_name("herald")
+        .connect_timeout(CONNECT_TIMEOUT)
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(10))
+        .keepalives_interval(Duration::from_secs(5))
+        .keepalives_retries(3)
+        .tcp_user_timeout(Duration::from_secs(30));
+    Ok(config)
+}
+
+/// The `sslmode` a URL or key=value string asks for, if any.
+fn ssl_mode(url: &str) -> Option<String> {
+    let at = url.find("sslmode=")?;
+    let value: String = url[at + "sslmode=".len()..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+        .collect();
+    Some(value.to_ascii_lowercase())
+}
+
+/// An error with its causes, `: `-separated (the client's own Display says
+/// only its kind, "db error"; the cause says what the server said).
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// The store error for a failed statement on `target`: a lost or
+/// unreachable server is [`StoreError::Unreachable`], anything else (the
+/// server answered with an error) [`StoreError::Backend`].
+pub fn error(target: &str, e: &postgres::Error) -> StoreError {
+    if e.as_db_error().is_some() {
+        StoreError::Backend(format!("PostgreSQL database {target}: {}", chain(e)))
+    } else {
+        StoreError::Unreachable { target: target.to_string(), error: chain(e) }
+    }
+}
+
+/// One client, and the statements prepared on it.
+pub struct Connection {
+    pub client: Client,
+    statements: HashMap<&'static str, Statement>,
+}
+
+impl Connection {
+    /// The prepared statement for `sql`, prepared once per connection.
+    pub fn statement(&mut self, sql: &'static str) -> std::result::Result<Statement, postgres::Error> {
+        if let Some(s) = self.statements.get(sql) {
+            return Ok(s.clone());
+        }
+        let s = self.client.prepare(sql)?;
+        self.statements.insert(sql, s.clone());
+        Ok(s)
+    }
+}
+
+struct Slots {
+    idle: Vec<Connection>,
+    /// Connections that exist: idle, lent out, or being opened.
+    open: usize,
+}
+
+pub struct Pool {
+    config: postgres::Config,
+    target: String,
+    size: usize,
+    slots: Mutex<Slots>,
+    freed: Condvar,
+}
+
+/// A connection lent out by the pool; it goes back when dropped, unless broken.
+pub struct Lease<'a> {
+    pool: &'a Pool,
+    conn: Option<Connection>,
+}
+
+impl std::ops::Deref for Lease<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        self.conn.as_ref().expect("a lease holds its connection until dropped")
+    }
+}
+
+impl std::ops::DerefMut for Lease<'_> {
+    fn deref_mut(&mut self) -> &mut Connection {
+        self.conn.as_mut().expect("a lease holds its connection until dropped")
+    }
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        let Some(conn) = self.conn.take() else { return };
+        let mut slots = self.pool.slots.lock().unwrap_or_else(|p| p.into_inner());
+        if conn.client.is_closed() {
+            slots.open -= 1;
+        } else {
+            slots.idle.push(conn);
+        }
+        drop(slots);
+        self.pool.freed.notify_one();
+    }
+}
+
+impl Pool {
+    /// A pool of at most `size` connections (at least 1) to `config`;
+    /// none is opened until one is needed.
+    pub fn new(config: postgres::Config, size: usize) -> Pool {
+        let target = describe(&config);
+        Pool {
+            config,
+            target,
+            size: size.max(1),
+            slots: Mutex::new(Slots { idle: Vec::new(), open: 0 }),
+            freed: Condvar::new(),
+        }
+    }
+
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// A new client with herald's bounds, outside the pool (a dedicated
+    /// connection, as for the exclusive claim).
+    pub fn connect(&self) -> Result<Client> {
+        let mut client = self
+            .config
+            .connect(NoTls)
+            .map_err(|e| StoreError::Unreachable { target: self.target.clone(), error: chain(&e) })?;
+        // herald's durable point is a commit: a server that acknowledges
+        // commits before they are on disk would make it a lie.
+        let row = client.query_one("SHOW synchronous_commit", &[]).map_err(|e| error(&self.target, &e))?;
+        let mode: String = row.get(0);
+        if mode == "off" {
+            return Err(StoreError::SynchronousCommitOff { database: self.target.clone() });
+        }
+        Ok(client)
+    }
+
+    /// A connection: an idle one, a new one while fewer than `size` exist,
+    /// or the first one given back (waiting at most [`CHECKOUT_TIMEOUT`]).
+    pub fn get(&self) -> Result<Lease<'_>> {
+        let deadline = Instant::now() + CHECKOUT_TIMEOUT;
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(conn) = slots.idle.pop() {
+                if conn.client.is_closed() {
+                    slots.open -= 1;
+                    continue;
+                }
+                return Ok(Lease { pool: self, conn: Some(conn) });
+            }
+            if slots.open < self.size {
+                slots.open += 1;
+                drop(slots);
+                return match self.connect() {
+                    Ok(client) => {
+                        Ok(Lease { pool: self, conn: Some(Connection { client, statements: HashMap::new() }) })
+                    }
+                    Err(e) => {
+                        self.slots.lock().unwrap_or_else(|p| p.into_inner()).open -= 1;
+                        self.freed.notify_one();
+                        Err(e)
+                    }
+                };
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(StoreError::Backend(format!(
+                    "PostgreSQL database {}: no free connection within {} s (all {} in use)",
+                    self.target,
+                    CHECKOUT_TIMEOUT.as_secs(),
+                    self.size
+                )));
+            }
+            slots = self.freed.wait_timeout(slots, deadline - now).unwrap_or_else(|p| p.into_inner()).0;
+        }
+    }
+}
