@@ -88,6 +88,50 @@ pub fn seal(record: &mut AuditRecord, prev: &str) -> Vec<u8> {
     bytes
 }
 
+/// Numbers and seals the audit records of one write after the log's head:
+/// gapless sequence numbers, each record chained to the one before. Both
+/// store backends write their records through it, while they hold their
+/// writer lock (sled: a mutex; PostgreSQL: the `chain_head` row, locked).
+#[derive(Debug, Clone)]
+pub struct ChainWriter {
+    head: ChainHead,
+}
+
+impl ChainWriter {
+    /// The record a write must append first, before its own: on a log
+    /// whose records predate the chain, `chain_started`, committing to them.
+    pub fn start_record(head: &ChainHead) -> Option<AuditRecord> {
+        head.unstarted.then(|| {
+            let reason = format!(
+                "the hash chain starts here; prev_hash is the SHA-256 of records 1..{} as stored, each followed by a newline",
+                head.seq
+            );
+            AuditRecord::about_herald(crate::model::Event::ChainStarted, chrono::Utc::now(), Some(reason))
+        })
+    }
+
+    /// Append after `head` (the log's last record).
+    pub fn new(head: &ChainHead) -> ChainWriter {
+        ChainWriter { head: ChainHead { unstarted: false, ..head.clone() } }
+    }
+
+    /// Number `record` as the next one and seal it: the record as stored,
+    /// and the bytes to store under its `seq`.
+    pub fn append(&mut self, record: &AuditRecord) -> (AuditRecord, Vec<u8>) {
+        let mut record = record.clone();
+        record.seq = self.head.seq + 1;
+        let bytes = seal(&mut record, &self.head.hash);
+        self.head.seq = record.seq;
+        self.head.hash = record.hash.clone().unwrap_or_default();
+        (record, bytes)
+    }
+
+    /// The head after what was appended.
+    pub fn head(&self) -> &ChainHead {
+        &self.head
+    }
+}
+
 /// The hash a sealed record's bytes carry, if its own bytes produce it.
 fn intact_hash(bytes: &[u8]) -> Option<&str> {
     if bytes.len() < SUFFIX_LEN + 1 || !bytes.ends_with(b"\"}") {

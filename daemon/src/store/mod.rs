@@ -4,6 +4,8 @@
 //! has two backends: sled ([`sled_store::SledStore`], embedded, the default)
 //! and PostgreSQL ([`postgres::PostgresStore`]).
 
+#[cfg(test)]
+pub(crate) mod conformance;
 mod keys;
 pub mod postgres;
 pub mod sled_store;

@@ -21,7 +21,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 
 use super::keys;
 use super::{AuditQuery, Changes, DueKey, Planned, PostRecord, Result, SCHEMA_VERSION, Store, StoreError};
-use crate::audit_chain::{self, ChainHead};
+use crate::audit_chain::{self, ChainHead, ChainWriter};
 use crate::model::{AuditRecord, Delivery, DeliveryId, Event, Millis, State};
 
 const LOCK_FILE: &str = "herald.lock";
@@ -626,13 +626,7 @@ impl Store for SledStore {
         }
         let mut head = self.write_lock.lock().map_err(|_| StoreError::Backend("a writer panicked".into()))?;
         // A store whose records predate the chain: the first write starts it.
-        let start = head.unstarted.then(|| {
-            let reason = format!(
-                "the hash chain starts here; prev_hash is the SHA-256 of records 1..{} as stored, each followed by a newline",
-                head.seq
-            );
-            AuditRecord::about_herald(Event::ChainStarted, chrono::Utc::now(), Some(reason))
-        });
+        let start = ChainWriter::start_record(&head);
         let trees = (
             &self.deliveries,
             &self.due,
@@ -648,15 +642,11 @@ impl Store for SledStore {
         );
         let result = trees.transaction(
             |(deliveries, due, by_post, in_flight, failed, posts, timers, planned, audit, content, meta)| {
-                let mut chain = ChainHead { unstarted: false, ..head.clone() };
+                let mut chain = ChainWriter::new(&head);
                 // Number, seal and write one record after the previous one.
                 let mut append = |record: &AuditRecord| -> std::result::Result<AuditRecord, Abort> {
-                    let mut record = record.clone();
-                    record.seq = chain.seq + 1;
-                    let bytes = audit_chain::seal(&mut record, &chain.hash);
+                    let (record, bytes) = chain.append(record);
                     audit.insert(&record.seq.to_be_bytes(), bytes)?;
-                    chain.seq = record.seq;
-                    chain.hash = record.hash.clone().unwrap_or_default();
                     Ok(record)
                 };
                 let mut stored = Vec::with_capacity(changes.deliveries.len() + changes.notes.len() + 1);
@@ -863,74 +853,15 @@ impl Store for SledStore {
 mod tests {
     use super::*;
     use crate::model::from_millis;
-    use herald_adapters::Platform;
+    use crate::store::conformance::{Subject, conformance_tests, delivery, put};
 
-    fn delivery(n: u8, state: State, due: Millis) -> Delivery {
-        Delivery {
-            id: DeliveryId([n; 16]),
-            post_id: format!("post-{}", n % 2),
-            account: "wuhan".into(),
-            platform: Platform::Webhook,
-            occurrence: due,
-            state,
-            attempt: 0,
-            due,
-            content_hash: "h".into(),
-            uncertain: false,
-            reason: None,
-            remote_id: None,
-            url: None,
-            updated: 0,
-            held: None,
-        }
-    }
-
-    fn put(store: &SledStore, d: &Delivery, event: Event) -> Vec<AuditRecord> {
-        let record = AuditRecord::of(d, event, from_millis(0));
-        store.apply(Changes { deliveries: vec![(d.clone(), record)], ..Changes::default() }).unwrap()
-    }
-
-    #[test]
-    fn the_due_index_follows_each_state_change() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path(), 8).unwrap();
-        for (n, due) in [(1u8, 3_000), (2, 1_000), (3, 2_000)] {
-            put(&store, &delivery(n, State::Pending, due), Event::Scheduled);
-        }
-        let due: Vec<Millis> = store.due(None, 2_500, 10).unwrap().iter().map(|k| k.due).collect();
-        assert_eq!(due, vec![1_000, 2_000]);
-        let mut d = delivery(2, State::InFlight, 1_000);
-        d.attempt = 1;
-        put(&store, &d, Event::Attempt);
-        assert_eq!(store.due(None, i64::MAX, 10).unwrap().len(), 2);
-        assert_eq!(store.in_flight().unwrap().len(), 1);
-        d.state = State::Pending;
-        d.due = 5_000;
-        put(&store, &d, Event::RetryScheduled);
-        assert_eq!(store.in_flight().unwrap().len(), 0);
-        assert_eq!(store.next_due_after(3_000).unwrap(), Some(5_000));
-        let counts = store.counts().unwrap();
-        assert_eq!((counts[&State::Pending], counts[&State::InFlight]), (3, 0));
-        assert_eq!(store.deliveries_of_post("post-0").unwrap().len(), 1);
-        assert_eq!(store.deliveries_of_post("post-1").unwrap().len(), 2);
-    }
-
-    #[test]
-    fn audit_sequence_numbers_have_no_gaps_across_reopening() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let store = SledStore::open(dir.path(), 8).unwrap();
-            for n in 0..5 {
-                put(&store, &delivery(n, State::Pending, 1), Event::Scheduled);
-            }
-            store.flush().unwrap();
-        }
-        let store = SledStore::open(dir.path(), 8).unwrap();
-        let stored = put(&store, &delivery(9, State::Pending, 1), Event::Scheduled);
-        assert_eq!(stored[0].seq, 6);
-        store.flush().unwrap();
-        let seqs: Vec<u64> = store.audit(&AuditQuery::default()).unwrap().iter().map(|r| r.seq).collect();
-        assert_eq!(seqs, vec![1, 2, 3, 4, 5, 6]);
+    /// The store suite every backend passes (`store::conformance`), on sled.
+    mod sled_conformance {
+        use super::*;
+        conformance_tests!(Some({
+            let dir = tempfile::tempdir().unwrap();
+            Subject::new(move || Box::new(SledStore::open(dir.path(), 8).unwrap()))
+        }));
     }
 
     fn verify_store(
@@ -940,24 +871,6 @@ mod tests {
         let raw: Vec<std::result::Result<audit_chain::Raw, StoreError>> =
             store.audit_raw(None, usize::MAX).unwrap().into_iter().map(|(k, v)| Ok((Some(k), v))).collect();
         audit_chain::verify(raw, audit_chain::Start::Beginning, head).unwrap()
-    }
-
-    #[test]
-    fn every_record_is_chained_to_the_one_before_across_reopening() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let store = SledStore::open(dir.path(), 8).unwrap();
-            put(&store, &delivery(1, State::Pending, 1), Event::Scheduled);
-            store.flush().unwrap();
-        }
-        let store = SledStore::open(dir.path(), 8).unwrap();
-        let stored = put(&store, &delivery(2, State::Pending, 1), Event::Scheduled);
-        let first = store.audit(&AuditQuery::default()).unwrap().remove(0);
-        assert_eq!(first.prev_hash.as_deref(), Some(ChainHead::empty().hash.as_str()));
-        assert_eq!(stored[0].prev_hash, first.hash, "the chain carries over a restart");
-        let verified = verify_store(&store, None).unwrap();
-        assert_eq!((verified.records, verified.legacy), (2, 0));
-        assert_eq!(store.audit_head().unwrap().anchor(), format!("2:{}", stored[0].hash.as_ref().unwrap()));
     }
 
     #[test]
@@ -1128,52 +1041,6 @@ mod tests {
             other => panic!("expected an encode error, got {other:?}"),
         }
         assert_eq!(encode("delivery", &1u8).unwrap(), b"1");
-    }
-
-    /// The daemon's writers at once, as in `herald run` (ARCHITECTURE,
-    /// "Several writers, one delivery writer"): the scheduler's delivery
-    /// changes, alert senders' notes and the credential cache's keys, each
-    /// flushing on its own thread. The log stays gapless and chained, and
-    /// each writer's flush shows its own record at once.
-    #[test]
-    fn several_writers_at_once_keep_the_log_gapless_chained_and_durable() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path(), 8).unwrap();
-        const EACH: u64 = 150;
-        let shown_after_own_flush = |record: &AuditRecord| {
-            let query = AuditQuery { after_seq: Some(record.seq - 1), limit: Some(1), ..AuditQuery::default() };
-            store.audit(&query).unwrap().first().map(|r| r.seq) == Some(record.seq)
-        };
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                for n in 0..EACH {
-                    let mut d = delivery((n % 200) as u8, State::Pending, n as Millis);
-                    d.post_id = format!("post-{n}");
-                    let stored = put(&store, &d, Event::Scheduled);
-                    store.flush().unwrap();
-                    assert!(shown_after_own_flush(&stored[0]));
-                }
-            });
-            s.spawn(|| {
-                for n in 0..EACH {
-                    let note = AuditRecord::about_herald(Event::AuditHead, from_millis(0), Some(format!("note {n}")));
-                    let stored = store.apply(Changes { notes: vec![note], ..Changes::default() }).unwrap();
-                    store.flush().unwrap();
-                    assert!(shown_after_own_flush(&stored[0]));
-                }
-            });
-            s.spawn(|| {
-                for n in 0..EACH {
-                    let meta = vec![(format!("credential/token-{}", n % 3), n.to_string().into_bytes())];
-                    store.apply(Changes { meta, ..Changes::default() }).unwrap();
-                    store.flush().unwrap();
-                }
-            });
-        });
-        let seqs: Vec<u64> = store.audit(&AuditQuery::default()).unwrap().iter().map(|r| r.seq).collect();
-        assert_eq!(seqs, (1..=2 * EACH).collect::<Vec<_>>());
-        assert_eq!(verify_store(&store, None).unwrap().records, 2 * EACH);
-        assert_eq!(store.meta("credential/token-2").unwrap(), Some(b"149".to_vec()));
     }
 
     #[test]

@@ -13,6 +13,7 @@
 pub mod lease;
 pub mod pool;
 pub mod schema;
+mod store;
 pub mod testing;
 
 use std::sync::Mutex;
@@ -81,6 +82,17 @@ impl PostgresStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::conformance::{Subject, conformance_tests};
+
+    /// The store suite every backend passes (`store::conformance`), on
+    /// PostgreSQL: each test on a fresh database, reopened by connecting again.
+    mod postgres_conformance {
+        use super::*;
+        conformance_tests!(
+            testing::fresh_database()
+                .map(|url| { Subject::new(move || Box::new(PostgresStore::connect(&url, 4).unwrap())) })
+        );
+    }
 
     /// A store on a fresh database, or `None` (skipped, said on stderr).
     fn fresh() -> Option<(String, PostgresStore)> {
