@@ -276,3 +276,78 @@ impl Leadership {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Event, State};
+    use crate::store::AuditQuery;
+    use crate::store::postgres::{PostgresStore, testing};
+    use crate::testkit::{WUHAN_WEBHOOK, config};
+
+    fn leadership(store: &Arc<PostgresStore>, config: &Arc<Config>, me: &str) -> Leadership {
+        Leadership {
+            store: Arc::clone(store) as Arc<dyn Store>,
+            role: Arc::new(Role::new(me.into())),
+            notifier: Arc::new(Notifier::disabled()),
+            metrics: Arc::new(Metrics::default()),
+            config: Arc::clone(config),
+        }
+    }
+
+    /// Daemon A leads; its lease is taken from it (expired from the test,
+    /// as if A had been cut off for longer than the lease); B takes over.
+    /// A's next round marks nothing in flight (so sends nothing); B's does.
+    #[test]
+    fn postgres_a_deposed_leader_marks_nothing_in_flight_and_the_new_leader_sends() {
+        let Some(url) = testing::fresh_database() else { return };
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let _guard = runtime.enter();
+        let dir = tempfile::tempdir().unwrap();
+        let now = crate::clock::now();
+        let at = now + chrono::Duration::minutes(30);
+        let text = format!(
+            "{WUHAN_WEBHOOK}\n[[posts]]\nid = \"warning\"\nbody = \"stay safe\"\ntargets = [\"wuhan\"]\nat = {}\n",
+            at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        );
+        let cfg = Arc::new(config(dir.path(), &text, now));
+        let (a, b) =
+            (Arc::new(PostgresStore::connect(&url, 2).unwrap()), Arc::new(PostgresStore::connect(&url, 2).unwrap()));
+        let (lead_a, lead_b) = (leadership(&a, &cfg, "host-a"), leadership(&b, &cfg, "host-b"));
+
+        let fence = lead_a.try_lead().unwrap().expect("the first daemon takes the lease");
+        assert!(lead_b.try_lead().unwrap().is_none(), "the second daemon must stand by");
+        assert!(lead_a.role.is_leader() && !lead_b.role.is_leader());
+        assert_eq!(lead_b.role.view().holder.as_deref(), Some("host-a"));
+        let mut took_a = lead_a.take_over(fence).unwrap();
+        assert_eq!(a.counts().unwrap().get(&State::Pending), Some(&1), "A reconciled the post");
+
+        // A is cut off for longer than the lease: it expires; B takes over.
+        postgres::Client::connect(&url, postgres::NoTls)
+            .unwrap()
+            .execute("UPDATE leases SET expires = now() - interval '1 second'", &[])
+            .unwrap();
+        let fence_b = lead_b.try_lead().unwrap().expect("an expired lease is taken over");
+        assert_eq!(fence_b.epoch, 2);
+        let mut took_b = lead_b.take_over(fence_b).unwrap();
+
+        // A's round at the due time: its in-flight mark is refused, nothing started.
+        let due = at + chrono::Duration::milliseconds(100);
+        let err = took_a.scheduler.tick(due).expect_err("a deposed leader must not mark deliveries in flight");
+        assert!(err.loses_leadership(), "{err}");
+        assert!(err.to_string().contains("taken over by host-b (epoch 2"), "{err}");
+        assert_eq!(took_a.scheduler.in_flight(), 0, "the deposed leader started a request");
+        let attempts = |store: &PostgresStore| {
+            store.audit(&AuditQuery { events: vec![Event::Attempt], ..Default::default() }).unwrap().len()
+        };
+        assert_eq!(attempts(&a), 0);
+        assert_eq!(a.counts().unwrap().get(&State::Pending), Some(&1));
+
+        // B's round sends it.
+        let tick = took_b.scheduler.tick(due).unwrap();
+        assert_eq!(tick.dispatched, 1);
+        assert_eq!(attempts(&b), 1);
+        assert_eq!(b.counts().unwrap().get(&State::InFlight), Some(&1));
+        crate::audit_chain::verify_store(b.as_ref(), None).unwrap().expect("one chain across both daemons");
+    }
+}

@@ -396,20 +396,30 @@ impl Store for PostgresStore {
     }
 
     fn apply(&self, changes: Changes) -> Result<Vec<AuditRecord>> {
-        if changes.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut conn = self.pool.get()?;
-        let result = (|| -> std::result::Result<Vec<AuditRecord>, Fail> {
-            let mut tx = conn.client.transaction()?;
-            let (stored, _head) = apply_in(&mut tx, &changes)?;
-            tx.commit()?;
-            Ok(stored)
-        })();
-        result.map_err(|f| match f {
-            Fail::Pg(e) => pool::error(self.target(), &e),
-            Fail::Store(e) => e,
-        })
+        self.apply_under(changes, None)
+    }
+
+    /// Fenced by the scheduler lease: checked first in the same transaction (`super::lease`).
+    fn apply_fenced(&self, changes: Changes, fence: &crate::lease::Fence) -> Result<Vec<AuditRecord>> {
+        self.apply_under(changes, Some(fence))
+    }
+
+    fn is_shared(&self) -> bool {
+        true
+    }
+
+    fn lease(
+        &self,
+        name: &'static str,
+        holder: &str,
+        held: Option<u64>,
+        length: std::time::Duration,
+    ) -> Result<crate::lease::LeaseState> {
+        self.lease_row(name, holder, held, length)
+    }
+
+    fn release_lease(&self, fence: &crate::lease::Fence) -> Result<()> {
+        self.release_lease_row(fence)
     }
 
     /// Nothing to do: every applied change is a committed transaction, and
@@ -499,5 +509,28 @@ impl Store for PostgresStore {
 
     fn planned_deliveries(&self) -> Result<u64> {
         self.count(PLANNED)
+    }
+}
+
+impl PostgresStore {
+    /// [`Store::apply`], and first, when `fence` is given, the lease check (`super::lease::check_fence`).
+    fn apply_under(&self, changes: Changes, fence: Option<&crate::lease::Fence>) -> Result<Vec<AuditRecord>> {
+        if changes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.pool.get()?;
+        let result = (|| -> std::result::Result<Vec<AuditRecord>, Fail> {
+            let mut tx = conn.client.transaction()?;
+            if let Some(fence) = fence {
+                super::lease::check_fence(&mut tx, fence, self.target())?;
+            }
+            let (stored, _head) = apply_in(&mut tx, &changes)?;
+            tx.commit()?;
+            Ok(stored)
+        })();
+        result.map_err(|f| match f {
+            Fail::Pg(e) => pool::error(self.target(), &e),
+            Fail::Store(e) => e,
+        })
     }
 }
