@@ -14,17 +14,17 @@ use crate::config::{self, Config};
 use crate::control::{self, ControlServer, ReloadView, Reloader};
 use crate::credentials::StoreCache;
 use crate::ha::Leadership;
-use crate::lease::Role;
 use crate::metrics::Metrics;
 use crate::model::{Actor, AuditRecord};
 use crate::notify::Notifier;
 use crate::reconcile::Summary;
 use crate::scheduler::Control;
-use crate::store::{SledStore, Store};
+use crate::store::Store;
+use crate::store::open::{Location, Role};
 
 /// A daemon running inside this process (for `herald run`, the demo and tests).
 pub struct Daemon {
-    pub store: Arc<SledStore>,
+    pub store: Arc<dyn Store>,
     pub metrics: Arc<Metrics>,
     control: mpsc::Sender<Control>,
     task: tokio::task::JoinHandle<crate::store::Result<()>>,
@@ -138,14 +138,15 @@ impl Daemon {
     /// Returns once herald is ready. Must run inside a tokio runtime.
     pub fn start(mut config: Config, notifier: Arc<Notifier>) -> anyhow::Result<Daemon> {
         let dir = config.daemon.state_dir.clone();
-        let store = Arc::new(SledStore::open(&dir, config.daemon.cache_mb)?);
-        let shared: Arc<dyn Store> = Arc::clone(&store) as Arc<dyn Store>;
+        let location = Location::of(&config);
+        let store = location.open(Role::Daemon)?;
+        let shared = Arc::clone(&store);
         config.bind(|account| StoreCache::services(&shared, account)).map_err(anyhow::Error::msg)?;
         let config = Arc::new(config);
         let metrics = Arc::new(Metrics::default());
         // Lead (recover, reconcile, run the scheduler) if this daemon holds the
         // scheduler lease; otherwise stand by (`ha`). Always the lead on sled.
-        let role = Arc::new(Role::new(crate::lease::holder_id()));
+        let role = Arc::new(crate::lease::Role::new(crate::lease::holder_id()));
         let leadership = Leadership {
             store: Arc::clone(&shared),
             role: Arc::clone(&role),
@@ -184,10 +185,10 @@ impl Daemon {
         };
         match &leading {
             Some(took) => {
-                tracing::info!(recovered = took.recovered, summary = %took.summary, state_dir = %dir.display(),
+                tracing::info!(recovered = took.recovered, summary = %took.summary, store = %location.describe(),
                 socket = %socket.display(), "herald is ready")
             }
-            None => tracing::info!(role = %role.view().describe(), state_dir = %dir.display(),
+            None => tracing::info!(role = %role.view().describe(), store = %location.describe(),
                 socket = %socket.display(), "herald is ready: standby"),
         }
         let task = tokio::spawn(leadership.supervise(rx, leading));

@@ -21,7 +21,7 @@ use crate::config;
 use crate::daemon::Daemon;
 use crate::model::{Event, State};
 use crate::notify::Notifier;
-use crate::store::{AuditQuery, Store};
+use crate::store::AuditQuery;
 
 const SECRET: &str = "demo-signing-key-not-for-production";
 const DEADLINE: Duration = Duration::from_secs(120);

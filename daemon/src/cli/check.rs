@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -11,12 +12,16 @@ use super::CheckFormat;
 use super::output::printable;
 use crate::config::{self, Config, Diagnostic, Post};
 use crate::materialize::Renderer;
+use crate::store::open::{Location, Role};
+use crate::store::{Store, StoreError};
 
 #[derive(Serialize)]
 struct Report<'a> {
     ok: bool,
     errors: Vec<&'a Diagnostic>,
     warnings: Vec<&'a Diagnostic>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    store: Option<StoreView>,
     accounts: Vec<AccountView>,
     posts: Vec<PostPlan>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -31,6 +36,48 @@ struct ProbeView {
     checked: bool,
     detail: String,
     expires_at: Option<String>,
+}
+
+/// Where the config keeps herald's state; the URL never with its password.
+#[derive(Serialize)]
+struct StoreView {
+    backend: &'static str,
+    /// The state directory (sled), or `postgres://user@host:port/db`.
+    location: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pool: Option<usize>,
+    /// PostgreSQL: the schema version after connecting, or why it could not
+    /// be used (an error of the check).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    schema: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+impl StoreView {
+    fn of(config: &Config) -> StoreView {
+        match &config.store {
+            config::StoreSettings::Sled => StoreView {
+                backend: "sled",
+                location: std::path::absolute(&config.daemon.state_dir)
+                    .unwrap_or_else(|_| config.daemon.state_dir.clone())
+                    .display()
+                    .to_string(),
+                pool: None,
+                schema: None,
+                error: None,
+            },
+            config::StoreSettings::Postgres(pg) => {
+                // Connecting brings an empty database to this build's schema
+                // (as `herald run` would) and refuses a newer one.
+                let (schema, error) = match crate::store::postgres::PostgresStore::connect(pg.url.expose(), 1) {
+                    Ok(_) => (Some(crate::store::postgres::schema::known()), None),
+                    Err(e) => (None, Some(e.to_string())),
+                };
+                StoreView { backend: "postgres", location: pg.shown.clone(), pool: Some(pg.pool), schema, error }
+            }
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -118,11 +165,14 @@ pub fn run(
         _ => None,
     };
     let probes_ok = probes.as_ref().is_none_or(|p| p.iter().all(|p| p.ok));
+    let store = outcome.config.as_ref().map(StoreView::of);
+    let store_ok = store.as_ref().is_none_or(|s| s.error.is_none());
     let past = outcome.config.as_ref().map(|c| past_warnings(c, now)).unwrap_or_default();
     let report = Report {
-        ok: outcome.config.is_some() && probes_ok,
+        ok: outcome.config.is_some() && probes_ok && store_ok,
         errors: outcome.errors().collect(),
         warnings: outcome.warnings().chain(&past).collect(),
+        store,
         accounts,
         posts,
         probes,
@@ -203,60 +253,74 @@ fn past_warnings(config: &Config, now: DateTime<Utc>) -> Vec<Diagnostic> {
 }
 
 fn history(config: &Config, past: &[(&Post, DateTime<Utc>)]) -> History {
-    use std::os::unix::fs::MetadataExt;
-    let dir = &config.daemon.state_dir;
-    let dir_text = std::path::absolute(dir).unwrap_or_else(|_| dir.clone()).display().to_string();
-    let meta = match std::fs::metadata(dir.join("db")) {
-        Ok(meta) => meta,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return History::None,
-        Err(e) => return History::Unknown(format!("cannot read the state directory {dir_text}: {e}")),
-    };
-    if meta.uid() != rustix::process::geteuid().as_raw() {
-        return History::Unknown(format!("the state directory {dir_text} belongs to another user; not read"));
-    }
-    let store = match crate::store::SledStore::open(dir, 8) {
+    let store = match open_for_reading(config) {
         Ok(store) => store,
-        Err(crate::store::StoreError::Locked { .. }) => {
-            return History::Unknown("herald is running; a reload settles it".into());
-        }
-        Err(e) => return History::Unknown(format!("the state directory {dir_text} could not be read: {e}")),
+        Err(Unread::NoStore) => return History::None,
+        Err(Unread::Running) => return History::Unknown("herald is running; a reload settles it".into()),
+        Err(Unread::Other(why)) => return History::Unknown(why),
     };
     let mut done = std::collections::HashSet::new();
     for (post, at) in past {
-        match crate::store::Store::deliveries_of_occurrence(&store, &post.id, crate::model::to_millis(*at)) {
+        match store.deliveries_of_occurrence(&post.id, crate::model::to_millis(*at)) {
             Ok(found) if !found.is_empty() => {
                 done.insert(post.id.clone());
             }
             Ok(_) => {}
-            Err(e) => return History::Unknown(format!("the state directory {dir_text} could not be read: {e}")),
+            Err(e) => return History::Unknown(format!("the store could not be read: {e}")),
         }
     }
     History::Known(done)
 }
 
-/// The store, when this user may read it and no daemon holds it; else why not.
-fn readable_store(config: &Config) -> Result<crate::store::SledStore, String> {
+/// Why `check` does not read the store.
+enum Unread {
+    /// Nothing was ever stored with this state directory.
+    NoStore,
+    /// A daemon holds it (sled's lock).
+    Running,
+    Other(String),
+}
+
+/// The store, when this user may read it and no daemon holds it; else why
+/// not. A sled store is read only when it belongs to this user: reading it
+/// as root could leave root-owned files in the daemon's state directory.
+fn open_for_reading(config: &Config) -> Result<Arc<dyn Store>, Unread> {
     use std::os::unix::fs::MetadataExt;
-    let dir = &config.daemon.state_dir;
-    match std::fs::metadata(dir.join("db")) {
-        Ok(meta) if meta.uid() == rustix::process::geteuid().as_raw() => {}
-        Ok(_) => return Err("the state directory belongs to another user".into()),
-        Err(_) => return Err("no store yet".into()),
+    let location = Location::of(config);
+    if let Some(dir) = location.sled_dir() {
+        let dir_text = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf()).display().to_string();
+        match std::fs::metadata(dir.join("db")) {
+            Ok(meta) if meta.uid() == rustix::process::geteuid().as_raw() => {}
+            Ok(_) => {
+                return Err(Unread::Other(format!("the state directory {dir_text} belongs to another user; not read")));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(Unread::NoStore),
+            Err(e) => return Err(Unread::Other(format!("cannot read the state directory {dir_text}: {e}"))),
+        }
     }
-    crate::store::SledStore::open(dir, 8).map_err(|e| match e {
-        crate::store::StoreError::Locked { .. } => "herald is running: `herald upcoming` shows it".to_string(),
-        e => e.to_string(),
+    location.open(Role::Reader).map_err(|e| match e {
+        StoreError::Locked { .. } => Unread::Running,
+        e => Unread::Other(format!("{} could not be read: {e}", location.describe())),
+    })
+}
+
+/// The store, when this user may read it and no daemon holds it; else why not.
+fn readable_store(config: &Config) -> Result<Arc<dyn Store>, String> {
+    open_for_reading(config).map_err(|why| match why {
+        Unread::NoStore => "no store yet".to_string(),
+        Unread::Running => "herald is running: `herald upcoming` shows it".to_string(),
+        Unread::Other(why) => why,
     })
 }
 
 /// "required: approved by alice (uid 1000) at ..." or "required: awaiting approval", for posts that need it.
-fn approval_of(config: &Config, post: &Post, store: &Result<crate::store::SledStore, String>) -> Option<String> {
+fn approval_of(config: &Config, post: &Post, store: &Result<Arc<dyn Store>, String>) -> Option<String> {
     if !post.requires_approval(&config.daemon) {
         return None;
     }
     let hash = post.approval_hash();
     Some(match store {
-        Ok(store) => match crate::approvals::approval(store, &post.id) {
+        Ok(store) => match crate::approvals::approval(store.as_ref(), &post.id) {
             Ok(found) => {
                 format!("required (content {hash}): {}", crate::approvals::ApprovalState::of(post, config, found))
             }
@@ -390,6 +454,14 @@ fn print_text(report: &Report, config: Option<&Config>) {
         config.posts.len(),
         report.warnings.len()
     );
+    if let Some(store) = &report.store {
+        let pool = store.pool.map(|n| format!(", up to {n} connections")).unwrap_or_default();
+        let schema = store.schema.map(|v| format!("; reachable, schema version {v}")).unwrap_or_default();
+        println!("store: {} at {}{pool}{schema}", store.backend, printable(&store.location));
+        if let Some(error) = &store.error {
+            eprintln!("error: store: {} (the config is valid, but `herald run` would not start)", printable(error));
+        }
+    }
     for a in report.accounts.iter().filter(|a| a.experimental) {
         println!("note: account `{}` uses the experimental {} adapter", a.id, a.platform);
     }

@@ -494,6 +494,7 @@ impl StateArgs {
                 control_socket: None,
                 time_zone: chrono_tz::Tz::UTC,
                 log_level: None,
+                store: Ok(crate::config::StoreSettings::Sled),
             },
         };
         if let Some(dir) = &self.state_dir {

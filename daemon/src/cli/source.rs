@@ -15,7 +15,8 @@ use crate::control::{
 };
 use crate::pauses::{PauseRequest, PauseView};
 use crate::retry_cancel::{self, Selection};
-use crate::store::{SledStore, StoreError};
+use crate::store::open::{Location, Role};
+use crate::store::{Store, StoreError};
 
 /// How long the CLI keeps asking a daemon that is at its connection bound
 /// (idle connections are cut after 5 s, so a slot frees up well within it).
@@ -23,7 +24,7 @@ const BUSY_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
 
 pub enum Source {
     Daemon { client: reqwest::Client, socket: PathBuf, runtime: tokio::runtime::Runtime },
-    Store { store: Box<SledStore>, peek: Peek },
+    Store { store: std::sync::Arc<dyn Store>, peek: Peek, location: Location },
 }
 
 /// The one socket the CLI asks: the config's `control_socket`, else
@@ -53,23 +54,32 @@ impl Source {
             source.check_identity(&peek)?;
             return Ok(source);
         }
-        let dir = &peek.state_dir;
-        if !dir.join("db").exists() {
+        let location = Location {
+            store: peek.store.clone().map_err(anyhow::Error::msg)?,
+            state_dir: peek.state_dir.clone(),
+            cache_mb: peek.cache_mb,
+        };
+        if !location.may_exist() {
             bail!(
                 "no herald daemon answers on {} and there is no herald state in {} (has herald run with this config yet? \
                  under systemd, name its socket in `[daemon] control_socket`)",
                 socket.display(),
-                dir.display()
+                peek.state_dir.display()
             );
         }
-        match SledStore::open(dir, peek.cache_mb) {
+        match location.open(Role::Offline) {
             Ok(store) => {
-                eprintln!("(no herald daemon is running: reading the state directory {} directly)", dir.display());
-                Ok(Source::Store { store: Box::new(store), peek })
+                eprintln!("(no herald daemon is running: reading {} directly)", location.describe());
+                Ok(Source::Store { store, peek, location })
             }
             Err(e @ StoreError::Locked { .. }) => Err(anyhow::Error::new(e).context(format!(
                 "herald is running but does not answer on {}; name its socket in `[daemon] control_socket` \
                  (under systemd: /run/herald/herald.sock)",
+                socket.display()
+            ))),
+            Err(e @ StoreError::Claimed { .. }) => Err(anyhow::Error::new(e).context(format!(
+                "a herald daemon holds the database but does not answer on {}: ask it on its own host, \
+                 or name its socket in `[daemon] control_socket`",
                 socket.display()
             ))),
             Err(e) => Err(e.into()),
@@ -138,7 +148,7 @@ impl Source {
     pub fn status(&self, failed: usize) -> anyhow::Result<StatusView> {
         match self {
             Source::Daemon { .. } => self.call(|c| c.get(url("/v1/status")).query(&[("limit", failed)])),
-            Source::Store { store, peek } => Ok(status_view(store.as_ref(), peek.time_zone, failed)?),
+            Source::Store { store, peek, .. } => Ok(status_view(store.as_ref(), peek.time_zone, failed)?),
         }
     }
 
@@ -217,10 +227,9 @@ impl Source {
                     None => request,
                 }
             }),
-            Source::Store { store, .. } => bail!(
-                "herald is not running (its state directory {} is free); the config is read when it starts",
-                store.dir().display()
-            ),
+            Source::Store { location, .. } => {
+                bail!("herald is not running ({} is free); the config is read when it starts", location.describe())
+            }
         }
     }
 

@@ -5,7 +5,7 @@
 //! boundary between account and campaign files, and holds what every section
 //! shares: one way to collect errors ([`Loader::mark`] / `valid_since`), one
 //! range check ([`Loader::in_range`]), durations. Each section is read in a
-//! module of its own: `daemon`, `retry`, `alerts`, `accounts`, `groups`, `posts`.
+//! module of its own: `daemon`, `store`, `retry`, `alerts`, `accounts`, `groups`, `posts`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Range;
@@ -35,9 +35,11 @@ mod daemon;
 mod groups;
 mod posts;
 mod retry;
+mod store;
 
 use groups::GroupDef;
 use posts::PostDef;
+pub use store::postgres_url_shown;
 
 /// The result of reading a config: the config when it has no errors, and
 /// every error and warning found.
@@ -88,7 +90,7 @@ pub const DEFAULT_SCHEDULE_AHEAD: Duration = Duration::from_secs(3600);
 /// `[daemon] audit_head_interval` unless set: the audit log's head is
 /// published hourly.
 pub const DEFAULT_AUDIT_HEAD_INTERVAL: Duration = Duration::from_secs(3600);
-const MAIN_KEYS: &[&str] = &["daemon", "retry", "alerts", "accounts", "groups", "posts"];
+const MAIN_KEYS: &[&str] = &["daemon", "store", "retry", "alerts", "accounts", "groups", "posts"];
 const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
 
 /// The number of errors reported when a section began (see [`Loader::mark`]).
@@ -159,7 +161,7 @@ impl IncludedFile {
                 "[[posts]] may not be set in {here}: posts belong in the main config file or in a campaign file \
                  matched by `[daemon] include`"
             ),
-            (_, "daemon" | "retry" | "alerts") => {
+            (_, "daemon" | "store" | "retry" | "alerts") => {
                 format!("[{key}] may only be set in the main config file, not in {here}")
             }
             _ => format!("unknown section `{key}`; {here} may hold {}", self.sections().join(" and ")),
@@ -222,6 +224,7 @@ impl Loader {
         let daemon = self.daemon_settings(main_idx, root.remove("daemon"));
         let retry = self.retry_policy(main_idx, root.remove("retry"));
         let alerts = self.alerts(main_idx, root.remove("alerts"));
+        let store = self.store_settings(main_idx, root.remove("store"));
         self.sections(main_idx, &mut root);
         // Account files first: the accounts exist before any campaign names them.
         let mut read_as = HashMap::new();
@@ -239,6 +242,7 @@ impl Loader {
         let daemon = daemon?;
         let retry = retry?;
         let alerts = alerts?;
+        let store = store?;
         if self.diags.has_errors() {
             return None;
         }
@@ -250,6 +254,7 @@ impl Loader {
             groups,
             posts,
             alerts,
+            store,
             files: Vec::new(),
         })
     }
@@ -524,16 +529,19 @@ pub struct Peek {
     pub control_socket: Option<PathBuf>,
     pub time_zone: Tz,
     pub log_level: Option<String>,
+    /// `[store]`, its URL read from its secret source; why not when it
+    /// cannot be (said only when the store itself is needed).
+    pub store: Result<super::StoreSettings, String>,
 }
 
-/// The `[daemon]` section of a config's text, as a document of its own.
+/// The `[daemon]` and `[store]` sections of a config's text, as a document of its own.
 fn daemon_section(text: &str) -> String {
     let mut out = String::new();
     let mut inside = false;
     for line in text.lines() {
         let trimmed = line.trim_start();
         if trimmed.starts_with('[') {
-            inside = trimmed.starts_with("[daemon]");
+            inside = trimmed.starts_with("[daemon]") || trimmed.starts_with("[store]");
         }
         if inside {
             out.push_str(line);
@@ -571,6 +579,20 @@ pub fn peek(path: &Path) -> Result<Peek, String> {
         control_socket: get("control_socket").and_then(Item::as_str).map(|p| base.join(p)),
         time_zone: get("time_zone").and_then(Item::as_str).and_then(|s| parse_tz(s).ok()).unwrap_or(Tz::UTC),
         log_level: get("log_level").and_then(Item::as_str).map(str::to_string),
+        store: peek_store(path, &doc),
+    })
+}
+
+/// `[store]` as `herald run` would read it (its URL from its secret source),
+/// or every error in it, each at file:line:column.
+fn peek_store(path: &Path, doc: &toml_edit::Document<String>) -> Result<super::StoreSettings, String> {
+    let mut loader =
+        Loader { credentials_dir: std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from), ..Loader::default() };
+    loader.files.push(SourceFile::new(path.to_path_buf(), doc.raw().to_string()));
+    let item = doc.as_table().get("store").cloned();
+    loader.store_settings(0, item).ok_or_else(|| {
+        let errors: Vec<String> = loader.diags.items.iter().filter(|d| d.is_error()).map(ToString::to_string).collect();
+        errors.join("\n")
     })
 }
 
@@ -840,6 +862,80 @@ mod tests {
         assert!(
             text.contains("`ca_file` /dev/zero: cannot be read: it is a character device, not a regular file"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn the_store_is_sled_unless_postgres_is_configured() {
+        let outcome = check(&[("herald.toml", HEAD)]);
+        assert_eq!(outcome.config.expect("valid").store, crate::config::StoreSettings::Sled);
+
+        let text = format!("{HEAD}\n[store]\nbackend = \"postgres\"\nurl = {{ file = \"db.url\" }}\n");
+        let url = "postgres://herald:pg-hunter2@127.0.0.1:5433/herald\n";
+        let outcome = check(&[("herald.toml", &text), ("db.url", url)]);
+        let all = lines(&outcome).join("\n");
+        let config = outcome.config.expect(&all);
+        let crate::config::StoreSettings::Postgres(pg) = &config.store else { panic!("{:?}", config.store) };
+        assert_eq!((pg.pool, pg.shown.as_str()), (8, "postgres://herald@127.0.0.1:5433/herald"));
+        assert_eq!(pg.url.expose(), "postgres://herald:pg-hunter2@127.0.0.1:5433/herald");
+        assert!(!format!("{:?}", config.store).contains("hunter2"));
+        assert!(!all.contains("hunter2"), "{all}");
+
+        // Inline: a warning when it carries a password, none when it does not.
+        let inline = |url: &str| format!("{HEAD}\n[store]\nbackend = \"postgres\"\nurl = \"{url}\"\npool = 3\n");
+        let outcome = check(&[("herald.toml", &inline("postgres://h:pg-hunter2@db/h"))]);
+        let all = lines(&outcome).join("\n");
+        assert!(all.contains("herald.toml:10:7: warning: [store] `url` is written inline"), "{all}");
+        assert!(!all.contains("hunter2"), "{all}");
+        let outcome = check(&[("herald.toml", &inline("postgres://h@db/h"))]);
+        assert!(outcome.diagnostics.is_empty(), "{:?}", outcome.diagnostics);
+    }
+
+    #[test]
+    fn store_errors_name_the_place_and_never_the_url() {
+        let store = |body: &str| format!("{HEAD}\n[store]\n{body}");
+        for (body, expected) in [
+            (
+                "backend = \"mysql\"\n",
+                "herald.toml:9:11: error: `backend` is `mysql`; expected \"sled\" (the default) or \"postgres\"",
+            ),
+            ("backend = \"postgres\"\n", "herald.toml:8:1: error: [store] backend = \"postgres\" needs `url`"),
+            (
+                "backend = \"postgres\"\nurl = \"mysql://root:pg-hunter2@db/h\"\n",
+                "herald.toml:10:7: error: [store] `url` must be a URL starting with postgres:// or postgresql://",
+            ),
+            (
+                "backend = \"postgres\"\nurl = \"postgres://h@db/h\"\npool = 0\n",
+                "herald.toml:11:8: error: `pool` is 0; expected 1 to 64 connections",
+            ),
+            ("url = \"postgres://h@db/h\"\n", "herald.toml:9:7: error: [store] `url` is for backend = \"postgres\""),
+            (
+                "backend = \"postgres\"\nurl = { env = \"HERALD_TEST_UNSET_VARIABLE\" }\n",
+                "herald.toml:10:7: error: [store] `url` comes from environment variable HERALD_TEST_UNSET_VARIABLE, which is not set",
+            ),
+            (
+                "backend = \"postgres\"\nurl = \"postgres://h@db/h\"\nhost = \"x\"\n",
+                "herald.toml:11:1: error: in [store]: unknown key `host`",
+            ),
+        ] {
+            let outcome = check(&[("herald.toml", &store(body))]);
+            let all = lines(&outcome).join("\n");
+            assert!(outcome.config.is_none(), "{body}");
+            assert!(all.contains(expected), "{body}: missing `{expected}` in:\n{all}");
+            assert!(!all.contains("hunter2"), "{all}");
+        }
+
+        // [store] is the operators': a campaign file holding it is refused.
+        let main = "[daemon]\nstate_dir = \"s\"\ninclude = [\"posts.d/*.toml\"]\n";
+        let campaign = "[store]\nbackend = \"postgres\"\nurl = \"postgres://evil:pw@203.0.113.9/x\"\n";
+        let outcome = check(&[("herald.toml", main), ("posts.d/c.toml", campaign)]);
+        let all = lines(&outcome).join("\n");
+        assert!(outcome.config.is_none());
+        assert!(
+            all.contains(
+                "posts.d/c.toml:1:2: error: [store] may only be set in the main config file, not in a campaign file"
+            ),
+            "{all}"
         );
     }
 

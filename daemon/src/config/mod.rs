@@ -19,7 +19,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 pub use diag::{Diagnostic, Severity};
-pub use load::{LoadOutcome, Peek, load, load_at, load_with, peek};
+pub use load::{LoadOutcome, Peek, load, load_at, load_with, peek, postgres_url_shown};
 pub use values::{Misfire, Rate, TimeValue, parse_duration};
 
 use crate::calendar::Schedule;
@@ -35,6 +35,8 @@ pub struct Config {
     pub groups: BTreeMap<String, Vec<String>>,
     pub posts: BTreeMap<String, Post>,
     pub alerts: Option<AlertSettings>,
+    /// `[store]`: sled in `state_dir` (the default) or PostgreSQL.
+    pub store: StoreSettings,
     /// The files it was read from, with their digests, as read.
     pub files: Vec<crate::model::FileDigest>,
 }
@@ -52,6 +54,38 @@ pub struct AlertSettings {
     /// Alert (once a day) when an account's credentials expire within this.
     pub credential_warning: Duration,
 }
+
+/// `[store]`: which backend holds the schedule and the audit log. An
+/// ops-owned section: only the main config file may set it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum StoreSettings {
+    /// sled, embedded, in `[daemon] state_dir` (the default).
+    #[default]
+    Sled,
+    /// A PostgreSQL database.
+    Postgres(PostgresSettings),
+}
+
+/// `[store] backend = "postgres"`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PostgresSettings {
+    /// The connection URL, a secret: it may carry the password.
+    pub url: herald_adapters::Secret,
+    /// How many connections herald keeps open at most.
+    pub pool: usize,
+    /// The URL as messages may show it: `postgres://user@host:port/db`,
+    /// without the password or any parameter.
+    pub shown: String,
+}
+
+impl std::fmt::Debug for PostgresSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresSettings").field("url", &self.shown).field("pool", &self.pool).finish()
+    }
+}
+
+/// `[store] pool` unless set.
+pub const DEFAULT_POSTGRES_POOL: usize = 8;
 
 /// `[daemon]`: where state lives and how the daemon behaves.
 #[derive(Debug, Clone, PartialEq)]

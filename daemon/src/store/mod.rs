@@ -7,6 +7,7 @@
 #[cfg(test)]
 pub(crate) mod conformance;
 mod keys;
+pub mod open;
 pub mod postgres;
 pub mod sled_store;
 

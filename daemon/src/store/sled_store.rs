@@ -277,6 +277,34 @@ impl SledStore {
     }
 }
 
+/// A tree of the store, as [`SledStore::export`] reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exported {
+    /// Delivery id (16 bytes) to the `Delivery` JSON.
+    Deliveries,
+    /// Post id to the `PostRecord` JSON.
+    Posts,
+    /// Content hash to the rendered content JSON.
+    Contents,
+    /// Every metadata key and value (`schema_version` and `count/*` included).
+    Meta,
+}
+
+impl SledStore {
+    /// Every key and value of one tree, in key order, exactly as stored:
+    /// what `herald store copy` moves to another backend. The audit log is
+    /// read through [`Store::audit_raw`]; the indexes are derived data.
+    pub fn export(&self, what: Exported) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>)>> + '_ {
+        let tree = match what {
+            Exported::Deliveries => &self.deliveries,
+            Exported::Posts => &self.posts,
+            Exported::Contents => &self.content,
+            Exported::Meta => &self.meta,
+        };
+        tree.iter().map(|entry| entry.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(StoreError::from))
+    }
+}
+
 /// Refuse symbolic links among the entries of `dir` (the state directory,
 /// sled's directory and its blobs): one planted there could send herald's
 /// writes anywhere its user may write, or show it another store.

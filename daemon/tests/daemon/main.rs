@@ -11,6 +11,7 @@ mod helpers;
 mod operations;
 mod pause;
 mod platforms;
+mod postgres;
 mod recall;
 mod runtime;
 

@@ -1,0 +1,86 @@
+//! Opening the store a config names, in one place: the daemon (`herald
+//! run`), the CLI on a stopped daemon (`cli/source.rs`) and `herald check`
+//! all come here, so `[store]` means the same to each of them.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::postgres::PostgresStore;
+use super::{Result, SledStore, Store};
+use crate::config::StoreSettings;
+
+/// Who opens the store, which decides whether it must be the only user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// `herald run`: the store's writer. sled's lock file, or on PostgreSQL
+    /// the exclusive claim, keeps a second daemon out.
+    Daemon,
+    /// The CLI acting on the store of a stopped daemon: like the daemon, it
+    /// must be alone (it writes retries, cancels, pauses).
+    Offline,
+    /// `herald check` looking at what the store holds: reads only, and is
+    /// not refused by a running daemon on PostgreSQL.
+    Reader,
+}
+
+/// Where a config keeps its state, and how much of it to cache.
+#[derive(Debug, Clone)]
+pub struct Location {
+    pub store: StoreSettings,
+    /// `[daemon] state_dir` (the sled database is in it).
+    pub state_dir: PathBuf,
+    /// `[daemon] cache_mb`: sled's page cache.
+    pub cache_mb: u64,
+}
+
+impl Location {
+    pub fn of(config: &crate::config::Config) -> Location {
+        Location {
+            store: config.store.clone(),
+            state_dir: config.daemon.state_dir.clone(),
+            cache_mb: config.daemon.cache_mb,
+        }
+    }
+
+    /// "the state directory /var/lib/herald" or "the PostgreSQL database
+    /// postgres://herald@db:5432/herald" (never with the password), for messages.
+    pub fn describe(&self) -> String {
+        match &self.store {
+            StoreSettings::Sled => format!("the state directory {}", self.state_dir.display()),
+            StoreSettings::Postgres(pg) => format!("the PostgreSQL database {}", pg.shown),
+        }
+    }
+
+    /// Has a herald ever kept its state here? (A sled store exists; a
+    /// PostgreSQL database is asked when opened.)
+    pub fn may_exist(&self) -> bool {
+        match &self.store {
+            StoreSettings::Sled => self.state_dir.join("db").exists(),
+            StoreSettings::Postgres(_) => true,
+        }
+    }
+
+    /// Open the store for `role`.
+    pub fn open(&self, role: Role) -> Result<Arc<dyn Store>> {
+        match &self.store {
+            StoreSettings::Sled => Ok(Arc::new(SledStore::open(&self.state_dir, self.cache_mb)?)),
+            StoreSettings::Postgres(pg) => {
+                let store = PostgresStore::connect(pg.url.expose(), pg.pool)?;
+                // One daemon per database until leases let several share it;
+                // the CLI on a stopped daemon writes too, so it claims alike.
+                if role != Role::Reader {
+                    store.claim_exclusive()?;
+                }
+                Err(super::StoreError::Backend(format!(
+                    "the PostgreSQL store of {} is not complete in this build yet",
+                    store.target()
+                )))
+            }
+        }
+    }
+
+    /// The sled state directory, when the store is sled.
+    pub fn sled_dir(&self) -> Option<&Path> {
+        matches!(self.store, StoreSettings::Sled).then_some(self.state_dir.as_path())
+    }
+}
