@@ -8,7 +8,14 @@
 //! (`eval "$(bash .ci/postgres.sh start)"`); without it they say loudly
 //! that they skipped (and fail under `HERALD_REQUIRE_POSTGRES=1`).
 
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use herald::store::postgres::testing::fresh_database;
+use herald_sandbox::Fault;
+
 use crate::helpers::*;
+use crate::recall::{ALL, JPEG, accounts, live, post, sandbox};
 
 /// The variable the configs read the URL from.
 const URL_VAR: &str = "HERALD_TEST_DATABASE_URL";
@@ -16,6 +23,200 @@ const URL_VAR: &str = "HERALD_TEST_DATABASE_URL";
 /// `[store]` on PostgreSQL, the URL from [`URL_VAR`].
 fn store_section() -> String {
     format!("\n[store]\nbackend = \"postgres\"\nurl = {{ env = \"{URL_VAR}\" }}\npool = 4\n")
+}
+
+/// The password in a test database's URL.
+fn password_of(url: &str) -> String {
+    let password = reqwest::Url::parse(url).expect("a URL").password().expect("a password").to_string();
+    assert!(password.len() >= 8, "the test server's password is too short to search for: {password:?}");
+    password
+}
+
+/// Everything herald printed in a test, to search for the password at the end.
+#[derive(Default)]
+struct Printed(Vec<(String, String)>);
+
+impl Printed {
+    fn keep(&mut self, what: &str, out: &std::process::Output) -> String {
+        let both = text(&out.stdout) + &text(&out.stderr);
+        self.0.push((what.to_string(), both.clone()));
+        both
+    }
+
+    fn assert_never(&self, password: &str) {
+        for (what, printed) in &self.0 {
+            assert!(!printed.contains(password), "the database password is in the output of {what}:\n{printed}");
+        }
+    }
+}
+
+/// `herald ARGS` with the URL in the environment; must succeed; kept.
+fn cli_ok(dir: &TestDir, url: &str, printed: &mut Printed, args: &[&str]) -> String {
+    let out = dir.cli_with(args, &[(URL_VAR, url)]);
+    let both = printed.keep(&format!("herald {args:?}"), &out);
+    assert!(out.status.success(), "herald {args:?} failed ({}):\n{both}", out.status);
+    text(&out.stdout)
+}
+
+/// What the CLI says when it reads the database itself.
+const READ_DATABASE: &str = "(no herald daemon is running: reading the PostgreSQL database postgres://";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_store_delivers_everywhere_and_keeps_it_all_across_a_restart() {
+    let Some(url) = blocking(fresh_database) else { return };
+    let password = password_of(&url);
+    let env = [(URL_VAR, url.as_str())];
+    let mut printed = Printed::default();
+    let sandbox = sandbox().await;
+    // The webhook refuses the first request for good: `failed`, then `herald retry`.
+    sandbox.webhook.fail_next(1, Fault::status_with_body(400, r#"{"error": "refused"}"#));
+    let dir = TestDir::new();
+    std::fs::write(dir.path().join("cover.jpg"), JPEG).unwrap();
+    let config = daemon_section()
+        + &store_section()
+        + &accounts(&sandbox)
+        + &post("alert", &ALL, in_secs(2))
+        + &post_at("later", "Tomorrow's drill.", &["webhook"], in_secs(600));
+    dir.write_config(&config);
+
+    let check = printed.keep("herald check", &dir.cli_with(&["check"], &env));
+    assert!(check.contains("store: postgres at postgres://herald_test@127.0.0.1:"), "{check}");
+    let herald = dir.start_with(&env).await;
+    eventually("five platforms delivered, the webhook failed", Duration::from_secs(60), || {
+        let counts = status_counts(&dir.ask_daemon_ok(&["status"]));
+        counts.get("delivered") == Some(&5) && counts.get("failed") == Some(&1)
+    })
+    .await;
+
+    // retry and cancel through the daemon.
+    let failed = dir.log_from_daemon(&["--event", "failed"]);
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    printed.keep("herald retry", &dir.ask_daemon(&["retry", &failed[0].delivery, "--reason", "fixed"]));
+    printed.keep("herald cancel", &dir.ask_daemon(&["cancel", "--post", "later", "--reason", "drill moved"]));
+    eventually("the retried delivery is delivered", Duration::from_secs(60), || {
+        status_counts(&dir.ask_daemon_ok(&["status"])).get("delivered") == Some(&6)
+    })
+    .await;
+    assert_eq!(sandbox.webhook.accepted().len(), 1);
+    for (platform, copies) in live(&sandbox) {
+        assert_eq!(copies, 1, "{platform}: one copy published");
+    }
+    let status = dir.ask_daemon_ok(&["status"]);
+    assert_eq!(status_counts(&status).get("cancelled"), Some(&1), "{status}");
+    let verified = dir.ask_daemon_ok(&["audit", "verify"]);
+    assert!(verified.contains("intact"), "{verified}");
+    let before = dir.log_from_daemon(&[]);
+    assert_gapless(&before);
+    let stderr = herald.stop().await;
+    printed.0.push(("the first run's log".into(), stderr));
+
+    // Stopped: the CLI reads the database itself, and sees the same.
+    let out = dir.cli_with(&["status"], &env);
+    let said = printed.keep("herald status (no daemon)", &out);
+    assert!(said.contains(READ_DATABASE), "{said}");
+    assert_eq!(status_counts(&text(&out.stdout)), status_counts(&status));
+    let offline = records(cli_ok(&dir, &url, &mut printed, &["log", "--format", "json"]).as_bytes());
+    let offline_verify = cli_ok(&dir, &url, &mut printed, &["audit", "verify"]);
+    assert!(offline_verify.contains("intact"), "{offline_verify}");
+
+    // A restart keeps everything, and adds to the same log.
+    let herald = dir.start_with(&env).await;
+    let after = dir.log_from_daemon(&[]);
+    assert_gapless(&after);
+    let head = |records: &[Record]| -> Vec<(u64, String, String)> {
+        records.iter().map(|r| (r.seq, r.event.clone(), r.delivery.clone())).collect()
+    };
+    assert_eq!(head(&after[..before.len()]), head(&before), "the log before the restart is unchanged");
+    assert!(offline.len() >= before.len(), "the offline log lost records");
+    assert_eq!(status_counts(&dir.ask_daemon_ok(&["status"])), status_counts(&status));
+    let stderr = herald.stop().await;
+    printed.0.push(("the second run's log".into(), stderr));
+    printed.assert_never(&password);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_store_a_daemon_killed_in_a_burst_loses_nothing() {
+    const POSTS: usize = 30;
+    const ACCOUNTS: [&str; 3] = ["city-a", "city-b", "city-c"];
+    let Some(url) = blocking(fresh_database) else { return };
+    let env = [(URL_VAR, url.as_str())];
+    let hook = receiver(None).await;
+    hook.set_latency(Duration::from_millis(300));
+    let dir = TestDir::new();
+    let base = in_secs(3);
+    let mut config = daemon_section() + &store_section();
+    for account in ACCOUNTS {
+        config += &webhook_account(account, &format!("{}/{account}", hook.base_url()));
+        config += "concurrency = 4\n";
+    }
+    for i in 0..POSTS {
+        let at = base + chrono::Duration::seconds((i % 2) as i64);
+        config += &post_at(&format!("post-{i:02}"), &format!("campaign message {i}"), &ACCOUNTS, at);
+    }
+    dir.write_config(&config);
+    let herald = dir.start_with(&env).await;
+    let total = POSTS * ACCOUNTS.len();
+    assert!(hook.wait_until(Duration::from_secs(60), |r| r.len() >= 20).await, "{}", hook.received().len());
+    let first_run = herald.kill().await;
+    let at_kill = hook.received().len();
+    assert!(at_kill < total, "everything was sent before the kill; stderr:\n{first_run}");
+
+    let herald = dir.start_with(&env).await;
+    eventually("herald records every delivery", Duration::from_secs(90), || {
+        status_counts(&dir.ask_daemon_ok(&["status"])).get("delivered").copied() == Some(total as u64)
+    })
+    .await;
+    let records = dir.log_from_daemon(&[]);
+    herald.stop().await;
+
+    assert_gapless(&records);
+    let ids = deliveries(&records);
+    assert_eq!(ids.len(), total);
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for p in hook.received() {
+        *seen.entry(p.idempotency_key.clone().expect("an idempotency key")).or_default() += 1;
+    }
+    let id_set: BTreeSet<&str> = ids.iter().map(String::as_str).collect();
+    let key_set: BTreeSet<&str> = seen.keys().map(String::as_str).collect();
+    assert_eq!(key_set, id_set, "the receiver's keys and the audit log's deliveries differ");
+    let recovered: BTreeSet<&str> =
+        records.iter().filter(|r| r.event == "recovered").map(|r| r.delivery.as_str()).collect();
+    assert!(!recovered.is_empty(), "nothing was in flight at the kill ({at_kill} requests had arrived)");
+    for (key, count) in &seen {
+        assert!(*count == 1 || recovered.contains(key.as_str()), "key {key} was sent {count} times, never recovered");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_store_a_second_daemon_on_the_same_database_is_refused() {
+    let Some(url) = blocking(fresh_database) else { return };
+    let password = password_of(&url);
+    let env = [(URL_VAR, url.as_str())];
+    let hook = receiver(None).await;
+    let config = daemon_section()
+        + &store_section()
+        + &webhook_account("wuhan-hook", &hook.url())
+        + &post_at("later", "Later.", &["wuhan-hook"], in_secs(600));
+    let (one, two) = (TestDir::new(), TestDir::new());
+    one.write_config(&config);
+    two.write_config(&config);
+    let mut first = one.start_with(&env).await;
+
+    // Another host (another state directory), the same database.
+    let mut second = two.spawn(&env);
+    let status = second.wait_exit().await;
+    let stderr = second.stderr();
+    assert_eq!(status.code(), Some(1), "refused, and restartable by systemd:\n{stderr}");
+    assert!(stderr.contains("is in use by another herald daemon"), "{stderr}");
+    assert!(stderr.contains("herald_test@127.0.0.1:"), "names the database:\n{stderr}");
+    assert!(!stderr.contains(&password), "{stderr}");
+    assert!(first.exited().is_none(), "the first herald stopped:\n{}", first.stderr());
+    let stderr = first.stop().await;
+    assert!(!stderr.contains(&password), "{stderr}");
+
+    // Once the first has stopped, the second may take over.
+    let second = two.start_with(&env).await;
+    second.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,11 +13,11 @@ use herald_sandbox::{Fault, Sandbox, SandboxOptions};
 use crate::helpers::*;
 
 /// A JPEG header: enough for WeChat's cover checks.
-const JPEG: &[u8] = &[0xFF, 0xD8, 0xFF, 0xE0, 0, 0x10, b'J', b'F', b'I', b'F', 0, 1, 1, 0, 0xFF, 0xD9];
+pub(crate) const JPEG: &[u8] = &[0xFF, 0xD8, 0xFF, 0xE0, 0, 0x10, b'J', b'F', b'I', b'F', 0, 1, 1, 0, 0xFF, 0xD9];
 const SECRET: &str = "recall-test-webhook-secret";
 
 /// One account per platform in `sandbox`, named after its platform.
-fn accounts(sandbox: &Sandbox) -> String {
+pub(crate) fn accounts(sandbox: &Sandbox) -> String {
     let base = format!("http://{}", sandbox.addr());
     format!(
         r#"
@@ -63,7 +63,7 @@ secret = "{SECRET}"
 }
 
 /// A post every platform takes (WeChat gets the cover, the others no image).
-fn post(id: &str, targets: &[&str], at: chrono::DateTime<chrono::Utc>) -> String {
+pub(crate) fn post(id: &str, targets: &[&str], at: chrono::DateTime<chrono::Utc>) -> String {
     format!(
         r#"
 [[posts]]
@@ -91,13 +91,13 @@ images = []
     )
 }
 
-async fn sandbox() -> Sandbox {
+pub(crate) async fn sandbox() -> Sandbox {
     let options = SandboxOptions { webhook_secret: Some(SECRET.into()), ..SandboxOptions::default() };
     Sandbox::start("127.0.0.1:0".parse().unwrap(), options).await.unwrap()
 }
 
 /// Copies each emulator still shows live (not deleted), by platform.
-fn live(sandbox: &Sandbox) -> [(&'static str, usize); 6] {
+pub(crate) fn live(sandbox: &Sandbox) -> [(&'static str, usize); 6] {
     [
         ("weibo", sandbox.weibo.published().iter().filter(|p| p.deleted_at.is_none()).count()),
         ("wechat", sandbox.wechat.published().iter().filter(|p| p.deleted_at.is_none()).count()),
@@ -115,7 +115,7 @@ async fn delivered(dir: &TestDir, n: u64) {
     .await;
 }
 
-const ALL: [&str; 6] = ["weibo", "wechat", "tieba", "discourse", "mastodon", "webhook"];
+pub(crate) const ALL: [&str; 6] = ["weibo", "wechat", "tieba", "discourse", "mastodon", "webhook"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recall_takes_the_post_down_on_every_platform_and_records_each_target() {

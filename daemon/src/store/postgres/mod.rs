@@ -32,6 +32,21 @@ pub struct PostgresStore {
     claim: Mutex<Option<Client>>,
 }
 
+/// The sync client closes its connection when dropped by blocking on a
+/// runtime of its own, which panics on a thread that drives a tokio runtime,
+/// and the daemon drops its last handle to the store on one (at stop). The
+/// connections are closed on a plain thread instead.
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        let claim = self.claim.get_mut().unwrap_or_else(|p| p.into_inner()).take();
+        let idle = self.pool.drain_idle();
+        let _ = std::thread::spawn(move || drop((claim, idle))).join();
+    }
+}
+
 impl PostgresStore {
     /// Connect to the database at `url` with at most `pool` connections,
     /// and bring its schema to this build's (refusing a newer one). The

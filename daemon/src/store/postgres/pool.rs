@@ -202,6 +202,14 @@ impl Pool {
         &self.target
     }
 
+    /// Take the idle connections out of the pool (to close them elsewhere).
+    pub fn drain_idle(&self) -> Vec<Connection> {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let idle = std::mem::take(&mut slots.idle);
+        slots.open -= idle.len();
+        idle
+    }
+
     /// A new client with herald's bounds, outside the pool (a dedicated
     /// connection, as for the exclusive claim).
     pub fn connect(&self) -> Result<Client> {
