@@ -12,8 +12,9 @@ use crate::config::StoreSettings;
 /// Who opens the store, which decides whether it must be the only user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
-    /// `herald run`: the store's writer. sled's lock file, or on PostgreSQL
-    /// the exclusive claim, keeps a second daemon out.
+    /// `herald run`: the store's writer. sled's lock file keeps a second
+    /// daemon out; on PostgreSQL several daemons share the database, one
+    /// leading at a time through the scheduler lease (`lease`).
     Daemon,
     /// The CLI acting on the store of a stopped daemon: like the daemon, it
     /// must be alone (it writes retries, cancels, pauses).
@@ -66,9 +67,10 @@ impl Location {
             StoreSettings::Sled => Ok(Arc::new(SledStore::open(&self.state_dir, self.cache_mb)?)),
             StoreSettings::Postgres(pg) => {
                 let store = PostgresStore::connect(pg.url.expose(), pg.pool)?;
-                // One daemon per database until leases let several share it;
-                // the CLI on a stopped daemon writes too, so it claims alike.
-                if role != Role::Reader {
+                // Daemons share the database and take turns through the
+                // scheduler lease (`lease`, `ha`); the CLI on a stopped
+                // daemon writes too, so it claims the database alone.
+                if role == Role::Offline {
                     store.claim_exclusive()?;
                 }
                 Ok(Arc::new(store))
