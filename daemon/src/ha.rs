@@ -91,6 +91,11 @@ impl Leadership {
         let now = crate::clock::now();
         let recovered = scheduler.recover(now).context("recovering deliveries that were in flight")?;
         let summary = scheduler.reconcile(Arc::clone(&config), now).context("applying the config to the store")?;
+        if self.store.is_shared() {
+            // Another daemon may have led until now: its recent starts count against the rate windows.
+            let counted = scheduler.count_earlier_starts(now).context("reading the recent attempts")?;
+            tracing::debug!(attempts = counted, "recent attempts counted against the accounts' rate windows");
+        }
         crate::approvals::settle(fenced.as_ref(), &config, &Actor::start(), now)
             .context("checking the approvals of changed posts")?;
         let note =

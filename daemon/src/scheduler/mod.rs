@@ -244,6 +244,37 @@ impl Scheduler {
         Ok(count)
     }
 
+    /// At a takeover: the attempts the last leader started within each
+    /// account's rate window (from the audit log) count against the new
+    /// leader's windows, so a failover never lets an account exceed its
+    /// rate. Call after [`Scheduler::reconcile`] (the gates follow the config).
+    pub fn count_earlier_starts(&mut self, now: DateTime<Utc>) -> Result<usize> {
+        let windows: HashMap<String, Millis> = self
+            .config
+            .accounts
+            .iter()
+            .filter_map(|(id, a)| a.rate.map(|r| (id.clone(), r.per.as_millis() as Millis)))
+            .collect();
+        let Some(longest) = windows.values().copied().max() else { return Ok(0) };
+        let now_ms = to_millis(now);
+        let query = crate::store::AuditQuery {
+            events: vec![Event::Attempt],
+            since: Some(from_millis(now_ms - longest)),
+            ..Default::default()
+        };
+        let mut counted = 0;
+        for record in self.store.audit(&query)? {
+            let at = to_millis(record.time);
+            if let (Some(window), Some(gate)) = (windows.get(&record.account), self.gates.get(&record.account))
+                && at + window > now_ms
+            {
+                gate.started_before(at);
+                counted += 1;
+            }
+        }
+        Ok(counted)
+    }
+
     /// Apply a config: reconcile the store with it and use its accounts from now on.
     pub fn reconcile(&mut self, config: Arc<Config>, now: DateTime<Utc>) -> Result<Summary> {
         let summary = reconcile::reconcile(self.store.as_ref(), &config, now)?;
