@@ -242,4 +242,66 @@ mod tests {
         let s = store.clone();
         assert_eq!(std::thread::spawn(move || count(&s)).join().unwrap(), 0);
     }
+
+    /// A database restart or an administrator's `pg_terminate_backend`
+    /// closes pooled connections while they sit idle: the next read and the
+    /// next write each run on a new connection instead of failing.
+    #[test]
+    fn postgres_connections_the_server_closed_while_idle_are_replaced() {
+        use crate::model::{Event, State};
+        use crate::store::Store;
+        use crate::store::conformance::{delivery, put};
+        let Some((url, store)) = fresh() else { return };
+        let d = delivery(1, State::Pending, 1_000);
+        put(&store, &d, Event::Scheduled);
+        let name = url.rsplit('/').next().unwrap().to_string();
+        let mut admin = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        let herald_backends = |admin: &mut postgres::Client| -> i64 {
+            admin
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND application_name = 'herald'",
+                    &[&name],
+                )
+                .unwrap()
+                .get(0)
+        };
+        assert!(herald_backends(&mut admin) >= 1);
+        admin
+            .execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND application_name = 'herald'",
+                &[&name],
+            )
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while herald_backends(&mut admin) > 0 {
+            assert!(std::time::Instant::now() < deadline, "the backends did not end");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert_eq!(store.delivery(d.id).unwrap(), Some(d.clone()), "a read after the server closed the connection");
+        // Every connection again, this time before a write.
+        admin
+            .execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND application_name = 'herald'",
+                &[&name],
+            )
+            .unwrap();
+        while herald_backends(&mut admin) > 0 {
+            assert!(std::time::Instant::now() < deadline, "the backends did not end");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let stored = put(&store, &delivery(2, State::Pending, 1_000), Event::Scheduled);
+        assert_eq!(stored[0].seq, 2);
+    }
+
+    #[test]
+    fn a_value_that_cannot_be_serialised_is_an_error_not_empty_bytes() {
+        // JSON object keys must be strings: this map does not serialise.
+        let map: std::collections::BTreeMap<(u8, u8), u8> = [((1, 2), 3)].into_iter().collect();
+        let err = store::encode("delivery", &map).expect_err("must not serialise");
+        assert!(
+            matches!(err, StoreError::Encode { .. }) && err.to_string().contains("cannot store a delivery"),
+            "{err}"
+        );
+        assert_eq!(store::encode("delivery", &1u8).unwrap(), b"1");
+    }
 }

@@ -108,21 +108,91 @@ pub fn chain(e: &dyn std::error::Error) -> String {
     text
 }
 
+/// Did `e` end the connection? No answer from the server (closed, I/O,
+/// timeout), or the server's last word before it closed it: a FATAL
+/// error, such as `terminating connection due to administrator command`
+/// on a shutdown or `pg_terminate_backend`.
+pub fn connection_lost(e: &postgres::Error) -> bool {
+    match e.as_db_error() {
+        None => true,
+        Some(db) => {
+            matches!(db.parsed_severity(), Some(postgres::error::Severity::Fatal | postgres::error::Severity::Panic))
+                || db.code().code().starts_with("08")
+        }
+    }
+}
+
 /// The store error for a failed statement on `target`: a lost or
 /// unreachable server is [`StoreError::Unreachable`], anything else (the
 /// server answered with an error) [`StoreError::Backend`].
 pub fn error(target: &str, e: &postgres::Error) -> StoreError {
-    if e.as_db_error().is_some() {
-        StoreError::Backend(format!("PostgreSQL database {target}: {}", chain(e)))
-    } else {
+    if connection_lost(e) {
         StoreError::Unreachable { target: target.to_string(), error: chain(e) }
+    } else {
+        StoreError::Backend(format!("PostgreSQL database {target}: {}", chain(e)))
     }
 }
+
+/// Statements prepared on one connection, by their SQL.
+pub type Statements = HashMap<&'static str, Statement>;
 
 /// One client, and the statements prepared on it.
 pub struct Connection {
     pub client: Client,
-    statements: HashMap<&'static str, Statement>,
+    pub statements: Statements,
+}
+
+/// A transaction whose statements are prepared once per connection.
+pub struct CachedTx<'a, 'c> {
+    pub tx: postgres::Transaction<'c>,
+    pub statements: &'a mut Statements,
+}
+
+impl CachedTx<'_, '_> {
+    fn statement(&mut self, sql: &'static str) -> std::result::Result<Statement, postgres::Error> {
+        if let Some(s) = self.statements.get(sql) {
+            return Ok(s.clone());
+        }
+        let s = self.tx.prepare(sql)?;
+        self.statements.insert(sql, s.clone());
+        Ok(s)
+    }
+
+    pub fn execute(
+        &mut self,
+        sql: &'static str,
+        params: &[&(dyn postgres::types::ToSql + Sync)],
+    ) -> std::result::Result<u64, postgres::Error> {
+        let s = self.statement(sql)?;
+        self.tx.execute(&s, params)
+    }
+
+    pub fn query(
+        &mut self,
+        sql: &'static str,
+        params: &[&(dyn postgres::types::ToSql + Sync)],
+    ) -> std::result::Result<Vec<postgres::Row>, postgres::Error> {
+        let s = self.statement(sql)?;
+        self.tx.query(&s, params)
+    }
+
+    pub fn query_one(
+        &mut self,
+        sql: &'static str,
+        params: &[&(dyn postgres::types::ToSql + Sync)],
+    ) -> std::result::Result<postgres::Row, postgres::Error> {
+        let s = self.statement(sql)?;
+        self.tx.query_one(&s, params)
+    }
+
+    pub fn query_opt(
+        &mut self,
+        sql: &'static str,
+        params: &[&(dyn postgres::types::ToSql + Sync)],
+    ) -> std::result::Result<Option<postgres::Row>, postgres::Error> {
+        let s = self.statement(sql)?;
+        self.tx.query_opt(&s, params)
+    }
 }
 
 impl Connection {
@@ -155,6 +225,16 @@ pub struct Pool {
 pub struct Lease<'a> {
     pool: &'a Pool,
     conn: Option<Connection>,
+    /// Not to be lent again (its connection failed).
+    broken: bool,
+}
+
+impl Lease<'_> {
+    /// Close this connection instead of giving it back (it failed in a way
+    /// that may have ended it; the client may not know yet).
+    pub fn discard(&mut self) {
+        self.broken = true;
+    }
 }
 
 impl std::ops::Deref for Lease<'_> {
@@ -174,7 +254,7 @@ impl Drop for Lease<'_> {
     fn drop(&mut self) {
         let Some(conn) = self.conn.take() else { return };
         let mut slots = self.pool.slots.lock().unwrap_or_else(|p| p.into_inner());
-        if conn.client.is_closed() {
+        if self.broken || conn.client.is_closed() {
             slots.open -= 1;
         } else {
             slots.idle.push(conn);
@@ -238,15 +318,17 @@ impl Pool {
                     slots.open -= 1;
                     continue;
                 }
-                return Ok(Lease { pool: self, conn: Some(conn) });
+                return Ok(Lease { pool: self, conn: Some(conn), broken: false });
             }
             if slots.open < self.size {
                 slots.open += 1;
                 drop(slots);
                 return match self.connect() {
-                    Ok(client) => {
-                        Ok(Lease { pool: self, conn: Some(Connection { client, statements: HashMap::new() }) })
-                    }
+                    Ok(client) => Ok(Lease {
+                        pool: self,
+                        conn: Some(Connection { client, statements: HashMap::new() }),
+                        broken: false,
+                    }),
                     Err(e) => {
                         self.slots.lock().unwrap_or_else(|p| p.into_inner()).open -= 1;
                         self.freed.notify_one();

@@ -17,7 +17,7 @@ use postgres::Row;
 use postgres::types::ToSql;
 
 use super::PostgresStore;
-use super::pool::{self, Connection};
+use super::pool::{self, CachedTx, Connection};
 use crate::audit_chain::{ChainHead, ChainWriter, LegacyDigest};
 use crate::model::{AuditRecord, Content, Delivery, DeliveryId, Millis, State};
 use crate::store::{AuditQuery, Changes, DueKey, Planned, PostRecord, Result, Store, StoreError};
@@ -52,7 +52,7 @@ fn decode<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T>
 }
 
 /// A value as stored; one that does not serialise fails the whole write.
-fn encode<T: serde::Serialize>(what: &str, value: &T) -> Result<Vec<u8>> {
+pub(super) fn encode<T: serde::Serialize>(what: &str, value: &T) -> Result<Vec<u8>> {
     serde_json::to_vec(value).map_err(|e| StoreError::Encode { what: what.to_string(), error: e.to_string() })
 }
 
@@ -89,9 +89,25 @@ fn run(conn: &mut Connection, sql: &'static str, params: Params<'_>) -> std::res
 
 impl PostgresStore {
     /// One read statement on a pooled connection.
+    /// A read on a pooled connection the server has closed since (a
+    /// restart, a terminated backend) is run again, once, on a new one:
+    /// reads change nothing, so running one twice is harmless.
     fn query(&self, sql: &'static str, params: Params<'_>) -> Result<Vec<Row>> {
         let mut conn = self.pool.get()?;
-        run(&mut conn, sql, params).map_err(|e| pool::error(self.target(), &e))
+        match run(&mut conn, sql, params) {
+            Err(e) if pool::connection_lost(&e) => {
+                conn.discard();
+                drop(conn);
+                let mut conn = self.pool.get()?;
+                run(&mut conn, sql, params).map_err(|e| {
+                    if pool::connection_lost(&e) {
+                        conn.discard();
+                    }
+                    pool::error(self.target(), &e)
+                })
+            }
+            other => other.map_err(|e| pool::error(self.target(), &e)),
+        }
     }
 
     fn records<T: serde::de::DeserializeOwned>(
@@ -159,10 +175,7 @@ impl PostgresStore {
 }
 
 /// The body of [`Store::apply`], in the open transaction `tx`.
-fn apply_in(
-    tx: &mut postgres::Transaction<'_>,
-    changes: &Changes,
-) -> std::result::Result<(Vec<AuditRecord>, ChainHead), Fail> {
+fn apply_in(tx: &mut CachedTx<'_, '_>, changes: &Changes) -> std::result::Result<(Vec<AuditRecord>, ChainHead), Fail> {
     let row = tx.query_one("SELECT seq, hash, unstarted FROM chain_head WHERE id = 1 FOR UPDATE", &[])?;
     let head = head_from(&row);
     let mut chain = ChainWriter::new(&head);
@@ -518,19 +531,48 @@ impl PostgresStore {
         if changes.is_empty() {
             return Ok(Vec::new());
         }
-        let mut conn = self.pool.get()?;
-        let result = (|| -> std::result::Result<Vec<AuditRecord>, Fail> {
-            let mut tx = conn.client.transaction()?;
-            if let Some(fence) = fence {
-                super::lease::check_fence(&mut tx, fence, self.target())?;
+        let mut retried = false;
+        loop {
+            let mut conn = self.pool.get()?;
+            let Connection { client, statements } = &mut *conn;
+            let outcome = match client.transaction() {
+                Ok(tx) => {
+                    let mut tx = CachedTx { tx, statements };
+                    let fenced = match fence {
+                        Some(fence) => super::lease::check_fence(&mut tx.tx, fence, self.target()).map_err(Fail::Store),
+                        None => Ok(()),
+                    };
+                    Ok(fenced.and_then(|()| apply_in(&mut tx, &changes)).and_then(|(stored, _)| {
+                        tx.tx.commit()?;
+                        Ok(stored)
+                    }))
+                }
+                Err(e) => Err(e),
+            };
+            match outcome {
+                Ok(Ok(stored)) => return Ok(stored),
+                Ok(Err(Fail::Store(e))) => return Err(e),
+                // Lost during the write, or at its commit: whether the
+                // commit happened is unknown, so it is not run again; the
+                // caller sees the error (fail closed) and reads again.
+                Ok(Err(Fail::Pg(e))) => {
+                    if pool::connection_lost(&e) {
+                        conn.discard();
+                    }
+                    return Err(pool::error(self.target(), &e));
+                }
+                // A pooled connection the server closed while it was idle:
+                // nothing of this write reached the server, so it starts
+                // again, once, on a new connection.
+                Err(e) if pool::connection_lost(&e) => {
+                    conn.discard();
+                    if retried {
+                        return Err(pool::error(self.target(), &e));
+                    }
+                    retried = true;
+                }
+                Err(e) => return Err(pool::error(self.target(), &e)),
             }
-            let (stored, _head) = apply_in(&mut tx, &changes)?;
-            tx.commit()?;
-            Ok(stored)
-        })();
-        result.map_err(|f| match f {
-            Fail::Pg(e) => pool::error(self.target(), &e),
-            Fail::Store(e) => e,
-        })
+        }
     }
 }
