@@ -432,9 +432,17 @@ pub fn record(
     Ok(report)
 }
 
-/// The whole recall as one call, for the CLI on a stopped daemon.
-pub async fn run(store: &dyn Store, config: &Config, order: &RecallOrder) -> Result<RecallReport, RecallError> {
+/// The whole recall as one call, for the CLI on a stopped daemon. Only the
+/// network work runs on `runtime`: the store is used outside it (the
+/// PostgreSQL client blocks on a runtime of its own, which cannot run
+/// inside another).
+pub fn run(
+    store: &dyn Store,
+    config: &Config,
+    order: &RecallOrder,
+    runtime: &tokio::runtime::Runtime,
+) -> Result<RecallReport, RecallError> {
     let plan = prepare(store, config, order, crate::clock::now())?;
-    let done = execute(plan).await;
+    let done = runtime.block_on(execute(plan));
     Ok(record(store, done, order, crate::clock::now())?)
 }

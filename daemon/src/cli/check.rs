@@ -70,7 +70,7 @@ impl StoreView {
             config::StoreSettings::Postgres(pg) => {
                 // Connecting brings an empty database to this build's schema
                 // (as `herald run` would) and refuses a newer one.
-                let (schema, error) = match crate::store::postgres::PostgresStore::connect(pg.url.expose(), 1) {
+                let (schema, error) = match Location::of(config).open(Role::Reader) {
                     Ok(_) => (Some(crate::store::postgres::schema::known()), None),
                     Err(e) => (None, Some(e.to_string())),
                 };

@@ -7,6 +7,7 @@ mod inspect;
 mod output;
 mod recall;
 mod source;
+mod store;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -193,6 +194,11 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Move herald's store to another backend (herald stopped).
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
     /// Take a post's published copies down from every platform that allows it.
     ///
     /// Deletes what each delivery published (by the remote id herald recorded), cancels the
@@ -297,6 +303,21 @@ impl PauseSelectors {
             actor: None,
         }
     }
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Copy the sled store of `[daemon] state_dir`, with its whole history, into the empty
+    /// PostgreSQL database that `[store]` names; then compare the two and verify the copy's
+    /// audit chain, before anyone switches. herald must be stopped; the state directory is
+    /// left as it was. Exits 0 when the copy is verified, 1 otherwise.
+    Copy {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The backend to copy to (from the other one).
+        #[arg(long, value_enum)]
+        to: store::Backend,
+    },
 }
 
 #[derive(Subcommand)]
@@ -451,6 +472,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             Some(file) => audit::verify_file(&file, prev.as_deref(), head.as_deref()),
             None => audit::verify_store(&state.source()?, head.as_deref()),
         },
+        Command::Store { command: StoreCommand::Copy { config, to } } => store::copy(&config.config, to),
         Command::Pause { state, selectors } => inspect::pause(&state.source()?, &selectors.request()),
         Command::Resume { state, selectors } => inspect::resume(&state.source()?, &selectors.request()),
         Command::Approve { state, args } => {

@@ -274,7 +274,7 @@ impl Source {
                     ..order.clone()
                 };
                 let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-                Ok(runtime.block_on(crate::recall::run(store.as_ref(), &config, &order))?)
+                Ok(crate::recall::run(store.as_ref(), &config, &order, &runtime)?)
             }
         }
     }

@@ -6,6 +6,7 @@
 
 #[cfg(test)]
 pub(crate) mod conformance;
+pub mod copy;
 mod keys;
 pub mod open;
 pub mod postgres;

@@ -66,6 +66,16 @@ impl Location {
         match &self.store {
             StoreSettings::Sled => Ok(Arc::new(SledStore::open(&self.state_dir, self.cache_mb)?)),
             StoreSettings::Postgres(pg) => {
+                if role == Role::Daemon {
+                    // The state directory names this daemon to the CLI (the
+                    // control socket's identity check) even when no store is in it.
+                    use std::os::unix::fs::DirBuilderExt;
+                    std::fs::DirBuilder::new()
+                        .recursive(true)
+                        .mode(0o700)
+                        .create(&self.state_dir)
+                        .map_err(|error| super::StoreError::Dir { dir: self.state_dir.display().to_string(), error })?;
+                }
                 let store = PostgresStore::connect(pg.url.expose(), pg.pool)?;
                 // Daemons share the database and take turns through the
                 // scheduler lease (`lease`, `ha`); the CLI on a stopped

@@ -118,6 +118,11 @@ async fn postgres_store_delivers_everywhere_and_keeps_it_all_across_a_restart() 
     let offline = records(cli_ok(&dir, &url, &mut printed, &["log", "--format", "json"]).as_bytes());
     let offline_verify = cli_ok(&dir, &url, &mut printed, &["audit", "verify"]);
     assert!(offline_verify.contains("intact"), "{offline_verify}");
+    // A recall on the database itself (its deletes run on a runtime, its store work outside one).
+    let recalled =
+        cli_ok(&dir, &url, &mut printed, &["recall", "--post", "alert", "--account", "webhook", "--reason", "test"]);
+    assert!(recalled.contains("1 taken down"), "{recalled}");
+    assert!(sandbox.webhook.accepted().iter().all(|p| p.recalled_at.is_some()), "the webhook's copy is recalled");
 
     // A restart keeps everything, and adds to the same log.
     let herald = dir.start_with(&env).await;
@@ -216,7 +221,11 @@ async fn postgres_store_a_second_daemon_stands_by_and_takes_over_when_the_leader
         + &post_at("later", "Later.", &["wuhan-hook"], in_secs(600));
     let (one, two) = (TestDir::new(), TestDir::new());
     one.write_config(&config);
-    two.write_config(&config);
+    // The second host keeps its socket outside its state directory, which
+    // herald makes itself: nothing of sled's is there to make it.
+    two.write_config(
+        &config.replace("state_dir = \"state\"\n", "state_dir = \"state\"\ncontrol_socket = \"run/herald.sock\"\n"),
+    );
     let mut first = one.start_with(&env).await;
     let mut second = two.start_with(&env).await;
     second.wait_for_log("herald is ready: standby").await;
@@ -241,6 +250,9 @@ async fn postgres_store_a_second_daemon_stands_by_and_takes_over_when_the_leader
     eventually("both due posts delivered", DEADLINE * 3, || hook.received().len() >= 2).await;
     let (ok, said) = ask(&two, &url, &["cancel", "--post", "later"]);
     assert!(ok, "the new leader takes changes: {said}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(two.state_dir()).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "the state directory is herald's own");
     let stderr = second.stop().await;
     assert!(!stderr.contains(&password), "{stderr}");
     let keys = accepted_keys(&hook.received());
@@ -270,4 +282,84 @@ async fn an_unreachable_database_fails_check_and_run_naming_host_and_port() {
     assert!(stderr.contains(&format!("cannot reach the PostgreSQL database herald@127.0.0.1:{port}")), "{stderr}");
     assert!(!stderr.contains(PASSWORD), "{stderr}");
     assert!(!stderr.contains("herald is ready"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_copy_moves_a_sled_history_to_postgres_where_herald_runs_on() {
+    let Some(url) = blocking(fresh_database) else { return };
+    let password = password_of(&url);
+    let env = [(URL_VAR, url.as_str())];
+    let mut printed = Printed::default();
+    let (hook, refusing) = (receiver(None).await, receiver(None).await);
+    refusing.fail_next(1, Fault::status_with_body(400, r#"{"error": "refused"}"#));
+    let dir = TestDir::new();
+    let sled_config = daemon_section()
+        + &webhook_account("hook", &hook.url())
+        + &webhook_account("refusing", &refusing.url())
+        + &post_at("sent", "Delivered on sled.", &["hook"], in_secs(1))
+        + &post_at("refused", "Failed on sled.", &["refusing"], in_secs(1))
+        + &post_at("held", "Held by a pause.", &["hook"], in_secs(4))
+        + &post_at("planned", "Three hours ahead.", &["hook", "refusing"], in_secs(3 * 3600));
+    dir.write_config(&sled_config);
+
+    // History on sled: delivered, failed, a pause holding a due delivery, a plan.
+    let herald = dir.start().await;
+    dir.ask_daemon_ok(&["pause", "--post", "held", "--reason", "wait for the copy"]);
+    eventually("one delivered, one failed", Duration::from_secs(60), || {
+        let counts = status_counts(&dir.ask_daemon_ok(&["status"]));
+        counts.get("delivered") == Some(&1) && counts.get("failed") == Some(&1)
+    })
+    .await;
+    herald.stop().await;
+    let sled_log = dir.log();
+    let sled_status = dir.status();
+    assert_eq!(status_counts(&sled_status).get("pending"), Some(&1), "{sled_status}");
+    assert!(sled_status.contains("PAUSED"), "{sled_status}");
+
+    // A config without [store] has nowhere to copy to.
+    let out = dir.cli(&["store", "copy", "--to", "postgres"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("[store] names no PostgreSQL database"), "{}", text(&out.stderr));
+
+    dir.write_config(&(sled_config.clone() + &store_section()));
+    let copied = cli_ok(&dir, &url, &mut printed, &["store", "copy", "--to", "postgres"]);
+    assert!(copied.contains("audit chain of the copy: intact"), "{copied}");
+    assert!(copied.contains("the copy is verified"), "{copied}");
+    assert!(!copied.contains("DIFFERS"), "{copied}");
+    let records = format!("{} ", sled_log.len());
+    assert!(copied.lines().any(|l| l.starts_with("audit records") && l.contains(&records)), "{copied}");
+
+    // A second copy into the same database is refused, and writes nothing.
+    let again = dir.cli_with(&["store", "copy", "--to", "postgres"], &env);
+    let said = printed.keep("a second herald store copy", &again);
+    assert_eq!(again.status.code(), Some(1), "{said}");
+    assert!(said.contains("already holds herald data"), "{said}");
+
+    // herald runs on PostgreSQL from where sled stopped.
+    let herald = dir.start_with(&env).await;
+    let status = dir.ask_daemon_ok(&["status"]);
+    assert_eq!(status_counts(&status), status_counts(&sled_status), "{status}");
+    assert!(status.contains("PAUSED"), "the pause came along:\n{status}");
+    let copied_log = dir.log_from_daemon(&[]);
+    let same = |r: &Record| r.raw.to_string();
+    let before: Vec<String> = sled_log.iter().map(same).collect();
+    let after: Vec<String> = copied_log.iter().take(sled_log.len()).map(same).collect();
+    assert_eq!(after, before, "the copied log is the sled log, record for record");
+    dir.ask_daemon_ok(&["resume", "--post", "held", "--reason", "copied"]);
+    let failed = dir.log_from_daemon(&["--event", "failed"]);
+    dir.ask_daemon_ok(&["retry", &failed[0].delivery, "--reason", "fixed"]);
+    eventually("the held and the failed delivery are delivered", Duration::from_secs(60), || {
+        status_counts(&dir.ask_daemon_ok(&["status"])).get("delivered") == Some(&3)
+    })
+    .await;
+    let verified = dir.ask_daemon_ok(&["audit", "verify"]);
+    assert!(verified.contains("intact"), "{verified}");
+    let log = dir.log_from_daemon(&[]);
+    assert_gapless(&log);
+    assert!(log.len() > sled_log.len() + 3, "new records follow the copied ones");
+    let stderr = herald.stop().await;
+    printed.0.push(("herald run on the copy".into(), stderr));
+    assert_eq!(hook.accepted().len(), 2);
+    assert_eq!(refusing.accepted().len(), 1);
+    printed.assert_never(&password);
 }

@@ -10,6 +10,7 @@
 //! - [`PostgresStore::claim_exclusive`] makes a daemon the only one sending
 //!   from a database (a session advisory lock), until leases replace it.
 
+pub mod import;
 pub mod lease;
 pub mod pool;
 pub mod schema;
