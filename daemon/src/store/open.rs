@@ -79,9 +79,17 @@ impl Location {
                 let store = PostgresStore::connect(pg.url.expose(), pg.pool)?;
                 // Daemons share the database and take turns through the
                 // scheduler lease (`lease`, `ha`); the CLI on a stopped
-                // daemon writes too, so it claims the database alone.
+                // daemon writes too, so it claims the database alone, and
+                // not while a daemon (on any host) leads on it.
                 if role == Role::Offline {
                     store.claim_exclusive()?;
+                    if let Some(holder) = store.live_holder(crate::lease::SCHEDULER)? {
+                        return Err(super::StoreError::NotLeader(format!(
+                            "a herald daemon leads on {} ({holder}); run the command on its host, \
+                             where it answers through its control socket",
+                            store.target()
+                        )));
+                    }
                 }
                 Ok(Arc::new(store))
             }

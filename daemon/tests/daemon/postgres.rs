@@ -241,6 +241,13 @@ async fn postgres_store_a_second_daemon_stands_by_and_takes_over_when_the_leader
     let (ok, said) = ask(&two, &url, &["cancel", "--post", "later"]);
     assert!(!ok && said.contains("this daemon is standby; the leader is "), "{said}");
     assert!(!second.stderr().contains(DELIVERED_LINE), "the standby sent while the leader lived");
+    // A third host with no daemon: its CLI must not write behind the leader's back.
+    let third = TestDir::new();
+    third.write_config(&config);
+    let out = third.cli_with(&["cancel", "--post", "later"], &env);
+    let said = text(&out.stdout) + &text(&out.stderr);
+    assert!(!out.status.success() && said.contains("a herald daemon leads on"), "{said}");
+    assert!(!said.contains(&password), "{said}");
 
     // The leader dies; the standby takes over and sends what falls due.
     first.kill().await;

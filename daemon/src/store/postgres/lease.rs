@@ -67,6 +67,17 @@ impl PostgresStore {
         Ok(LeaseState::Other { holder: row.get(0), epoch: row.get::<_, i64>(1) as u64 })
     }
 
+    /// Who holds the lease `name` now (not expired), if anyone.
+    pub fn live_holder(&self, name: &str) -> Result<Option<String>> {
+        let target = self.target().to_string();
+        let mut conn = self.pool.get()?;
+        let row = conn
+            .client
+            .query_opt("SELECT holder FROM leases WHERE name = $1 AND expires > now()", &[&name])
+            .map_err(|e| pool::error(&target, &e))?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
     /// A clean stop: the lease expires now, so a standby takes it at its next try.
     pub fn release_lease_row(&self, fence: &Fence) -> Result<()> {
         let target = self.target().to_string();
@@ -239,8 +250,11 @@ mod tests {
     #[test]
     fn postgres_a_released_lease_is_taken_at_once() {
         let Some((a, b)) = two() else { return };
+        assert_eq!(b.live_holder(SCHEDULER).unwrap(), None);
         a.lease_row(SCHEDULER, "host-a", None, LONG).unwrap();
+        assert_eq!(b.live_holder(SCHEDULER).unwrap().as_deref(), Some("host-a"));
         a.release_lease_row(&fence("host-a", 1)).unwrap();
+        assert_eq!(b.live_holder(SCHEDULER).unwrap(), None, "released: nobody leads");
         assert_eq!(b.lease_row(SCHEDULER, "host-b", None, LONG).unwrap(), LeaseState::Held { epoch: 2 });
     }
 }
