@@ -166,7 +166,10 @@ impl Leadership {
                         Ok(LeaseState::Other { holder, epoch }) => {
                             Some(format!("the lease was taken over by {holder} (epoch {epoch})"))
                         }
-                        Err(e) => Some(format!("the lease could not be renewed ({e})")),
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot reach the store to renew the scheduler lease; stepping down");
+                            Some(format!("the lease could not be renewed ({e})"))
+                        }
                     };
                     if let Some(why) = why {
                         lost = true;
