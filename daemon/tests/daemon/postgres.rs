@@ -220,15 +220,29 @@ async fn postgres_store_a_second_daemon_stands_by_and_takes_over_when_the_leader
         + &post_at("after", "After.", &["wuhan-hook"], in_secs(14))
         + &post_at("later", "Later.", &["wuhan-hook"], in_secs(600));
     let (one, two) = (TestDir::new(), TestDir::new());
-    one.write_config(&config);
+    // The same config on both hosts, but for where each serves its metrics.
+    let ports = [free_port(), free_port()];
+    let with_metrics =
+        |port: u16| config.replace("[daemon]\n", &format!("[daemon]\nmetrics_listen = \"127.0.0.1:{port}\"\n"));
+    one.write_config(&with_metrics(ports[0]));
     // The second host keeps its socket outside its state directory, which
     // herald makes itself: nothing of sled's is there to make it.
     two.write_config(
-        &config.replace("state_dir = \"state\"\n", "state_dir = \"state\"\ncontrol_socket = \"run/herald.sock\"\n"),
+        &with_metrics(ports[1])
+            .replace("state_dir = \"state\"\n", "state_dir = \"state\"\ncontrol_socket = \"run/herald.sock\"\n"),
     );
     let mut first = one.start_with(&env).await;
     let mut second = two.start_with(&env).await;
     second.wait_for_log("herald is ready: standby").await;
+    let metrics = |port: u16| async move {
+        let body = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await.unwrap().text().await.unwrap();
+        body.lines()
+            .filter(|l| l.starts_with("herald_leader ") || l.starts_with("herald_lease_epoch "))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(metrics(ports[0]).await, ["herald_leader 1", "herald_lease_epoch 1"]);
+    assert_eq!(metrics(ports[1]).await, ["herald_leader 0", "herald_lease_epoch 1"]);
 
     // The leader sends; the standby does not, and sees the whole schedule.
     first.wait_for_log(DELIVERED_LINE).await;
@@ -254,6 +268,7 @@ async fn postgres_store_a_second_daemon_stands_by_and_takes_over_when_the_leader
     second.wait_for_log("took over: leading").await;
     let (ok, status) = ask(&two, &url, &["status"]);
     assert!(ok && status.contains("leader (epoch 2)"), "{status}");
+    assert_eq!(metrics(ports[1]).await, ["herald_leader 1", "herald_lease_epoch 2"]);
     eventually("both due posts delivered", DEADLINE * 3, || hook.received().len() >= 2).await;
     let (ok, said) = ask(&two, &url, &["cancel", "--post", "later"]);
     assert!(ok, "the new leader takes changes: {said}");
