@@ -44,7 +44,7 @@ pub fn copy(config: &Path, to: Backend) -> anyhow::Result<ExitCode> {
     };
     let to = PostgresStore::connect(pg.url.expose(), 2)?;
     to.claim_exclusive().context("the copy goes into a database no herald daemon uses")?;
-    if to.holds_data()? {
+    if !to.is_empty()? {
         bail!(
             "the PostgreSQL database {} already holds herald data, and herald copies only into an empty \
              database; nothing was written. Give an empty one (CREATE DATABASE ... OWNER ...)",
@@ -53,7 +53,13 @@ pub fn copy(config: &Path, to: Backend) -> anyhow::Result<ExitCode> {
     }
     eprintln!("copying the sled store in {} into the PostgreSQL database {} ...", dir.display(), pg.shown);
     let started = std::time::Instant::now();
-    let imported = copy::sled_to_postgres(&from, &to)?;
+    let imported = copy::sled_to_postgres(&from, &to).with_context(|| {
+        format!(
+            "the copy stopped; the database {} may hold part of it: drop and create it again before copying again \
+             (the state directory is as it was)",
+            pg.shown
+        )
+    })?;
     eprintln!(
         "copied {} deliveries, {} posts, {} contents, {} metadata values and {} audit records in {:.1} s; comparing ...",
         imported.deliveries,

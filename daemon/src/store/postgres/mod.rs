@@ -10,7 +10,7 @@
 //! - [`PostgresStore::claim_exclusive`] makes a daemon the only one sending
 //!   from a database (a session advisory lock), until leases replace it.
 
-pub mod import;
+mod import;
 pub mod lease;
 pub mod pool;
 pub mod schema;
@@ -22,6 +22,7 @@ use std::sync::Mutex;
 use postgres::Client;
 
 use crate::store::{Result, StoreError};
+pub use import::Import;
 use pool::Pool;
 
 /// The key of the session advisory lock held by [`PostgresStore::claim_exclusive`] ("herald" + 2).
@@ -304,5 +305,74 @@ mod tests {
             "{err}"
         );
         assert_eq!(store::encode("delivery", &1u8).unwrap(), b"1");
+    }
+
+    /// `herald store copy`'s half on this side: a sled store's rows and
+    /// audit bytes imported as they are; the head is the sled store's, and
+    /// the next write continues its chain.
+    #[test]
+    fn postgres_a_sled_store_imported_keeps_its_audit_bytes_counts_and_chain() {
+        use crate::model::{Event, State};
+        use crate::store::conformance::{delivery, put, verify};
+        use crate::store::{SledStore, Store};
+        let Some((_, store)) = fresh() else { return };
+        let dir = tempfile::tempdir().unwrap();
+        let sled = SledStore::open(dir.path(), 8).unwrap();
+        for n in 1..=4u8 {
+            put(&sled, &delivery(n, State::Pending, 1_000 * i64::from(n)), Event::Scheduled);
+        }
+        let mut failed = delivery(2, State::Failed, 2_000);
+        failed.attempt = 3;
+        put(&sled, &failed, Event::Failed);
+        sled.flush().unwrap();
+        assert!(store.is_empty().unwrap());
+        let deliveries: Vec<_> =
+            ["post-0", "post-1"].iter().flat_map(|p| sled.deliveries_of_post(p).unwrap()).collect();
+        let audit = sled.audit_raw(None, usize::MAX).unwrap();
+        store.import(&Import { deliveries, audit: audit.clone(), ..Import::default() }).unwrap();
+        let head = store.finish_import().unwrap();
+        assert!(!store.is_empty().unwrap());
+        assert_eq!(head, sled.audit_head().unwrap(), "the sled store's head");
+        assert_eq!(store.audit_raw(None, usize::MAX).unwrap(), audit, "byte for byte");
+        assert_eq!(store.counts().unwrap(), sled.counts().unwrap());
+        assert_eq!(store.due(None, i64::MAX, 10).unwrap(), sled.due(None, i64::MAX, 10).unwrap());
+        let next = put(&store, &delivery(9, State::Pending, 1), Event::Scheduled);
+        assert_eq!((next[0].seq, next[0].prev_hash.clone()), (6, Some(head.hash)));
+        assert_eq!(verify(&store).unwrap().records, 6);
+        // Importing the same records again is refused, not an overwrite.
+        let again = Import { audit: audit[..1].to_vec(), ..Import::default() };
+        assert!(matches!(store.import(&again), Err(StoreError::Backend(_))));
+    }
+
+    /// A log from before the chain (records without a hash), copied: its
+    /// first write starts the chain with `chain_started`, committing to the
+    /// copied records, as on a sled store from before the chain.
+    #[test]
+    fn postgres_an_imported_log_from_before_the_chain_is_chained_by_the_next_write() {
+        use crate::audit_chain::{ChainHead, LegacyDigest};
+        use crate::model::{AuditRecord, Event, State, from_millis};
+        use crate::store::conformance::{delivery, put, verify};
+        let Some((_, store)) = fresh() else { return };
+        let legacy: Vec<(u64, Vec<u8>)> = (1..=3u64)
+            .map(|seq| {
+                let mut r = AuditRecord::of(&delivery(seq as u8, State::Pending, 1), Event::Scheduled, from_millis(0));
+                r.seq = seq;
+                (seq, serde_json::to_vec(&r).unwrap())
+            })
+            .collect();
+        store.import(&Import { audit: legacy.clone(), ..Import::default() }).unwrap();
+        let head = store.finish_import().unwrap();
+        let mut digest = LegacyDigest::default();
+        legacy.iter().for_each(|(_, b)| digest.add(b));
+        let digest = digest.finish();
+        assert_eq!(head, ChainHead { seq: 3, hash: digest.clone(), unstarted: true });
+        let stored = put(&store, &delivery(9, State::Pending, 1), Event::Scheduled);
+        assert_eq!(stored.len(), 2, "chain_started, then the record itself");
+        assert_eq!(
+            (stored[0].seq, stored[0].event, stored[0].prev_hash.clone()),
+            (4, Event::ChainStarted, Some(digest))
+        );
+        let verified = verify(&store).unwrap();
+        assert_eq!((verified.records, verified.legacy), (5, 3));
     }
 }

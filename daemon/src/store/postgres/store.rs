@@ -26,9 +26,18 @@ type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
 
 /// A failure inside a transaction: the database's, or ours (a record that
 /// does not decode or encode).
-enum Fail {
+pub(super) enum Fail {
     Pg(postgres::Error),
     Store(StoreError),
+}
+
+impl Fail {
+    pub(super) fn into_store(self, target: &str) -> StoreError {
+        match self {
+            Fail::Pg(e) => pool::error(target, &e),
+            Fail::Store(e) => e,
+        }
+    }
 }
 
 impl From<postgres::Error> for Fail {
