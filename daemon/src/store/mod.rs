@@ -241,7 +241,8 @@ pub trait Store: Send + Sync {
     /// record, first).
     fn apply(&self, changes: Changes) -> Result<Vec<AuditRecord>>;
     /// Make everything applied so far durable (fsync). Concurrent callers
-    /// share one flush (group commit).
+    /// share one flush (group commit). On PostgreSQL every apply is a
+    /// committed, durable transaction already: nothing is left to do.
     fn flush(&self) -> Result<()>;
     /// Audit records matching a query, in sequence order, up to the last
     /// one made durable by [`Store::flush`]: a record applied but not yet

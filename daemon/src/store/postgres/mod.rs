@@ -49,6 +49,13 @@ impl Drop for PostgresStore {
     }
 }
 
+/// Shows where the store is (`user@host:port/database`), never the password.
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore").field("target", &self.target()).finish_non_exhaustive()
+    }
+}
+
 impl PostgresStore {
     /// Connect to the database at `url` with at most `pool` connections,
     /// and bring its schema to this build's (refusing a newer one). The
@@ -132,6 +139,9 @@ mod tests {
             client.query("SELECT version FROM herald_schema", &[]).unwrap().iter().map(|r| r.get(0)).collect();
         assert_eq!(versions, [schema::known() as i32]);
         assert!(store.target().starts_with("herald_test@127.0.0.1:"), "{}", store.target());
+        assert!(!format!("{store:?}").contains(&password_of(&url)), "{store:?}");
+        use crate::store::Store;
+        assert_eq!(store.audit_head().unwrap(), crate::audit_chain::ChainHead::empty(), "the migration's first head");
     }
 
     #[test]
@@ -152,7 +162,7 @@ mod tests {
         let Some((url, store)) = fresh() else { return };
         let newer = schema::known() as i32 + 1;
         store.pool.connect().unwrap().execute("UPDATE herald_schema SET version = $1", &[&newer]).unwrap();
-        let err = PostgresStore::connect(&url, 1).err().expect("a newer schema must be refused");
+        let err = PostgresStore::connect(&url, 1).expect_err("a newer schema must be refused");
         assert!(matches!(err, StoreError::NewerSchema { .. }), "{err}");
         let text = err.to_string();
         assert!(text.contains("the PostgreSQL database herald_test@") && text.contains("newer herald"), "{text}");
@@ -168,7 +178,7 @@ mod tests {
         let Some(url) = testing::fresh_database() else { return };
         let password = password_of(&url);
         let wrong = url.replace(&password, "not-the-password-Zq81");
-        let err = PostgresStore::connect(&wrong, 1).err().expect("a wrong password must fail");
+        let err = PostgresStore::connect(&wrong, 1).expect_err("a wrong password must fail");
         let text = err.to_string();
         assert!(matches!(err, StoreError::Unreachable { .. }), "{text}");
         assert!(text.contains("password authentication failed"), "{text}");
@@ -177,7 +187,7 @@ mod tests {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let config: postgres::Config = url.parse().unwrap();
         let dead = url.replace(&format!(":{}/", config.get_ports()[0]), &format!(":{port}/"));
-        let err = PostgresStore::connect(&dead, 1).err().expect("a closed port must fail");
+        let err = PostgresStore::connect(&dead, 1).expect_err("a closed port must fail");
         let text = err.to_string();
         assert!(matches!(err, StoreError::Unreachable { .. }), "{text}");
         assert!(text.contains(&format!("herald_test@127.0.0.1:{port}/")), "{text}");
@@ -191,11 +201,17 @@ mod tests {
     fn tls_asked_for_in_the_url_is_refused_not_sent_in_plain_text() {
         for mode in ["require", "verify-ca", "verify-full"] {
             let url = format!("postgres://herald:s3cret-pw@127.0.0.1:9/herald?sslmode={mode}");
-            let err = PostgresStore::connect(&url, 1).err().expect("TLS cannot be honoured");
+            let err = PostgresStore::connect(&url, 1).expect_err("TLS cannot be honoured");
             let text = err.to_string();
             assert!(matches!(err, StoreError::BadUrl(_)) && text.contains(&format!("sslmode={mode}")), "{text}");
             assert!(!text.contains("s3cret-pw"), "{text}");
+            let kv = format!("host=127.0.0.1 port=9 user=herald password=s3cret-pw sslmode={mode}");
+            assert!(matches!(PostgresStore::connect(&kv, 1), Err(StoreError::BadUrl(_))), "{kv}");
         }
+        // `sslmode=` inside a password is not the option.
+        let url = "postgres://herald:x%3Fsslmode=require@127.0.0.1:9/herald";
+        let err = PostgresStore::connect(url, 1).expect_err("nothing listens on port 9");
+        assert!(matches!(err, StoreError::Unreachable { .. }), "{err}");
     }
 
     #[test]
@@ -217,7 +233,7 @@ mod tests {
         let name = url.rsplit('/').next().unwrap().to_string();
         let mut admin = postgres::Client::connect(&url, postgres::NoTls).unwrap();
         admin.batch_execute(&format!("ALTER DATABASE {name} SET synchronous_commit = off")).unwrap();
-        let err = PostgresStore::connect(&url, 1).err().expect("commits that are not durable must be refused");
+        let err = PostgresStore::connect(&url, 1).expect_err("commits that are not durable must be refused");
         assert!(matches!(err, StoreError::SynchronousCommitOff { .. }), "{err}");
         assert!(err.needs_an_operator());
         admin.batch_execute(&format!("ALTER DATABASE {name} SET synchronous_commit = on")).unwrap();
@@ -374,5 +390,45 @@ mod tests {
         );
         let verified = verify(&store).unwrap();
         assert_eq!((verified.records, verified.legacy), (5, 3));
+    }
+
+    /// Two stores on one database (two daemons, or a daemon and a CLI on
+    /// another host), each with two writers: the log stays one log,
+    /// gapless and chained, and each sees the other's committed records
+    /// without any flush.
+    #[test]
+    fn postgres_two_stores_writing_at_once_keep_one_gapless_chained_log() {
+        use crate::model::{AuditRecord, Event, State, from_millis};
+        use crate::store::conformance::{delivery, put, verify};
+        use crate::store::{AuditQuery, Changes, Store};
+        let Some((url, first)) = fresh() else { return };
+        let second = PostgresStore::connect(&url, 2).unwrap();
+        const EACH: u8 = 60;
+        std::thread::scope(|s| {
+            for (k, store) in [&first, &second].into_iter().enumerate() {
+                s.spawn(move || {
+                    for n in 0..EACH {
+                        let mut d = delivery(n, State::Pending, i64::from(n));
+                        d.id.0[0] = k as u8;
+                        put(store, &d, Event::Scheduled);
+                    }
+                });
+                s.spawn(move || {
+                    for n in 0..EACH {
+                        let note =
+                            AuditRecord::about_herald(Event::AuditHead, from_millis(0), Some(format!("{k}/{n}")));
+                        store.apply(Changes { notes: vec![note], ..Changes::default() }).unwrap();
+                    }
+                });
+            }
+        });
+        let total = 4 * u64::from(EACH);
+        for store in [&first, &second] {
+            let seqs: Vec<u64> = store.audit(&AuditQuery::default()).unwrap().iter().map(|r| r.seq).collect();
+            assert_eq!(seqs, (1..=total).collect::<Vec<_>>());
+            assert_eq!(store.counts().unwrap()[&State::Pending], 2 * u64::from(EACH));
+        }
+        assert_eq!(verify(&second).unwrap().records, total);
+        assert_eq!(first.audit_head().unwrap(), second.audit_head().unwrap());
     }
 }

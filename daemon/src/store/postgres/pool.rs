@@ -50,7 +50,7 @@ pub fn describe(config: &postgres::Config) -> String {
 /// (or a unix socket), as for a database on the same host or a private network.
 pub fn parse(url: &str) -> Result<postgres::Config> {
     if let Some(mode) = ssl_mode(url)
-        && !matches!(mode.as_str(), "disable" | "allow" | "prefer")
+        && matches!(mode.as_str(), "require" | "verify-ca" | "verify-full")
     {
         return Err(StoreError::BadUrl(format!(
             "it asks for TLS (sslmode={mode}), and this herald does not speak TLS to PostgreSQL; connect over \
@@ -85,14 +85,17 @@ pub fn parse(url: &str) -> Result<postgres::Config> {
     Ok(config)
 }
 
-/// The `sslmode` a URL or key=value string asks for, if any.
+/// The `sslmode` a URL (in its query) or a key=value string asks for,
+/// if any. Only the option itself is read: a password that happens to
+/// contain `sslmode=` is not taken for it.
 fn ssl_mode(url: &str) -> Option<String> {
-    let at = url.find("sslmode=")?;
-    let value: String = url[at + "sslmode=".len()..]
-        .chars()
-        .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
-        .collect();
-    Some(value.to_ascii_lowercase())
+    let value = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let (_, query) = url.split_once('?')?;
+        query.split('&').find_map(|pair| pair.strip_prefix("sslmode="))?
+    } else {
+        url.split_whitespace().find_map(|pair| pair.strip_prefix("sslmode="))?
+    };
+    Some(value.trim_matches('\'').to_ascii_lowercase())
 }
 
 /// An error with its causes, `: `-separated (the client's own Display says

@@ -112,6 +112,10 @@ pub fn known() -> u32 {
 /// `tx`, which the caller commits.
 pub fn migrate(tx: &mut Transaction<'_>, target: &str) -> Result<u32> {
     let err = |e: postgres::Error| pool::error(target, &e);
+    // A migration of a large table may take longer than one statement is
+    // allowed to otherwise, and so may waiting for the lock while another
+    // daemon migrates: an hour, only inside this transaction.
+    tx.batch_execute("SET LOCAL statement_timeout = '1h'; SET LOCAL lock_timeout = '1h'").map_err(err)?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).map_err(err)?;
     tx.batch_execute("CREATE TABLE IF NOT EXISTS herald_schema (version integer NOT NULL)").map_err(err)?;
     let found: Option<i32> = tx.query_one("SELECT max(version) FROM herald_schema", &[]).map_err(err)?.get(0);
