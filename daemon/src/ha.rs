@@ -20,6 +20,9 @@ use tokio::sync::mpsc;
 use crate::blocking::off_the_workers;
 use crate::config::Config;
 use crate::lease::{Fence, LENGTH, LeaseState, RENEW, Role, SCHEDULER};
+
+/// How often a standby compares its config with the applied one.
+const CONFIG_CHECK: std::time::Duration = std::time::Duration::from_secs(30);
 use crate::metrics::Metrics;
 use crate::model::{Actor, AuditRecord};
 use crate::notify::Notifier;
@@ -85,6 +88,8 @@ impl Leadership {
         let mut scheduler = Scheduler::new(Arc::clone(&fenced), Arc::clone(&config))
             .observed_by(Arc::clone(&self.notifier), Arc::clone(&self.metrics));
         if self.store.is_shared() {
+            // The leader applies its own config: nothing to differ from.
+            self.role.config_checked(None);
             scheduler = scheduler.leading(Arc::clone(&self.role));
             tracing::info!(epoch = fence.epoch, "took the scheduler lease: leading");
         }
@@ -204,9 +209,14 @@ impl Leadership {
     async fn stand_by(&mut self, control: &mut mpsc::Receiver<Control>) -> Result<Option<Took>> {
         let mut poll = tokio::time::interval(RENEW);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut checked: Option<std::time::Instant> = None;
         loop {
             tokio::select! {
                 _ = poll.tick() => {
+                    if checked.is_none_or(|t| t.elapsed() >= CONFIG_CHECK) {
+                        checked = Some(std::time::Instant::now());
+                        self.check_config();
+                    }
                     // Fed by the standby loop as by the scheduler's: a stuck standby is restarted too.
                     self.notifier.watchdog();
                     let fence = off_the_workers(|| self.try_lead()).unwrap_or(None);
@@ -239,6 +249,22 @@ impl Leadership {
         }
     }
 
+    /// Compare this host's config with the one applied to the store (the
+    /// leader's); a difference is said loudly (log, status, metrics), once
+    /// per change. A standby never reconciles: the leader's config rules.
+    fn check_config(&self) {
+        let (store, config) = (Arc::clone(&self.store), Arc::clone(&self.config));
+        let Ok(found) = off_the_workers(|| crate::reconcile::differences(store.as_ref(), &config)) else { return };
+        let differs = (!found.is_empty()).then(|| found.join("; "));
+        if differs.is_some() && differs != self.role.view().config_differs {
+            tracing::error!(
+                differences = differs.as_deref().unwrap_or(""),
+                "this host's config differs from the one the leader applied: give every host the same config"
+            );
+        }
+        self.role.config_checked(differs);
+    }
+
     /// systemd's STATUS= while standing by: the role, and the schedule as the shared store has it.
     fn report_status(&self) {
         let role = self.role.view().describe();
@@ -258,6 +284,7 @@ impl Leadership {
                 // Kept for the takeover; the leader applies its own (the same, on every host).
                 self.config = config;
                 let _ = reply.send(Err(refusal()));
+                self.check_config();
             }
             Control::Retry(_, reply) | Control::Cancel(_, reply) => {
                 let _ = reply.send(Err(refusal().into()));

@@ -79,6 +79,10 @@ pub struct RoleView {
     /// Why the lease could not be read or renewed (the database unreachable).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// How a standby's config differs from the one the leader applied
+    /// (`reconcile::differences`); `None` when they agree or not checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_differs: Option<String>,
 }
 
 impl RoleView {
@@ -94,6 +98,9 @@ impl RoleView {
         };
         if let Some(error) = &self.error {
             text.push_str(&format!("; the store is unreachable: {error}"));
+        }
+        if let Some(differs) = &self.config_differs {
+            text.push_str(&format!("; THIS HOST'S CONFIG DIFFERS from the one applied: {differs}"));
         }
         text
     }
@@ -144,6 +151,11 @@ impl Role {
                 view.error = Some(e.to_string());
             }
         }
+    }
+
+    /// What a standby found comparing its config with the applied one.
+    pub fn config_checked(&self, differs: Option<String>) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).config_differs = differs;
     }
 
     /// The leader stepped down (its lease lost or refused).

@@ -143,6 +143,12 @@ impl Metrics {
                 writeln!(out, "# HELP herald_store_reachable 0 if the last lease request could not reach the store.");
             let _ = writeln!(out, "# TYPE herald_store_reachable gauge");
             let _ = writeln!(out, "herald_store_reachable {}", u8::from(role.error.is_none()));
+            let _ = writeln!(
+                out,
+                "# HELP herald_config_matches_applied 0 if this standby's config differs from the one the leader applied."
+            );
+            let _ = writeln!(out, "# TYPE herald_config_matches_applied gauge");
+            let _ = writeln!(out, "herald_config_matches_applied {}", u8::from(role.config_differs.is_none()));
         }
         if let (Ok(counts), Ok(retrying)) = (store.counts(), store.retrying()) {
             let _ = writeln!(out, "# HELP herald_deliveries Deliveries in each state now.");

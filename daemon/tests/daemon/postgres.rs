@@ -262,6 +262,13 @@ async fn postgres_store_a_second_daemon_stands_by_and_takes_over_when_the_leader
     let said = text(&out.stdout) + &text(&out.stderr);
     assert!(!out.status.success() && said.contains("a herald daemon leads on"), "{said}");
     assert!(!said.contains(&password), "{said}");
+    // A standby whose config differs from the applied one says so, and never reconciles it.
+    third.write_config(&config.replace("body = \"Later.\"", "body = \"Later, edited on one host only.\""));
+    let mut odd = third.start_with(&env).await;
+    odd.wait_for_log("this host's config differs from the one the leader applied").await;
+    let (ok, status) = ask(&third, &url, &["status"]);
+    assert!(ok && status.contains("CONFIG DIFFERS from the one applied: 1 post(s) differ (first: later)"), "{status}");
+    odd.stop().await;
 
     // The leader dies; the standby takes over and sends what falls due.
     first.kill().await;
