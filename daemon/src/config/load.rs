@@ -892,6 +892,25 @@ mod tests {
     }
 
     #[test]
+    fn peek_reads_the_store_and_says_its_errors_only_when_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = dir.path().join("herald.toml");
+        std::fs::write(dir.path().join("db.url"), "postgres://herald:pg-hunter2@127.0.0.1:5433/herald\n").unwrap();
+        let text = |url: &str| format!("{HEAD}\n[store]\nbackend = \"postgres\"\nurl = {url}\n");
+        std::fs::write(&main, text("{ file = \"db.url\" }")).unwrap();
+        let peeked = peek(&main).unwrap();
+        let Ok(crate::config::StoreSettings::Postgres(pg)) = &peeked.store else { panic!("{:?}", peeked.store) };
+        assert_eq!(pg.shown, "postgres://herald@127.0.0.1:5433/herald");
+        // A secret that cannot be read does not stop peek (the daemon may
+        // answer); it is said, at its place, when the store itself is needed.
+        std::fs::write(&main, text("{ file = \"missing.url\" }")).unwrap();
+        let peeked = peek(&main).unwrap();
+        let error = peeked.store.unwrap_err();
+        assert!(error.contains("herald.toml:10:7: error: [store] `url` comes from file"), "{error}");
+        assert_eq!(peeked.state_dir, dir.path().join("s"));
+    }
+
+    #[test]
     fn store_errors_name_the_place_and_never_the_url() {
         let store = |body: &str| format!("{HEAD}\n[store]\n{body}");
         for (body, expected) in [

@@ -81,6 +81,7 @@ async fn postgres_store_delivers_everywhere_and_keeps_it_all_across_a_restart() 
 
     let check = printed.keep("herald check", &dir.cli_with(&["check"], &env));
     assert!(check.contains("store: postgres at postgres://herald_test@127.0.0.1:"), "{check}");
+    assert!(check.contains("up to 4 connections; reachable, schema version "), "{check}");
     let herald = dir.start_with(&env).await;
     eventually("five platforms delivered, the webhook failed", Duration::from_secs(60), || {
         let counts = status_counts(&dir.ask_daemon_ok(&["status"]));
@@ -339,18 +340,24 @@ async fn store_copy_moves_a_sled_history_to_postgres_where_herald_runs_on() {
         counts.get("delivered") == Some(&1) && counts.get("failed") == Some(&1)
     })
     .await;
+    // A config without [store] has nowhere to copy to; with it, a running
+    // herald is refused (the state directory's lock) and nothing is written.
+    let out = dir.cli(&["store", "copy", "--to", "postgres"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("[store] names no PostgreSQL database"), "{}", text(&out.stderr));
+    dir.write_config(&(sled_config.clone() + &store_section()));
+    let out = dir.cli_with(&["store", "copy", "--to", "postgres"], &env);
+    let said = printed.keep("herald store copy while herald runs", &out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains("herald is running: stop it first"), "{said}");
     herald.stop().await;
+    dir.write_config(&sled_config);
     let sled_log = dir.log();
     let sled_status = dir.status();
     assert_eq!(status_counts(&sled_status).get("pending"), Some(&1), "{sled_status}");
     assert!(sled_status.contains("PAUSED"), "{sled_status}");
-
-    // A config without [store] has nowhere to copy to.
-    let out = dir.cli(&["store", "copy", "--to", "postgres"]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("[store] names no PostgreSQL database"), "{}", text(&out.stderr));
-
     dir.write_config(&(sled_config.clone() + &store_section()));
+
     let copied = cli_ok(&dir, &url, &mut printed, &["store", "copy", "--to", "postgres"]);
     assert!(copied.contains("audit chain of the copy: intact"), "{copied}");
     assert!(copied.contains("the copy is verified"), "{copied}");
