@@ -38,6 +38,10 @@ pub struct StatusView {
     /// Due deliveries those pauses hold back (counted up to [`MAX_ROWS`]).
     #[serde(default)]
     pub held: u64,
+    /// Leader or standby, and who holds the scheduler lease: when several
+    /// daemons share the store (PostgreSQL), from the daemon answering.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<crate::lease::RoleView>,
 }
 
 /// One pending delivery in due order (`GET /v1/upcoming`).
@@ -148,6 +152,13 @@ pub trait Reloader: Send + Sync {
     ) -> std::pin::Pin<Box<dyn Future<Output = ReloadView> + Send + '_>>;
 }
 
+/// How the control socket shows the daemon: times in `time_zone`, and the
+/// role (leader or standby) when several daemons share the store.
+pub struct Shown {
+    pub time_zone: chrono_tz::Tz,
+    pub role: Option<Arc<crate::lease::Role>>,
+}
+
 /// The peer of a control-socket connection, from its credentials
 /// (SO_PEERCRED): who is asking.
 #[derive(Debug, Clone)]
@@ -171,6 +182,8 @@ struct Ctx {
     reloader: Arc<dyn Reloader>,
     time_zone: chrono_tz::Tz,
     identity: StateIdentity,
+    /// This daemon's role, when several daemons share the store.
+    role: Option<Arc<crate::lease::Role>>,
 }
 
 struct ApiError(StatusCode, String);
@@ -239,7 +252,13 @@ async fn hello(AxumState(ctx): AxumState<Ctx>) -> Json<HelloView> {
 
 async fn status(AxumState(ctx): AxumState<Ctx>, Query(limit): Query<Limit>) -> ApiResult<StatusView> {
     let (store, time_zone, limit) = (Arc::clone(&ctx.store), ctx.time_zone, limit.or(20));
-    Ok(Json(in_blocking_pool(move || status_view(store.as_ref(), time_zone, limit)).await??))
+    let mut view = in_blocking_pool(move || status_view(store.as_ref(), time_zone, limit)).await??;
+    if let Some(role) = &ctx.role {
+        let role = role.view();
+        view.line = format!("{}; {}", role.describe(), view.line);
+        view.role = Some(role);
+    }
+    Ok(Json(view))
 }
 
 /// Run a store read on tokio's blocking pool, so a slow disk never holds
@@ -274,6 +293,7 @@ pub fn status_view(
         pauses: pauses.0,
         held,
         line: crate::scheduler::status_line(store, tz, in_flight, crate::clock::now())?,
+        role: None,
         retrying: store.retrying()?,
         planned: store.planned_deliveries()?,
         failed,
@@ -932,8 +952,9 @@ pub fn serve(
     store: Arc<dyn Store>,
     control: mpsc::Sender<Control>,
     reloader: Arc<dyn Reloader>,
-    time_zone: chrono_tz::Tz,
+    shown: Shown,
 ) -> anyhow::Result<ControlServer> {
+    let Shown { time_zone, role } = shown;
     use anyhow::Context;
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     // A folder herald makes for its socket: herald runs with umask 077, so
@@ -975,7 +996,7 @@ pub fn serve(
     let authorized = Authorized { inner: listener, peers };
     let identity =
         StateIdentity::of(state_dir).with_context(|| format!("reading the state directory {}", state_dir.display()))?;
-    let ctx = Ctx { store, control, reloader, time_zone, identity };
+    let ctx = Ctx { store, control, reloader, time_zone, identity, role };
     let app = router(ctx);
     let task = tokio::spawn(crate::connections::serve(authorized, app, crate::connections::Limits::CONTROL, "control"));
     tracing::info!(socket = %path.display(), "control socket listening");

@@ -13,11 +13,12 @@ use crate::anchor::Anchor;
 use crate::config::{self, Config};
 use crate::control::{self, ControlServer, ReloadView, Reloader};
 use crate::credentials::StoreCache;
+use crate::ha::Leadership;
 use crate::metrics::Metrics;
 use crate::model::{Actor, AuditRecord};
 use crate::notify::Notifier;
 use crate::reconcile::Summary;
-use crate::scheduler::{Control, Scheduler};
+use crate::scheduler::Control;
 use crate::store::Store;
 use crate::store::open::{Location, Role};
 
@@ -143,16 +144,22 @@ impl Daemon {
         config.bind(|account| StoreCache::services(&shared, account)).map_err(anyhow::Error::msg)?;
         let config = Arc::new(config);
         let metrics = Arc::new(Metrics::default());
-        let mut scheduler = Scheduler::new(Arc::clone(&shared), Arc::clone(&config))
-            .observed_by(Arc::clone(&notifier), Arc::clone(&metrics));
-        let now = crate::clock::now();
-        let recovered = scheduler.recover(now).context("recovering deliveries that were in flight")?;
-        let summary = scheduler.reconcile(Arc::clone(&config), now).context("applying the config to the store")?;
-        crate::approvals::settle(shared.as_ref(), &config, &Actor::start(), now)
-            .context("checking the approvals of changed posts")?;
-        let note =
-            AuditRecord::config(now, config.files.clone(), Some(summary.to_string()), Vec::new(), Actor::start(), None);
-        write_note(shared.as_ref(), note).context("recording the config in the audit log")?;
+        // Lead (recover, reconcile, run the scheduler) if this daemon holds the
+        // scheduler lease; otherwise stand by (`ha`). Always the lead on sled.
+        let role = Arc::new(crate::lease::Role::new(crate::lease::holder_id()));
+        let leadership = Leadership {
+            store: Arc::clone(&shared),
+            role: Arc::clone(&role),
+            notifier: Arc::clone(&notifier),
+            metrics: Arc::clone(&metrics),
+            config: Arc::clone(&config),
+        };
+        let leading = match leadership.try_lead().context("taking the scheduler lease")? {
+            Some(fence) => Some(leadership.take_over(fence)?),
+            None => None,
+        };
+        let shared_role = shared.is_shared().then(|| Arc::clone(&role));
+        metrics.set_role(shared_role.clone());
         let (control, rx) = mpsc::channel(8);
         let anchor = Arc::new(Anchor::new(Arc::clone(&shared), config.alerts.as_ref()));
         let reloader = Arc::new(FileReloader {
@@ -170,15 +177,22 @@ impl Daemon {
             Arc::clone(&shared),
             control.clone(),
             Arc::clone(&reloader) as Arc<dyn Reloader>,
-            config.daemon.time_zone,
+            control::Shown { time_zone: config.daemon.time_zone, role: shared_role },
         )?;
         let metrics_server = match config.daemon.metrics_listen {
             Some(addr) => Some(serve_metrics(addr, Arc::clone(&metrics), Arc::clone(&shared))?),
             None => None,
         };
-        let task = tokio::spawn(scheduler.run(rx));
+        match &leading {
+            Some(took) => {
+                tracing::info!(recovered = took.recovered, summary = %took.summary, store = %location.describe(),
+                socket = %socket.display(), "herald is ready")
+            }
+            None => tracing::info!(role = %role.view().describe(), store = %location.describe(),
+                socket = %socket.display(), "herald is ready: standby"),
+        }
+        let task = tokio::spawn(leadership.supervise(rx, leading));
         let anchor_task = anchor.run(config.daemon.audit_head_interval);
-        tracing::info!(recovered, %summary, store = %location.describe(), socket = %socket.display(), "herald is ready");
         notifier.ready();
         Ok(Daemon {
             store,

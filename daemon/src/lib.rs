@@ -21,6 +21,8 @@ pub mod credentials;
 pub mod daemon;
 #[cfg(feature = "demo")]
 pub mod demo;
+pub mod ha;
+pub mod lease;
 pub mod logging;
 pub mod materialize;
 pub mod metrics;

@@ -63,6 +63,8 @@ struct Inner {
 #[derive(Default)]
 pub struct Metrics {
     inner: Mutex<Inner>,
+    /// This daemon's role, when several daemons share the store.
+    role: Mutex<Option<std::sync::Arc<crate::lease::Role>>>,
 }
 
 /// How an attempt ended, for `herald_deliveries_total{outcome=...}`.
@@ -113,11 +115,41 @@ impl Metrics {
     }
 
     /// The exposition text; gauges are read from the store now.
+    /// Show this role (`herald_leader`, `herald_lease_epoch`, `herald_store_reachable`).
+    pub fn set_role(&self, role: Option<std::sync::Arc<crate::lease::Role>>) {
+        *self.role.lock().unwrap_or_else(|e| e.into_inner()) = role;
+    }
+
     pub fn render(&self, store: &dyn Store) -> String {
         let mut out = String::new();
         let _ = writeln!(out, "# HELP herald_build_info The running herald build.");
         let _ = writeln!(out, "# TYPE herald_build_info gauge");
         let _ = writeln!(out, "herald_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"));
+        let role = self.role.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|r| r.view());
+        if let Some(role) = role {
+            let _ = writeln!(
+                out,
+                "# HELP herald_leader 1 if this daemon holds the scheduler lease (runs the scheduler), 0 if standby."
+            );
+            let _ = writeln!(out, "# TYPE herald_leader gauge");
+            let _ = writeln!(out, "herald_leader {}", u8::from(role.leader));
+            let _ = writeln!(
+                out,
+                "# HELP herald_lease_epoch The scheduler lease's epoch as last seen (one more per takeover)."
+            );
+            let _ = writeln!(out, "# TYPE herald_lease_epoch gauge");
+            let _ = writeln!(out, "herald_lease_epoch {}", role.epoch);
+            let _ =
+                writeln!(out, "# HELP herald_store_reachable 0 if the last lease request could not reach the store.");
+            let _ = writeln!(out, "# TYPE herald_store_reachable gauge");
+            let _ = writeln!(out, "herald_store_reachable {}", u8::from(role.error.is_none()));
+            let _ = writeln!(
+                out,
+                "# HELP herald_config_matches_applied 0 if this standby's config differs from the one the leader applied."
+            );
+            let _ = writeln!(out, "# TYPE herald_config_matches_applied gauge");
+            let _ = writeln!(out, "herald_config_matches_applied {}", u8::from(role.config_differs.is_none()));
+        }
         if let (Ok(counts), Ok(retrying)) = (store.counts(), store.retrying()) {
             let _ = writeln!(out, "# HELP herald_deliveries Deliveries in each state now.");
             let _ = writeln!(out, "# TYPE herald_deliveries gauge");

@@ -73,6 +73,33 @@ fn accounts_hash(config: &Config) -> Vec<u8> {
     h.finalize().to_vec()
 }
 
+/// How `config` differs from the config last applied to the store (by
+/// whichever daemon applied it): the posts (ids and definitions), the
+/// accounts and `schedule_ahead`. Empty when they agree. Reads only: a
+/// standby checks its config with it (`ha`).
+pub fn differences(store: &dyn Store, config: &Config) -> Result<Vec<String>> {
+    let mut found = Vec::new();
+    if store.meta(ACCOUNTS_META)?.as_deref() != Some(accounts_hash(config).as_slice()) {
+        found.push("the accounts differ".to_string());
+    }
+    let ahead = (config.daemon.schedule_ahead.as_millis() as u64).to_be_bytes();
+    if store.meta(AHEAD_META)?.as_deref() != Some(ahead.as_slice()) {
+        found.push("schedule_ahead differs".to_string());
+    }
+    let applied: BTreeSet<String> = store.post_ids()?.into_iter().collect();
+    let mut posts: Vec<&str> =
+        applied.iter().filter(|id| !config.posts.contains_key(*id)).map(String::as_str).collect();
+    for post in config.posts.values() {
+        if store.post(&post.id)?.is_none_or(|r| r.hash != post.hash) {
+            posts.push(&post.id);
+        }
+    }
+    if let Some(first) = posts.first() {
+        found.push(format!("{} post(s) differ (first: {first})", posts.len()));
+    }
+    Ok(found)
+}
+
 /// Apply `config` to the store as of `now`.
 pub fn reconcile(store: &dyn Store, config: &Config, now: DateTime<Utc>) -> Result<Summary> {
     let mut summary = Summary::default();

@@ -16,6 +16,10 @@ use crate::retry_cancel::Selection;
 
 pub fn status(source: &Source, failed_limit: usize) -> anyhow::Result<ExitCode> {
     let view = source.status(failed_limit)?;
+    if let Some(role) = &view.role {
+        // Several daemons share the store: which one answered, and who leads.
+        println!("daemon: {} ({})", role.describe(), role.me);
+    }
     let summary: Vec<String> =
         State::ALL.iter().map(|s| format!("{} {}", view.counts.get(s).copied().unwrap_or(0), s)).collect();
     println!("deliveries: {} ({} retrying)", summary.join(", "), view.retrying);

@@ -61,6 +61,14 @@ impl Gate {
         }
     }
 
+    /// A start made before this gate existed (by another daemon, read
+    /// from the audit log at a takeover): it counts against the rate window.
+    pub fn started_before(&mut self, at: Millis) {
+        if self.rate.is_some() {
+            self.starts.push_back(at);
+        }
+    }
+
     pub fn finish(&mut self) {
         self.in_flight = self.in_flight.saturating_sub(1);
     }

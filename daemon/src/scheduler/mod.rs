@@ -62,6 +62,10 @@ pub enum Control {
     },
     /// Stop dispatching, wait for in-flight deliveries up to the deadline, return.
     Shutdown,
+    /// The scheduler lease is lost (`lease`): stop dispatching at once, let
+    /// the requests on the wire finish (their outcomes may fail to record:
+    /// the new leader recovers them), return [`crate::store::StoreError::NotLeader`].
+    StepDown(String),
     /// `herald pause` through the control socket: no new delivery it covers starts.
     Pause(PauseRequest, oneshot::Sender<std::result::Result<PauseView, PauseError>>),
     /// `herald resume`: lift pauses; what they held goes out under its post's misfire policy.
@@ -119,6 +123,8 @@ pub struct Scheduler {
     approval_hashes: HashMap<String, String>,
     /// The stored approvals of those posts.
     approvals: HashMap<String, Approval>,
+    /// This daemon's role, shown in the status line when several daemons share the store.
+    role: Option<Arc<crate::lease::Role>>,
 }
 
 impl Scheduler {
@@ -146,7 +152,14 @@ impl Scheduler {
             held: HashSet::new(),
             approval_hashes: HashMap::new(),
             approvals: HashMap::new(),
+            role: None,
         }
+    }
+
+    /// Say in the status line that this daemon leads (several daemons share the store).
+    pub fn leading(mut self, role: Arc<crate::lease::Role>) -> Self {
+        self.role = Some(role);
+        self
     }
 
     /// Report to systemd and to the metrics endpoint.
@@ -229,6 +242,37 @@ impl Scheduler {
             tracing::warn!(deliveries = count, "recovered deliveries that were in flight when herald stopped");
         }
         Ok(count)
+    }
+
+    /// At a takeover: the attempts the last leader started within each
+    /// account's rate window (from the audit log) count against the new
+    /// leader's windows, so a failover never lets an account exceed its
+    /// rate. Call after [`Scheduler::reconcile`] (the gates follow the config).
+    pub fn count_earlier_starts(&mut self, now: DateTime<Utc>) -> Result<usize> {
+        let windows: HashMap<String, Millis> = self
+            .config
+            .accounts
+            .iter()
+            .filter_map(|(id, a)| a.rate.map(|r| (id.clone(), r.per.as_millis() as Millis)))
+            .collect();
+        let Some(longest) = windows.values().copied().max() else { return Ok(0) };
+        let now_ms = to_millis(now);
+        let query = crate::store::AuditQuery {
+            events: vec![Event::Attempt],
+            since: Some(from_millis(now_ms - longest)),
+            ..Default::default()
+        };
+        let mut counted = 0;
+        for record in self.store.audit(&query)? {
+            let at = to_millis(record.time);
+            if let (Some(window), Some(gate)) = (windows.get(&record.account), self.gates.get(&record.account))
+                && at + window > now_ms
+            {
+                gate.started_before(at);
+                counted += 1;
+            }
+        }
+        Ok(counted)
     }
 
     /// Apply a config: reconcile the store with it and use its accounts from now on.
@@ -769,6 +813,15 @@ impl Scheduler {
     /// The loop: runs until [`Control::Shutdown`] (or the control channel
     /// closes), then lets in-flight deliveries finish up to the deadline.
     pub async fn run(mut self, mut control: mpsc::Receiver<Control>) -> Result<()> {
+        match self.serve(&mut control).await {
+            Ok(()) => self.drain().await,
+            Err(e) if e.loses_leadership() => self.step_down(e).await,
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The loop itself: returns at [`Control::Shutdown`], or with the error that stopped it.
+    async fn serve(&mut self, control: &mut mpsc::Receiver<Control>) -> Result<()> {
         let max_sleep = self.notifier.watchdog_interval().map_or(MAX_SLEEP, |w| w.min(MAX_SLEEP));
         loop {
             let now = crate::clock::now();
@@ -798,7 +851,8 @@ impl Scheduler {
                 result = self.collect(), if !self.running.is_empty() => result?,
                 _ = tokio::time::sleep(sleep) => {}
                 message = control.recv() => match message {
-                    Some(Control::Shutdown) | None => return self.drain().await,
+                    Some(Control::Shutdown) | None => return Ok(()),
+                    Some(Control::StepDown(why)) => return Err(crate::store::StoreError::NotLeader(why)),
                     // Each writes or reads the store (a reload reconciles a
                     // whole config): off the async workers too.
                     Some(message) => off_the_workers(|| self.obey(message))?,
@@ -880,7 +934,7 @@ impl Scheduler {
                 let now = crate::clock::now();
                 let _ = reply.send(crate::recall::prepare(self.store.as_ref(), &self.config, &order, now));
             }
-            Control::Shutdown => {}
+            Control::Shutdown | Control::StepDown(_) => {}
         }
         Ok(())
     }
@@ -916,8 +970,45 @@ impl Scheduler {
             return Ok(());
         }
         self.last_status = Some(std::time::Instant::now());
-        self.notifier.status(&status_line(self.store.as_ref(), self.config.daemon.time_zone, self.running.len(), now)?);
+        let line = status_line(self.store.as_ref(), self.config.daemon.time_zone, self.running.len(), now)?;
+        match &self.role {
+            Some(role) => self.notifier.status(&format!("{}; {line}", role.view().describe())),
+            None => self.notifier.status(&line),
+        }
         Ok(())
+    }
+
+    /// The lease is lost: start nothing more; let the requests on the wire
+    /// finish up to the shutdown deadline and try to record their outcomes
+    /// (refused by the fence once another daemon leads: that daemon
+    /// recovers them, same idempotency key, look-up before re-send). Never
+    /// a crash: returns `why`, and the daemon goes back to standby.
+    async fn step_down(mut self, why: crate::store::StoreError) -> Result<()> {
+        tracing::error!(error = %why, in_flight = self.running.len(),
+            "stepping down: no new deliveries; letting the requests on the wire finish");
+        if let Some(role) = &self.role {
+            role.stepped_down();
+        }
+        let deadline = tokio::time::Instant::now() + self.config.daemon.shutdown_deadline;
+        while !self.running.is_empty() {
+            match tokio::time::timeout_at(deadline, self.collect()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e,
+                    "an outcome was not recorded; the leader recovers that delivery with the same idempotency key"),
+                Err(_) => {
+                    tracing::warn!(
+                        in_flight = self.running.len(),
+                        "deadline reached; abandoning the requests still running"
+                    );
+                    self.running.abort_all();
+                    break;
+                }
+            }
+        }
+        if let Err(e) = off_the_workers(|| self.store.flush()) {
+            tracing::warn!(error = %e, "flush after stepping down failed");
+        }
+        Err(why)
     }
 
     /// Stop starting deliveries; wait for those in flight up to the deadline.

@@ -54,6 +54,10 @@ pub enum StoreError {
     Encode { what: String, error: String },
     #[error("storage error: {0}")]
     Backend(String),
+    /// A write of the scheduler refused by the lease's fence, or a change
+    /// asked of a standby (see `lease`): nothing was written.
+    #[error("not the leader: {0}; nothing was written")]
+    NotLeader(String),
     /// The database cannot be reached, or refused the connection. `target`
     /// is `user@host:port/database`: never the URL, whose password it would show.
     #[error("cannot reach the PostgreSQL database {target}: {error}")]
@@ -99,6 +103,13 @@ impl StoreError {
                 | StoreError::BadUrl(_)
                 | StoreError::SynchronousCommitOff { .. }
         )
+    }
+
+    /// Does this error end this daemon's turn as the leader (the fence
+    /// refused a write, or the shared store cannot be reached)? The leader
+    /// then steps down to standby instead of stopping (`lease`).
+    pub fn loses_leadership(&self) -> bool {
+        matches!(self, StoreError::NotLeader(_) | StoreError::Unreachable { .. })
     }
 }
 
@@ -250,6 +261,36 @@ pub trait Store: Send + Sync {
     fn planned(&self, limit: usize) -> Result<Vec<(String, Planned)>>;
     /// How many deliveries the planned occurrences will create.
     fn planned_deliveries(&self) -> Result<u64>;
+
+    /// Can several daemons use this store at once (so they take turns
+    /// through the scheduler lease, and show their role)? Not sled.
+    fn is_shared(&self) -> bool {
+        false
+    }
+    /// Take (`held` = None) or renew (`held` = the epoch this daemon
+    /// holds) the lease `name` for `holder`, for `length` of the store's
+    /// clock (see `lease`). The default is a store one daemon owns (sled,
+    /// behind its lock file): the lease is always its own.
+    fn lease(
+        &self,
+        _name: &'static str,
+        _holder: &str,
+        held: Option<u64>,
+        _length: std::time::Duration,
+    ) -> Result<crate::lease::LeaseState> {
+        Ok(crate::lease::LeaseState::Held { epoch: held.unwrap_or(1) })
+    }
+    /// Give the lease up (a clean stop), so a standby need not wait for it to expire.
+    fn release_lease(&self, _fence: &crate::lease::Fence) -> Result<()> {
+        Ok(())
+    }
+    /// [`Store::apply`], only while `fence` still holds its lease (same
+    /// epoch, not expired), checked in the same transaction; otherwise
+    /// [`StoreError::NotLeader`] and nothing is written. The default (one
+    /// daemon per store) never refuses.
+    fn apply_fenced(&self, changes: Changes, _fence: &crate::lease::Fence) -> Result<Vec<AuditRecord>> {
+        self.apply(changes)
+    }
 }
 
 /// A pending delivery in the due index.

@@ -12,8 +12,9 @@ use crate::config::StoreSettings;
 /// Who opens the store, which decides whether it must be the only user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
-    /// `herald run`: the store's writer. sled's lock file, or on PostgreSQL
-    /// the exclusive claim, keeps a second daemon out.
+    /// `herald run`: the store's writer. sled's lock file keeps a second
+    /// daemon out; on PostgreSQL several daemons share the database, one
+    /// leading at a time through the scheduler lease (`lease`).
     Daemon,
     /// The CLI acting on the store of a stopped daemon: like the daemon, it
     /// must be alone (it writes retries, cancels, pauses).
@@ -76,10 +77,19 @@ impl Location {
                         .map_err(|error| super::StoreError::Dir { dir: self.state_dir.display().to_string(), error })?;
                 }
                 let store = PostgresStore::connect(pg.url.expose(), pg.pool)?;
-                // One daemon per database until leases let several share it;
-                // the CLI on a stopped daemon writes too, so it claims alike.
-                if role != Role::Reader {
+                // Daemons share the database and take turns through the
+                // scheduler lease (`lease`, `ha`); the CLI on a stopped
+                // daemon writes too, so it claims the database alone, and
+                // not while a daemon (on any host) leads on it.
+                if role == Role::Offline {
                     store.claim_exclusive()?;
+                    if let Some(holder) = store.live_holder(crate::lease::SCHEDULER)? {
+                        return Err(super::StoreError::NotLeader(format!(
+                            "a herald daemon leads on {} ({holder}); run the command on its host, \
+                             where it answers through its control socket",
+                            store.target()
+                        )));
+                    }
                 }
                 Ok(Arc::new(store))
             }

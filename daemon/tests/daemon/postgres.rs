@@ -193,8 +193,23 @@ async fn postgres_store_a_daemon_killed_in_a_burst_loses_nothing() {
     }
 }
 
+/// `herald ARGS` answered by the daemon of `dir` (the URL in the environment).
+fn ask(dir: &TestDir, url: &str, args: &[&str]) -> (bool, String) {
+    let out = dir.cli_with(args, &[(URL_VAR, url)]);
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains(ASKED_DAEMON), "herald {args:?} did not ask the running daemon:\n{stderr}");
+    (out.status.success(), text(&out.stdout) + &stderr)
+}
+
+/// The log line of a delivery sent.
+const DELIVERED_LINE: &str = " delivered delivery=";
+
+/// Two daemons, one database (two hosts: two state directories): one
+/// leads and sends, the other stands by and sends nothing, and says so in
+/// `status`; when the leader is SIGKILLed, the standby takes the lease over
+/// (after it expires) and delivers what falls due after.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_store_a_second_daemon_on_the_same_database_is_refused() {
+async fn postgres_store_a_second_daemon_stands_by_and_takes_over_when_the_leader_dies() {
     let Some(url) = blocking(fresh_database) else { return };
     let password = password_of(&url);
     let env = [(URL_VAR, url.as_str())];
@@ -202,36 +217,76 @@ async fn postgres_store_a_second_daemon_on_the_same_database_is_refused() {
     let config = daemon_section()
         + &store_section()
         + &webhook_account("wuhan-hook", &hook.url())
+        + &post_at("first", "First.", &["wuhan-hook"], in_secs(4))
+        + &post_at("after", "After.", &["wuhan-hook"], in_secs(14))
         + &post_at("later", "Later.", &["wuhan-hook"], in_secs(600));
     let (one, two) = (TestDir::new(), TestDir::new());
-    one.write_config(&config);
+    // The same config on both hosts, but for where each serves its metrics.
+    let ports = [free_port(), free_port()];
+    let with_metrics =
+        |port: u16| config.replace("[daemon]\n", &format!("[daemon]\nmetrics_listen = \"127.0.0.1:{port}\"\n"));
+    one.write_config(&with_metrics(ports[0]));
     // The second host keeps its socket outside its state directory, which
     // herald makes itself: nothing of sled's is there to make it.
     two.write_config(
-        &config.replace("state_dir = \"state\"\n", "state_dir = \"state\"\ncontrol_socket = \"run/herald.sock\"\n"),
+        &with_metrics(ports[1])
+            .replace("state_dir = \"state\"\n", "state_dir = \"state\"\ncontrol_socket = \"run/herald.sock\"\n"),
     );
     let mut first = one.start_with(&env).await;
+    let mut second = two.start_with(&env).await;
+    second.wait_for_log("herald is ready: standby").await;
+    let metrics = |port: u16| async move {
+        let body = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await.unwrap().text().await.unwrap();
+        body.lines()
+            .filter(|l| l.starts_with("herald_leader ") || l.starts_with("herald_lease_epoch "))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(metrics(ports[0]).await, ["herald_leader 1", "herald_lease_epoch 1"]);
+    assert_eq!(metrics(ports[1]).await, ["herald_leader 0", "herald_lease_epoch 1"]);
 
-    // Another host (another state directory), the same database.
-    let mut second = two.spawn(&env);
-    let status = second.wait_exit().await;
-    let stderr = second.stderr();
-    assert_eq!(status.code(), Some(1), "refused, and restartable by systemd:\n{stderr}");
-    assert!(stderr.contains("is in use by another herald daemon"), "{stderr}");
-    assert!(stderr.contains("herald_test@127.0.0.1:"), "names the database:\n{stderr}");
-    assert!(!stderr.contains(&password), "{stderr}");
-    assert!(first.exited().is_none(), "the first herald stopped:\n{}", first.stderr());
-    let stderr = first.stop().await;
-    assert!(!stderr.contains(&password), "{stderr}");
+    // The leader sends; the standby does not, and sees the whole schedule.
+    first.wait_for_log(DELIVERED_LINE).await;
+    let (ok, status) = ask(&two, &url, &["status"]);
+    assert!(ok && status.contains("standby; the leader is "), "{status}");
+    assert!(status.contains("1 delivered"), "{status}");
+    let (ok, status) = ask(&one, &url, &["status"]);
+    assert!(ok && status.contains("leader (epoch 1)"), "{status}");
+    // Changes go to the leader: a standby refuses them, naming it.
+    let (ok, said) = ask(&two, &url, &["cancel", "--post", "later"]);
+    assert!(!ok && said.contains("this daemon is standby; the leader is "), "{said}");
+    assert!(!second.stderr().contains(DELIVERED_LINE), "the standby sent while the leader lived");
+    // A third host with no daemon: its CLI must not write behind the leader's back.
+    let third = TestDir::new();
+    third.write_config(&config);
+    let out = third.cli_with(&["cancel", "--post", "later"], &env);
+    let said = text(&out.stdout) + &text(&out.stderr);
+    assert!(!out.status.success() && said.contains("a herald daemon leads on"), "{said}");
+    assert!(!said.contains(&password), "{said}");
+    // A standby whose config differs from the applied one says so, and never reconciles it.
+    third.write_config(&config.replace("body = \"Later.\"", "body = \"Later, edited on one host only.\""));
+    let mut odd = third.start_with(&env).await;
+    odd.wait_for_log("this host's config differs from the one the leader applied").await;
+    let (ok, status) = ask(&third, &url, &["status"]);
+    assert!(ok && status.contains("CONFIG DIFFERS from the one applied: 1 post(s) differ (first: later)"), "{status}");
+    odd.stop().await;
 
-    // Once the first has stopped, the second may take over, and its CLI
-    // finds it (the state directory's identity).
-    let second = two.start_with(&env).await;
+    // The leader dies; the standby takes over and sends what falls due.
+    first.kill().await;
+    second.wait_for_log("took over: leading").await;
+    let (ok, status) = ask(&two, &url, &["status"]);
+    assert!(ok && status.contains("leader (epoch 2)"), "{status}");
+    assert_eq!(metrics(ports[1]).await, ["herald_leader 1", "herald_lease_epoch 2"]);
+    eventually("both due posts delivered", DEADLINE * 3, || hook.received().len() >= 2).await;
+    let (ok, said) = ask(&two, &url, &["cancel", "--post", "later"]);
+    assert!(ok, "the new leader takes changes: {said}");
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(two.state_dir()).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o700, "the state directory is herald's own");
-    assert_eq!(status_counts(&two.ask_daemon_ok(&["status"])).get("pending"), Some(&1));
-    second.stop().await;
+    let stderr = second.stop().await;
+    assert!(!stderr.contains(&password), "{stderr}");
+    let keys = accepted_keys(&hook.received());
+    assert_eq!(keys.len(), 2, "each post once: {keys:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,10 +7,12 @@
 //!   (`synchronous_commit` not `off`) and runs the migrations ([`schema`]).
 //! - Every write is one transaction; a committed transaction is durable, so
 //!   `flush` has nothing left to do and `audit` shows every committed record.
-//! - [`PostgresStore::claim_exclusive`] makes a daemon the only one sending
-//!   from a database (a session advisory lock), until leases replace it.
+//! - [`PostgresStore::claim_exclusive`] (a session advisory lock) keeps the
+//!   CLI on a stopped daemon and `herald store copy` alone on a database;
+//!   daemons share it through the scheduler lease instead (`lease.rs`).
 
 mod import;
+pub mod lease;
 pub mod pool;
 pub mod schema;
 mod store;
@@ -84,7 +86,8 @@ impl PostgresStore {
     ///
     /// If the claim's connection is lost, the server releases the lock; the
     /// daemon does not notice until its next write fails on the same
-    /// outage. Leases (several daemons) replace this claim.
+    /// outage. Daemons do not claim: they take turns through the scheduler
+    /// lease (`lease.rs`).
     pub fn claim_exclusive(&self) -> Result<()> {
         let mut claim = self.claim.lock().unwrap_or_else(|p| p.into_inner());
         if claim.as_ref().is_some_and(|c| !c.is_closed()) {

@@ -25,9 +25,10 @@ use crate::store::{Result, StoreError};
 const MIGRATION_LOCK: i64 = 0x6865_7261_6c64_0001;
 
 /// (version, SQL), in version order.
-pub const MIGRATIONS: &[(u32, &str)] = &[(
-    1,
-    r#"
+pub const MIGRATIONS: &[(u32, &str)] = &[
+    (
+        1,
+        r#"
 CREATE TABLE deliveries (
     id bytea PRIMARY KEY,
     post text COLLATE "C" NOT NULL,
@@ -97,7 +98,10 @@ CREATE TABLE counts (
     n bigint NOT NULL
 );
 "#,
-)];
+    ),
+    // The scheduler lease: several daemons, one leader (`super::lease`).
+    (2, super::lease::MIGRATION),
+];
 
 /// The schema version this build writes: the last migration's.
 pub fn known() -> u32 {

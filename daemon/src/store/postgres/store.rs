@@ -418,48 +418,30 @@ impl Store for PostgresStore {
     }
 
     fn apply(&self, changes: Changes) -> Result<Vec<AuditRecord>> {
-        if changes.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut retried = false;
-        loop {
-            let mut conn = self.pool.get()?;
-            let Connection { client, statements } = &mut *conn;
-            let outcome = match client.transaction() {
-                Ok(tx) => {
-                    let mut tx = CachedTx { tx, statements };
-                    Ok(apply_in(&mut tx, &changes).and_then(|(stored, _)| {
-                        tx.tx.commit()?;
-                        Ok(stored)
-                    }))
-                }
-                Err(e) => Err(e),
-            };
-            match outcome {
-                Ok(Ok(stored)) => return Ok(stored),
-                Ok(Err(Fail::Store(e))) => return Err(e),
-                // Lost during the write, or at its commit: whether the
-                // commit happened is unknown, so it is not run again; the
-                // caller sees the error (fail closed) and reads again.
-                Ok(Err(Fail::Pg(e))) => {
-                    if pool::connection_lost(&e) {
-                        conn.discard();
-                    }
-                    return Err(pool::error(self.target(), &e));
-                }
-                // A pooled connection the server closed while it was idle:
-                // nothing of this write reached the server, so it starts
-                // again, once, on a new connection.
-                Err(e) if pool::connection_lost(&e) => {
-                    conn.discard();
-                    if retried {
-                        return Err(pool::error(self.target(), &e));
-                    }
-                    retried = true;
-                }
-                Err(e) => return Err(pool::error(self.target(), &e)),
-            }
-        }
+        self.apply_under(changes, None)
+    }
+
+    /// Fenced by the scheduler lease: checked first in the same transaction (`super::lease`).
+    fn apply_fenced(&self, changes: Changes, fence: &crate::lease::Fence) -> Result<Vec<AuditRecord>> {
+        self.apply_under(changes, Some(fence))
+    }
+
+    fn is_shared(&self) -> bool {
+        true
+    }
+
+    fn lease(
+        &self,
+        name: &'static str,
+        holder: &str,
+        held: Option<u64>,
+        length: std::time::Duration,
+    ) -> Result<crate::lease::LeaseState> {
+        self.lease_row(name, holder, held, length)
+    }
+
+    fn release_lease(&self, fence: &crate::lease::Fence) -> Result<()> {
+        self.release_lease_row(fence)
     }
 
     /// Nothing to do: every applied change is a committed transaction, and
@@ -549,5 +531,57 @@ impl Store for PostgresStore {
 
     fn planned_deliveries(&self) -> Result<u64> {
         self.count(PLANNED)
+    }
+}
+
+impl PostgresStore {
+    /// [`Store::apply`], and first, when `fence` is given, the lease check (`super::lease::check_fence`).
+    fn apply_under(&self, changes: Changes, fence: Option<&crate::lease::Fence>) -> Result<Vec<AuditRecord>> {
+        if changes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut retried = false;
+        loop {
+            let mut conn = self.pool.get()?;
+            let Connection { client, statements } = &mut *conn;
+            let outcome = match client.transaction() {
+                Ok(tx) => {
+                    let mut tx = CachedTx { tx, statements };
+                    let fenced = match fence {
+                        Some(fence) => super::lease::check_fence(&mut tx.tx, fence, self.target()).map_err(Fail::Store),
+                        None => Ok(()),
+                    };
+                    Ok(fenced.and_then(|()| apply_in(&mut tx, &changes)).and_then(|(stored, _)| {
+                        tx.tx.commit()?;
+                        Ok(stored)
+                    }))
+                }
+                Err(e) => Err(e),
+            };
+            match outcome {
+                Ok(Ok(stored)) => return Ok(stored),
+                Ok(Err(Fail::Store(e))) => return Err(e),
+                // Lost during the write, or at its commit: whether the
+                // commit happened is unknown, so it is not run again; the
+                // caller sees the error (fail closed) and reads again.
+                Ok(Err(Fail::Pg(e))) => {
+                    if pool::connection_lost(&e) {
+                        conn.discard();
+                    }
+                    return Err(pool::error(self.target(), &e));
+                }
+                // A pooled connection the server closed while it was idle:
+                // nothing of this write reached the server, so it starts
+                // again, once, on a new connection.
+                Err(e) if pool::connection_lost(&e) => {
+                    conn.discard();
+                    if retried {
+                        return Err(pool::error(self.target(), &e));
+                    }
+                    retried = true;
+                }
+                Err(e) => return Err(pool::error(self.target(), &e)),
+            }
+        }
     }
 }
