@@ -14,15 +14,18 @@
 #[allow(dead_code)]
 #[path = "daemon/helpers.rs"]
 mod helpers;
+#[path = "common/published.rs"]
+mod published;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use herald::model::{Event, State};
 use herald::store::{AuditQuery, SledStore, Store};
-use herald_sandbox::{Outcome, Sandbox, SandboxOptions};
+use herald_sandbox::{Sandbox, SandboxOptions};
 
 use helpers::*;
+use published::*;
 
 const POSTS: usize = 100;
 const KILLS: usize = 12;
@@ -124,9 +127,7 @@ async fn sigkill_at_random_moments_loses_nothing_and_duplicates_nothing() {
     let settled = {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
         loop {
-            let delivered = sandbox.webhook.accepted().len()
-                + distinct(sandbox.mastodon.published().iter().map(|s| s.idempotency_key.clone().unwrap_or_default()))
-                + sandbox.discourse.published().len();
+            let delivered = published_posts(&sandbox);
             if delivered >= expected || tokio::time::Instant::now() > deadline {
                 break delivered;
             }
@@ -192,29 +193,12 @@ async fn sigkill_at_random_moments_loses_nothing_and_duplicates_nothing() {
     // Discourse by external_id; a platform may show a post twice only for a
     // delivery that was in flight at a kill, and these never do.
     let webhook_duplicates = sandbox.webhook.duplicates();
-    let mut per_key: BTreeMap<String, usize> = BTreeMap::new();
-    for p in sandbox.webhook.received() {
-        if matches!(p.outcome, Outcome::Accepted { .. }) {
-            *per_key.entry(p.idempotency_key.clone().unwrap_or_default()).or_default() += 1;
-        }
-    }
-    assert!(per_key.values().all(|&n| n == 1), "a webhook delivery was accepted twice");
-    let mastodon = sandbox.mastodon.published();
-    assert_eq!(mastodon.len(), distinct(mastodon.iter().map(|s| s.idempotency_key.clone().unwrap_or_default())));
-    let discourse = sandbox.discourse.published();
-    let topics = distinct(discourse.iter().map(|t| t.external_id().unwrap_or_default().to_string()));
-    assert_eq!(discourse.len(), topics, "a Discourse topic was created twice");
-    let external: Vec<String> = discourse.iter().filter_map(|t| t.external_id().map(str::to_string)).collect();
-    for key in per_key.keys().chain(mastodon.iter().filter_map(|s| s.idempotency_key.as_ref())).chain(&external) {
-        assert!(by_delivery.contains_key(key), "the platform got a delivery herald does not know: {key}");
+    for key in assert_each_post_published_once(&sandbox) {
+        assert!(by_delivery.contains_key(&key), "the platform got a delivery herald does not know: {key}");
     }
     println!(
         "crash test: {expected} deliveries, {kills} kills {kinds:?}, {} recovered, {webhook_duplicates} repeated requests \
          de-duplicated by the webhook receiver, 0 duplicate posts",
         recovered.len()
     );
-}
-
-fn distinct(items: impl Iterator<Item = String>) -> usize {
-    items.collect::<std::collections::BTreeSet<_>>().len()
 }

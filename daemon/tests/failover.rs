@@ -17,8 +17,10 @@
 #[allow(dead_code)]
 #[path = "daemon/helpers.rs"]
 mod helpers;
+#[path = "common/published.rs"]
+mod published;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -26,9 +28,10 @@ use herald::model::{Event, State};
 use herald::store::postgres::PostgresStore;
 use herald::store::postgres::testing::fresh_database;
 use herald::store::{AuditQuery, Store};
-use herald_sandbox::{Outcome, Sandbox, SandboxOptions};
+use herald_sandbox::{Sandbox, SandboxOptions};
 
 use helpers::*;
+use published::*;
 
 const POSTS: usize = 70;
 const HOOKS: usize = 20;
@@ -83,17 +86,6 @@ fn config(sandbox: &Sandbox, first_due: DateTime<Utc>) -> String {
     text
 }
 
-fn distinct(items: impl Iterator<Item = String>) -> usize {
-    items.collect::<BTreeSet<_>>().len()
-}
-
-/// Deliveries the emulators have (each once).
-fn delivered(sandbox: &Sandbox) -> usize {
-    distinct(sandbox.webhook.accepted().iter().map(|p| p.idempotency_key.clone().unwrap_or_default()))
-        + distinct(sandbox.mastodon.published().iter().map(|s| s.idempotency_key.clone().unwrap_or_default()))
-        + distinct(sandbox.discourse.published().iter().map(|t| t.external_id().unwrap_or_default().to_string()))
-}
-
 /// Every request any emulator got, by time.
 fn request_times(sandbox: &Sandbox) -> Vec<DateTime<Utc>> {
     let mut times: Vec<DateTime<Utc>> = sandbox.webhook.received().iter().map(|p| p.received_at).collect();
@@ -134,8 +126,9 @@ async fn two_daemons_one_database_the_leader_killed_mid_burst_loses_and_duplicat
         // Mid-burst: a share of the deliveries out, the rest still to go.
         let mark = expected * kill / (KILLS + 1);
         let deadline = Duration::from_secs(180);
-        eventually(&format!("{mark} deliveries before kill {kill}"), deadline, || delivered(&sandbox) >= mark).await;
-        let at_kill = delivered(&sandbox);
+        eventually(&format!("{mark} deliveries before kill {kill}"), deadline, || published_posts(&sandbox) >= mark)
+            .await;
+        let at_kill = published_posts(&sandbox);
         daemons[leader].take().unwrap().kill().await;
         let killed_at = Utc::now();
         let survivor = 1 - leader;
@@ -161,8 +154,9 @@ async fn two_daemons_one_database_the_leader_killed_mid_burst_loses_and_duplicat
         leader = survivor;
     }
 
-    eventually("every delivery at the emulators", Duration::from_secs(300), || delivered(&sandbox) >= expected).await;
-    assert_eq!(delivered(&sandbox), expected);
+    eventually("every delivery at the emulators", Duration::from_secs(300), || published_posts(&sandbox) >= expected)
+        .await;
+    assert_eq!(published_posts(&sandbox), expected);
     // Let the last outcomes be recorded, then stop both cleanly.
     // (The store's client is synchronous: off the async workers.)
     let store = blocking(|| PostgresStore::connect(&url, 2).unwrap());
@@ -187,18 +181,7 @@ async fn two_daemons_one_database_the_leader_killed_mid_burst_loses_and_duplicat
 
     // Nothing published twice: each platform here de-duplicates a repeated
     // idempotency key, which is all a recovered delivery can send again.
-    let mut per_key: BTreeMap<String, usize> = BTreeMap::new();
-    for p in sandbox.webhook.received() {
-        if matches!(p.outcome, Outcome::Accepted { .. }) {
-            *per_key.entry(p.idempotency_key.clone().unwrap_or_default()).or_default() += 1;
-        }
-    }
-    assert!(per_key.values().all(|&n| n == 1), "a webhook delivery was accepted twice");
-    let mastodon = sandbox.mastodon.published();
-    assert_eq!(mastodon.len(), distinct(mastodon.iter().map(|s| s.idempotency_key.clone().unwrap_or_default())));
-    let discourse = sandbox.discourse.published();
-    let topics = distinct(discourse.iter().map(|t| t.external_id().unwrap_or_default().to_string()));
-    assert_eq!(discourse.len(), topics, "a Discourse topic was created twice");
+    assert_each_post_published_once(&sandbox);
 
     // No webhook account got more than its rate in any window, across both
     // daemons and the takeovers (250 ms of slack for the requests' own jitter).
