@@ -139,14 +139,15 @@ impl Daemon {
     pub fn start(mut config: Config, notifier: Arc<Notifier>) -> anyhow::Result<Daemon> {
         let dir = config.daemon.state_dir.clone();
         let location = Location::of(&config);
-        let store = location.open(Role::Daemon)?;
+        let me = crate::lease::holder_id();
+        let store = location.open_as(Role::Daemon, Some(&me))?;
         let shared = Arc::clone(&store);
         config.bind(|account| StoreCache::services(&shared, account)).map_err(anyhow::Error::msg)?;
         let config = Arc::new(config);
         let metrics = Arc::new(Metrics::default());
         // Lead (recover, reconcile, run the scheduler) if this daemon holds the
         // scheduler lease; otherwise stand by (`ha`). Always the lead on sled.
-        let role = Arc::new(crate::lease::Role::new(crate::lease::holder_id()));
+        let role = Arc::new(crate::lease::Role::new(me));
         let leadership = Leadership {
             store: Arc::clone(&shared),
             role: Arc::clone(&role),

@@ -477,6 +477,11 @@ pub struct AuditRecord {
     /// The config's files and changes, on `config_applied` / `config_refused`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config: Option<ConfigNote>,
+    /// The daemon that wrote it (its lease holder id, `host pid N boot R`),
+    /// on a store several daemons share (PostgreSQL); absent on sled, whose
+    /// records keep the bytes they always had.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daemon: Option<String>,
     /// The hash of the record before this one (hex SHA-256).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prev_hash: Option<String>,
@@ -509,6 +514,7 @@ impl AuditRecord {
             reason: Some(reason),
             actor: None,
             config: None,
+            daemon: None,
             prev_hash: None,
             hash: None,
         }
@@ -572,6 +578,7 @@ impl AuditRecord {
             reason: delivery.reason.clone(),
             actor: None,
             config: None,
+            daemon: None,
             prev_hash: None,
             hash: None,
         }

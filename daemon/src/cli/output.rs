@@ -21,8 +21,10 @@ const COLUMNS: [&str; N] = [
     "content",
     "actor",
     "detail",
+    // Last, so CSV readers that go by position keep their columns.
+    "daemon",
 ];
-const N: usize = 16;
+const N: usize = 17;
 
 fn answer(r: &AuditRecord) -> String {
     let mut parts = Vec::new();
@@ -84,6 +86,7 @@ fn row(r: &AuditRecord) -> [String; N] {
         r.content_hash.clone(),
         r.actor.as_ref().map(ToString::to_string).unwrap_or_default(),
         detail(r),
+        r.daemon.clone().unwrap_or_default(),
     ]
 }
 
@@ -110,8 +113,13 @@ pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
 /// A readable table; the last column (detail) is not padded. Cells are
 /// [`printable`]: an answer cannot drive the terminal.
 pub fn table(records: &[AuditRecord], out: &mut impl Write) -> std::io::Result<()> {
-    // Columns shown in the table (the state is in JSON/CSV; the event says it).
-    let shown = [0usize, 1, 2, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15];
+    // Columns shown in the table (the state is in JSON/CSV; the event says
+    // it). The writing daemon only when some record names one (PostgreSQL),
+    // before the detail, which stays last and unpadded.
+    let mut shown = vec![0usize, 1, 2, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15];
+    if records.iter().any(|r| r.daemon.is_some()) {
+        shown.insert(shown.len() - 1, 16);
+    }
     let rows: Vec<[String; N]> = records.iter().map(|r| row(r).map(|cell| printable(&cell).into_owned())).collect();
     let mut widths = [0usize; N];
     for (i, name) in COLUMNS.iter().enumerate() {
@@ -203,6 +211,29 @@ mod tests {
                 assert!(out.contains(value), "`{value}` missing from:\n{out}");
             }
         }
+    }
+
+    #[test]
+    fn the_writing_daemon_is_a_table_column_only_when_a_record_names_one_and_always_the_last_csv_column() {
+        let time = from_millis(1_770_000_000_000);
+        let mut named = AuditRecord::about_herald(Event::ConfigApplied, time, None);
+        named.daemon = Some("herald-a pid 41 boot 0badcafe".into());
+        let plain = AuditRecord::about_herald(Event::ConfigApplied, time, None);
+        let text = |f: fn(&[AuditRecord], &mut Vec<u8>) -> std::io::Result<()>, records: &[AuditRecord]| {
+            let mut out = Vec::new();
+            f(records, &mut out).unwrap();
+            String::from_utf8(out).unwrap()
+        };
+        let table = text(super::table, std::slice::from_ref(&plain));
+        assert!(!table.lines().next().unwrap().contains("daemon"), "{table}");
+        let table = text(super::table, &[plain.clone(), named.clone()]);
+        assert!(table.lines().next().unwrap().contains("daemon"), "{table}");
+        assert!(table.contains("herald-a pid 41 boot 0badcafe"), "{table}");
+        let csv = text(super::csv, &[plain, named]);
+        let lines: Vec<&str> = csv.lines().collect();
+        assert!(lines[0].ends_with(",detail,daemon"), "{csv}");
+        assert!(lines[1].ends_with(','), "a record without a daemon has an empty last cell: {csv}");
+        assert!(lines[2].ends_with(",herald-a pid 41 boot 0badcafe"), "{csv}");
     }
 
     #[test]

@@ -63,6 +63,13 @@ impl Location {
 
     /// Open the store for `role`.
     pub fn open(&self, role: Role) -> Result<Arc<dyn Store>> {
+        self.open_as(role, None)
+    }
+
+    /// Open the store for `role`, writing as the daemon `holder` (its lease
+    /// holder id): on PostgreSQL each audit record it writes names it; sled
+    /// records do not (one host, one daemon, and their bytes stay as they were).
+    pub fn open_as(&self, role: Role, holder: Option<&str>) -> Result<Arc<dyn Store>> {
         match &self.store {
             StoreSettings::Sled => Ok(Arc::new(SledStore::open(&self.state_dir, self.cache_mb)?)),
             StoreSettings::Postgres(pg) => {
@@ -76,7 +83,10 @@ impl Location {
                         .create(&self.state_dir)
                         .map_err(|error| super::StoreError::Dir { dir: self.state_dir.display().to_string(), error })?;
                 }
-                let store = PostgresStore::connect(pg.url.expose(), pg.pool)?;
+                let mut store = PostgresStore::connect(pg.url.expose(), pg.pool)?;
+                if let Some(holder) = holder {
+                    store = store.identify(holder);
+                }
                 // Daemons share the database and take turns through the
                 // scheduler lease (`lease`, `ha`); the CLI on a stopped
                 // daemon writes too, so it claims the database alone, and

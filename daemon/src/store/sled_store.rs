@@ -941,6 +941,25 @@ mod tests {
     }
 
     #[test]
+    fn sled_records_name_no_daemon_so_their_bytes_are_as_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), 8).unwrap();
+        let stored = put(&store, &delivery(1, State::Pending, 1), Event::Scheduled);
+        store.flush().unwrap();
+        assert_eq!(stored[0].daemon, None);
+        let raw = store.audit_raw(None, usize::MAX).unwrap();
+        assert_eq!(raw.len(), 1);
+        let text = String::from_utf8(raw[0].1.clone()).unwrap();
+        assert!(!text.contains("\"daemon\""), "a sled record grew a field: {text}");
+        // Byte for byte what a build without the field wrote (hash included).
+        assert_eq!(
+            text,
+            r#"{"seq":1,"time":"1970-01-01T00:00:00Z","event":"scheduled","state":"pending","delivery":"01010101010101010101010101010101","post":"post-1","account":"wuhan","platform":"webhook","occurrence":"1970-01-01T00:00:00.001Z","attempt":0,"content_hash":"h","next_due":"1970-01-01T00:00:00.001Z","prev_hash":"e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855","hash":"838d47550b9d32ee56c5c7d04a4cb04fe0aa3475def5fa201115149036e3b6f9"}"#
+        );
+        verify_store(&store, None).unwrap();
+    }
+
+    #[test]
     fn audit_records_are_shown_once_they_are_durable() {
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open(dir.path(), 8).unwrap();

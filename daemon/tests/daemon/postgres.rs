@@ -201,6 +201,13 @@ fn ask(dir: &TestDir, url: &str, args: &[&str]) -> (bool, String) {
     (out.status.success(), text(&out.stdout) + &stderr)
 }
 
+/// The whole audit log, as `herald log --format json` shows it through the daemon of `dir`.
+fn log_records(dir: &TestDir, url: &str) -> Vec<serde_json::Value> {
+    let (ok, out) = ask(dir, url, &["log", "--format", "json"]);
+    assert!(ok, "{out}");
+    out.lines().filter(|l| l.starts_with('{')).map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
 /// The log line of a delivery sent.
 const DELIVERED_LINE: &str = " delivered delivery=";
 
@@ -272,7 +279,10 @@ async fn postgres_store_a_second_daemon_stands_by_and_takes_over_when_the_leader
     odd.stop().await;
 
     // The leader dies; the standby takes over and sends what falls due.
+    let (first_pid, second_pid) = (first.pid(), second.pid());
     first.kill().await;
+    // Every record from here on is the second daemon's: the first is dead.
+    let at_kill = log_records(&two, &url).iter().map(|r| r["seq"].as_u64().unwrap()).max().unwrap();
     second.wait_for_log("took over: leading").await;
     let (ok, status) = ask(&two, &url, &["status"]);
     assert!(ok && status.contains("leader (epoch 2)"), "{status}");
@@ -280,6 +290,19 @@ async fn postgres_store_a_second_daemon_stands_by_and_takes_over_when_the_leader
     eventually("both due posts delivered", DEADLINE * 3, || hook.received().len() >= 2).await;
     let (ok, said) = ask(&two, &url, &["cancel", "--post", "later"]);
     assert!(ok, "the new leader takes changes: {said}");
+    // One log, each record naming the daemon that wrote it.
+    let records = log_records(&two, &url);
+    let by = |pid: u32| {
+        move |r: &&serde_json::Value| r["daemon"].as_str().is_some_and(|d| d.contains(&format!(" pid {pid} boot ")))
+    };
+    assert!(records.iter().all(|r| r["daemon"].is_string()), "a record names no daemon: {records:?}");
+    let early: Vec<_> = records.iter().filter(|r| r["seq"].as_u64().unwrap() <= at_kill).collect();
+    let late: Vec<_> = records.iter().filter(|r| r["seq"].as_u64().unwrap() > at_kill).collect();
+    assert!(early.iter().any(|r| r["event"] == "delivered" && r["post"] == "first" && by(first_pid)(r)), "{early:?}");
+    assert!(late.iter().all(by(second_pid)), "after the first daemon died: {late:?}");
+    assert!(late.iter().any(|r| r["event"] == "cancelled" && r["post"] == "later"), "{late:?}");
+    let (ok, said) = ask(&two, &url, &["audit", "verify"]);
+    assert!(ok, "one chain across both daemons: {said}");
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(two.state_dir()).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o700, "the state directory is herald's own");

@@ -33,6 +33,9 @@ pub struct PostgresStore {
     pool: Pool,
     /// The dedicated connection that holds the exclusive claim, once taken.
     claim: Mutex<Option<Client>>,
+    /// The daemon writing through this store (`identify`): stamped on each
+    /// audit record it writes, so the one log says which daemon wrote what.
+    writer: Option<String>,
 }
 
 /// The sync client closes its connection when dropped by blocking on a
@@ -71,7 +74,16 @@ impl PostgresStore {
             schema::migrate(&mut tx, &target)?;
             tx.commit().map_err(|e| pool::error(&target, &e))?;
         }
-        Ok(PostgresStore { pool, claim: Mutex::new(None) })
+        Ok(PostgresStore { pool, claim: Mutex::new(None), writer: None })
+    }
+
+    /// Name the daemon writing through this store (its lease holder id,
+    /// `lease::holder_id`): every audit record written through it carries
+    /// it in `daemon`. Stamped here, in `apply`, because every write of a
+    /// daemon (scheduler, control socket, alerts, reloads) goes through it.
+    pub fn identify(mut self, holder: &str) -> PostgresStore {
+        self.writer = Some(holder.to_string());
+        self
     }
 
     /// `user@host:port/database`, for messages (no password).

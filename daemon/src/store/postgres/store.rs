@@ -184,14 +184,24 @@ impl PostgresStore {
 }
 
 /// The body of [`Store::apply`], in the open transaction `tx`.
-fn apply_in(tx: &mut CachedTx<'_, '_>, changes: &Changes) -> std::result::Result<(Vec<AuditRecord>, ChainHead), Fail> {
+/// Each record is stamped with `writer` (the daemon writing, if it said).
+fn apply_in(
+    tx: &mut CachedTx<'_, '_>,
+    changes: &Changes,
+    writer: Option<&str>,
+) -> std::result::Result<(Vec<AuditRecord>, ChainHead), Fail> {
     let row = tx.query_one("SELECT seq, hash, unstarted FROM chain_head WHERE id = 1 FOR UPDATE", &[])?;
     let head = head_from(&row);
     let mut chain = ChainWriter::new(&head);
     let mut stored = Vec::with_capacity(changes.deliveries.len() + changes.notes.len() + 1);
     let mut audit_rows: Vec<Vec<u8>> = Vec::new();
     let mut append = |record: &AuditRecord, stored: &mut Vec<AuditRecord>| {
-        let (record, bytes) = chain.append(record);
+        let (record, bytes) = match writer {
+            Some(writer) if record.daemon.is_none() => {
+                chain.append(&AuditRecord { daemon: Some(writer.to_string()), ..record.clone() })
+            }
+            _ => chain.append(record),
+        };
         audit_rows.push(bytes);
         stored.push(record);
     };
@@ -551,10 +561,12 @@ impl PostgresStore {
                         Some(fence) => super::lease::check_fence(&mut tx.tx, fence, self.target()).map_err(Fail::Store),
                         None => Ok(()),
                     };
-                    Ok(fenced.and_then(|()| apply_in(&mut tx, &changes)).and_then(|(stored, _)| {
-                        tx.tx.commit()?;
-                        Ok(stored)
-                    }))
+                    Ok(fenced.and_then(|()| apply_in(&mut tx, &changes, self.writer.as_deref())).and_then(
+                        |(stored, _)| {
+                            tx.tx.commit()?;
+                            Ok(stored)
+                        },
+                    ))
                 }
                 Err(e) => Err(e),
             };
