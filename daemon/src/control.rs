@@ -80,6 +80,9 @@ pub struct LogParams {
     /// Actions by this actor (user name, signal, `systemd`; `*` matches any characters).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub actor: Option<String>,
+    /// Records written by this daemon (`HOST pid N boot R`; `*` matches any characters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daemon: Option<String>,
     pub since: Option<String>,
     pub until: Option<String>,
 }
@@ -769,6 +772,7 @@ impl LogParams {
             account: self.account.clone(),
             platform: self.platform.clone(),
             actor: self.actor.clone(),
+            daemon: self.daemon.clone(),
             events,
             delivery,
             since: time(&self.since, "since")?,

@@ -109,6 +109,10 @@ enum Command {
         /// Only actions by this actor: a user name, a signal (SIGHUP) or `systemd` (`*` matches any characters).
         #[arg(long, value_name = "NAME")]
         actor: Option<String>,
+        /// Only records written by this daemon, as `herald log` shows it: `HOST pid N boot R`
+        /// (PostgreSQL; `*` matches any characters, e.g. 'host-a *').
+        #[arg(long, value_name = "DAEMON")]
+        daemon: Option<String>,
         /// From this time on: RFC 3339, a date such as 2026-03-01 (midnight UTC), `today`,
         /// `yesterday`, `now`, or a time ago such as `-2h` or `2 days ago`.
         #[arg(long, allow_hyphen_values = true)]
@@ -443,7 +447,20 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             check::run(&config.config, upcoming, format, probe, credentials_dir)
         }
         Command::Status { state, failed } => inspect::status(&state.source()?, failed),
-        Command::Log { state, post, account, platform, events, delivery, actor, since, until, format, content } => {
+        Command::Log {
+            state,
+            post,
+            account,
+            platform,
+            events,
+            delivery,
+            actor,
+            daemon,
+            since,
+            until,
+            format,
+            content,
+        } => {
             let source = state.source()?;
             if let Some(hash) = content {
                 return inspect::content(&source, &hash);
@@ -453,7 +470,8 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             let until = until.map(|t| filters::instant("until", &t, now)).transpose().map_err(anyhow::Error::msg)?;
             let events = filters::events(&events).map_err(anyhow::Error::msg)?;
             let events = (!events.is_empty()).then(|| events.join(","));
-            let params = crate::control::LogParams { post, account, platform, events, delivery, actor, since, until };
+            let params =
+                crate::control::LogParams { post, account, platform, events, delivery, actor, daemon, since, until };
             inspect::log(&source, &params, format)
         }
         Command::Upcoming { state, limit, until } => {

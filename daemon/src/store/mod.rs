@@ -185,6 +185,9 @@ pub struct AuditQuery {
     pub platform: Option<String>,
     /// The actor's name (`*` matches any characters).
     pub actor: Option<String>,
+    /// The daemon that wrote the record (`*` matches any characters); a
+    /// record naming none (sled) does not match.
+    pub daemon: Option<String>,
     pub events: Vec<crate::model::Event>,
     pub delivery: Option<DeliveryId>,
     pub since: Option<chrono::DateTime<chrono::Utc>>,
@@ -199,6 +202,7 @@ impl AuditQuery {
             && self.account.as_ref().is_none_or(|a| wildcard_match(a, &r.account))
             && self.platform.as_ref().is_none_or(|p| r.platform.is_some_and(|rp| rp.name() == p))
             && self.actor.as_ref().is_none_or(|a| r.actor.as_ref().is_some_and(|actor| wildcard_match(a, &actor.name)))
+            && self.daemon.as_ref().is_none_or(|d| r.daemon.as_ref().is_some_and(|rd| wildcard_match(d, rd)))
             && (self.events.is_empty() || self.events.contains(&r.event))
             && self.delivery.is_none_or(|d| r.delivery == d)
             && self.since.is_none_or(|t| r.time >= t)

@@ -301,6 +301,14 @@ async fn postgres_store_a_second_daemon_stands_by_and_takes_over_when_the_leader
     assert!(early.iter().any(|r| r["event"] == "delivered" && r["post"] == "first" && by(first_pid)(r)), "{early:?}");
     assert!(late.iter().all(by(second_pid)), "after the first daemon died: {late:?}");
     assert!(late.iter().any(|r| r["event"] == "cancelled" && r["post"] == "later"), "{late:?}");
+    // `--daemon` picks one daemon's records (a pattern, as `--actor`).
+    let pattern = format!("* pid {second_pid} boot *");
+    let (ok, out) = ask(&two, &url, &["log", "--format", "json", "--daemon", &pattern]);
+    assert!(ok, "{out}");
+    let seconds: Vec<serde_json::Value> =
+        out.lines().filter(|l| l.starts_with('{')).map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(seconds.len() >= late.len() && seconds.iter().all(|r| by(second_pid)(&r)), "{seconds:?}");
+    assert!(seconds.iter().any(|r| r["event"] == "cancelled" && r["post"] == "later"), "{seconds:?}");
     let (ok, said) = ask(&two, &url, &["audit", "verify"]);
     assert!(ok, "one chain across both daemons: {said}");
     use std::os::unix::fs::PermissionsExt;
