@@ -91,6 +91,24 @@ fn config(sandbox: &Sandbox, first_due: DateTime<Utc>, posts: usize, rate: usize
     text
 }
 
+/// The audit log is one log: numbered 1..N without a gap, one hash chain
+/// (checked here and by `herald audit verify` on `host`). Its records.
+fn assert_one_gapless_chain(
+    store: &PostgresStore,
+    host: &TestDir,
+    env: &[(&str, &str)],
+) -> Vec<herald::model::AuditRecord> {
+    let records = blocking(|| store.audit(&AuditQuery::default()).unwrap());
+    for (i, r) in records.iter().enumerate() {
+        assert_eq!(r.seq, i as u64 + 1, "audit sequence has a gap or repeat at {i}");
+    }
+    let verified = blocking(|| herald::audit_chain::verify_store(store, None).unwrap());
+    assert!(verified.is_ok(), "the audit chain broke: {verified:?}");
+    let out = host.cli_with(&["audit", "verify"], env);
+    assert!(out.status.success(), "herald audit verify: {}{}", text(&out.stdout), text(&out.stderr));
+    records
+}
+
 /// Every request any emulator got, by time.
 fn request_times(sandbox: &Sandbox) -> Vec<DateTime<Utc>> {
     let mut times: Vec<DateTime<Utc>> = sandbox.webhook.received().iter().map(|p| p.received_at).collect();
@@ -174,14 +192,7 @@ async fn two_daemons_one_database_the_leader_killed_mid_burst_loses_and_duplicat
     }
 
     // The audit log: gapless, one chain across both daemons and every kill.
-    let records = blocking(|| store.audit(&AuditQuery::default()).unwrap());
-    for (i, r) in records.iter().enumerate() {
-        assert_eq!(r.seq, i as u64 + 1, "audit sequence has a gap or repeat at {i}");
-    }
-    let verified = blocking(|| herald::audit_chain::verify_store(&store, None).unwrap());
-    assert!(verified.is_ok(), "the audit chain broke across the failovers: {verified:?}");
-    let out = hosts[0].cli_with(&["audit", "verify"], &env);
-    assert!(out.status.success(), "herald audit verify: {}{}", text(&out.stdout), text(&out.stderr));
+    let records = assert_one_gapless_chain(&store, &hosts[0], &env);
     let recovered = distinct(records.iter().filter(|r| r.event == Event::Recovered).map(|r| r.delivery.to_string()));
 
     // Nothing published twice: each platform here de-duplicates a repeated
@@ -488,14 +499,7 @@ async fn postgresql_restarted_mid_burst_both_daemons_carry_on_and_nothing_is_los
     let logs = [first.stop().await, second.stop().await];
     let takeovers: Vec<usize> = logs.iter().map(|l| l.matches("took over: leading").count()).collect();
 
-    let records = blocking(|| store.audit(&AuditQuery::default()).unwrap());
-    for (i, r) in records.iter().enumerate() {
-        assert_eq!(r.seq, i as u64 + 1, "audit sequence has a gap or repeat at {i}");
-    }
-    let verified = blocking(|| herald::audit_chain::verify_store(&store, None).unwrap());
-    assert!(verified.is_ok(), "the audit chain broke across the restart: {verified:?}");
-    let out = hosts[0].cli_with(&["audit", "verify"], &env);
-    assert!(out.status.success(), "herald audit verify: {}{}", text(&out.stdout), text(&out.stderr));
+    let records = assert_one_gapless_chain(&store, &hosts[0], &env);
     assert_each_post_published_once(&sandbox);
     drop(store);
 
