@@ -55,7 +55,7 @@ struct StoreView {
 }
 
 impl StoreView {
-    fn of(config: &Config) -> StoreView {
+    fn of(config: &Config, readable: &Readable<'_>) -> StoreView {
         match &config.store {
             config::StoreSettings::Sled => StoreView {
                 backend: "sled",
@@ -70,9 +70,10 @@ impl StoreView {
             config::StoreSettings::Postgres(pg) => {
                 // Connecting brings an empty database to this build's schema
                 // (as `herald run` would) and refuses a newer one.
-                let (schema, error) = match Location::of(config).open(Role::Reader) {
+                let (schema, error) = match readable.get() {
                     Ok(_) => (Some(crate::store::postgres::schema::known()), None),
-                    Err(e) => (None, Some(e.to_string())),
+                    Err(Unread::Failed { error, .. }) => (None, Some(error.to_string())),
+                    Err(other) => (None, Some(other.why())),
                 };
                 StoreView { backend: "postgres", location: pg.shown.clone(), pool: Some(pg.pool), schema, error }
             }
@@ -156,18 +157,21 @@ pub fn run(
 ) -> anyhow::Result<ExitCode> {
     let now = Utc::now();
     let outcome = config::load_with(path, now, credentials_dir);
-    let (accounts, posts) = match &outcome.config {
-        Some(config) => (accounts(config), plans(config, now, upcoming)),
-        None => (Vec::new(), Vec::new()),
+    // The store, opened at most once, by the first part of the report that reads it.
+    let readable = outcome.config.as_ref().map(Readable::new);
+    let (accounts, posts) = match (&outcome.config, &readable) {
+        (Some(config), Some(readable)) => (accounts(config), plans(config, now, upcoming, readable)),
+        _ => (Vec::new(), Vec::new()),
     };
     let probes = match (&outcome.config, probe) {
         (Some(config), true) => Some(probes(config)?),
         _ => None,
     };
     let probes_ok = probes.as_ref().is_none_or(|p| p.iter().all(|p| p.ok));
-    let store = outcome.config.as_ref().map(StoreView::of);
+    let store = outcome.config.as_ref().zip(readable.as_ref()).map(|(c, r)| StoreView::of(c, r));
     let store_ok = store.as_ref().is_none_or(|s| s.error.is_none());
-    let past = outcome.config.as_ref().map(|c| past_warnings(c, now)).unwrap_or_default();
+    let past =
+        outcome.config.as_ref().zip(readable.as_ref()).map(|(c, r)| past_warnings(c, now, r)).unwrap_or_default();
     let report = Report {
         ok: outcome.config.is_some() && probes_ok && store_ok,
         errors: outcome.errors().collect(),
@@ -198,7 +202,7 @@ enum History {
 /// not settled yet, saying what the misfire policy will do with it. The store
 /// is read when no daemon holds it and it belongs to this user (reading it as
 /// root could leave root-owned files in the daemon's state directory).
-fn past_warnings(config: &Config, now: DateTime<Utc>) -> Vec<Diagnostic> {
+fn past_warnings(config: &Config, now: DateTime<Utc>, readable: &Readable<'_>) -> Vec<Diagnostic> {
     use crate::calendar::Recurrence;
     let past: Vec<(&Post, DateTime<Utc>)> = config
         .posts
@@ -211,7 +215,7 @@ fn past_warnings(config: &Config, now: DateTime<Utc>) -> Vec<Diagnostic> {
     if past.is_empty() {
         return Vec::new();
     }
-    let history = history(config, &past);
+    let history = history(readable, &past);
     past.into_iter()
         .filter_map(|(post, at)| {
             let fate = match crate::materialize::verdicts(post, &[at], now).pop()? {
@@ -252,12 +256,12 @@ fn past_warnings(config: &Config, now: DateTime<Utc>) -> Vec<Diagnostic> {
         .collect()
 }
 
-fn history(config: &Config, past: &[(&Post, DateTime<Utc>)]) -> History {
-    let store = match open_for_reading(config) {
+fn history(readable: &Readable<'_>, past: &[(&Post, DateTime<Utc>)]) -> History {
+    let store = match readable.get() {
         Ok(store) => store,
         Err(Unread::NoStore) => return History::None,
         Err(Unread::Running) => return History::Unknown("herald is running; a reload settles it".into()),
-        Err(Unread::Other(why)) => return History::Unknown(why),
+        Err(other) => return History::Unknown(other.why()),
     };
     let mut done = std::collections::HashSet::new();
     for (post, at) in past {
@@ -279,6 +283,41 @@ enum Unread {
     /// A daemon holds it (sled's lock).
     Running,
     Other(String),
+    /// Opening it failed.
+    Failed {
+        location: String,
+        error: StoreError,
+    },
+}
+
+impl Unread {
+    fn why(&self) -> String {
+        match self {
+            Unread::NoStore => "no store yet".to_string(),
+            Unread::Running => "herald is running: `herald upcoming` shows it".to_string(),
+            Unread::Other(why) => why.clone(),
+            Unread::Failed { location, error } => format!("{location} could not be read: {error}"),
+        }
+    }
+}
+
+/// The config's store for `check`, opened at most once: the store line,
+/// the past one-shot warnings and the approval states all read it, and
+/// connecting to PostgreSQL (up to its connect timeout for a database that
+/// does not answer) or replaying a sled log is not to be paid three times.
+struct Readable<'a> {
+    config: &'a Config,
+    opened: std::cell::OnceCell<Result<Arc<dyn Store>, Unread>>,
+}
+
+impl<'a> Readable<'a> {
+    fn new(config: &'a Config) -> Self {
+        Readable { config, opened: std::cell::OnceCell::new() }
+    }
+
+    fn get(&self) -> &Result<Arc<dyn Store>, Unread> {
+        self.opened.get_or_init(|| open_for_reading(self.config))
+    }
 }
 
 /// The store, when this user may read it and no daemon holds it; else why
@@ -300,21 +339,12 @@ fn open_for_reading(config: &Config) -> Result<Arc<dyn Store>, Unread> {
     }
     location.open(Role::Reader).map_err(|e| match e {
         StoreError::Locked { .. } => Unread::Running,
-        e => Unread::Other(format!("{} could not be read: {e}", location.describe())),
-    })
-}
-
-/// The store, when this user may read it and no daemon holds it; else why not.
-fn readable_store(config: &Config) -> Result<Arc<dyn Store>, String> {
-    open_for_reading(config).map_err(|why| match why {
-        Unread::NoStore => "no store yet".to_string(),
-        Unread::Running => "herald is running: `herald upcoming` shows it".to_string(),
-        Unread::Other(why) => why,
+        error => Unread::Failed { location: location.describe(), error },
     })
 }
 
 /// "required: approved by alice (uid 1000) at ..." or "required: awaiting approval", for posts that need it.
-fn approval_of(config: &Config, post: &Post, store: &Result<Arc<dyn Store>, String>) -> Option<String> {
+fn approval_of(config: &Config, post: &Post, store: &Result<Arc<dyn Store>, Unread>) -> Option<String> {
     if !post.requires_approval(&config.daemon) {
         return None;
     }
@@ -326,7 +356,9 @@ fn approval_of(config: &Config, post: &Post, store: &Result<Arc<dyn Store>, Stri
             }
             Err(e) => format!("required (content {hash}); the store could not be read: {e}"),
         },
-        Err(why) => format!("required (content {hash}); whether it is approved is not known here ({why})"),
+        Err(unread) => {
+            format!("required (content {hash}); whether it is approved is not known here ({})", unread.why())
+        }
     })
 }
 
@@ -374,13 +406,13 @@ fn accounts(config: &Config) -> Vec<AccountView> {
         .collect()
 }
 
-fn plans(config: &Config, now: DateTime<Utc>, upcoming: usize) -> Vec<PostPlan> {
+fn plans(config: &Config, now: DateTime<Utc>, upcoming: usize, readable: &Readable<'_>) -> Vec<PostPlan> {
     let mut plans: Vec<PostPlan> = config.posts.values().map(|post| plan(config, post, now, upcoming)).collect();
     if config.posts.values().any(|p| p.requires_approval(&config.daemon)) {
-        let store = readable_store(config);
+        let store = readable.get();
         for plan in &mut plans {
             if let Some(post) = config.posts.get(&plan.id) {
-                plan.approval = approval_of(config, post, &store);
+                plan.approval = approval_of(config, post, store);
             }
         }
     }

@@ -345,6 +345,47 @@ async fn an_unreachable_database_fails_check_and_run_naming_host_and_port() {
     assert!(!stderr.contains("herald is ready"), "{stderr}");
 }
 
+/// `herald check` reads the store for three things (the store line, the
+/// warnings on past one-shot posts, the approval states): it connects once
+/// for all of them, so a database that does not answer costs one connect
+/// timeout, not three. The "server" here counts the connections made to it
+/// and closes each at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_connects_to_the_database_once_for_everything_it_reads() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1:0");
+    let port = listener.local_addr().unwrap().port();
+    let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = std::sync::Arc::clone(&accepted);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            counter.fetch_add(1, Ordering::SeqCst);
+            drop(stream);
+        }
+    });
+    let url = format!("postgres://herald:pw-0c7d41@127.0.0.1:{port}/herald");
+    let env = [(URL_VAR, url.as_str())];
+    let dir = TestDir::new();
+    let daemon = daemon_section().replace("[retry]", "approvers_group = \"root\"\n\n[retry]");
+    dir.write_config(
+        &(daemon
+            + &store_section()
+            + &webhook_account("hook", "http://127.0.0.1:9/")
+            + &post_at("past", "A one-shot post an hour ago.", &["hook"], in_secs(-3600))
+            + &post_at("approved", "Needs a second person.", &["hook"], in_secs(3600))
+            + "approval = \"required\"\n"),
+    );
+
+    let out = dir.cli_with(&["check"], &env);
+    let said = text(&out.stdout) + &text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    // All three parts asked the store, and were told why they could not read it.
+    assert!(said.contains(&format!("127.0.0.1:{port}")), "{said}");
+    assert!(said.contains("is past; if herald has not handled it yet"), "{said}");
+    assert!(said.contains("whether it is approved is not known here"), "{said}");
+    assert_eq!(accepted.load(Ordering::SeqCst), 1, "connections made by one `herald check`:\n{said}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_copy_moves_a_sled_history_to_postgres_where_herald_runs_on() {
     let Some(url) = blocking(fresh_database) else { return };
