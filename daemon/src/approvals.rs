@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, Post};
 use crate::model::{Actor, AuditRecord, Event};
-use crate::store::{Changes, Store, StoreError};
+use crate::store::{Changes, Store, StoreError, encode};
 
 /// The `meta` key of a post's approval.
 pub fn approval_key(post: &str) -> String {
@@ -64,10 +64,6 @@ fn read<T: serde::de::DeserializeOwned>(store: &dyn Store, key: &str) -> Result<
         }
         _ => Ok(None),
     }
-}
-
-fn encode<T: Serialize>(what: &str, value: &T) -> Result<Vec<u8>, StoreError> {
-    serde_json::to_vec(value).map_err(|e| StoreError::Encode { what: what.into(), error: e.to_string() })
 }
 
 pub fn approval(store: &dyn Store, post: &str) -> Result<Option<Approval>, StoreError> {

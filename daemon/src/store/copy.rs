@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use super::postgres::{Import, PostgresStore};
 use super::sled_store::{Exported, SledStore};
-use super::{DueKey, Result, Store, StoreError};
+use super::{DueKey, Result, Store, StoreError, decode};
 
 /// Records read from the source per batch.
 const BATCH: usize = 5_000;
@@ -68,24 +68,20 @@ pub struct Imported {
     pub audit: u64,
 }
 
-fn decoded<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
-}
-
 /// Copy everything `from` holds into `to` (which must hold no herald data:
 /// the caller checks), in batches, then let `to` count and set the chain's
 /// head. The audit records keep their bytes and sequence numbers.
 pub fn sled_to_postgres(from: &SledStore, to: &PostgresStore) -> Result<Imported> {
     let mut imported = Imported::default();
     for batch in in_batches(from.export(Exported::Deliveries)) {
-        let deliveries = batch?.iter().map(|(_, v)| decoded("delivery", v)).collect::<Result<Vec<_>>>()?;
+        let deliveries = batch?.iter().map(|(_, v)| decode("delivery", v)).collect::<Result<Vec<_>>>()?;
         imported.deliveries += deliveries.len() as u64;
         to.import(&Import { deliveries, ..Import::default() })?;
     }
     for batch in in_batches(from.export(Exported::Posts)) {
         let posts = batch?
             .into_iter()
-            .map(|(k, v)| Ok((text_key("post", k)?, decoded("post record", &v)?)))
+            .map(|(k, v)| Ok((text_key("post", k)?, decode("post record", &v)?)))
             .collect::<Result<Vec<_>>>()?;
         imported.posts += posts.len() as u64;
         to.import(&Import { posts, ..Import::default() })?;
@@ -93,7 +89,7 @@ pub fn sled_to_postgres(from: &SledStore, to: &PostgresStore) -> Result<Imported
     for batch in in_batches(from.export(Exported::Contents)) {
         let contents = batch?
             .into_iter()
-            .map(|(k, v)| Ok((text_key("content", k)?, decoded("content", &v)?)))
+            .map(|(k, v)| Ok((text_key("content", k)?, decode("content", &v)?)))
             .collect::<Result<Vec<_>>>()?;
         imported.contents += contents.len() as u64;
         to.import(&Import { contents, ..Import::default() })?;

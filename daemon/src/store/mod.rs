@@ -115,6 +115,29 @@ impl StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
+/// Both backends hold each value as its JSON bytes (the same bytes, so a
+/// copy between them keeps them). A value that does not decode means the
+/// store is damaged.
+pub(crate) fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("{what}: {e}"))
+}
+
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| corrupt(what, e))
+}
+
+/// A value as stored. One that cannot be serialised fails the whole write
+/// with an error naming it: storing empty bytes instead would lose the
+/// record and break the store's next read of it.
+pub(crate) fn encode<T: Serialize>(what: &str, value: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(value).map_err(|e| StoreError::Encode { what: what.to_string(), error: e.to_string() })
+}
+
+/// Pending after at least one attempt (counted by [`Store::retrying`]).
+pub(crate) fn is_retrying(d: &Delivery) -> bool {
+    d.state == State::Pending && d.attempt > 0
+}
+
 /// What the store remembers of a post between runs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PostRecord {

@@ -20,7 +20,10 @@ use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 
 use super::keys;
-use super::{AuditQuery, Changes, DueKey, Planned, PostRecord, Result, SCHEMA_VERSION, Store, StoreError};
+use super::{
+    AuditQuery, Changes, DueKey, Planned, PostRecord, Result, SCHEMA_VERSION, Store, StoreError, corrupt, decode,
+    is_retrying,
+};
 use crate::audit_chain::{self, ChainHead, ChainWriter};
 use crate::model::{AuditRecord, Delivery, DeliveryId, Event, Millis, State};
 
@@ -78,20 +81,10 @@ fn dir_error(dir: &Path, source: std::io::Error) -> StoreError {
     StoreError::Dir { dir: dir.display().to_string(), error: source }
 }
 
-fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt(format!("{what}: {e}"))
-}
-
-fn decode<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T> {
-    serde_json::from_slice(bytes).map_err(|e| corrupt(what, e))
-}
-
-/// A value as stored. A value that cannot be serialised aborts the whole
-/// transaction with an error naming it: storing empty bytes instead would
-/// lose the record and break the store's next read of it.
+/// [`super::encode`] inside a sled transaction: a value that cannot be
+/// serialised aborts the whole transaction.
 fn encode<T: serde::Serialize>(what: &str, value: &T) -> std::result::Result<Vec<u8>, Abort> {
-    serde_json::to_vec(value)
-        .map_err(|e| Abort::Abort(StoreError::Encode { what: what.to_string(), error: e.to_string() }))
+    super::encode(what, value).map_err(Abort::Abort)
 }
 
 fn count_key(state: State) -> Vec<u8> {
@@ -100,11 +93,6 @@ fn count_key(state: State) -> Vec<u8> {
 
 const RETRYING_KEY: &[u8] = b"count/retrying";
 const PLANNED_KEY: &[u8] = b"count/planned";
-
-/// Pending after at least one attempt.
-fn is_retrying(d: &Delivery) -> bool {
-    d.state == State::Pending && d.attempt > 0
-}
 
 impl SledStore {
     /// Open (or create) the store in `dir`, holding its lock for as long as

@@ -5,10 +5,10 @@
 
 use super::PostgresStore;
 use super::pool::{self, CachedTx, Connection};
-use super::store::{Fail, encode};
+use super::store::Fail;
 use crate::audit_chain::ChainHead;
 use crate::model::{AuditRecord, Content, Delivery};
-use crate::store::{PostRecord, Result, StoreError};
+use crate::store::{PostRecord, Result, StoreError, encode};
 
 /// One batch of rows to import; import in batches of a few thousand.
 #[derive(Debug, Default)]

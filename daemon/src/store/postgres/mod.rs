@@ -329,12 +329,12 @@ mod tests {
     fn a_value_that_cannot_be_serialised_is_an_error_not_empty_bytes() {
         // JSON object keys must be strings: this map does not serialise.
         let map: std::collections::BTreeMap<(u8, u8), u8> = [((1, 2), 3)].into_iter().collect();
-        let err = store::encode("delivery", &map).expect_err("must not serialise");
+        let err = crate::store::encode("delivery", &map).expect_err("must not serialise");
         assert!(
             matches!(err, StoreError::Encode { .. }) && err.to_string().contains("cannot store a delivery"),
             "{err}"
         );
-        assert_eq!(store::encode("delivery", &1u8).unwrap(), b"1");
+        assert_eq!(crate::store::encode("delivery", &1u8).unwrap(), b"1");
     }
 
     /// `herald store copy`'s half on this side: a sled store's rows and

@@ -20,7 +20,9 @@ use super::PostgresStore;
 use super::pool::{self, CachedTx, Connection};
 use crate::audit_chain::{ChainHead, ChainWriter, LegacyDigest};
 use crate::model::{AuditRecord, Content, Delivery, DeliveryId, Millis, State};
-use crate::store::{AuditQuery, Changes, DueKey, Planned, PostRecord, Result, Store, StoreError};
+use crate::store::{
+    AuditQuery, Changes, DueKey, Planned, PostRecord, Result, Store, StoreError, corrupt, decode, encode, is_retrying,
+};
 
 type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
 
@@ -52,19 +54,6 @@ impl From<StoreError> for Fail {
     }
 }
 
-fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt(format!("{what}: {e}"))
-}
-
-fn decode<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T> {
-    serde_json::from_slice(bytes).map_err(|e| corrupt(what, e))
-}
-
-/// A value as stored; one that does not serialise fails the whole write.
-pub(super) fn encode<T: serde::Serialize>(what: &str, value: &T) -> Result<Vec<u8>> {
-    serde_json::to_vec(value).map_err(|e| StoreError::Encode { what: what.to_string(), error: e.to_string() })
-}
-
 fn state_named(name: &str) -> Result<State> {
     State::ALL.into_iter().find(|s| s.name() == name).ok_or_else(|| corrupt("delivery state", name))
 }
@@ -76,11 +65,6 @@ fn id_from(bytes: &[u8]) -> Result<DeliveryId> {
 /// A `LIMIT` from a count (`usize::MAX` is "all").
 fn limit(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
-}
-
-/// Pending after at least one attempt.
-fn is_retrying(d: &Delivery) -> bool {
-    d.state == State::Pending && d.attempt > 0
 }
 
 const RETRYING: &str = "retrying";
