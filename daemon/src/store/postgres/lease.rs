@@ -24,6 +24,11 @@ CREATE TABLE leases (
 );
 "#;
 
+/// Who holds the lease, as a standby reports it, while an offline `herald`
+/// command (`herald retry` on a stopped host, `herald store copy`) holds
+/// the database alone.
+pub const OFFLINE_COMMAND: &str = "an offline herald command (it holds the database alone until it ends)";
+
 impl PostgresStore {
     /// Take (`held` None: a standby, or a leader that stepped down) or renew
     /// (`held` = the epoch this daemon holds) a lease. Taking succeeds only
@@ -35,7 +40,26 @@ impl PostgresStore {
         let err = |e: postgres::Error| pool::error(&target, &e);
         let ms = length.as_millis() as f64;
         let mut conn = self.pool.get()?;
-        let client = &mut conn.client;
+        let mut tx = conn.client.transaction().map_err(err)?;
+        if held.is_none() {
+            // An offline `herald` command holds the database alone
+            // (`claim_exclusive`, a session lock on the same key): no daemon
+            // takes the lease while it writes. The command checked that no
+            // lease was live after taking its lock, so one of the two waits.
+            let free = tx
+                .query_one("SELECT pg_try_advisory_xact_lock_shared($1)", &[&super::EXCLUSIVE_LOCK])
+                .map_err(err)?
+                .get::<_, bool>(0);
+            if !free {
+                let epoch = tx
+                    .query_opt("SELECT epoch FROM leases WHERE name = $1", &[&name])
+                    .map_err(err)?
+                    .map_or(0, |row| row.get::<_, i64>(0) as u64);
+                tx.commit().map_err(err)?;
+                return Ok(LeaseState::Other { holder: OFFLINE_COMMAND.to_string(), epoch });
+            }
+        }
+        let client = &mut tx;
         let taken = match held {
             None => client
                 .query_opt(
@@ -57,14 +81,20 @@ impl PostgresStore {
                 )
                 .map_err(err)?,
         };
-        if let Some(row) = taken {
-            return Ok(LeaseState::Held { epoch: row.get::<_, i64>(0) as u64 });
-        }
-        let row = client
-            .query_opt("SELECT holder, epoch FROM leases WHERE name = $1", &[&name])
-            .map_err(err)?
-            .ok_or_else(|| StoreError::Backend(format!("PostgreSQL database {target}: the lease {name} vanished")))?;
-        Ok(LeaseState::Other { holder: row.get(0), epoch: row.get::<_, i64>(1) as u64 })
+        let state = match taken {
+            Some(row) => LeaseState::Held { epoch: row.get::<_, i64>(0) as u64 },
+            None => {
+                let row = client
+                    .query_opt("SELECT holder, epoch FROM leases WHERE name = $1", &[&name])
+                    .map_err(err)?
+                    .ok_or_else(|| {
+                        StoreError::Backend(format!("PostgreSQL database {target}: the lease {name} vanished"))
+                    })?;
+                LeaseState::Other { holder: row.get(0), epoch: row.get::<_, i64>(1) as u64 }
+            }
+        };
+        tx.commit().map_err(err)?;
+        Ok(state)
     }
 
     /// Who holds the lease `name` now (not expired), if anyone.
@@ -245,6 +275,28 @@ mod tests {
         assert!(committed_first, "host-b took the lease while host-a's fenced write was still open");
         // So what host-a marked under its lease is there for host-b's recovery.
         b.pool.get().unwrap().client.query_one("SELECT count(*) FROM marked", &[]).unwrap();
+    }
+
+    /// An offline command claims the database, then checks that no daemon
+    /// leads; a standby that tries to take the lease meanwhile must wait
+    /// for the command to end, or two writers would share the database.
+    #[test]
+    fn postgres_no_daemon_takes_the_lease_while_an_offline_command_holds_the_database() {
+        let Some(url) = super::super::testing::fresh_database() else { return };
+        let (cli, daemon) = (PostgresStore::connect(&url, 2).unwrap(), PostgresStore::connect(&url, 2).unwrap());
+        cli.claim_exclusive().unwrap();
+        assert_eq!(cli.live_holder(SCHEDULER).unwrap(), None, "the command found no leader and writes");
+        assert_eq!(
+            daemon.lease_row(SCHEDULER, "host-b", None, LONG).unwrap(),
+            LeaseState::Other { holder: OFFLINE_COMMAND.into(), epoch: 0 }
+        );
+        assert_eq!(cli.live_holder(SCHEDULER).unwrap(), None, "still nobody leads while the command runs");
+        drop(cli); // the command ends: its session, and its lock, go
+        assert_eq!(daemon.lease_row(SCHEDULER, "host-b", None, LONG).unwrap(), LeaseState::Held { epoch: 1 });
+        // And the other way round: a command finds the leader and refuses (`store::open`).
+        let cli = PostgresStore::connect(&url, 2).unwrap();
+        cli.claim_exclusive().unwrap();
+        assert_eq!(cli.live_holder(SCHEDULER).unwrap().as_deref(), Some("host-b"));
     }
 
     #[test]
