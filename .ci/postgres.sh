@@ -13,7 +13,10 @@
 # tests are about what a commit makes durable. The cluster also serves TLS
 # (ssl = on) with a throwaway CA and a server certificate for `localhost`
 # and `127.0.0.1` made with the `openssl` CLI (installed like postgresql if
-# missing); plain connections are still accepted. Prints, on stdout only:
+# missing); plain connections are still accepted. The role `herald_cert`,
+# if a test creates it, logs in over TLS with the client certificate
+# client.pem / client.key beside the CA (pg_hba `hostssl ... cert`).
+# Prints, on stdout only:
 #   export HERALD_TEST_POSTGRES=postgres://herald_test:PASSWORD@127.0.0.1:PORT/postgres
 #   export HERALD_TEST_POSTGRES_DIR=DIR
 #   export HERALD_TEST_POSTGRES_CA=DIR/tls/ca.pem     (the CA that signed the server's certificate)
@@ -60,9 +63,15 @@ make_certs() {
         >"$tls/server.ext"
     openssl x509 -req -in "$tls/server.csr" -CA "$tls/ca.pem" -CAkey "$tls/ca.key" -CAcreateserial \
         -days 2 -extfile "$tls/server.ext" -out "$tls/server.pem" >/dev/null 2>&1
-    rm -f "$tls/ca.key" "$tls/server.csr" "$tls/server.ext" "$tls/ca.srl"
-    chmod 600 "$tls/server.key"
-    chmod 644 "$tls/ca.pem" "$tls/server.pem"
+    # A client certificate for the role herald_cert (pg_hba: `hostssl ... cert`).
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=herald_cert" \
+        -keyout "$tls/client.key" -out "$tls/client.csr" >/dev/null 2>&1
+    printf 'basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n' >"$tls/client.ext"
+    openssl x509 -req -in "$tls/client.csr" -CA "$tls/ca.pem" -CAkey "$tls/ca.key" -CAcreateserial \
+        -days 2 -extfile "$tls/client.ext" -out "$tls/client.pem" >/dev/null 2>&1
+    rm -f "$tls/ca.key" "$tls/server.csr" "$tls/server.ext" "$tls/client.csr" "$tls/client.ext" "$tls/ca.srl"
+    chmod 600 "$tls/server.key" "$tls/client.key"
+    chmod 644 "$tls/ca.pem" "$tls/server.pem" "$tls/client.pem"
 }
 
 start() {
@@ -94,6 +103,11 @@ start() {
         || { cat "$dir/initdb.log" >&2; log "initdb failed"; exit 1; }
     rm -f "$dir/pwfile"
     make_certs "$dir/tls" || { log "openssl could not make the test certificates"; exit 1; }
+    # First match wins: the client-certificate role before initdb's password lines.
+    local hba="$dir/data/pg_hba.conf"
+    { printf 'hostssl all herald_cert 127.0.0.1/32 cert\n'; cat "$hba"; } >"$hba.new"
+    mv "$hba.new" "$hba"
+    if [ "$(id -u)" = 0 ]; then chown postgres: "$hba"; fi
     [ "$(id -u)" = 0 ] && chown -R postgres: "$dir/tls"
     chmod 755 "$dir" "$dir/tls"
     local port attempt
@@ -104,7 +118,8 @@ start() {
         if as_owner "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start -o \
             "-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories=$dir \
              -c shared_buffers=32MB -c max_connections=300 -c fsync=on \
-             -c ssl=on -c ssl_cert_file=$dir/tls/server.pem -c ssl_key_file=$dir/tls/server.key" >/dev/null 2>&1; then
+             -c ssl=on -c ssl_cert_file=$dir/tls/server.pem -c ssl_key_file=$dir/tls/server.key \
+             -c ssl_ca_file=$dir/tls/ca.pem" >/dev/null 2>&1; then
             printf 'export HERALD_TEST_POSTGRES=postgres://herald_test:%s@127.0.0.1:%s/postgres\n' "$password" "$port"
             printf 'export HERALD_TEST_POSTGRES_DIR=%s\n' "$dir"
             printf 'export HERALD_TEST_POSTGRES_CA=%s\n' "$dir/tls/ca.pem"

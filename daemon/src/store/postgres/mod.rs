@@ -389,6 +389,46 @@ mod tests {
         assert!(!contains(&seen, "herald_schema"), "the migration's SQL crossed the wire in clear");
     }
 
+    /// A client certificate (`sslcert`, `sslkey`) is a login: the role
+    /// `herald_cert` has no password, and `.ci/postgres.sh`'s pg_hba lets it
+    /// in over TLS with the certificate for its name only.
+    #[test]
+    fn postgres_a_client_certificate_logs_in_where_the_server_asks_for_one() {
+        use crate::model::{Event, State};
+        use crate::store::Store;
+        use crate::store::conformance::{delivery, put};
+        let Some((url, _)) = fresh_tls("") else { return };
+        let ca = testing::ca().unwrap();
+        let tls_dir = ca.parent().unwrap();
+        let name = url.rsplit('/').next().unwrap().to_string();
+        let mut admin = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        admin
+            .batch_execute(&format!(
+                "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'herald_cert') THEN \
+                 CREATE ROLE herald_cert LOGIN; END IF; END $$; ALTER DATABASE {name} OWNER TO herald_cert"
+            ))
+            .unwrap();
+        let port = url.parse::<postgres::Config>().unwrap().get_ports()[0];
+        let base =
+            format!("postgres://herald_cert@127.0.0.1:{port}/{name}?sslmode=verify-full&sslrootcert={}", ca.display());
+        let with_cert = format!(
+            "{base}&sslcert={}&sslkey={}",
+            tls_dir.join("client.pem").display(),
+            tls_dir.join("client.key").display()
+        );
+        let store = PostgresStore::connect(&with_cert, 1).unwrap();
+        let user: String = store.pool.get().unwrap().client.query_one("SELECT current_user::text", &[]).unwrap().get(0);
+        assert_eq!(user, "herald_cert");
+        let d = delivery(1, State::Pending, 1_000);
+        put(&store, &d, Event::Scheduled);
+        assert_eq!(store.delivery(d.id).unwrap(), Some(d));
+        // Without the certificate the server refuses the login, and says why.
+        let err = PostgresStore::connect(&base, 1).expect_err("no certificate, no login");
+        let text = err.to_string();
+        assert!(matches!(err, StoreError::LoginRefused { .. }), "{text}");
+        assert!(text.contains("refused the login for user herald_cert") && text.contains("certificate"), "{text}");
+    }
+
     #[test]
     fn tls_options_that_cannot_be_honoured_are_refused_before_connecting() {
         for (options, says) in [
