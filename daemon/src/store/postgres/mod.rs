@@ -210,6 +210,12 @@ mod tests {
             let err = PostgresStore::connect(&tls, 1).expect_err("a wrong password must fail");
             assert!(matches!(err, StoreError::LoginRefused { .. }), "{err}");
         }
+        // No password at all, to a server that asks for one: the client's own refusal.
+        let none = url.replace(&format!(":{password}@"), "@");
+        let err = PostgresStore::connect(&none, 1).expect_err("no password must fail");
+        let text = err.to_string();
+        assert!(matches!(err, StoreError::LoginRefused { .. }), "{text}");
+        assert!(text.contains("refused the login for user herald_test: the server asks for a password"), "{text}");
         // A database that does not exist on the server.
         let name = url.rsplit('/').next().unwrap();
         let missing = url.replace(&format!("/{name}"), "/no_such_database_q7");
