@@ -117,6 +117,17 @@ impl Settings {
             (None, None) => None,
             _ => return Err("gives only one of sslcert and sslkey: a client certificate needs both".to_string()),
         };
+        // A relative path would depend on the directory herald was started in (/ under systemd).
+        for option in &OPTIONS[1..] {
+            if let Some(path) = values.get(*option)
+                && !(*option == "sslrootcert" && path == "system")
+                && !Path::new(path).is_absolute()
+            {
+                return Err(format!(
+                    "gives {option} as a relative path ({path}); write it absolute, e.g. /etc/herald/{path}"
+                ));
+            }
+        }
         if mode == Mode::Disable && (roots.is_some() || client.is_some()) {
             return Err(format!(
                 "gives {} without TLS (sslmode is disable or absent): add sslmode=verify-full",
@@ -502,6 +513,7 @@ mod tests {
             ("postgres://u:hunter2@db/h?sslmode=require&sslcert=/c.pem", "needs both"),
             ("postgres://u:hunter2@db/h?sslrootcert=/ca.pem", "without TLS"),
             ("postgres://u:hunter2@db/h?sslmode=require&sslmode=disable", "twice"),
+            ("postgres://u:hunter2@db/h?sslmode=verify-full&sslrootcert=ca.pem", "relative path (ca.pem)"),
         ] {
             let err = Settings::take(url).expect_err(url);
             assert!(err.contains(says), "{url}: {err}");
