@@ -46,6 +46,9 @@ struct StoreView {
     location: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pool: Option<usize>,
+    /// PostgreSQL: "plain text", "TLS verify-full", ... (the URL's `sslmode`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    transport: Option<String>,
     /// PostgreSQL: the schema version after connecting, or why it could not
     /// be used (an error of the check).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -64,6 +67,7 @@ impl StoreView {
                     .display()
                     .to_string(),
                 pool: None,
+                transport: None,
                 schema: None,
                 error: None,
             },
@@ -75,7 +79,14 @@ impl StoreView {
                     Err(Unread::Failed { error, .. }) => (None, Some(error.to_string())),
                     Err(other) => (None, Some(other.why())),
                 };
-                StoreView { backend: "postgres", location: pg.shown.clone(), pool: Some(pg.pool), schema, error }
+                StoreView {
+                    backend: "postgres",
+                    location: pg.shown.clone(),
+                    pool: Some(pg.pool),
+                    transport: Some(pg.transport.clone()),
+                    schema,
+                    error,
+                }
             }
         }
     }
@@ -489,7 +500,8 @@ fn print_text(report: &Report, config: Option<&Config>) {
     if let Some(store) = &report.store {
         let pool = store.pool.map(|n| format!(", up to {n} connections")).unwrap_or_default();
         let schema = store.schema.map(|v| format!("; reachable, schema version {v}")).unwrap_or_default();
-        println!("store: {} at {}{pool}{schema}", store.backend, printable(&store.location));
+        let transport = store.transport.as_ref().map(|t| format!(" ({t})")).unwrap_or_default();
+        println!("store: {} at {}{transport}{pool}{schema}", store.backend, printable(&store.location));
         if let Some(error) = &store.error {
             eprintln!("error: store: {} (the config is valid, but `herald run` would not start)", printable(error));
         }

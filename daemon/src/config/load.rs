@@ -889,6 +889,11 @@ mod tests {
         assert!(!all.contains("hunter2"), "{all}");
         let outcome = check(&[("herald.toml", &inline("postgres://h@db/h"))]);
         assert!(outcome.diagnostics.is_empty(), "{:?}", outcome.diagnostics);
+        let crate::config::StoreSettings::Postgres(pg) = &outcome.config.expect("valid").store else { panic!() };
+        assert_eq!(pg.transport, "plain text");
+        let outcome = check(&[("herald.toml", &inline("postgres://h@db/h?sslmode=verify-full&sslrootcert=system"))]);
+        let crate::config::StoreSettings::Postgres(pg) = &outcome.config.expect("valid").store else { panic!() };
+        assert_eq!((pg.transport.as_str(), pg.shown.as_str()), ("TLS verify-full", "postgres://h@db/h"));
     }
 
     #[test]
@@ -935,6 +940,18 @@ mod tests {
             (
                 "backend = \"postgres\"\nurl = \"postgres://h@db/h\"\nhost = \"x\"\n",
                 "herald.toml:11:1: error: in [store]: unknown key `host`",
+            ),
+            (
+                "backend = \"postgres\"\nurl = \"postgres://h:pg-hunter2@db/h?sslmode=prefer\"\n",
+                "herald.toml:10:7: error: [store] `url` asks for sslmode=prefer, which falls back to plain text",
+            ),
+            (
+                "backend = \"postgres\"\nurl = \"postgres://h:pg-hunter2@db/h?sslmode=verify-full\"\n",
+                "herald.toml:10:7: error: [store] `url` asks for sslmode=verify-full but names no CA",
+            ),
+            (
+                "backend = \"postgres\"\nurl = \"postgres://h@db/h?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem\"\n",
+                "herald.toml:10:7: error: [store] `url` sslrootcert /nonexistent/ca.pem cannot be read as PEM certificates",
             ),
         ] {
             let outcome = check(&[("herald.toml", &store(body))]);

@@ -76,6 +76,9 @@ pub struct PostgresSettings {
     /// The URL as messages may show it: `postgres://user@host:port/db`,
     /// without the password or any parameter.
     pub shown: String,
+    /// How the connection is protected, from the URL's `sslmode`:
+    /// "plain text", "TLS verify-full", ... (for `herald check`).
+    pub transport: String,
 }
 
 impl std::fmt::Debug for PostgresSettings {

@@ -62,6 +62,24 @@ pub enum StoreError {
     /// is `user@host:port/database`: never the URL, whose password it would show.
     #[error("cannot reach the PostgreSQL database {target}: {error}")]
     Unreachable { target: String, error: String },
+    /// The server refused the login (SQLSTATE class 28: a wrong password,
+    /// no pg_hba.conf entry for this user, host or TLS state). `reason` is
+    /// the server's own message, which never holds the password.
+    #[error(
+        "PostgreSQL at {target} refused the login for user {user}: {reason}; check the password in [store] url \
+         (or the file, credential or variable it comes from) and the server's pg_hba.conf entry for this user and host"
+    )]
+    LoginRefused { target: String, user: String, reason: String },
+    /// The server has no database of that name (SQLSTATE 3D000).
+    #[error(
+        "PostgreSQL at {target} has no database {database}: check the database name in [store] url, or create it \
+         (createdb -O <user> {database})"
+    )]
+    NoDatabase { target: String, database: String },
+    /// TLS was asked for and could not be set up with the server: `problem`
+    /// says what failed and what to fix.
+    #[error("TLS to the PostgreSQL database {target} failed: {problem}")]
+    Tls { target: String, problem: String },
     /// The PostgreSQL URL cannot be used as written (the message never repeats it).
     #[error("the PostgreSQL URL is not usable: {0}")]
     BadUrl(String),
@@ -109,7 +127,17 @@ impl StoreError {
     /// refused a write, or the shared store cannot be reached)? The leader
     /// then steps down to standby instead of stopping (`lease`).
     pub fn loses_leadership(&self) -> bool {
-        matches!(self, StoreError::NotLeader(_) | StoreError::Unreachable { .. })
+        // A refused login or a failed handshake on a running daemon (a
+        // password or certificate rotated) is an outage like any other: the
+        // daemon stands by and tries again, as for an unreachable server.
+        matches!(
+            self,
+            StoreError::NotLeader(_)
+                | StoreError::Unreachable { .. }
+                | StoreError::LoginRefused { .. }
+                | StoreError::NoDatabase { .. }
+                | StoreError::Tls { .. }
+        )
     }
 }
 

@@ -345,6 +345,97 @@ async fn an_unreachable_database_fails_check_and_run_naming_host_and_port() {
     assert!(!stderr.contains("herald is ready"), "{stderr}");
 }
 
+/// A wrong password and an unknown database are said as such by `herald
+/// check` and `herald run` (exit 1, so systemd tries again), never as
+/// "cannot reach", and the password is in no output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_login_or_an_unknown_database_is_said_by_check_and_run() {
+    let Some(url) = blocking(fresh_database) else { return };
+    let password = password_of(&url);
+    let name = url.rsplit('/').next().unwrap().to_string();
+    let wrong = url.replace(&password, "wrong-pw-8d2e61aa");
+    let missing = url.replace(&format!("/{name}"), "/no_such_database_q7");
+    let dir = TestDir::new();
+    dir.write_config(&(daemon_section() + &store_section() + &webhook_account("hook", "http://127.0.0.1:9/")));
+    for (url, says) in [
+        (&wrong, "refused the login for user herald_test: password authentication failed"),
+        (&missing, "has no database no_such_database_q7"),
+    ] {
+        let env = [(URL_VAR, url.as_str())];
+        let out = dir.cli_with(&["check"], &env);
+        let said = text(&out.stdout) + &text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{said}");
+        assert!(said.contains("PostgreSQL at herald_test@127.0.0.1:") && said.contains(says), "{said}");
+        assert!(!said.contains("cannot reach"), "{said}");
+        assert!(!said.contains(&password) && !said.contains("wrong-pw-8d2e61aa"), "{said}");
+
+        let mut herald = dir.spawn(&env);
+        let status = herald.wait_exit().await;
+        let stderr = herald.stderr();
+        assert_eq!(status.code(), Some(1), "a failure systemd restarts (not 65 or 78):\n{stderr}");
+        assert!(stderr.contains(says), "{stderr}");
+        assert!(!stderr.contains(&password) && !stderr.contains("wrong-pw-8d2e61aa"), "{stderr}");
+        assert!(!stderr.contains("herald is ready"), "{stderr}");
+    }
+}
+
+/// `herald check` says how the database is reached: TLS verify-full with
+/// the server's CA (and the daemon runs on it), plain text without options,
+/// and a certificate from another CA fails the check naming the fix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_says_tls_verify_full_or_plain_text_and_a_wrong_ca_fails_it() {
+    let Some(url) = blocking(fresh_database) else { return };
+    let ca = herald::store::postgres::testing::ca().expect("a CA with the server");
+    let password = password_of(&url);
+    let dir = TestDir::new();
+    dir.write_config(&(daemon_section() + &store_section() + &webhook_account("hook", "http://127.0.0.1:9/")));
+
+    let out = dir.cli_with(&["check"], &[(URL_VAR, url.as_str())]);
+    let said = text(&out.stdout) + &text(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("store: postgres at postgres://herald_test@127.0.0.1:"), "{said}");
+    assert!(said.contains(" (plain text), up to 4 connections; reachable"), "{said}");
+
+    let tls = format!("{url}?sslmode=verify-full&sslrootcert={}", ca.display());
+    let out = dir.cli_with(&["check"], &[(URL_VAR, tls.as_str())]);
+    let said = text(&out.stdout) + &text(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains(" (TLS verify-full), up to 4 connections; reachable"), "{said}");
+    assert!(!said.contains(&password) && !said.contains("sslrootcert"), "{said}");
+    let herald = dir.start_with(&[(URL_VAR, tls.as_str())]).await;
+    let status = dir.ask_daemon_ok(&["status"]);
+    let stderr = herald.stop().await;
+    assert!(!stderr.contains(&password), "{stderr}");
+    assert!(!status.contains(&password), "{status}");
+
+    // A CA of the test's own: the server's certificate is not from it.
+    let other = dir.path().join("not-the-servers-ca.pem");
+    let made = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=another CA"])
+        .arg("-keyout")
+        .arg(dir.path().join("other.key"))
+        .arg("-out")
+        .arg(&other)
+        .output()
+        .expect("openssl");
+    assert!(made.status.success());
+    let wrong_ca = format!("{url}?sslmode=verify-full&sslrootcert={}", other.display());
+    let out = dir.cli_with(&["check"], &[(URL_VAR, wrong_ca.as_str())]);
+    let said = text(&out.stdout) + &text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains("TLS to the PostgreSQL database herald_test@127.0.0.1:"), "{said}");
+    assert!(said.contains("is not signed by the CA in sslrootcert"), "{said}");
+    assert!(!said.contains(&password), "{said}");
+
+    // sslmode=prefer: refused when the config is read, at the url's place.
+    let prefer = format!("{url}?sslmode=prefer");
+    let out = dir.cli_with(&["check"], &[(URL_VAR, prefer.as_str())]);
+    let said = text(&out.stdout) + &text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains("herald.toml:") && said.contains("error: [store] `url` asks for sslmode=prefer"), "{said}");
+    assert!(!said.contains(&password), "{said}");
+}
+
 /// `herald check` reads the store for three things (the store line, the
 /// warnings on past one-shot posts, the approval states): it connects once
 /// for all of them, so a database that does not answer costs one connect

@@ -65,8 +65,10 @@ impl Loader {
                     self.diags.error(file, span, msg);
                     return None;
                 };
-                match postgres_url_shown(url.expose()) {
-                    Ok(shown) => StoreSettings::Postgres(PostgresSettings { url, pool: pool? as usize, shown }),
+                match postgres_url_shown(url.expose()).and_then(|shown| Ok((shown, postgres_url_tls(url.expose())?))) {
+                    Ok((shown, transport)) => {
+                        StoreSettings::Postgres(PostgresSettings { url, pool: pool? as usize, shown, transport })
+                    }
                     Err(msg) => {
                         self.diags.error(file, url_span, format!("[store] `url` {msg}"));
                         return None;
@@ -108,6 +110,15 @@ pub fn postgres_url_shown(url: &str) -> Result<String, String> {
     let port = parsed.port().map(|p| format!(":{p}")).unwrap_or_default();
     let db = parsed.path().trim_start_matches('/');
     Ok(format!("postgres://{user}{host}{port}/{db}"))
+}
+
+/// Check a PostgreSQL URL's TLS options (`sslmode`, `sslrootcert`, ...),
+/// reading the CA and client certificate files they name, and say how the
+/// connection is protected: "plain text", "TLS verify-full", ...
+pub fn postgres_url_tls(url: &str) -> Result<String, String> {
+    let (settings, _) = crate::store::postgres::tls::Settings::take(url)?;
+    settings.connector()?;
+    Ok(settings.describe())
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! interface and semantics as the sled store, on a database that several
 //! hosts can reach.
 //!
-//! - [`PostgresStore::connect`] parses the URL (refusing TLS it cannot do),
+//! - [`PostgresStore::connect`] parses the URL (with its TLS options, [`tls`]),
 //!   opens a bounded pool ([`pool`]), checks that commits are durable
 //!   (`synchronous_commit` not `off`) and runs the migrations ([`schema`]).
 //! - Every write is one transaction; a committed transaction is durable, so
@@ -17,6 +17,7 @@ pub mod pool;
 pub mod schema;
 mod store;
 pub mod testing;
+pub mod tls;
 
 use std::sync::Mutex;
 
@@ -65,8 +66,8 @@ impl PostgresStore {
     /// and bring its schema to this build's (refusing a newer one). The
     /// URL's password appears in no error.
     pub fn connect(url: &str, pool: usize) -> Result<PostgresStore> {
-        let config = pool::parse(url)?;
-        let pool = Pool::new(config, pool);
+        let (config, tls) = pool::parse(url)?;
+        let pool = Pool::new(config, tls, pool);
         {
             let mut conn = pool.get()?;
             let target = pool.target().to_string();
@@ -187,6 +188,8 @@ mod tests {
         assert_eq!(found, newer, "the newer version is left as it was");
     }
 
+    /// Wrong password, unknown database, closed port, bad option: each its
+    /// own error, naming user@host:port/db, and none with the password.
     #[test]
     fn postgres_the_password_is_in_no_error_wrong_password_or_unreachable_port() {
         let Some(url) = testing::fresh_database() else { return };
@@ -194,9 +197,41 @@ mod tests {
         let wrong = url.replace(&password, "not-the-password-Zq81");
         let err = PostgresStore::connect(&wrong, 1).expect_err("a wrong password must fail");
         let text = err.to_string();
-        assert!(matches!(err, StoreError::Unreachable { .. }), "{text}");
-        assert!(text.contains("password authentication failed"), "{text}");
+        assert!(matches!(err, StoreError::LoginRefused { .. }), "{text}");
+        assert!(text.contains("PostgreSQL at herald_test@127.0.0.1:"), "{text}");
+        assert!(text.contains("refused the login for user herald_test: password authentication failed"), "{text}");
+        assert!(text.contains("check the password"), "{text}");
+        assert!(!text.contains("cannot reach"), "{text}");
         assert!(!text.contains("not-the-password-Zq81") && !format!("{err:?}").contains("not-the-password-Zq81"));
+        assert!(!text.contains(&password) && !format!("{err:?}").contains(&password), "{text}");
+        // Over TLS too: the login is refused, not the handshake.
+        if let Some(ca) = testing::ca() {
+            let tls = format!("{wrong}?sslmode=verify-full&sslrootcert={}", ca.display());
+            let err = PostgresStore::connect(&tls, 1).expect_err("a wrong password must fail");
+            assert!(matches!(err, StoreError::LoginRefused { .. }), "{err}");
+        }
+        // No password at all, to a server that asks for one: the client's own refusal.
+        let none = url.replace(&format!(":{password}@"), "@");
+        let err = PostgresStore::connect(&none, 1).expect_err("no password must fail");
+        let text = err.to_string();
+        assert!(matches!(err, StoreError::LoginRefused { .. }), "{text}");
+        assert!(text.contains("refused the login for user herald_test: the server asks for a password"), "{text}");
+        // A database that does not exist on the server.
+        let name = url.rsplit('/').next().unwrap();
+        let missing = url.replace(&format!("/{name}"), "/no_such_database_q7");
+        let err = PostgresStore::connect(&missing, 1).expect_err("an unknown database must fail");
+        let text = err.to_string();
+        assert!(matches!(err, StoreError::NoDatabase { .. }), "{text}");
+        assert!(
+            text.contains("PostgreSQL at herald_test@127.0.0.1:")
+                && text.contains("has no database no_such_database_q7"),
+            "{text}"
+        );
+        assert!(!text.contains(&password) && !format!("{err:?}").contains(&password), "{text}");
+        assert!(
+            err.loses_leadership() && !err.needs_an_operator(),
+            "exit 1 and systemd tries again, as when unreachable"
+        );
         // A port nothing listens on (bound, then closed).
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let config: postgres::Config = url.parse().unwrap();
@@ -211,16 +246,208 @@ mod tests {
         assert!(matches!(err, StoreError::BadUrl(_)) && !err.to_string().contains(&password), "{err}");
     }
 
+    /// The test server's URL for a fresh database, with TLS options added.
+    fn fresh_tls(options: &str) -> Option<(String, String)> {
+        let url = testing::fresh_database()?;
+        let ca = testing::ca()?.display().to_string();
+        let with = format!("{url}?{}", options.replace("{ca}", &ca));
+        Some((url, with))
+    }
+
+    /// Is the connection this store's pool lends encrypted, as the server sees it?
+    fn encrypted(store: &PostgresStore) -> bool {
+        let mut conn = store.pool.get().unwrap();
+        conn.client.query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[]).unwrap().get(0)
+    }
+
+    /// A CA of its own (not the server's), made with the openssl CLI.
+    fn another_ca(dir: &std::path::Path) -> std::path::PathBuf {
+        let pem = dir.join("other-ca.pem");
+        let made = std::process::Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=another CA"])
+            .arg("-keyout")
+            .arg(dir.join("other-ca.key"))
+            .arg("-out")
+            .arg(&pem)
+            .output()
+            .expect("openssl (installed by .ci/postgres.sh)");
+        assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+        pem
+    }
+
     #[test]
-    fn tls_asked_for_in_the_url_is_refused_not_sent_in_plain_text() {
-        for mode in ["require", "verify-ca", "verify-full"] {
-            let url = format!("postgres://herald:s3cret-pw@127.0.0.1:9/herald?sslmode={mode}");
-            let err = PostgresStore::connect(&url, 1).expect_err("TLS cannot be honoured");
+    fn postgres_verify_full_with_the_servers_ca_connects_encrypted_and_the_store_works() {
+        use crate::model::{Event, State};
+        use crate::store::Store;
+        use crate::store::conformance::{delivery, put, verify};
+        let Some((url, tls)) = fresh_tls("sslmode=verify-full&sslrootcert={ca}") else { return };
+        let store = PostgresStore::connect(&tls, 2).unwrap();
+        assert!(encrypted(&store), "verify-full must be encrypted");
+        let d = delivery(1, State::Pending, 1_000);
+        put(&store, &d, Event::Scheduled);
+        let mut sent = d.clone();
+        sent.state = State::Delivered;
+        put(&store, &sent, Event::Delivered);
+        assert_eq!(store.delivery(d.id).unwrap(), Some(sent));
+        assert_eq!(store.due(None, i64::MAX, 10).unwrap(), vec![]);
+        assert_eq!(verify(&store).unwrap().records, 2);
+        // The host name, not only the IP address: the certificate names both.
+        let port = url.parse::<postgres::Config>().unwrap().get_ports()[0];
+        let by_name = testing::with_host(&tls, "localhost", port);
+        assert!(encrypted(&PostgresStore::connect(&by_name, 1).unwrap()));
+        // Without TLS options the same server is reached in plain text.
+        assert!(!encrypted(&PostgresStore::connect(&url, 1).unwrap()));
+        let required = PostgresStore::connect(&format!("{url}?sslmode=require"), 1).unwrap();
+        assert!(encrypted(&required));
+    }
+
+    #[test]
+    fn postgres_a_server_certificate_from_another_ca_is_refused_naming_the_database_and_the_fix() {
+        let Some((url, _)) = fresh_tls("") else { return };
+        let dir = tempfile::tempdir().unwrap();
+        let other = another_ca(dir.path());
+        for mode in ["verify-full", "verify-ca"] {
+            let tls = format!("{url}?sslmode={mode}&sslrootcert={}", other.display());
+            let err = PostgresStore::connect(&tls, 1).expect_err("a certificate from another CA must be refused");
             let text = err.to_string();
-            assert!(matches!(err, StoreError::BadUrl(_)) && text.contains(&format!("sslmode={mode}")), "{text}");
+            assert!(matches!(err, StoreError::Tls { .. }), "{text}");
+            assert!(text.contains("TLS to the PostgreSQL database herald_test@127.0.0.1:"), "{text}");
+            assert!(
+                text.contains("is not signed by the CA in sslrootcert (") && text.contains("other-ca.pem"),
+                "{text}"
+            );
+            assert!(!text.contains(&password_of(&url)), "{text}");
+            assert!(err.loses_leadership() && !err.needs_an_operator(), "{text}");
+        }
+    }
+
+    /// verify-full checks the name the URL uses: the server reached as
+    /// 127.0.0.2 (a forwarder) shows a certificate for localhost and
+    /// 127.0.0.1 only, and is refused; verify-ca checks the chain only and
+    /// connects. An IP address is checked against the certificate's IP
+    /// subjectAltNames (127.0.0.1 passes in the test above).
+    #[test]
+    fn postgres_verify_full_refuses_a_host_the_certificate_does_not_name_and_verify_ca_does_not() {
+        let Some((url, tls)) = fresh_tls("sslmode=verify-full&sslrootcert={ca}") else { return };
+        let config: postgres::Config = url.parse().unwrap();
+        let upstream = std::net::SocketAddr::from(([127, 0, 0, 1], config.get_ports()[0]));
+        let forwarder = testing::Forwarder::start("127.0.0.2", upstream);
+        let other = testing::with_host(&tls, "127.0.0.2", forwarder.port);
+        let err = PostgresStore::connect(&other, 1).expect_err("a name the certificate does not hold");
+        let text = err.to_string();
+        assert!(matches!(err, StoreError::Tls { .. }), "{text}");
+        assert!(text.contains("is not valid for the host 127.0.0.2"), "{text}");
+        assert!(text.contains(&format!("herald_test@127.0.0.2:{}/", forwarder.port)), "{text}");
+        let chain_only = other.replace("sslmode=verify-full", "sslmode=verify-ca");
+        assert!(encrypted(&PostgresStore::connect(&chain_only, 1).unwrap()));
+    }
+
+    /// A server that answers herald's request for TLS with no ('N', as a
+    /// server with ssl = off does): refused, not continued in plain text.
+    #[test]
+    fn tls_asked_of_a_server_without_tls_is_refused_not_sent_in_plain_text() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut request = [0u8; 8];
+            conn.read_exact(&mut request).unwrap();
+            conn.write_all(b"N").unwrap();
+            let mut rest = Vec::new();
+            let _ = conn.read_to_end(&mut rest);
+            (request, rest)
+        });
+        let url = format!("postgres://herald:s3cret-pw@127.0.0.1:{port}/herald?sslmode=require");
+        let err = PostgresStore::connect(&url, 1).expect_err("no TLS, no connection");
+        let text = err.to_string();
+        assert!(matches!(err, StoreError::Tls { .. }), "{text}");
+        assert!(text.contains(&format!("herald@127.0.0.1:{port}/herald")), "{text}");
+        assert!(text.contains("the server does not offer TLS") && text.contains("ssl = on"), "{text}");
+        assert!(!text.contains("s3cret-pw"), "{text}");
+        let (request, rest) = server.join().unwrap();
+        assert_eq!(request, [0, 0, 0, 8, 4, 210, 22, 47], "the SSLRequest");
+        assert!(rest.is_empty(), "nothing sent after the server said no: {rest:?}");
+    }
+
+    /// What crosses the wire: through a recording forwarder, a query's
+    /// parameter shows in the bytes in plain text, and not with verify-full.
+    #[test]
+    fn postgres_with_tls_a_query_is_not_in_the_bytes_on_the_wire() {
+        let Some((url, tls)) = fresh_tls("sslmode=verify-full&sslrootcert={ca}") else { return };
+        let config: postgres::Config = url.parse().unwrap();
+        let upstream = std::net::SocketAddr::from(([127, 0, 0, 1], config.get_ports()[0]));
+        let marker = format!("post-id-on-the-wire-{:016x}", fastrand::u64(..));
+        let through = |url: &str| -> Vec<u8> {
+            let forwarder = testing::Forwarder::start("127.0.0.1", upstream);
+            let store = PostgresStore::connect(&testing::with_host(url, "127.0.0.1", forwarder.port), 1).unwrap();
+            let echoed: String =
+                store.pool.get().unwrap().client.query_one("SELECT $1::text", &[&marker]).unwrap().get(0);
+            assert_eq!(echoed, marker);
+            drop(store);
+            forwarder.seen()
+        };
+        let contains = |hay: &[u8], needle: &str| hay.windows(needle.len()).any(|w| w == needle.as_bytes());
+        assert!(contains(&through(&url), &marker), "plain text: the forwarder sees the query");
+        let seen = through(&tls);
+        assert!(!seen.is_empty());
+        assert!(!contains(&seen, &marker), "the marker crossed the wire in clear with verify-full");
+        assert!(!contains(&seen, "herald_schema"), "the migration's SQL crossed the wire in clear");
+    }
+
+    /// A client certificate (`sslcert`, `sslkey`) is a login: the role
+    /// `herald_cert` has no password, and `.ci/postgres.sh`'s pg_hba lets it
+    /// in over TLS with the certificate for its name only.
+    #[test]
+    fn postgres_a_client_certificate_logs_in_where_the_server_asks_for_one() {
+        use crate::model::{Event, State};
+        use crate::store::Store;
+        use crate::store::conformance::{delivery, put};
+        let Some((url, _)) = fresh_tls("") else { return };
+        let ca = testing::ca().unwrap();
+        let tls_dir = ca.parent().unwrap();
+        let name = url.rsplit('/').next().unwrap().to_string();
+        let mut admin = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        admin
+            .batch_execute(&format!(
+                "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'herald_cert') THEN \
+                 CREATE ROLE herald_cert LOGIN; END IF; END $$; ALTER DATABASE {name} OWNER TO herald_cert"
+            ))
+            .unwrap();
+        let port = url.parse::<postgres::Config>().unwrap().get_ports()[0];
+        let base =
+            format!("postgres://herald_cert@127.0.0.1:{port}/{name}?sslmode=verify-full&sslrootcert={}", ca.display());
+        let with_cert = format!(
+            "{base}&sslcert={}&sslkey={}",
+            tls_dir.join("client.pem").display(),
+            tls_dir.join("client.key").display()
+        );
+        let store = PostgresStore::connect(&with_cert, 1).unwrap();
+        let user: String = store.pool.get().unwrap().client.query_one("SELECT current_user::text", &[]).unwrap().get(0);
+        assert_eq!(user, "herald_cert");
+        let d = delivery(1, State::Pending, 1_000);
+        put(&store, &d, Event::Scheduled);
+        assert_eq!(store.delivery(d.id).unwrap(), Some(d));
+        // Without the certificate the server refuses the login, and says why.
+        let err = PostgresStore::connect(&base, 1).expect_err("no certificate, no login");
+        let text = err.to_string();
+        assert!(matches!(err, StoreError::LoginRefused { .. }), "{text}");
+        assert!(text.contains("refused the login for user herald_cert") && text.contains("certificate"), "{text}");
+    }
+
+    #[test]
+    fn tls_options_that_cannot_be_honoured_are_refused_before_connecting() {
+        for (options, says) in [
+            ("sslmode=prefer", "falls back to plain text"),
+            ("sslmode=verify-full", "names no CA"),
+            ("sslmode=verify-full&sslrootcert=/nonexistent/ca.pem", "sslrootcert /nonexistent/ca.pem cannot be read"),
+        ] {
+            let url = format!("postgres://herald:s3cret-pw@127.0.0.1:9/herald?{options}");
+            let err = PostgresStore::connect(&url, 1).expect_err(options);
+            let text = err.to_string();
+            assert!(matches!(err, StoreError::BadUrl(_)) && text.contains(says), "{options}: {text}");
             assert!(!text.contains("s3cret-pw"), "{text}");
-            let kv = format!("host=127.0.0.1 port=9 user=herald password=s3cret-pw sslmode={mode}");
-            assert!(matches!(PostgresStore::connect(&kv, 1), Err(StoreError::BadUrl(_))), "{kv}");
+            assert!(err.needs_an_operator());
         }
         // `sslmode=` inside a password is not the option.
         let url = "postgres://herald:x%3Fsslmode=require@127.0.0.1:9/herald";

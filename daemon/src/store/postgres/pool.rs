@@ -12,9 +12,10 @@ use std::collections::HashMap;
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use postgres::config::Host;
+use postgres::config::{Host, SslMode};
 use postgres::{Client, NoTls, Statement};
 
+use super::tls::{Connector, HandshakeError, Settings};
 use crate::store::{Result, StoreError};
 
 /// How long a new connection may take (TCP, authentication).
@@ -32,37 +33,25 @@ pub const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(60);
 /// written from the parsed URL's parts, so it never carries the password.
 pub fn describe(config: &postgres::Config) -> String {
     let user = config.get_user().unwrap_or("?");
-    let host = match config.get_hosts().first() {
-        Some(Host::Tcp(h)) => h.clone(),
-        Some(Host::Unix(p)) => p.display().to_string(),
-        None => "localhost".to_string(),
-    };
+    let host = host_of(config);
     let port = config.get_ports().first().copied().unwrap_or(5432);
     let db = config.get_dbname().unwrap_or(user);
     format!("{user}@{host}:{port}/{db}")
 }
 
 /// Parse a PostgreSQL URL (`postgres://user:password@host:port/db?...`, or
-/// `key=value` pairs) into a client config with herald's bounds. TLS is
-/// not built in: a URL that asks for it (`sslmode=require`, `verify-ca`,
-/// `verify-full`) is refused rather than connected in plain text; without
-/// `sslmode`, or with `disable` or `prefer`, the connection is plain TCP
-/// (or a unix socket), as for a database on the same host or a private network.
-pub fn parse(url: &str) -> Result<postgres::Config> {
-    if let Some(mode) = ssl_mode(url)
-        && matches!(mode.as_str(), "require" | "verify-ca" | "verify-full")
-    {
-        return Err(StoreError::BadUrl(format!(
-            "it asks for TLS (sslmode={mode}), and this herald does not speak TLS to PostgreSQL; connect over \
-             a unix socket or a private network with sslmode=disable, or through a TLS tunnel (stunnel, \
-             an SSH tunnel) on this host"
-        )));
-    }
+/// `key=value` pairs) into a client config with herald's bounds, and the
+/// TLS connector its `sslmode` asks for (`None`: plain TCP or a unix
+/// socket, as for a database on the same host). See [`super::tls`].
+pub fn parse(url: &str) -> Result<(postgres::Config, Option<Connector>)> {
+    let (tls, rest) = Settings::take(url).map_err(StoreError::BadUrl)?;
     // The parser's errors name the option, never its value.
-    let mut config: postgres::Config = url.parse().map_err(|e: postgres::Error| StoreError::BadUrl(chain(&e)))?;
+    let mut config: postgres::Config = rest.parse().map_err(|e: postgres::Error| StoreError::BadUrl(chain(&e)))?;
     if config.get_user().is_none() {
         return Err(StoreError::BadUrl("it names no user (postgres://USER:PASSWORD@HOST:PORT/DATABASE)".into()));
     }
+    let connector = tls.connector().map_err(StoreError::BadUrl)?;
+    config.ssl_mode(if connector.is_some() { SslMode::Require } else { SslMode::Disable });
     let bounds = format!(
         "-c statement_timeout={} -c lock_timeout={} -c idle_in_transaction_session_timeout={}",
         STATEMENT_TIMEOUT.as_millis(),
@@ -82,20 +71,7 @@ pub fn parse(url: &str) -> Result<postgres::Config> {
         .keepalives_interval(Duration::from_secs(5))
         .keepalives_retries(3)
         .tcp_user_timeout(Duration::from_secs(30));
-    Ok(config)
-}
-
-/// The `sslmode` a URL (in its query) or a key=value string asks for,
-/// if any. Only the option itself is read: a password that happens to
-/// contain `sslmode=` is not taken for it.
-fn ssl_mode(url: &str) -> Option<String> {
-    let value = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        let (_, query) = url.split_once('?')?;
-        query.split('&').find_map(|pair| pair.strip_prefix("sslmode="))?
-    } else {
-        url.split_whitespace().find_map(|pair| pair.strip_prefix("sslmode="))?
-    };
-    Some(value.trim_matches('\'').to_ascii_lowercase())
+    Ok((config, connector))
 }
 
 /// An error with its causes, `: `-separated (the client's own Display says
@@ -133,6 +109,66 @@ pub fn error(target: &str, e: &postgres::Error) -> StoreError {
         StoreError::Unreachable { target: target.to_string(), error: chain(e) }
     } else {
         StoreError::Backend(format!("PostgreSQL database {target}: {}", chain(e)))
+    }
+}
+
+/// The store error for a connection that could not be opened: the server
+/// refused the login ([`StoreError::LoginRefused`]) or has no such database
+/// ([`StoreError::NoDatabase`]), TLS failed ([`StoreError::Tls`]), or the
+/// server could not be reached ([`StoreError::Unreachable`]).
+pub fn connect_error(config: &postgres::Config, tls: Option<&Connector>, e: &postgres::Error) -> StoreError {
+    let target = describe(config);
+    let user = config.get_user().unwrap_or("?").to_string();
+    if let Some(db) = e.as_db_error() {
+        let code = db.code().code();
+        // Class 28: invalid authorization (28P01 a wrong password, 28000 no
+        // pg_hba.conf entry or a refused method); 3D000: no such database.
+        if code.starts_with("28") {
+            let reason = db.message().to_string();
+            return StoreError::LoginRefused { target, user, reason };
+        }
+        if code == "3D000" {
+            let database = config.get_dbname().unwrap_or(&user).to_string();
+            return StoreError::NoDatabase { target, database };
+        }
+    }
+    let text = chain(e);
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(cause) = source {
+        if let Some(handshake) = cause.downcast_ref::<HandshakeError>() {
+            let problem = match (handshake, tls) {
+                (HandshakeError::Tls(rustls), Some(tls)) => tls.settings.explain(rustls, &host_of(config)),
+                (other, _) => format!("the TLS handshake failed: {other}"),
+            };
+            return StoreError::Tls { target, problem };
+        }
+        source = cause.source();
+    }
+    if tls.is_some() && text.contains("server does not support TLS") {
+        let problem = "the server does not offer TLS (it answered herald's request for TLS with no): turn ssl on \
+                       in its postgresql.conf (ssl = on, ssl_cert_file, ssl_key_file), or, for a unix socket or a \
+                       private network only, use sslmode=disable"
+            .to_string();
+        return StoreError::Tls { target, problem };
+    }
+    // The client's own word before any server error: no password to answer
+    // the server's request for one, or a SCRAM exchange that failed.
+    if text.contains("password missing") {
+        let reason = "the server asks for a password and the URL gives none".to_string();
+        return StoreError::LoginRefused { target, user, reason };
+    }
+    if text.starts_with("authentication error") {
+        return StoreError::LoginRefused { target, user, reason: text };
+    }
+    StoreError::Unreachable { target, error: text }
+}
+
+/// The first host of a config, as written (for messages).
+fn host_of(config: &postgres::Config) -> String {
+    match config.get_hosts().first() {
+        Some(Host::Tcp(h)) => h.clone(),
+        Some(Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".to_string(),
     }
 }
 
@@ -218,6 +254,8 @@ struct Slots {
 
 pub struct Pool {
     config: postgres::Config,
+    /// `None`: plain text (`sslmode=disable`).
+    tls: Option<Connector>,
     target: String,
     size: usize,
     slots: Mutex<Slots>,
@@ -270,10 +308,11 @@ impl Drop for Lease<'_> {
 impl Pool {
     /// A pool of at most `size` connections (at least 1) to `config`;
     /// none is opened until one is needed.
-    pub fn new(config: postgres::Config, size: usize) -> Pool {
+    pub fn new(config: postgres::Config, tls: Option<Connector>, size: usize) -> Pool {
         let target = describe(&config);
         Pool {
             config,
+            tls,
             target,
             size: size.max(1),
             slots: Mutex::new(Slots { idle: Vec::new(), open: 0 }),
@@ -296,10 +335,11 @@ impl Pool {
     /// A new client with herald's bounds, outside the pool (a dedicated
     /// connection, as for the exclusive claim).
     pub fn connect(&self) -> Result<Client> {
-        let mut client = self
-            .config
-            .connect(NoTls)
-            .map_err(|e| StoreError::Unreachable { target: self.target.clone(), error: chain(&e) })?;
+        let connected = match &self.tls {
+            Some(tls) => self.config.connect(tls.clone()),
+            None => self.config.connect(NoTls),
+        };
+        let mut client = connected.map_err(|e| connect_error(&self.config, self.tls.as_ref(), &e))?;
         // herald's durable point is a commit: a server that acknowledges
         // commits before they are on disk would make it a lie.
         let row = client.query_one("SHOW synchronous_commit", &[]).map_err(|e| error(&self.target, &e))?;

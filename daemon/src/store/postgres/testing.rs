@@ -64,3 +64,76 @@ pub fn with_database(url: &str, name: &str) -> String {
 pub fn server() -> Option<String> {
     std::env::var(SERVER_VAR).ok().filter(|s| !s.is_empty())
 }
+
+/// The variable naming the CA that signed the test server's certificate
+/// (`.ci/postgres.sh` serves TLS too and prints it).
+pub const CA_VAR: &str = "HERALD_TEST_POSTGRES_CA";
+
+/// The test server's CA file, when the server is configured. Panics when
+/// the server is configured without it: its TLS tests would not run.
+pub fn ca() -> Option<std::path::PathBuf> {
+    server()?;
+    let ca = std::env::var(CA_VAR).ok().filter(|s| !s.is_empty()).unwrap_or_else(|| {
+        panic!(
+            "{SERVER_VAR} is set but {CA_VAR} is not: start the server with `eval \"$(bash .ci/postgres.sh start)\"`"
+        )
+    });
+    Some(ca.into())
+}
+
+/// A loopback TCP forwarder to `upstream` listening on `ip` (any address of
+/// 127.0.0.0/8), recording every byte it passes in either direction: it lets
+/// a test reach the server under another address (a host name check) and
+/// see what went over the wire. Its threads end with the test process.
+pub struct Forwarder {
+    pub port: u16,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl Forwarder {
+    pub fn start(ip: &str, upstream: std::net::SocketAddr) -> Forwarder {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind((ip, 0)).unwrap_or_else(|e| panic!("binding {ip}:0: {e}"));
+        let port = listener.local_addr().expect("a bound address").port();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let record = seen.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let Ok(server) = std::net::TcpStream::connect(upstream) else { continue };
+                for (mut from, mut to) in
+                    [(client.try_clone().expect("clone"), server.try_clone().expect("clone")), (server, client)]
+                {
+                    let record = record.clone();
+                    std::thread::spawn(move || {
+                        let mut buf = [0u8; 16 * 1024];
+                        while let Ok(n @ 1..) = from.read(&mut buf) {
+                            record.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(&buf[..n]);
+                            if to.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Forwarder { port, seen }
+    }
+
+    /// Every byte passed so far, both directions mixed.
+    pub fn seen(&self) -> Vec<u8> {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// `url` with its host and port replaced by `host:port`.
+pub fn with_host(url: &str, host: &str, port: u16) -> String {
+    let (_, without_tls) = super::tls::Settings::take(url).expect("a test URL");
+    let config: postgres::Config = without_tls.parse().expect("a test URL");
+    let (from_host, from_port) = match (config.get_hosts().first(), config.get_ports().first()) {
+        (Some(postgres::config::Host::Tcp(h)), Some(p)) => (h.clone(), *p),
+        _ => panic!("the test URL names no TCP host and port"),
+    };
+    url.replacen(&format!("@{from_host}:{from_port}/"), &format!("@{host}:{port}/"), 1)
+}
