@@ -585,7 +585,8 @@ async fn forwarded<T: serde::de::DeserializeOwned>(
     (role, leader): (&crate::lease::Role, String),
     command: crate::forward::Command,
 ) -> Result<T, ApiError> {
-    crate::forward::forward(&ctx.store, role, &leader, crate::forward::Forwarded::new(command)).await
+    let forwarded = crate::forward::Forwarded::new(command);
+    crate::forward::forward(&ctx.store, role, &leader, forwarded, crate::forward::wait()).await
 }
 
 async fn retry(

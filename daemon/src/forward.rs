@@ -172,16 +172,18 @@ pub fn leader_elsewhere(role: Option<&Role>) -> Option<String> {
 }
 
 /// Forward `forwarded` to `leader` through `store` and wait for the answer
-/// (at most [`wait`]); the value as the leader's socket answered it.
+/// (at most `wait`, [`wait()`] in the daemon); the value as the leader's
+/// socket answered it.
 pub async fn forward<T: DeserializeOwned>(
     store: &Arc<dyn Store>,
     role: &Role,
     leader: &str,
     forwarded: Forwarded,
+    wait: Duration,
 ) -> std::result::Result<T, ApiError> {
     let internal = |e: String| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e);
     let request = serde_json::to_string(&forwarded).map_err(|e| internal(e.to_string()))?;
-    let (me, wait) = (role.me(), wait());
+    let me = role.me();
     let id = blocking(store, move |q| q.submit(&request, &me, wait)).await?;
     tracing::info!(command = id, leader = %leader, "forwarded a change to the leader");
     let deadline = tokio::time::Instant::now() + wait;
@@ -340,5 +342,89 @@ pub struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lease::SCHEDULER;
+    use crate::store::postgres::{PostgresStore, testing};
+
+    const SHORT: Duration = Duration::from_millis(600);
+
+    /// A standby ("host-b") and a leader ("host-a", holding the lease) on one fresh database.
+    fn two() -> Option<(Arc<dyn Store>, Arc<PostgresStore>, Fence)> {
+        let url = testing::fresh_database()?;
+        let standby: Arc<dyn Store> = Arc::new(PostgresStore::connect(&url, 2).unwrap());
+        let leader = Arc::new(PostgresStore::connect(&url, 2).unwrap());
+        leader.lease_row(SCHEDULER, "host-a", None, Duration::from_secs(600)).unwrap();
+        Some((standby, leader, Fence { name: SCHEDULER, holder: "host-a".into(), epoch: 1 }))
+    }
+
+    fn cancel_later() -> Forwarded {
+        let selection = crate::retry_cancel::Selection {
+            post: Some("later".into()),
+            actor: Some(Actor { via: "control_socket".into(), name: "operator".into(), uid: Some(1000) }),
+            ..Default::default()
+        };
+        Forwarded::new(Command::Cancel { selection })
+    }
+
+    /// Act as the leader: take the next command (waiting for it, a safety net only).
+    fn take(leader: &PostgresStore, fence: &Fence) -> Taken {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(taken) = leader.take(fence).unwrap() {
+                return taken;
+            }
+            assert!(std::time::Instant::now() < deadline, "nothing was forwarded");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_the_leaders_answer_comes_back_with_its_status_and_the_actor_goes_over() {
+        let Some((standby, leader, fence)) = tokio::task::spawn_blocking(two).await.unwrap() else { return };
+        let role = Role::new("host-b".into());
+        let acting = std::thread::spawn(move || {
+            let taken = take(&leader, &fence);
+            let forwarded: Forwarded = serde_json::from_str(&taken.request).unwrap();
+            let answer = Answer::Err { status: 404, error: "no delivery 0123".into() };
+            leader.answer(taken.id, &serde_json::to_string(&answer).unwrap(), "host-a").unwrap();
+            (taken.forwarded_by, forwarded.restored())
+        });
+        let err =
+            forward::<usize>(&standby, &role, "host-a", cancel_later(), Duration::from_secs(60)).await.unwrap_err();
+        assert_eq!((err.0, err.1.as_str()), (StatusCode::NOT_FOUND, "no delivery 0123"));
+        let (by, command) = tokio::task::spawn_blocking(move || acting.join().unwrap()).await.unwrap();
+        assert_eq!(by, "host-b");
+        let Command::Cancel { selection } = command else { panic!("{command:?}") };
+        assert_eq!(selection.post.as_deref(), Some("later"));
+        assert_eq!(selection.actor.map(|a| (a.name, a.uid)), Some(("operator".to_string(), Some(1000))));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_a_command_taken_and_never_answered_may_still_be_carried_out() {
+        let Some((standby, leader, fence)) = tokio::task::spawn_blocking(two).await.unwrap() else { return };
+        let role = Role::new("host-b".into());
+        // The leader takes it and dies before answering.
+        let acting = std::thread::spawn(move || take(&leader, &fence));
+        let err = forward::<usize>(&standby, &role, "host-a", cancel_later(), SHORT).await.unwrap_err();
+        assert_eq!(err.0, StatusCode::GATEWAY_TIMEOUT);
+        assert!(err.1.contains("forwarded to the leader host-a, no answer within 0.6 s"), "{}", err.1);
+        assert!(err.1.contains("it may still be carried out: see `herald log`"), "{}", err.1);
+        tokio::task::spawn_blocking(move || acting.join().unwrap()).await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_a_command_no_leader_takes_is_withdrawn_and_never_carried_out() {
+        let Some((standby, leader, fence)) = tokio::task::spawn_blocking(two).await.unwrap() else { return };
+        let role = Role::new("host-b".into());
+        let err = forward::<usize>(&standby, &role, "host-a", cancel_later(), SHORT).await.unwrap_err();
+        assert_eq!(err.0, StatusCode::GATEWAY_TIMEOUT);
+        assert!(err.1.contains("which did not take it within 0.6 s: withdrawn, not carried out"), "{}", err.1);
+        let later = tokio::task::spawn_blocking(move || leader.take(&fence).unwrap()).await.unwrap();
+        assert_eq!(later, None, "a withdrawn command was taken");
     }
 }
