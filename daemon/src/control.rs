@@ -1,7 +1,10 @@
 //! The control API: HTTP over a Unix socket (mode 0660), so the CLI can ask
 //! the running daemon (which alone holds the store) for status, the log,
 //! the upcoming plan, and to retry, cancel or reload. Peers that are not
-//! root, the daemon's user or a member of its group are refused.
+//! root, the daemon's user or a member of its group are refused. On a
+//! standby (several daemons on PostgreSQL), the changes (retry, cancel,
+//! pause, resume, approve, recall) are forwarded to the leader
+//! (`crate::forward`) and answered with the leader's answer.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
