@@ -1,7 +1,10 @@
 //! The control API: HTTP over a Unix socket (mode 0660), so the CLI can ask
 //! the running daemon (which alone holds the store) for status, the log,
 //! the upcoming plan, and to retry, cancel or reload. Peers that are not
-//! root, the daemon's user or a member of its group are refused.
+//! root, the daemon's user or a member of its group are refused. On a
+//! standby (several daemons on PostgreSQL), the changes (retry, cancel,
+//! pause, resume, approve, recall) are forwarded to the leader
+//! (`crate::forward`) and answered with the leader's answer.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -189,7 +192,8 @@ struct Ctx {
     role: Option<Arc<crate::lease::Role>>,
 }
 
-struct ApiError(StatusCode, String);
+/// An error answer: its HTTP status (which the CLI's exit follows) and message.
+pub struct ApiError(pub StatusCode, pub String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -570,12 +574,34 @@ async fn operation(
     Ok(Json(CountView { count }))
 }
 
+/// When this daemon is a standby and another daemon leads: its role and
+/// the leader, to forward a change to (`crate::forward`).
+fn standby_of(ctx: &Ctx) -> Option<(&crate::lease::Role, String)> {
+    let role = ctx.role.as_deref()?;
+    crate::forward::leader_elsewhere(Some(role)).map(|leader| (role, leader))
+}
+
+/// Carry `command` out on the leader (this daemon is `role`, a standby):
+/// the leader's answer, value or error, as its own socket gives it.
+async fn forwarded<T: serde::de::DeserializeOwned>(
+    ctx: &Ctx,
+    (role, leader): (&crate::lease::Role, String),
+    command: crate::forward::Command,
+) -> Result<T, ApiError> {
+    let forwarded = crate::forward::Forwarded::new(command);
+    crate::forward::forward(&ctx.store, role, &leader, forwarded, crate::forward::wait()).await
+}
+
 async fn retry(
     AxumState(ctx): AxumState<Ctx>,
     ConnectInfo(peer): ConnectInfo<Peer>,
     Json(mut selection): Json<Selection>,
 ) -> ApiResult<CountView> {
     selection.actor = peer.actor();
+    if let Some(standby) = standby_of(&ctx) {
+        let count = forwarded(&ctx, standby, crate::forward::Command::Retry { selection }).await?;
+        return Ok(Json(CountView { count }));
+    }
     operation(&ctx, |tx| Control::Retry(selection, tx)).await
 }
 
@@ -585,6 +611,10 @@ async fn cancel(
     Json(mut selection): Json<Selection>,
 ) -> ApiResult<CountView> {
     selection.actor = peer.actor();
+    if let Some(standby) = standby_of(&ctx) {
+        let count = forwarded(&ctx, standby, crate::forward::Command::Cancel { selection }).await?;
+        return Ok(Json(CountView { count }));
+    }
     operation(&ctx, |tx| Control::Cancel(selection, tx)).await
 }
 
@@ -609,10 +639,27 @@ async fn recall(
     Json(mut order): Json<crate::recall::RecallOrder>,
 ) -> ApiResult<crate::recall::RecallReport> {
     order.actor = peer.actor();
-    let (tx, rx) = oneshot::channel();
     let stopped = || ApiError(StatusCode::SERVICE_UNAVAILABLE, "herald is stopping".into());
-    ctx.control.send(Control::Recall(order.clone(), tx)).await.map_err(|_| stopped())?;
-    let plan = rx.await.map_err(|_| stopped())??;
+    let plan = match standby_of(&ctx) {
+        // The leader cancels and names the copies; this daemon takes them down, as the leader's socket would.
+        Some(standby) => {
+            let command = crate::forward::Command::Recall { order: order.clone() };
+            let wire: crate::recall::PlanWire = forwarded(&ctx, standby, command).await?;
+            let (tx, rx) = oneshot::channel();
+            ctx.control.send(Control::RunningConfig(tx)).await.map_err(|_| stopped())?;
+            let config = rx.await.map_err(|_| stopped())?;
+            let (store, order) = (Arc::clone(&ctx.store), order.clone());
+            in_blocking_pool(move || {
+                crate::recall::Plan::from_wire(store.as_ref(), &config, &order, wire, crate::clock::now())
+            })
+            .await??
+        }
+        None => {
+            let (tx, rx) = oneshot::channel();
+            ctx.control.send(Control::Recall(order.clone(), tx)).await.map_err(|_| stopped())?;
+            rx.await.map_err(|_| stopped())??
+        }
+    };
     // A task of its own: a client that goes away (Ctrl-C) does not stop
     // the deletes half-way, and every outcome is still recorded.
     let store = Arc::clone(&ctx.store);
@@ -692,6 +739,9 @@ async fn pause(
     Json(mut request): Json<crate::pauses::PauseRequest>,
 ) -> ApiResult<crate::pauses::PauseView> {
     request.actor = peer.actor();
+    if let Some(standby) = standby_of(&ctx) {
+        return forwarded(&ctx, standby, crate::forward::Command::Pause { request }).await.map(Json);
+    }
     pause_or_resume(&ctx, |tx| Control::Pause(request, tx)).await
 }
 
@@ -701,6 +751,9 @@ async fn resume(
     Json(mut request): Json<crate::pauses::PauseRequest>,
 ) -> ApiResult<crate::pauses::PauseView> {
     request.actor = peer.actor();
+    if let Some(standby) = standby_of(&ctx) {
+        return forwarded(&ctx, standby, crate::forward::Command::Resume { request }).await.map(Json);
+    }
     pause_or_resume(&ctx, |tx| Control::Resume(request, tx)).await
 }
 
@@ -740,6 +793,10 @@ async fn approve(
         }
         _ => false,
     };
+    if let Some(standby) = standby_of(&ctx) {
+        let command = crate::forward::Command::Approve { member: request.member, request };
+        return forwarded(&ctx, standby, command).await.map(Json);
+    }
     let (tx, rx) = oneshot::channel();
     ctx.control.send(Control::Approve(request, tx)).await.map_err(|_| stopped())?;
     Ok(Json(rx.await.map_err(|_| stopped())??))

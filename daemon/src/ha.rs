@@ -11,7 +11,10 @@
 //! Control messages go through here: to the scheduler while leading; a
 //! standby answers reads (`upcoming`, the approvers group) from the store
 //! and refuses changes (retry, cancel, pause, resume, approve, recall,
-//! reload) with [`StoreError::NotLeader`] naming the leader.
+//! reload) with [`StoreError::NotLeader`] naming the leader. A standby's
+//! control socket forwards those changes (but reload) to the leader
+//! through the store instead (`forward`) while a leader lives; the leader
+//! serves them here, beside its scheduler.
 
 use std::sync::Arc;
 
@@ -136,6 +139,12 @@ impl Leadership {
         let Took { scheduler, fence, .. } = took;
         let (tx, rx) = mpsc::channel(8);
         let mut task = tokio::spawn(scheduler.run(rx));
+        // Changes forwarded by standbys go to the scheduler as this daemon's own socket sends them.
+        let _forwarded = crate::forward::AbortOnDrop(tokio::spawn(crate::forward::serve(
+            Arc::clone(&self.store),
+            fence.clone(),
+            tx.clone(),
+        )));
         let mut renew = tokio::time::interval(RENEW);
         renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         renew.tick().await;
@@ -306,6 +315,9 @@ impl Leadership {
             }
             Control::ApproversGroup(reply) => {
                 let _ = reply.send(self.config.daemon.approvers_group.clone());
+            }
+            Control::RunningConfig(reply) => {
+                let _ = reply.send(Arc::clone(&self.config));
             }
             Control::Shutdown | Control::StepDown(_) => {}
         }

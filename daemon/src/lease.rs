@@ -272,4 +272,7 @@ impl Store for FencedStore {
     fn release_lease(&self, fence: &Fence) -> Result<()> {
         self.inner.release_lease(fence)
     }
+    fn commands(&self) -> Option<&dyn crate::forward::CommandQueue> {
+        self.inner.commands()
+    }
 }

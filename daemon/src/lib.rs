@@ -21,6 +21,7 @@ pub mod credentials;
 pub mod daemon;
 #[cfg(feature = "demo")]
 pub mod demo;
+pub mod forward;
 pub mod ha;
 pub mod lease;
 pub mod logging;

@@ -144,6 +144,79 @@ pub struct Plan {
     pub policy: RetryPolicy,
 }
 
+impl Plan {
+    /// Add a delivered copy to take down with `config`'s account; settled
+    /// as not possible (with a note) when the account is gone from it.
+    fn take_down(&mut self, d: Delivery, config: &Config, order: &RecallOrder, now: DateTime<Utc>) {
+        match config.accounts.get(&d.account) {
+            Some(account) => self.targets.push(Target {
+                adapter: Arc::clone(&account.adapter),
+                scrubber: Scrubber::for_account(account),
+                delivery: d,
+            }),
+            None => {
+                let place = d.url.as_deref().map(|url| format!(" at {url}")).unwrap_or_default();
+                let detail = format!(
+                    "account `{}` is no longer in the config, so herald cannot reach it; delete the copy{place} by \
+                     hand",
+                    d.account
+                );
+                let mut record = AuditRecord::of(&d, Event::RecallFailed, now).by(order.actor.clone());
+                record.reason = Some(format!("{detail} (`herald recall`: {})", order.reason.trim()));
+                self.notes.push(record);
+                self.settled.push(TargetOutcome {
+                    account: d.account.clone(),
+                    platform: d.platform,
+                    delivery: d.id.to_string(),
+                    occurrence: from_millis(d.occurrence),
+                    verdict: Verdict::NotPossible,
+                    detail,
+                    url: d.url.clone(),
+                    tries: 0,
+                });
+            }
+        }
+    }
+
+    /// The plan as the leader answers a forwarded recall: the copies to
+    /// take down by delivery id (adapters are the forwarding daemon's own).
+    pub fn wire(&self) -> PlanWire {
+        PlanWire {
+            targets: self.targets.iter().map(|t| t.delivery.id.to_string()).collect(),
+            settled: self.settled.clone(),
+            notes: self.notes.clone(),
+        }
+    }
+
+    /// The plan a leader answered (`wire`), with this daemon's accounts:
+    /// each copy is read again from the store (delivered, as the leader
+    /// found it) and taken down with `config`'s adapter.
+    pub fn from_wire(
+        store: &dyn Store,
+        config: &Config,
+        order: &RecallOrder,
+        wire: PlanWire,
+        now: DateTime<Utc>,
+    ) -> Result<Plan, RecallError> {
+        let mut plan =
+            Plan { targets: Vec::new(), settled: wire.settled, notes: wire.notes, policy: config.retry.clone() };
+        for id in wire.targets {
+            let parsed = crate::model::DeliveryId::parse(&id).ok_or_else(|| OperationError::BadId(id.clone()))?;
+            let d = store.delivery(parsed)?.ok_or_else(|| OperationError::NoSuchDelivery(id.clone()))?;
+            plan.take_down(d, config, order, now);
+        }
+        Ok(plan)
+    }
+}
+
+/// A [`Plan`] between daemons (`crate::forward`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PlanWire {
+    pub targets: Vec<String>,
+    pub settled: Vec<TargetOutcome>,
+    pub notes: Vec<AuditRecord>,
+}
+
 /// Cancel what the order names that has not gone out, and list the copies
 /// to take down. Runs as the store's writer.
 pub fn prepare(
@@ -209,25 +282,7 @@ pub fn prepare(
                 plan.notes.push(record);
                 plan.settled.push(outcome(&d, Verdict::Failed, detail));
             }
-            State::Delivered => match config.accounts.get(&d.account) {
-                Some(account) => plan.targets.push(Target {
-                    adapter: Arc::clone(&account.adapter),
-                    scrubber: Scrubber::for_account(account),
-                    delivery: d,
-                }),
-                None => {
-                    let place = d.url.as_deref().map(|url| format!(" at {url}")).unwrap_or_default();
-                    let detail = format!(
-                        "account `{}` is no longer in the config, so herald cannot reach it; delete the copy{place} \
-                         by hand",
-                        d.account
-                    );
-                    let mut record = AuditRecord::of(&d, Event::RecallFailed, now).by(order.actor.clone());
-                    record.reason = Some(format!("{detail} ({because})"));
-                    plan.notes.push(record);
-                    plan.settled.push(outcome(&d, Verdict::NotPossible, detail));
-                }
-            },
+            State::Delivered => plan.take_down(d, config, order, now),
             // Nothing went out: nothing to take down.
             State::Failed | State::Cancelled | State::Skipped => {}
         }

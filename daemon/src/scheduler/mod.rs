@@ -72,6 +72,8 @@ pub enum Control {
     Resume(PauseRequest, oneshot::Sender<std::result::Result<PauseView, PauseError>>),
     /// Which group may approve posts (`[daemon] approvers_group` of the running config).
     ApproversGroup(oneshot::Sender<Option<String>>),
+    /// The running config (a standby takes down a forwarded recall's copies with its accounts).
+    RunningConfig(oneshot::Sender<Arc<Config>>),
     /// `herald approve`: approve a post's content as the running config has it.
     Approve(ApproveRequest, oneshot::Sender<std::result::Result<ApproveView, ApprovalError>>),
     /// `herald recall` through the control socket: cancel what has not gone
@@ -918,6 +920,9 @@ impl Scheduler {
             }
             Control::ApproversGroup(reply) => {
                 let _ = reply.send(self.config.daemon.approvers_group.clone());
+            }
+            Control::RunningConfig(reply) => {
+                let _ = reply.send(Arc::clone(&self.config));
             }
             Control::Approve(request, reply) => {
                 let config = Arc::clone(&self.config);

@@ -346,6 +346,12 @@ pub trait Store: Send + Sync {
     fn apply_fenced(&self, changes: Changes, _fence: &crate::lease::Fence) -> Result<Vec<AuditRecord>> {
         self.apply(changes)
     }
+    /// The queue through which standbys forward changes to the leader
+    /// (`forward`). The default (one daemon per store, always the leader)
+    /// has none.
+    fn commands(&self) -> Option<&dyn crate::forward::CommandQueue> {
+        None
+    }
 }
 
 /// A pending delivery in the due index.

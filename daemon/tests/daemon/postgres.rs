@@ -259,9 +259,9 @@ async fn postgres_store_a_second_daemon_stands_by_and_takes_over_when_the_leader
     assert!(status.contains("1 delivered"), "{status}");
     let (ok, status) = ask(&one, &url, &["status"]);
     assert!(ok && status.contains("leader (epoch 1)"), "{status}");
-    // Changes go to the leader: a standby refuses them, naming it.
-    let (ok, said) = ask(&two, &url, &["cancel", "--post", "later"]);
-    assert!(!ok && said.contains("this daemon is standby; the leader is "), "{said}");
+    // Changes through a standby go to the leader, which answers (here: no such delivery).
+    let (ok, said) = ask(&two, &url, &["retry", UNKNOWN]);
+    assert!(!ok && said.contains(&format!("no delivery {UNKNOWN}")), "{said}");
     assert!(!second.stderr().contains(DELIVERED_LINE), "the standby sent while the leader lived");
     // A third host with no daemon: its CLI must not write behind the leader's back.
     let third = TestDir::new();
@@ -561,4 +561,138 @@ async fn store_copy_moves_a_sled_history_to_postgres_where_herald_runs_on() {
     assert_eq!(hook.accepted().len(), 2);
     assert_eq!(refusing.accepted().len(), 1);
     printed.assert_never(&password);
+}
+
+/// A delivery id that no store holds.
+const UNKNOWN: &str = "0123456789abcdef0123456789abcdef";
+
+/// The records of `event` in the whole log, read through the daemon of `dir`.
+fn events(dir: &TestDir, url: &str, event: &str) -> Vec<serde_json::Value> {
+    log_records(dir, url).into_iter().filter(|r| r["event"] == event).collect()
+}
+
+/// Two daemons on two hosts, A leading and B standing by. Every change made
+/// through B's control socket (pause, resume, cancel, retry, approve,
+/// recall) is carried out by A through the database (`forward`), takes
+/// effect, and is recorded as the CLI user's, written by A; an error reads
+/// the same through B as through A; with A stopped (SIGSTOP), B's CLI is
+/// told plainly that no answer came, and the change is never carried out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_store_changes_through_a_standby_are_carried_out_by_the_leader() {
+    use std::os::unix::fs::MetadataExt;
+    let Some(url) = blocking(fresh_database) else { return };
+    let env = [(URL_VAR, url.as_str())];
+    let hook = receiver(None).await;
+    // The first post is refused for good (400): `failed`, then `herald retry` through B.
+    hook.fail_next(1, Fault::status_with_body(400, r#"{"error": "refused"}"#));
+    let config = daemon_section().replace("[retry]", "approvers_group = \"root\"\n\n[retry]")
+        + &store_section()
+        + &webhook_account("hook", &hook.url())
+        + &post_at("refused", "Refused once.", &["hook"], in_secs(1))
+        + &post_at("held", "Held by a pause.", &["hook"], in_secs(8))
+        + &post_at("checked", "Needs a second person.", &["hook"], in_secs(2))
+        + "approval = \"required\"\n"
+        + &post_at("later", "Later.", &["hook"], in_secs(600));
+    let (one, two) = (TestDir::new(), TestDir::new());
+    one.write_config(&config);
+    two.write_config(&config);
+    let me = std::fs::metadata(one.path()).unwrap().uid();
+    let first = one.start_with(&env).await;
+    // B gives up on an answer after 3 s (30 s in production): before A's lease
+    // expires while A is stopped below, so that B does not take the lead itself.
+    let mut second = two.start_with(&[(URL_VAR, url.as_str()), ("HERALD_TEST_FORWARD_WAIT_MS", "3000")]).await;
+    second.wait_for_log("herald is ready: standby").await;
+    let by_the_leader = |r: &serde_json::Value| {
+        r["daemon"].as_str().is_some_and(|d| d.contains(&format!(" pid {} boot ", first.pid())))
+            && r["actor"]["via"] == "control_socket"
+            && r["actor"]["uid"] == me
+    };
+
+    // pause: A holds the due post.
+    let (ok, said) = ask(&two, &url, &["pause", "--post", "held", "--reason", "wrong number"]);
+    assert!(ok, "{said}");
+    let paused = events(&one, &url, "paused");
+    assert!(paused.len() == 1 && by_the_leader(&paused[0]), "{paused:?}");
+    assert!(paused[0]["reason"].as_str().unwrap().contains("wrong number"), "{paused:?}");
+    eventually("the leader holds the paused post", Duration::from_secs(60), || {
+        ask(&one, &url, &["status"]).1.contains("PAUSED: due deliveries held: 1")
+    })
+    .await;
+
+    // retry: the refused delivery goes out again.
+    eventually("the refused post failed", Duration::from_secs(60), || !events(&one, &url, "failed").is_empty()).await;
+    let failed = events(&one, &url, "failed")[0]["delivery"].as_str().unwrap().to_string();
+    let (ok, said) = ask(&two, &url, &["retry", &failed, "--reason", "fixed"]);
+    assert!(ok, "{said}");
+
+    // approve: the post that needs approval goes out (the group check is B's, of B's peer).
+    let (ok, said) = ask(&two, &url, &["approve", "--post", "checked", "--reason", "read it"]);
+    assert!(ok && said.contains("approved: post checked"), "{said}");
+
+    // resume: the held post goes out.
+    let (ok, said) = ask(&two, &url, &["resume", "--post", "held", "--reason", "number fixed"]);
+    assert!(ok, "{said}");
+    // cancel: the later post never goes out.
+    let (ok, said) = ask(&two, &url, &["cancel", "--post", "later", "--reason", "drill moved"]);
+    assert!(ok, "{said}");
+    eventually("refused, checked and held delivered", Duration::from_secs(60), || {
+        status_counts(&ask(&one, &url, &["status"]).1).get("delivered") == Some(&3)
+    })
+    .await;
+    let status = ask(&one, &url, &["status"]).1;
+    assert_eq!(status_counts(&status).get("cancelled"), Some(&1), "{status}");
+    assert!(!status.contains("PAUSED"), "{status}");
+    for event in ["requeued", "approved", "resumed", "cancelled"] {
+        let found = events(&one, &url, event);
+        assert!(found.len() == 1 && by_the_leader(&found[0]), "{event}: {found:?}");
+    }
+
+    // recall: A cancels what has not gone out, B takes the copy down with its own account.
+    let (ok, said) = ask(&two, &url, &["recall", "--post", "held", "--reason", "wrong number after all"]);
+    assert!(ok && said.contains("1 taken down"), "{said}");
+    let held: Vec<_> = hook
+        .accepted()
+        .into_iter()
+        .filter(|p| p.body.as_ref().is_some_and(|b| b.to_string().contains("Held by a pause.")))
+        .collect();
+    assert!(held.len() == 1 && held[0].recalled_at.is_some(), "the held post's copy is recalled: {held:?}");
+    let recalled = events(&one, &url, "recalled");
+    assert!(recalled.len() == 1 && recalled[0]["post"] == "held", "{recalled:?}");
+    assert_eq!(recalled[0]["actor"]["uid"], me, "{recalled:?}");
+    assert!(
+        recalled[0]["daemon"].as_str().unwrap().contains(&format!(" pid {} boot ", second.pid())),
+        "the deleting daemon records the outcome: {recalled:?}"
+    );
+
+    // An error reads the same, and exits the same, through either daemon.
+    let asked = |dir: &TestDir| {
+        let out = dir.cli_with(&["retry", UNKNOWN], &env);
+        (
+            out.status.code(),
+            text(&out.stderr).lines().filter(|l| !l.contains(ASKED_DAEMON)).collect::<Vec<_>>().join("\n"),
+        )
+    };
+    let (on_leader, on_standby) = (asked(&one), asked(&two));
+    assert!(on_leader.1.contains(&format!("no delivery {UNKNOWN}")), "{on_leader:?}");
+    assert_ne!(on_leader.0, Some(0));
+    assert_eq!(on_standby, on_leader);
+
+    // The leader stopped: B's CLI hears that nothing came back, and the change is withdrawn.
+    first.signal("STOP");
+    let (ok, said) = ask(&two, &url, &["pause", "--all", "--reason", "while the leader is stopped"]);
+    first.signal("CONT");
+    assert!(!ok, "{said}");
+    assert!(said.contains("forwarded to the leader ") && said.contains("within 3 s"), "{said}");
+    assert!(said.contains("withdrawn, not carried out"), "{said}");
+    // The next change is carried out; the withdrawn one never is.
+    let (ok, said) = ask(&two, &url, &["pause", "--post", "later", "--reason", "after the stop"]);
+    assert!(ok, "{said}");
+    let paused = events(&one, &url, "paused");
+    assert_eq!(paused.len(), 2, "{paused:?}");
+    assert!(paused[1]["reason"].as_str().unwrap().contains("after the stop"), "{paused:?}");
+    let (ok, said) = ask(&two, &url, &["audit", "verify"]);
+    assert!(ok, "one chain: {said}");
+    second.stop().await;
+    first.stop().await;
+    assert_eq!(accepted_keys(&hook.accepted()).len(), 3, "each sent post once");
 }

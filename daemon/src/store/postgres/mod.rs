@@ -11,6 +11,7 @@
 //!   CLI on a stopped daemon and `herald store copy` alone on a database;
 //!   daemons share it through the scheduler lease instead (`lease.rs`).
 
+pub mod commands;
 mod import;
 pub mod lease;
 pub mod pool;

@@ -101,6 +101,8 @@ CREATE TABLE counts (
     ),
     // The scheduler lease: several daemons, one leader (`super::lease`).
     (2, super::lease::MIGRATION),
+    // Changes a standby forwards to the leader (`super::commands`).
+    (3, super::commands::MIGRATION),
 ];
 
 /// The schema version this build writes: the last migration's.

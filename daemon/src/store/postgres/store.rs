@@ -438,6 +438,10 @@ impl Store for PostgresStore {
         self.release_lease_row(fence)
     }
 
+    fn commands(&self) -> Option<&dyn crate::forward::CommandQueue> {
+        Some(self)
+    }
+
     /// Nothing to do: every applied change is a committed transaction, and
     /// the server made it durable before the commit returned.
     fn flush(&self) -> Result<()> {
