@@ -154,6 +154,7 @@ impl Daemon {
             notifier: Arc::clone(&notifier),
             metrics: Arc::clone(&metrics),
             config: Arc::clone(&config),
+            timing: crate::lease::Timing::default(),
         };
         let leading = match leadership.try_lead().context("taking the scheduler lease")? {
             Some(fence) => Some(leadership.take_over(fence)?),

@@ -1,9 +1,9 @@
 //! Active/standby: the task that decides whether this daemon runs the
 //! scheduler. It holds the scheduler lease (`lease`) while it leads,
-//! renewing it every [`RENEW`] beside the running scheduler; when the
+//! renewing it every [`RENEW`](crate::lease::RENEW) beside the running scheduler; when the
 //! lease is lost (renewal refused or failed, or a fenced write refused) the
 //! scheduler steps down and this daemon becomes a standby again. A standby
-//! tries to take the lease every [`RENEW`]; taking it over is crash
+//! tries to take the lease every [`RENEW`](crate::lease::RENEW); taking it over is crash
 //! recovery (`Scheduler::recover`), then the config is reconciled and the
 //! scheduler runs. On a store one daemon owns (sled) the lease is always
 //! this daemon's, so this is the scheduler as it always was.
@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 
 use crate::blocking::off_the_workers;
 use crate::config::Config;
-use crate::lease::{Fence, LENGTH, LeaseState, RENEW, Role, SCHEDULER};
+use crate::lease::{Fence, LeaseState, Renewing, Role, SCHEDULER, Timing};
 
 /// How often a standby compares its config with the applied one.
 const CONFIG_CHECK: std::time::Duration = std::time::Duration::from_secs(30);
@@ -41,6 +41,8 @@ pub struct Leadership {
     pub metrics: Arc<Metrics>,
     /// The config to apply at the next takeover (the latest valid one).
     pub config: Arc<Config>,
+    /// The lease's length and renewal period (`Timing::default()` but in tests).
+    pub timing: Timing,
 }
 
 /// What taking the lead did.
@@ -61,7 +63,7 @@ impl Leadership {
     pub fn try_lead(&self) -> Result<Option<Fence>> {
         let me = self.role.me();
         let before = self.role.view();
-        let state = self.store.lease(SCHEDULER, &me, None, LENGTH);
+        let state = self.store.lease(SCHEDULER, &me, None, self.timing.length);
         self.role.saw(&state);
         match state {
             Ok(LeaseState::Held { epoch }) => Ok(Some(Fence { name: SCHEDULER, holder: me, epoch })),
@@ -86,6 +88,12 @@ impl Leadership {
     /// reconciled and recorded. Every write is fenced. Blocks.
     pub fn take_over(&self, fence: Fence) -> anyhow::Result<Took> {
         use anyhow::Context;
+        // Renewed beside the work: recovery and the first reconcile of a big
+        // schedule can take longer than the lease.
+        let _renewing = self
+            .store
+            .is_shared()
+            .then(|| Renewing::start(Arc::clone(&self.store), fence.clone(), self.timing, Arc::clone(&self.role)));
         let fenced: Arc<dyn Store> = Arc::new(crate::lease::FencedStore::new(Arc::clone(&self.store), fence.clone()));
         let config = Arc::clone(&self.config);
         let mut scheduler = Scheduler::new(Arc::clone(&fenced), Arc::clone(&config))
@@ -145,7 +153,7 @@ impl Leadership {
             fence.clone(),
             tx.clone(),
         )));
-        let mut renew = tokio::time::interval(RENEW);
+        let mut renew = tokio::time::interval(self.timing.renew);
         renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         renew.tick().await;
         let (mut lost, mut stopping) = (false, false);
@@ -172,7 +180,8 @@ impl Leadership {
                 }
                 _ = renew.tick(), if !lost => {
                     let store = Arc::clone(&self.store);
-                    let state = off_the_workers(|| store.lease(SCHEDULER, &fence.holder, Some(fence.epoch), LENGTH));
+                    let length = self.timing.length;
+                    let state = off_the_workers(|| store.lease(SCHEDULER, &fence.holder, Some(fence.epoch), length));
                     self.role.saw(&state);
                     let why = match state {
                         Ok(LeaseState::Held { epoch }) if epoch == fence.epoch => None,
@@ -213,10 +222,10 @@ impl Leadership {
         }
     }
 
-    /// Try to take the lease every [`RENEW`]; answer control messages as a
+    /// Try to take the lease every [`RENEW`](crate::lease::RENEW); answer control messages as a
     /// standby meanwhile. `Some` once this daemon leads, `None` at a shutdown.
     async fn stand_by(&mut self, control: &mut mpsc::Receiver<Control>) -> Result<Option<Took>> {
-        let mut poll = tokio::time::interval(RENEW);
+        let mut poll = tokio::time::interval(self.timing.renew);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut checked: Option<std::time::Instant> = None;
         loop {
@@ -339,7 +348,50 @@ mod tests {
             notifier: Arc::new(Notifier::disabled()),
             metrics: Arc::new(Metrics::default()),
             config: Arc::clone(config),
+            timing: Timing::default(),
         }
+    }
+
+    /// A takeover that takes longer than the lease (recovery and the first
+    /// reconcile of a big schedule; here the deliveries table is locked by
+    /// another session for twice the lease) keeps its lease: it is renewed
+    /// beside the work, so the takeover completes and the new leader sends.
+    #[test]
+    fn postgres_a_takeover_longer_than_the_lease_keeps_the_lease() {
+        let Some(url) = testing::fresh_database() else { return };
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let _guard = runtime.enter();
+        let dir = tempfile::tempdir().unwrap();
+        let now = crate::clock::now();
+        let at = now + chrono::Duration::minutes(30);
+        let text = format!(
+            "{WUHAN_WEBHOOK}\n[[posts]]\nid = \"warning\"\nbody = \"stay safe\"\ntargets = [\"wuhan\"]\nat = {}\n",
+            at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        );
+        let cfg = Arc::new(config(dir.path(), &text, now));
+        let store = Arc::new(PostgresStore::connect(&url, 3).unwrap());
+        let mut lead = leadership(&store, &cfg, "host-a");
+        let timing =
+            Timing { length: std::time::Duration::from_millis(1_500), renew: std::time::Duration::from_millis(100) };
+        lead.timing = timing;
+        let fence = lead.try_lead().unwrap().expect("the only daemon takes the lease");
+
+        // Another session holds the deliveries table for twice the lease: the
+        // takeover's first read waits that long.
+        let mut blocker = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        let mut tx = blocker.transaction().unwrap();
+        tx.batch_execute("LOCK TABLE deliveries IN ACCESS EXCLUSIVE MODE").unwrap();
+        let took = std::thread::scope(|s| {
+            let taking = s.spawn(|| lead.take_over(fence.clone()));
+            std::thread::sleep(timing.length * 2);
+            tx.commit().unwrap();
+            taking.join().unwrap()
+        });
+        let mut took = took.expect("the takeover outlived its lease: it must have been renewed meanwhile");
+        assert_eq!(took.fence.epoch, 1);
+        assert!(lead.role.is_leader());
+        let tick = took.scheduler.tick(at + chrono::Duration::milliseconds(100)).unwrap();
+        assert_eq!(tick.dispatched, 1, "the new leader sends");
     }
 
     /// Daemon A leads; its lease is taken from it (expired from the test,

@@ -37,6 +37,66 @@ pub const LENGTH: Duration = Duration::from_secs(10);
 /// How often the leader renews, and a standby tries to take over.
 pub const RENEW: Duration = Duration::from_secs(2);
 
+/// How long a lease lasts and how often it is renewed: [`LENGTH`] and
+/// [`RENEW`], shorter only in tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    pub length: Duration,
+    pub renew: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing { length: LENGTH, renew: RENEW }
+    }
+}
+
+/// Keeps renewing a lease from a thread of its own while blocking work runs
+/// under it (a takeover: recovery and the first reconcile, which can take
+/// longer than the lease at a big schedule), until dropped. Each answer is
+/// recorded in `role`; a renewal that fails stops it, and the work's next
+/// fenced write is refused as for any lost lease.
+pub struct Renewing {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Renewing {
+    pub fn start(store: Arc<dyn Store>, fence: Fence, timing: Timing, role: Arc<Role>) -> Renewing {
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new().name("herald-lease".into()).spawn(move || {
+            // A disconnect (the guard dropped) ends the loop as a stop does.
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(timing.renew) {
+                let state = store.lease(fence.name, &fence.holder, Some(fence.epoch), timing.length);
+                let held = matches!(state, Ok(LeaseState::Held { epoch }) if epoch == fence.epoch);
+                role.saw(&state);
+                if !held {
+                    tracing::warn!(epoch = fence.epoch, "the scheduler lease was lost while taking over");
+                    return;
+                }
+            }
+        });
+        match thread {
+            Ok(thread) => Renewing { stop: Some(stop), thread: Some(thread) },
+            Err(e) => {
+                // Without the thread the lease is not renewed during the work:
+                // a long takeover is then refused by the fence, never unsafe.
+                tracing::warn!(error = %e, "cannot start the thread renewing the scheduler lease");
+                Renewing { stop: None, thread: None }
+            }
+        }
+    }
+}
+
+impl Drop for Renewing {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 /// This daemon as a lease holder: `host pid <pid> boot <random>`. The boot
 /// id tells two runs of one pid apart (a restart in a container).
 pub fn holder_id() -> String {
