@@ -33,6 +33,9 @@ const XACT_WINDOW: Duration = Duration::from_secs(8);
 /// Requests the sink records up to this long after the kill may have left
 /// the killed leader before it died; the pick-up is the first one after.
 const QUIET_AFTER_KILL: Duration = Duration::from_millis(300);
+/// How much later each `pg-failover` round kills than the one before
+/// (modulo five rounds: the lease's renewal period, 2 s).
+const KILL_STAGGER: Duration = Duration::from_millis(400);
 
 /// The burst with a leader and a standby on one database.
 #[derive(Debug, Serialize)]
@@ -394,7 +397,8 @@ pub fn split_burst(
 }
 
 /// `pg-failover`, one round: a leader and a standby on one new database,
-/// the leader SIGKILLed once `kill_at` of the `n` are delivered.
+/// the leader SIGKILLed once a third of the `n` are delivered, plus the
+/// round's stagger.
 #[allow(clippy::too_many_arguments)]
 pub fn failover(
     bins: &Bins,
@@ -442,6 +446,12 @@ pub fn failover(
         }
         std::thread::sleep(Duration::from_millis(20));
     };
+    // Everything before is at fixed offsets from the start, the leader's
+    // renewals too (every 2 s from its start): without a stagger each
+    // round would kill at the same point of the renewal cycle. Round r
+    // waits (r - 1) x 400 ms more (mod 2 s), so five rounds cover it.
+    std::thread::sleep(KILL_STAGGER * ((round as u32 - 1) % 5));
+    let delivered_at_kill = leader.counts()?.get("delivered").copied().unwrap_or(delivered_at_kill);
     leader.kill()?;
     let killed_at = Utc::now();
     eprintln!("killed the leader after {delivered_at_kill} delivered");
