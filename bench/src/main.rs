@@ -116,7 +116,8 @@ struct Args {
     load_store: String,
     /// `--only store-burst`, `pg-standby`, `pg-split`, `pg-failover`: how
     /// many times each case runs (`pg-standby` and `pg-split` alternate
-    /// with one daemon alone on PostgreSQL).
+    /// with one daemon alone on PostgreSQL); `pg-restart`: how many starts
+    /// on the copied store (its size: the first of `--sizes`, default 1M).
     #[arg(long, default_value_t = 2)]
     store_rounds: usize,
     /// Internal: run one floor child (a JSON spec) and print its report.
@@ -149,6 +150,7 @@ pub struct Results {
     pub pg_standby: Vec<pgmulti::StandbyBurst>,
     pub pg_split: Vec<pgmulti::SplitBurst>,
     pub pg_failover: Vec<pgmulti::Failover>,
+    pub pg_restart: Option<pgmulti::CopiedRestart>,
 }
 
 /// The burst on one store (`--only store-burst`).
@@ -295,8 +297,17 @@ fn main() -> anyhow::Result<()> {
     let named = |part: &str| args.only.iter().any(|o| o == part);
     let wants = |part: &str| {
         (args.only.is_empty()
-            && !["peer", "burst-floor", "memory-floor", "store-burst", "pg-standby", "pg-split", "pg-failover"]
-                .contains(&part))
+            && ![
+                "peer",
+                "burst-floor",
+                "memory-floor",
+                "store-burst",
+                "pg-standby",
+                "pg-split",
+                "pg-failover",
+                "pg-restart",
+            ]
+            .contains(&part))
             || named(part)
     };
 
@@ -323,6 +334,7 @@ fn main() -> anyhow::Result<()> {
         pg_standby: Vec::new(),
         pg_split: Vec::new(),
         pg_failover: Vec::new(),
+        pg_restart: None,
     };
     let opts = configs::DaemonOpts {
         concurrency: args.concurrency,
@@ -486,6 +498,14 @@ fn main() -> anyhow::Result<()> {
                 results.pg_failover.push(r);
             }
         }
+    }
+    if named("pg-restart") {
+        let cluster = pg::Cluster::from_env()?;
+        let size = args.sizes.first().copied().unwrap_or(1_000_000);
+        let dir = scratch.path().join("pg-restart");
+        let r = pgmulti::copied_restart(&bins, &sink, &dir, size, &opts, settle, &budget, &cluster, args.store_rounds)
+            .context("the restart on a copied store")?;
+        results.pg_restart = Some(r);
     }
     results.load_after = machine::load1();
     report::print(&results);

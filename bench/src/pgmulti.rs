@@ -607,3 +607,98 @@ pub fn print(standby: &[StandbyBurst], split: &[SplitBurst], failovers: &[Failov
         );
     }
 }
+
+/// A restart on PostgreSQL with a schedule too big for one first start.
+#[derive(Debug, Serialize)]
+pub struct CopiedRestart {
+    pub deliveries: usize,
+    /// The sled first start that made the schedule (start to ready).
+    pub sled_first_ready_s: f64,
+    /// `herald store copy --to postgres`, to its exit (verified).
+    pub copy_s: f64,
+    pub database_mib: f64,
+    /// Each start on the copy: start to ready, herald's CPU, peak RSS.
+    pub starts: Vec<(f64, f64, f64)>,
+    /// RSS `--settle` seconds after the last start.
+    pub steady_rss_mib: f64,
+    pub pending_after_restart: u64,
+}
+
+/// `pg-restart`: `deliveries` created at once (`schedule_ahead` 60d) by a
+/// first start on sled, which has no lease to outlast, then moved with
+/// `herald store copy --to postgres` (as an office would move) and herald
+/// started on the copy `starts` times.
+#[allow(clippy::too_many_arguments)]
+pub fn copied_restart(
+    bins: &Bins,
+    sink: &Sink,
+    dir: &Path,
+    deliveries: usize,
+    opts: &configs::DaemonOpts,
+    settle: Duration,
+    budget: &Budget,
+    cluster: &Cluster,
+    starts: usize,
+) -> anyhow::Result<CopiedRestart> {
+    let posts = (deliveries / crate::LOAD_ACCOUNTS).max(1);
+    let n = posts * crate::LOAD_ACCOUNTS;
+    eprintln!("\n== restart on PostgreSQL: {n} deliveries made on sled, copied with herald store copy");
+    let base = (Utc::now() + chrono::Duration::days(30)).trunc_subsecs(0);
+    let sled = configs::DaemonOpts { schedule_ahead: Some("60d".into()), postgres_url_file: None, ..opts.clone() };
+    let scenario = configs::write(dir, sink, crate::LOAD_ACCOUNTS, &sled, &crate::load_posts(posts, base, 0))?;
+    let step = Duration::from_secs(1800);
+    let mut herald = start(bins, &scenario, "sled")?;
+    let sled_first_ready_s = herald.wait_ready(budget.left(step)?)?.as_secs_f64();
+    herald.stop(budget.left(Duration::from_secs(120))?)?;
+    eprintln!("sled first start: {sled_first_ready_s:.2} s");
+
+    let db = "herald_copied";
+    let url = cluster.new_database(db, &dir.join("pg"))?;
+    let mut main = std::fs::read_to_string(&scenario.main)?;
+    main.push_str(&format!("\n[store]\nbackend = \"postgres\"\nurl = {{ file = \"{}\" }}\n", url.display()));
+    std::fs::write(&scenario.main, main)?;
+    let (took, out) = crate::run_cli(
+        &bins.herald,
+        &["store", "copy", "--to", "postgres", "--config"],
+        &scenario.main,
+        budget.left(step)?,
+    )?;
+    if !out.status.success() {
+        bail!(
+            "herald store copy failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let copy_s = took.as_secs_f64();
+    let database_mib = cluster.database_size(db)? as f64 / (1024.0 * 1024.0);
+    eprintln!("store copy: {copy_s:.1} s, verified; pg_database_size {database_mib:.0} MiB");
+
+    let mut times = Vec::new();
+    let mut last = None;
+    for i in 1..=starts {
+        let mut herald = start(bins, &scenario, &format!("pg-{i}"))?;
+        let ready = herald.wait_ready(budget.left(step)?)?.as_secs_f64();
+        let (cpu, peak) = (herald.cpu_s(), herald.peak_mib());
+        eprintln!("start {i} on the copy: {ready:.2} s ({cpu:.2} s CPU), peak {peak:.0} MiB");
+        times.push((ready, cpu, peak));
+        if i == starts {
+            std::thread::sleep(settle);
+            let counts = herald.counts()?;
+            let pending = ["pending", "planned"].iter().filter_map(|k| counts.get(*k)).sum::<u64>();
+            last = Some((herald.rss_mib(), pending));
+        }
+        herald.stop(budget.left(Duration::from_secs(120))?)?;
+    }
+    let (steady_rss_mib, pending_after_restart) = last.context("no start on the copy")?;
+    eprintln!("steady RSS {steady_rss_mib:.0} MiB, {pending_after_restart} pending");
+    Ok(CopiedRestart {
+        deliveries: n,
+        sled_first_ready_s,
+        copy_s,
+        database_mib,
+        starts: times,
+        steady_rss_mib,
+        pending_after_restart,
+    })
+}
