@@ -15,6 +15,7 @@ mod http;
 mod machine;
 mod peer;
 mod pg;
+mod pgmulti;
 mod procs;
 mod report;
 
@@ -113,7 +114,10 @@ struct Args {
     /// database per size in the cluster of `.ci/postgres.sh start`).
     #[arg(long, default_value = "sled")]
     load_store: String,
-    /// `--only store-burst`: how many times each store runs the burst.
+    /// `--only store-burst`, `pg-standby`, `pg-split`, `pg-failover`: how
+    /// many times each case runs (`pg-standby` and `pg-split` alternate
+    /// with one daemon alone on PostgreSQL); `pg-restart`: how many starts
+    /// on the copied store (its size: the first of `--sizes`, default 1M).
     #[arg(long, default_value_t = 2)]
     store_rounds: usize,
     /// Internal: run one floor child (a JSON spec) and print its report.
@@ -143,6 +147,10 @@ pub struct Results {
     pub burst_floor: Vec<burst_floor::BurstFloor>,
     pub memory_floor: Vec<burst_floor::Hold>,
     pub store_bursts: Vec<StoreBurst>,
+    pub pg_standby: Vec<pgmulti::StandbyBurst>,
+    pub pg_split: Vec<pgmulti::SplitBurst>,
+    pub pg_failover: Vec<pgmulti::Failover>,
+    pub pg_restart: Option<pgmulti::CopiedRestart>,
 }
 
 /// The burst on one store (`--only store-burst`).
@@ -177,6 +185,8 @@ pub struct LoadResult {
     pub startup_peak_mib: f64,
     pub steady_rss_mib: f64,
     pub pending_after_restart: u64,
+    /// With `--load-store postgres`: `pg_database_size` after the second stop.
+    pub database_mib: Option<f64>,
 }
 
 /// Planned occurrences coming due at once: their deliveries created by the
@@ -286,7 +296,19 @@ fn main() -> anyhow::Result<()> {
     eprintln!("sink: herald-sandbox on {}", sink.addr);
     let named = |part: &str| args.only.iter().any(|o| o == part);
     let wants = |part: &str| {
-        (args.only.is_empty() && !["peer", "burst-floor", "memory-floor", "store-burst"].contains(&part)) || named(part)
+        (args.only.is_empty()
+            && ![
+                "peer",
+                "burst-floor",
+                "memory-floor",
+                "store-burst",
+                "pg-standby",
+                "pg-split",
+                "pg-failover",
+                "pg-restart",
+            ]
+            .contains(&part))
+            || named(part)
     };
 
     let sizes = match (&args.sizes[..], args.quick) {
@@ -309,6 +331,10 @@ fn main() -> anyhow::Result<()> {
         burst_floor: Vec::new(),
         memory_floor: Vec::new(),
         store_bursts: Vec::new(),
+        pg_standby: Vec::new(),
+        pg_split: Vec::new(),
+        pg_failover: Vec::new(),
+        pg_restart: None,
     };
     let opts = configs::DaemonOpts {
         concurrency: args.concurrency,
@@ -324,15 +350,21 @@ fn main() -> anyhow::Result<()> {
         };
         for &size in &sizes {
             let dir = scratch.path().join(format!("load-{size}"));
+            let database = format!("herald_load_{size}");
             let opts = match &cluster {
                 Some(c) => configs::DaemonOpts {
-                    postgres_url_file: Some(c.new_database(&format!("herald_load_{size}"), &dir.join("pg"))?),
+                    postgres_url_file: Some(c.new_database(&database, &dir.join("pg"))?),
                     ..opts.clone()
                 },
                 None => opts.clone(),
             };
-            let result = load(&bins, &sink, &dir, size, &opts, settle, &budget)
+            let mut result = load(&bins, &sink, &dir, size, &opts, settle, &budget)
                 .with_context(|| format!("the load measurement at {size} deliveries"))?;
+            if let Some(c) = &cluster {
+                let mib = c.database_size(&database)? as f64 / (1024.0 * 1024.0);
+                eprintln!("pg_database_size: {mib:.0} MiB");
+                result.database_mib = Some(mib);
+            }
             results.loads.push(result);
             if !args.keep {
                 std::fs::remove_dir_all(&dir).ok();
@@ -413,9 +445,72 @@ fn main() -> anyhow::Result<()> {
             }
         }
     }
+    if named("pg-standby") || named("pg-split") || named("pg-failover") {
+        let cluster = pg::Cluster::from_env()?;
+        let n = args.burst.unwrap_or(5_000);
+        for round in 1..=args.store_rounds {
+            for case in ["pg-standby", "pg-split"].into_iter().filter(|c| named(c)) {
+                // One daemon alone, then the case, alternated.
+                let dir = scratch.path().join(format!("{case}-one-{round}"));
+                let url = cluster.new_database(&format!("herald_one_{round}"), &dir.join("pg"))?;
+                let one = configs::DaemonOpts { postgres_url_file: Some(url), ..opts.clone() };
+                let disk_fsyncs_per_s = machine::fsync_rate(scratch.path()).unwrap_or(f64::NAN);
+                let load1 = machine::load1();
+                eprintln!("\n== one daemon on postgres (round {round}, beside {case})");
+                let burst = burst(&bins, &sink, &dir, n, args.burst_accounts, &one, lead, &budget, Some(&cluster))
+                    .context("the burst with one daemon")?;
+                results.store_bursts.push(StoreBurst {
+                    store: format!("postgres, one daemon ({case})"),
+                    round,
+                    burst,
+                    disk_fsyncs_per_s,
+                    load1,
+                });
+                let dir = scratch.path().join(format!("{case}-{round}"));
+                let accounts = args.burst_accounts;
+                if case == "pg-standby" {
+                    let r =
+                        pgmulti::standby_burst(&bins, &sink, &dir, n, accounts, &opts, lead, &budget, &cluster, round)
+                            .context("the burst with a standby")?;
+                    results.pg_standby.push(r);
+                } else {
+                    let r =
+                        pgmulti::split_burst(&bins, &sink, &dir, n, accounts, &opts, lead, &budget, &cluster, round)
+                            .context("the split burst")?;
+                    results.pg_split.push(r);
+                }
+            }
+            if named("pg-failover") {
+                let dir = scratch.path().join(format!("pg-failover-{round}"));
+                let r = pgmulti::failover(
+                    &bins,
+                    &sink,
+                    &dir,
+                    n,
+                    args.burst_accounts,
+                    &opts,
+                    lead,
+                    &budget,
+                    &cluster,
+                    round,
+                )
+                .context("the failover")?;
+                results.pg_failover.push(r);
+            }
+        }
+    }
+    if named("pg-restart") {
+        let cluster = pg::Cluster::from_env()?;
+        let size = args.sizes.first().copied().unwrap_or(1_000_000);
+        let dir = scratch.path().join("pg-restart");
+        let r = pgmulti::copied_restart(&bins, &sink, &dir, size, &opts, settle, &budget, &cluster, args.store_rounds)
+            .context("the restart on a copied store")?;
+        results.pg_restart = Some(r);
+    }
     results.load_after = machine::load1();
     report::print(&results);
     report::print_store_bursts(&results.store_bursts);
+    pgmulti::print(&results.pg_standby, &results.pg_split, &results.pg_failover);
     burst_floor::print(&results.burst_floor, &results.memory_floor);
     report::print_peer(&results.peer);
     if let Some(path) = &args.json {
@@ -731,6 +826,7 @@ fn load(
         startup_peak_mib,
         steady_rss_mib,
         pending_after_restart,
+        database_mib: None,
     })
 }
 

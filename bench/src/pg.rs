@@ -48,14 +48,47 @@ impl Cluster {
         Ok(Cluster { user: user.into(), password: password.into(), host: host.into(), port: port.into(), postmaster })
     }
 
-    /// A new, empty database; the file (0600) holding its URL.
-    pub fn new_database(&self, name: &str, dir: &Path) -> anyhow::Result<PathBuf> {
-        let out = Command::new("psql")
-            .env("PGHOST", &self.host)
+    /// `psql` connected to the cluster's `postgres` database (the password
+    /// in its environment, never on its command line).
+    fn psql(&self) -> Command {
+        let mut cmd = Command::new("psql");
+        cmd.env("PGHOST", &self.host)
             .env("PGPORT", &self.port)
             .env("PGUSER", &self.user)
             .env("PGPASSWORD", &self.password)
-            .env("PGDATABASE", "postgres")
+            .env("PGDATABASE", "postgres");
+        cmd
+    }
+
+    /// One value a query answers (`psql -At`).
+    pub fn query_value(&self, sql: &str) -> anyhow::Result<String> {
+        let out = self.psql().args(["-At", "-v", "ON_ERROR_STOP=1", "-c", sql]).output().context("running psql")?;
+        if !out.status.success() {
+            bail!("psql: {}: {}", sql, String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    /// Transactions committed in database `name` so far
+    /// (`pg_stat_database.xact_commit`; the server publishes a
+    /// connection's counts about once a second, so read it over spans of
+    /// several seconds).
+    pub fn xact_commit(&self, name: &str) -> anyhow::Result<u64> {
+        let sql = format!("SELECT xact_commit FROM pg_stat_database WHERE datname = '{name}'");
+        self.query_value(&sql)?.parse().with_context(|| format!("xact_commit of {name}"))
+    }
+
+    /// `pg_database_size(name)`, in bytes.
+    pub fn database_size(&self, name: &str) -> anyhow::Result<u64> {
+        self.query_value(&format!("SELECT pg_database_size('{name}')"))?
+            .parse()
+            .with_context(|| format!("the size of {name}"))
+    }
+
+    /// A new, empty database; the file (0600) holding its URL.
+    pub fn new_database(&self, name: &str, dir: &Path) -> anyhow::Result<PathBuf> {
+        let out = self
+            .psql()
             .args(["-q", "-v", "ON_ERROR_STOP=1", "-c"])
             .arg(format!("DROP DATABASE IF EXISTS {name}"))
             .arg("-c")

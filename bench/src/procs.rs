@@ -99,6 +99,11 @@ impl Sink {
         }
     }
 
+    /// The sink's process id (its CPU is on the same cores).
+    pub fn pid(&self) -> u32 {
+        self._child.0.id()
+    }
+
     pub fn url(&self, account: &str) -> String {
         format!("http://{}/hook/{account}", self.addr)
     }
@@ -298,6 +303,18 @@ impl Herald {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// SIGKILL, as a host dying would, and reap it.
+    pub fn kill(mut self) -> anyhow::Result<()> {
+        kill_process(Pid::from_child(&self.child.0), Signal::KILL).context("killing herald")?;
+        self.child.0.wait()?;
+        Ok(())
+    }
+
+    /// herald's log so far (stderr).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     fn log_tail(&self) -> String {
