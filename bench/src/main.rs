@@ -468,34 +468,39 @@ fn main() -> anyhow::Result<()> {
                 });
                 let dir = scratch.path().join(format!("{case}-{round}"));
                 let accounts = args.burst_accounts;
+                let run = pgmulti::Round {
+                    bins: &bins,
+                    sink: &sink,
+                    dir: &dir,
+                    n,
+                    accounts,
+                    opts: &opts,
+                    lead,
+                    budget: &budget,
+                    cluster: &cluster,
+                    round,
+                };
                 if case == "pg-standby" {
-                    let r =
-                        pgmulti::standby_burst(&bins, &sink, &dir, n, accounts, &opts, lead, &budget, &cluster, round)
-                            .context("the burst with a standby")?;
-                    results.pg_standby.push(r);
+                    results.pg_standby.push(pgmulti::standby_burst(&run).context("the burst with a standby")?);
                 } else {
-                    let r =
-                        pgmulti::split_burst(&bins, &sink, &dir, n, accounts, &opts, lead, &budget, &cluster, round)
-                            .context("the split burst")?;
-                    results.pg_split.push(r);
+                    results.pg_split.push(pgmulti::split_burst(&run).context("the split burst")?);
                 }
             }
             if named("pg-failover") {
                 let dir = scratch.path().join(format!("pg-failover-{round}"));
-                let r = pgmulti::failover(
-                    &bins,
-                    &sink,
-                    &dir,
+                let run = pgmulti::Round {
+                    bins: &bins,
+                    sink: &sink,
+                    dir: &dir,
                     n,
-                    args.burst_accounts,
-                    &opts,
+                    accounts: args.burst_accounts,
+                    opts: &opts,
                     lead,
-                    &budget,
-                    &cluster,
+                    budget: &budget,
+                    cluster: &cluster,
                     round,
-                )
-                .context("the failover")?;
-                results.pg_failover.push(r);
+                };
+                results.pg_failover.push(pgmulti::failover(&run).context("the failover")?);
             }
         }
     }

@@ -108,6 +108,46 @@ pub struct Failover {
     pub load1: f64,
 }
 
+/// One round of a two-daemon case: what every case is given.
+#[derive(Clone, Copy)]
+pub struct Round<'a> {
+    pub bins: &'a Bins,
+    pub sink: &'a Sink,
+    /// This round's scratch directory.
+    pub dir: &'a Path,
+    /// Deliveries in the burst.
+    pub n: usize,
+    pub accounts: usize,
+    pub opts: &'a configs::DaemonOpts,
+    /// From the start to the due instant.
+    pub lead: Duration,
+    pub budget: &'a Budget,
+    pub cluster: &'a Cluster,
+    /// 1, 2, ...
+    pub round: usize,
+}
+
+/// Hosts a and b in `dir` with one config: `posts` posts due at `due` to
+/// `accounts` accounts, on the new database `db`.
+fn two_hosts(run: &Round<'_>, db: &str, posts: usize, due: DateTime<Utc>) -> anyhow::Result<(Scenario, Scenario)> {
+    let url = run.cluster.new_database(db, &run.dir.join("pg"))?;
+    let opts = configs::DaemonOpts { postgres_url_file: Some(url), ..run.opts.clone() };
+    let a = configs::write(&run.dir.join("host-a"), run.sink, run.accounts, &opts, &burst_posts("burst", posts, due))?;
+    let b = second_host(&a, &run.dir.join("host-b"))?;
+    Ok((a, b))
+}
+
+/// Start host b, once a leads: ready, answering, and a standby.
+fn start_standby(bins: &Bins, b: &Scenario, within: Duration) -> anyhow::Result<Herald> {
+    let mut standby = start(bins, b, "run")?;
+    standby.wait_ready(within)?;
+    wait_answering(&standby, within)?;
+    if !standby.log().contains("herald is ready: standby") {
+        bail!("the second daemon did not start as a standby:\n{}", standby.log());
+    }
+    Ok(standby)
+}
+
 /// A second host: the same config (main file and posts) in `dir`, with
 /// its own state directory (and so its own control socket).
 fn second_host(first: &Scenario, dir: &Path) -> anyhow::Result<Scenario> {
@@ -160,19 +200,8 @@ fn wait_answering(herald: &Herald, within: Duration) -> anyhow::Result<()> {
 
 /// `pg-standby`, one round: the burst of `n` over `accounts` with a leader
 /// and a standby on one new database.
-#[allow(clippy::too_many_arguments)]
-pub fn standby_burst(
-    bins: &Bins,
-    sink: &Sink,
-    dir: &Path,
-    n: usize,
-    accounts: usize,
-    opts: &configs::DaemonOpts,
-    lead: Duration,
-    budget: &Budget,
-    cluster: &Cluster,
-    round: usize,
-) -> anyhow::Result<StandbyBurst> {
+pub fn standby_burst(run: &Round<'_>) -> anyhow::Result<StandbyBurst> {
+    let Round { bins, sink, n, accounts, lead, budget, cluster, round, .. } = *run;
     let posts = (n / accounts).max(1);
     let n = posts * accounts;
     eprintln!("\n== burst with a leader and a standby: {posts} posts x {accounts} accounts = {n} deliveries");
@@ -182,10 +211,7 @@ pub fn standby_burst(
     let load1 = crate::machine::load1();
     let due = (Utc::now() + chrono::Duration::from_std(lead)?).trunc_subsecs(0);
     let db = format!("herald_standby_{round}");
-    let url = cluster.new_database(&db, &dir.join("pg"))?;
-    let opts = configs::DaemonOpts { postgres_url_file: Some(url), ..opts.clone() };
-    let a = configs::write(&dir.join("host-a"), sink, accounts, &opts, &burst_posts("burst", posts, due))?;
-    let b = second_host(&a, &dir.join("host-b"))?;
+    let (a, b) = two_hosts(run, &db, posts, due)?;
     let step = budget.left(lead + Duration::from_secs(600))?;
 
     let mut leader = start(bins, &a, "run")?;
@@ -196,12 +222,7 @@ pub fn standby_burst(
     let x0 = cluster.xact_commit(&db)?;
     std::thread::sleep(XACT_WINDOW);
     let x1 = cluster.xact_commit(&db)?;
-    let mut standby = start(bins, &b, "run")?;
-    standby.wait_ready(step)?;
-    wait_answering(&standby, step)?;
-    if !standby.log().contains("herald is ready: standby") {
-        bail!("the second daemon did not start as a standby:\n{}", standby.log());
-    }
+    let standby = start_standby(bins, &b, step)?;
     std::thread::sleep(Duration::from_secs(1));
     let x2 = cluster.xact_commit(&db)?;
     std::thread::sleep(XACT_WINDOW);
@@ -265,19 +286,8 @@ pub fn standby_burst(
 /// `pg-split`, one round: two daemons, each leading its own new database
 /// with half of `accounts` (named `city-NNNN` and `town-NNNN`) and half of
 /// the `n` deliveries, all due at one instant.
-#[allow(clippy::too_many_arguments)]
-pub fn split_burst(
-    bins: &Bins,
-    sink: &Sink,
-    dir: &Path,
-    n: usize,
-    accounts: usize,
-    opts: &configs::DaemonOpts,
-    lead: Duration,
-    budget: &Budget,
-    cluster: &Cluster,
-    round: usize,
-) -> anyhow::Result<SplitBurst> {
+pub fn split_burst(run: &Round<'_>) -> anyhow::Result<SplitBurst> {
+    let Round { bins, sink, dir, n, accounts, opts, lead, budget, cluster, round } = *run;
     let half_accounts = (accounts / 2).max(1);
     let posts = (n / accounts).max(1);
     let n = 2 * posts * half_accounts;
@@ -399,19 +409,8 @@ pub fn split_burst(
 /// `pg-failover`, one round: a leader and a standby on one new database,
 /// the leader SIGKILLed once a third of the `n` are delivered, plus the
 /// round's stagger.
-#[allow(clippy::too_many_arguments)]
-pub fn failover(
-    bins: &Bins,
-    sink: &Sink,
-    dir: &Path,
-    n: usize,
-    accounts: usize,
-    opts: &configs::DaemonOpts,
-    lead: Duration,
-    budget: &Budget,
-    cluster: &Cluster,
-    round: usize,
-) -> anyhow::Result<Failover> {
+pub fn failover(run: &Round<'_>) -> anyhow::Result<Failover> {
+    let Round { bins, sink, n, accounts, lead, budget, round, .. } = *run;
     let posts = (n / accounts).max(1);
     let n = posts * accounts;
     let kill_at = (n / 3) as u64;
@@ -419,19 +418,11 @@ pub fn failover(
     sink.reset()?;
     let load1 = crate::machine::load1();
     let due = (Utc::now() + chrono::Duration::from_std(lead)?).trunc_subsecs(0);
-    let url = cluster.new_database(&format!("herald_failover_{round}"), &dir.join("pg"))?;
-    let opts = configs::DaemonOpts { postgres_url_file: Some(url), ..opts.clone() };
-    let a = configs::write(&dir.join("host-a"), sink, accounts, &opts, &burst_posts("burst", posts, due))?;
-    let b = second_host(&a, &dir.join("host-b"))?;
+    let (a, b) = two_hosts(run, &format!("herald_failover_{round}"), posts, due)?;
     let step = budget.left(lead + Duration::from_secs(600))?;
     let mut leader = start(bins, &a, "run")?;
     leader.wait_ready(step)?;
-    let mut standby = start(bins, &b, "run")?;
-    standby.wait_ready(step)?;
-    wait_answering(&standby, step)?;
-    if !standby.log().contains("herald is ready: standby") {
-        bail!("the second daemon did not start as a standby:\n{}", standby.log());
-    }
+    let standby = start_standby(bins, &b, step)?;
     if Utc::now() > due {
         bail!("both daemons were ready only after the due instant; use a longer --lead");
     }
@@ -625,7 +616,7 @@ pub struct CopiedRestart {
 }
 
 /// `pg-restart`: `deliveries` created at once (`schedule_ahead` 60d) by a
-/// first start on sled, which has no lease to outlast, then moved with
+/// first start on sled, then moved with
 /// `herald store copy --to postgres` (as an office would move) and herald
 /// started on the copy `starts` times.
 #[allow(clippy::too_many_arguments)]

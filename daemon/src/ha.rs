@@ -352,6 +352,17 @@ mod tests {
         }
     }
 
+    /// A config with one post to one account, due in half an hour; and when.
+    fn one_post_in_half_an_hour(dir: &std::path::Path) -> (Arc<Config>, chrono::DateTime<chrono::Utc>) {
+        let now = crate::clock::now();
+        let at = now + chrono::Duration::minutes(30);
+        let text = format!(
+            "{WUHAN_WEBHOOK}\n[[posts]]\nid = \"warning\"\nbody = \"stay safe\"\ntargets = [\"wuhan\"]\nat = {}\n",
+            at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        );
+        (Arc::new(config(dir, &text, now)), at)
+    }
+
     /// A takeover that takes longer than the lease (recovery and the first
     /// reconcile of a big schedule; here the deliveries table is locked by
     /// another session for twice the lease) keeps its lease: it is renewed
@@ -362,13 +373,7 @@ mod tests {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let _guard = runtime.enter();
         let dir = tempfile::tempdir().unwrap();
-        let now = crate::clock::now();
-        let at = now + chrono::Duration::minutes(30);
-        let text = format!(
-            "{WUHAN_WEBHOOK}\n[[posts]]\nid = \"warning\"\nbody = \"stay safe\"\ntargets = [\"wuhan\"]\nat = {}\n",
-            at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-        );
-        let cfg = Arc::new(config(dir.path(), &text, now));
+        let (cfg, at) = one_post_in_half_an_hour(dir.path());
         let store = Arc::new(PostgresStore::connect(&url, 3).unwrap());
         let mut lead = leadership(&store, &cfg, "host-a");
         let timing =
@@ -403,13 +408,7 @@ mod tests {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let _guard = runtime.enter();
         let dir = tempfile::tempdir().unwrap();
-        let now = crate::clock::now();
-        let at = now + chrono::Duration::minutes(30);
-        let text = format!(
-            "{WUHAN_WEBHOOK}\n[[posts]]\nid = \"warning\"\nbody = \"stay safe\"\ntargets = [\"wuhan\"]\nat = {}\n",
-            at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-        );
-        let cfg = Arc::new(config(dir.path(), &text, now));
+        let (cfg, at) = one_post_in_half_an_hour(dir.path());
         let (a, b) =
             (Arc::new(PostgresStore::connect(&url, 2).unwrap()), Arc::new(PostgresStore::connect(&url, 2).unwrap()));
         let (lead_a, lead_b) = (leadership(&a, &cfg, "host-a"), leadership(&b, &cfg, "host-b"));
