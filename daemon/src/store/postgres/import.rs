@@ -8,6 +8,7 @@ use super::pool::{self, CachedTx, Connection};
 use super::store::Fail;
 use crate::audit_chain::ChainHead;
 use crate::model::{AuditRecord, Content, Delivery};
+use crate::store::sled_store::Exported;
 use crate::store::{PostRecord, Result, StoreError, encode};
 
 /// One batch of rows to import; import in batches of a few thousand.
@@ -36,6 +37,45 @@ impl PostgresStore {
             )
             .map_err(|e| pool::error(self.target(), &e))?;
         Ok(row.get(0))
+    }
+
+    /// Up to `n` rows of one table after the key `after`, in key order, as
+    /// stored (the key's bytes, the record's bytes): what `herald store copy
+    /// --to sled` moves, a page at a time. [`Exported::Meta`] is herald's
+    /// metadata under the keys `Store::meta` reads (PostgreSQL keeps its
+    /// counts and chain head in tables of their own).
+    pub fn export_page(&self, what: Exported, after: Option<&[u8]>, n: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let n = i64::try_from(n).unwrap_or(i64::MAX);
+        let rows = if what == Exported::Deliveries {
+            self.query(
+                "SELECT id, record FROM deliveries WHERE $1::bytea IS NULL OR id > $1 ORDER BY id LIMIT $2",
+                &[&after, &n],
+            )?
+        } else {
+            let after = after
+                .map(|k| std::str::from_utf8(k).map_err(|_| StoreError::Corrupt("a text key is not UTF-8".into())))
+                .transpose()?;
+            let sql = match what {
+                Exported::Posts => {
+                    "SELECT id, record FROM posts WHERE $1::text IS NULL OR id > $1 ORDER BY id LIMIT $2"
+                }
+                Exported::Contents => {
+                    "SELECT hash, record FROM contents WHERE $1::text IS NULL OR hash > $1 ORDER BY hash LIMIT $2"
+                }
+                _ => "SELECT key, value FROM meta WHERE $1::text IS NULL OR key > $1 ORDER BY key LIMIT $2",
+            };
+            self.query(sql, &[&after, &n])?
+        };
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let key = match what {
+                    Exported::Deliveries => r.get::<_, Vec<u8>>(0),
+                    _ => r.get::<_, String>(0).into_bytes(),
+                };
+                (key, r.get(1))
+            })
+            .collect())
     }
 
     /// Write one batch as it is, in one transaction (under the writers'
