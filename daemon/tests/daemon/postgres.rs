@@ -696,3 +696,109 @@ async fn postgres_store_changes_through_a_standby_are_carried_out_by_the_leader(
     first.stop().await;
     assert_eq!(accepted_keys(&hook.accepted()).len(), 3, "each sent post once");
 }
+
+/// The way back: a history made on sled, moved onto PostgreSQL, where a
+/// daemon writes on (its name in each record), then copied back into a new
+/// sled store with `herald store copy --to sled`, refused first while a
+/// daemon leads on the database, without `--state-dir`, and into the old
+/// state directory (which holds a store). herald runs on the copy: the same
+/// schedule, the same log record for record (the daemon's name kept), the
+/// chain intact, the pause kept, and the held delivery delivered on resume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_copy_to_sled_brings_a_postgres_history_back_where_herald_runs_on() {
+    let Some(url) = blocking(fresh_database) else { return };
+    let password = password_of(&url);
+    let env = [(URL_VAR, url.as_str())];
+    let mut printed = Printed::default();
+    let (hook, refusing) = (receiver(None).await, receiver(None).await);
+    refusing.fail_next(1, Fault::status_with_body(400, r#"{"error": "refused"}"#));
+    let dir = TestDir::new();
+    let sled_config = daemon_section()
+        + &webhook_account("hook", &hook.url())
+        + &webhook_account("refusing", &refusing.url())
+        + &post_at("sent", "Delivered on sled.", &["hook"], in_secs(1))
+        + &post_at("refused", "Failed on sled, retried on PostgreSQL.", &["refusing"], in_secs(1))
+        + &post_at("held", "Held by a pause.", &["hook"], in_secs(4))
+        + &post_at("planned", "Three hours ahead.", &["hook", "refusing"], in_secs(3 * 3600));
+    let pg_config = sled_config.clone() + &store_section();
+    dir.write_config(&sled_config);
+    let herald = dir.start().await;
+    dir.ask_daemon_ok(&["pause", "--post", "held", "--reason", "wait for the copy"]);
+    eventually("one delivered, one failed", Duration::from_secs(60), || {
+        let counts = status_counts(&dir.ask_daemon_ok(&["status"]));
+        counts.get("delivered") == Some(&1) && counts.get("failed") == Some(&1)
+    })
+    .await;
+    herald.stop().await;
+    dir.write_config(&pg_config);
+    cli_ok(&dir, &url, &mut printed, &["store", "copy", "--to", "postgres"]);
+
+    // On PostgreSQL a daemon retries the failed delivery, which is delivered.
+    let herald = dir.start_with(&env).await;
+    let failed = dir.log_from_daemon(&["--event", "failed"]);
+    dir.ask_daemon_ok(&["retry", &failed[0].delivery, "--reason", "fixed"]);
+    eventually("the retried delivery is delivered", Duration::from_secs(60), || {
+        status_counts(&dir.ask_daemon_ok(&["status"])).get("delivered") == Some(&2)
+    })
+    .await;
+    // Refused while the daemon leads on the database; nothing is created.
+    let back = dir.path().join("back");
+    let back_arg = back.to_str().unwrap();
+    let out = dir.cli_with(&["store", "copy", "--to", "sled", "--state-dir", back_arg], &env);
+    let said = printed.keep("herald store copy --to sled while a daemon leads", &out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains("a herald daemon leads on") && said.contains("stop every herald daemon"), "{said}");
+    assert!(!back.exists(), "nothing was written");
+    let stderr = herald.stop().await;
+    printed.0.push(("herald run on PostgreSQL".into(), stderr));
+    let pg_log = records(cli_ok(&dir, &url, &mut printed, &["log", "--format", "json"]).as_bytes());
+    let pg_status = cli_ok(&dir, &url, &mut printed, &["status"]);
+    assert!(pg_log.iter().any(|r| r.raw.get("daemon").is_some()), "the daemon names itself on PostgreSQL");
+
+    // Refused without --state-dir, and into the old state directory's store.
+    let out = dir.cli_with(&["store", "copy", "--to", "sled"], &env);
+    let said = printed.keep("herald store copy --to sled without --state-dir", &out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains("--to sled needs --state-dir DIR"), "{said}");
+    let old = dir.state_dir();
+    let out = dir.cli_with(&["store", "copy", "--to", "sled", "--state-dir", old.to_str().unwrap()], &env);
+    let said = printed.keep("herald store copy --to sled into a store", &out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains("holds a herald store already"), "{said}");
+
+    let copied = cli_ok(&dir, &url, &mut printed, &["store", "copy", "--to", "sled", "--state-dir", back_arg]);
+    assert!(copied.contains("PostgreSQL (source)") && copied.contains("sled (copy)"), "{copied}");
+    assert!(copied.contains("audit chain of the copy: intact"), "{copied}");
+    assert!(copied.contains("the copy is verified") && copied.contains("remove [store]"), "{copied}");
+    assert!(copied.contains(&format!("state_dir = \"{back_arg}\"")), "{copied}");
+    assert!(!copied.contains("DIFFERS"), "{copied}");
+
+    // herald runs on the copied sled store, as the copy told.
+    let back_config = sled_config.replace("state_dir = \"state\"", &format!("state_dir = \"{back_arg}\""));
+    assert_ne!(back_config, sled_config);
+    dir.write_config(&back_config);
+    let herald = dir.start().await;
+    let status = dir.ask_daemon_ok(&["status"]);
+    assert_eq!(status_counts(&status), status_counts(&pg_status), "{status}");
+    assert!(status.contains("PAUSED"), "the pause came back:\n{status}");
+    let same = |r: &Record| r.raw.to_string();
+    let copied_log = dir.log_from_daemon(&[]);
+    let before: Vec<String> = pg_log.iter().map(same).collect();
+    let after: Vec<String> = copied_log.iter().take(pg_log.len()).map(same).collect();
+    assert_eq!(after, before, "the copied log is the PostgreSQL log, record for record");
+    dir.ask_daemon_ok(&["resume", "--post", "held", "--reason", "back on sled"]);
+    eventually("the held delivery is delivered", Duration::from_secs(60), || {
+        status_counts(&dir.ask_daemon_ok(&["status"])).get("delivered") == Some(&3)
+    })
+    .await;
+    let verified = dir.ask_daemon_ok(&["audit", "verify"]);
+    assert!(verified.contains("intact"), "{verified}");
+    let log = dir.log_from_daemon(&[]);
+    assert_gapless(&log);
+    assert!(log.len() > pg_log.len() + 1, "new records follow the copied ones");
+    let stderr = herald.stop().await;
+    printed.0.push(("herald run on the copy back".into(), stderr));
+    assert_eq!(hook.accepted().len(), 2);
+    assert_eq!(refusing.accepted().len(), 1);
+    printed.assert_never(&password);
+}
