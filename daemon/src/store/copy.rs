@@ -479,24 +479,31 @@ mod tests {
         assert!(err.to_string().contains("twice"), "{err}");
     }
 
-    /// How long a copy takes (printed; `--ignored --nocapture`): 100,000
-    /// deliveries and 110,000 audit records.
+    /// How long a copy takes, each way (printed; `--ignored --nocapture`):
+    /// 100,000 deliveries and 110,000 audit records, sled to PostgreSQL,
+    /// then back into a new sled store.
     #[test]
     #[ignore]
     fn postgres_copy_of_100k_deliveries_timed() {
         let Some(url) = fresh_database() else { return };
         let dir = tempfile::tempdir().unwrap();
-        let from = SledStore::open(dir.path(), 64).unwrap();
+        let from = SledStore::open(&dir.path().join("from"), 64).unwrap();
         history(&from, 100_000);
         let to = PostgresStore::connect(&url, 2).unwrap();
+        timed("sled to PostgreSQL", &from, &to);
+        let back = SledStore::open(&dir.path().join("back"), 64).unwrap();
+        timed("PostgreSQL to sled", &to, &back);
+    }
+
+    fn timed<T: Target + Store>(way: &str, from: &dyn Source, to: &T) {
         let started = std::time::Instant::now();
-        let imported = copy_all(&from, &to).unwrap();
+        let imported = copy_all(from, to).unwrap();
         let copied = started.elapsed();
-        let lines = compare(&from, &to, &from.copied_meta().unwrap()).unwrap();
+        let lines = compare(from, to, &from.copied_meta().unwrap()).unwrap();
         let compared = started.elapsed() - copied;
         assert!(differing(&lines).is_empty(), "{:?}", differing(&lines));
         println!(
-            "copied {} deliveries and {} audit records in {:.1} s, compared in {:.1} s",
+            "{way}: copied {} deliveries and {} audit records in {:.1} s, compared in {:.1} s",
             imported.deliveries,
             imported.audit,
             copied.as_secs_f64(),
