@@ -406,14 +406,21 @@ mod tests {
         assert_eq!(crate::audit_chain::verify_store(&to, None).unwrap().unwrap_err().seq, 5);
     }
 
-    #[test]
-    fn postgres_a_copy_back_to_sled_is_the_original_and_keeps_what_daemons_wrote_since() {
-        let Some(url) = fresh_database() else { return };
+    /// A sled store in a temporary directory holding [`history`] of `n`
+    /// deliveries, copied to a fresh database (`None`: no test server).
+    fn copied_to_postgres(n: usize) -> Option<(String, tempfile::TempDir, SledStore, PostgresStore)> {
+        let url = fresh_database()?;
         let dir = tempfile::tempdir().unwrap();
         let original = SledStore::open(&dir.path().join("original"), 8).unwrap();
-        history(&original, 700);
+        history(&original, n);
         let pg = PostgresStore::connect(&url, 2).unwrap();
         copy_all(&original, &pg).unwrap();
+        Some((url, dir, original, pg))
+    }
+
+    #[test]
+    fn postgres_a_copy_back_to_sled_is_the_original_and_keeps_what_daemons_wrote_since() {
+        let Some((url, dir, original, pg)) = copied_to_postgres(700) else { return };
 
         // There and back: the new sled store is the original, read through
         // the interface, its bookkeeping (counts, indexes) included, even
@@ -469,12 +476,7 @@ mod tests {
     /// rather than overwrite it.
     #[test]
     fn postgres_a_copy_back_never_overwrites_a_record() {
-        let Some(url) = fresh_database() else { return };
-        let dir = tempfile::tempdir().unwrap();
-        let original = SledStore::open(&dir.path().join("original"), 8).unwrap();
-        history(&original, 10);
-        let pg = PostgresStore::connect(&url, 2).unwrap();
-        copy_all(&original, &pg).unwrap();
+        let Some((_, _dir, original, pg)) = copied_to_postgres(10) else { return };
         let err = copy_all(&pg, &original).unwrap_err();
         assert!(err.to_string().contains("twice"), "{err}");
     }
