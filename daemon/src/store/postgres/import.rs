@@ -46,25 +46,34 @@ impl PostgresStore {
     /// counts and chain head in tables of their own).
     pub fn export_page(&self, what: Exported, after: Option<&[u8]>, n: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let n = i64::try_from(n).unwrap_or(i64::MAX);
-        let rows = if what == Exported::Deliveries {
-            self.query(
-                "SELECT id, record FROM deliveries WHERE $1::bytea IS NULL OR id > $1 ORDER BY id LIMIT $2",
-                &[&after, &n],
-            )?
-        } else {
-            let after = after
-                .map(|k| std::str::from_utf8(k).map_err(|_| StoreError::Corrupt("a text key is not UTF-8".into())))
-                .transpose()?;
-            let sql = match what {
-                Exported::Posts => {
-                    "SELECT id, record FROM posts WHERE $1::text IS NULL OR id > $1 ORDER BY id LIMIT $2"
-                }
-                Exported::Contents => {
-                    "SELECT hash, record FROM contents WHERE $1::text IS NULL OR hash > $1 ORDER BY hash LIMIT $2"
-                }
-                _ => "SELECT key, value FROM meta WHERE $1::text IS NULL OR key > $1 ORDER BY key LIMIT $2",
-            };
-            self.query(sql, &[&after, &n])?
+        // The first page, then each after the last key: a range scan of the
+        // primary key each time, however large the table.
+        let (first, next) = match what {
+            Exported::Deliveries => (
+                "SELECT id, record FROM deliveries ORDER BY id LIMIT $1",
+                "SELECT id, record FROM deliveries WHERE id > $2 ORDER BY id LIMIT $1",
+            ),
+            Exported::Posts => (
+                "SELECT id, record FROM posts ORDER BY id LIMIT $1",
+                "SELECT id, record FROM posts WHERE id > $2 ORDER BY id LIMIT $1",
+            ),
+            Exported::Contents => (
+                "SELECT hash, record FROM contents ORDER BY hash LIMIT $1",
+                "SELECT hash, record FROM contents WHERE hash > $2 ORDER BY hash LIMIT $1",
+            ),
+            Exported::Meta => (
+                "SELECT key, value FROM meta ORDER BY key LIMIT $1",
+                "SELECT key, value FROM meta WHERE key > $2 ORDER BY key LIMIT $1",
+            ),
+        };
+        let rows = match (after, what) {
+            (None, _) => self.query(first, &[&n])?,
+            (Some(id), Exported::Deliveries) => self.query(next, &[&n, &id])?,
+            (Some(key), _) => {
+                let key =
+                    std::str::from_utf8(key).map_err(|_| StoreError::Corrupt("a text key is not UTF-8".into()))?;
+                self.query(next, &[&n, &key])?
+            }
         };
         Ok(rows
             .iter()
