@@ -120,7 +120,7 @@ fn to_sled(state_dir: &Path, cache_mb: u64, pg: &PostgresSettings) -> anyhow::Re
         bail!("{} is not empty; give a new or empty directory for the sled store", dir.display());
     }
     let from = PostgresStore::connect(pg.url.expose(), 2)?;
-    crate::store::open::claim_offline(&from).context("stop every herald daemon on the database first")?;
+    crate::store::open::claim_offline(&from, "stop every herald daemon on the database (on every host) first")?;
     let to = SledStore::open(&dir, cache_mb)?;
     let what = format!("the PostgreSQL database {} into a new sled store in {}", pg.shown, dir.display());
     let undo = format!("remove the directory {} before copying again (the database is as it was)", dir.display());

@@ -92,7 +92,7 @@ impl Location {
                 // daemon writes too, so it claims the database alone, and
                 // not while a daemon (on any host) leads on it.
                 if role == Role::Offline {
-                    claim_offline(&store)?;
+                    claim_offline(&store, "run the command on its host, where it answers through its control socket")?;
                 }
                 Ok(Arc::new(store))
             }
@@ -107,13 +107,12 @@ impl Location {
 
 /// Claim a PostgreSQL database for a command on stopped daemons (the CLI's
 /// writes, `herald store copy --to sled`): alone, and not while a daemon
-/// (on any host) leads on it.
-pub fn claim_offline(store: &PostgresStore) -> Result<()> {
+/// (on any host) leads on it; the refusal ends with `instead`, what to do.
+pub fn claim_offline(store: &PostgresStore, instead: &str) -> Result<()> {
     store.claim_exclusive()?;
     if let Some(holder) = store.live_holder(crate::lease::SCHEDULER)? {
         return Err(super::StoreError::NotLeader(format!(
-            "a herald daemon leads on {} ({holder}); run the command on its host, \
-             where it answers through its control socket",
+            "a herald daemon leads on {} ({holder}); {instead}",
             store.target()
         )));
     }
