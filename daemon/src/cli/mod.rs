@@ -312,15 +312,19 @@ impl PauseSelectors {
 #[derive(Subcommand)]
 enum StoreCommand {
     /// Copy the sled store of `[daemon] state_dir`, with its whole history, into the empty
-    /// PostgreSQL database that `[store]` names; then compare the two and verify the copy's
-    /// audit chain, before anyone switches. herald must be stopped; the state directory is
-    /// left as it was. Exits 0 when the copy is verified, 1 otherwise.
+    /// PostgreSQL database that `[store]` names (`--to postgres`), or that database back into
+    /// a new sled store in `--state-dir DIR` (`--to sled`); then compare the two and verify the
+    /// copy's audit chain, before anyone switches. herald must be stopped (every daemon on the
+    /// database); the source is left as it was. Exits 0 when the copy is verified, 1 otherwise.
     Copy {
         #[command(flatten)]
         config: ConfigArg,
         /// The backend to copy to (from the other one).
         #[arg(long, value_enum)]
         to: store::Backend,
+        /// With `--to sled`: the new state directory (absent or empty) to create the sled store in.
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<std::path::PathBuf>,
     },
 }
 
@@ -490,7 +494,9 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             Some(file) => audit::verify_file(&file, prev.as_deref(), head.as_deref()),
             None => audit::verify_store(&state.source()?, head.as_deref()),
         },
-        Command::Store { command: StoreCommand::Copy { config, to } } => store::copy(&config.config, to),
+        Command::Store { command: StoreCommand::Copy { config, to, state_dir } } => {
+            store::copy(&config.config, to, state_dir.as_deref())
+        }
         Command::Pause { state, selectors } => inspect::pause(&state.source()?, &selectors.request()),
         Command::Resume { state, selectors } => inspect::resume(&state.source()?, &selectors.request()),
         Command::Approve { state, args } => {

@@ -92,14 +92,7 @@ impl Location {
                 // daemon writes too, so it claims the database alone, and
                 // not while a daemon (on any host) leads on it.
                 if role == Role::Offline {
-                    store.claim_exclusive()?;
-                    if let Some(holder) = store.live_holder(crate::lease::SCHEDULER)? {
-                        return Err(super::StoreError::NotLeader(format!(
-                            "a herald daemon leads on {} ({holder}); run the command on its host, \
-                             where it answers through its control socket",
-                            store.target()
-                        )));
-                    }
+                    claim_offline(&store, "run the command on its host, where it answers through its control socket")?;
                 }
                 Ok(Arc::new(store))
             }
@@ -110,4 +103,18 @@ impl Location {
     pub fn sled_dir(&self) -> Option<&Path> {
         matches!(self.store, StoreSettings::Sled).then_some(self.state_dir.as_path())
     }
+}
+
+/// Claim a PostgreSQL database for a command on stopped daemons (the CLI's
+/// writes, `herald store copy --to sled`): alone, and not while a daemon
+/// (on any host) leads on it; the refusal ends with `instead`, what to do.
+pub fn claim_offline(store: &PostgresStore, instead: &str) -> Result<()> {
+    store.claim_exclusive()?;
+    if let Some(holder) = store.live_holder(crate::lease::SCHEDULER)? {
+        return Err(super::StoreError::NotLeader(format!(
+            "a herald daemon leads on {} ({holder}); {instead}",
+            store.target()
+        )));
+    }
+    Ok(())
 }

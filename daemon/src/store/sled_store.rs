@@ -293,6 +293,93 @@ impl SledStore {
     }
 }
 
+impl SledStore {
+    /// Write one batch of another store's records as they are, into a new
+    /// store (`herald store copy --to sled`): the records, the indexes
+    /// derived from them and the counters, but no audit record of their own;
+    /// audit records keep their bytes and sequence numbers. A delivery id,
+    /// post, content or audit seq already present is an error, not an
+    /// overwrite. Call [`SledStore::finish_import`] after the last batch.
+    pub fn import(&self, batch: &super::postgres::Import) -> Result<()> {
+        let _writer = self.write_lock.lock().map_err(|_| StoreError::Backend("a writer panicked".into()))?;
+        let present = |what: &str, key: &dyn std::fmt::Display| {
+            StoreError::Corrupt(format!("the copy meets {what} {key} twice (the target held it already)"))
+        };
+        let mut counters: BTreeMap<Vec<u8>, i64> = BTreeMap::new();
+        for d in &batch.deliveries {
+            let id = d.id;
+            if self.deliveries.insert(id.0, super::encode("delivery", d)?)?.is_some() {
+                return Err(present("the delivery", &id));
+            }
+            self.by_post.insert(keys::by_post(&d.post_id, d.occurrence, &id), &[])?;
+            match d.state {
+                State::Pending => {
+                    self.due.insert(keys::due(d.due, &id), d.account.as_bytes())?;
+                }
+                State::InFlight => {
+                    self.in_flight.insert(id.0, &[])?;
+                }
+                State::Failed => {
+                    self.failed.insert(id.0, &[])?;
+                }
+                _ => {}
+            }
+            *counters.entry(count_key(d.state)).or_default() += 1;
+            if is_retrying(d) {
+                *counters.entry(RETRYING_KEY.to_vec()).or_default() += 1;
+            }
+        }
+        for (id, r) in &batch.posts {
+            if self.posts.insert(id.as_bytes(), super::encode("post record", r)?)?.is_some() {
+                return Err(present("the post", id));
+            }
+            if let Some(t) = r.timer {
+                self.timers.insert(keys::timer(t, id), &[])?;
+            }
+            if let Some(p) = &r.planned {
+                self.planned.insert(keys::timer(p.occurrence, id), &[])?;
+                *counters.entry(PLANNED_KEY.to_vec()).or_default() += p.targets.len() as i64;
+            }
+        }
+        for (hash, content) in &batch.contents {
+            if self.content.insert(hash.as_bytes(), super::encode("content", content)?)?.is_some() {
+                return Err(present("the content", hash));
+            }
+        }
+        for (key, value) in &batch.meta {
+            if self.meta.insert(format!("user/{key}").as_bytes(), value.as_slice())?.is_some() {
+                return Err(present("the metadata key", key));
+            }
+        }
+        for (seq, bytes) in &batch.audit {
+            let record: AuditRecord = decode("audit record", bytes)?;
+            if record.seq != *seq {
+                return Err(StoreError::Corrupt(format!("audit record under {seq} says seq {}", record.seq)));
+            }
+            if self.audit.insert(seq.to_be_bytes(), bytes.as_slice())?.is_some() {
+                return Err(present("the audit record", seq));
+            }
+        }
+        for (key, delta) in counters {
+            let current = self.counter(&key)? as i64;
+            self.meta.insert(key, &(current + delta).to_be_bytes())?;
+        }
+        self.writes.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// After the last [`SledStore::import`]: take the chain's head and the
+    /// last seq from the imported audit log, and make the whole copy durable.
+    pub fn finish_import(&self) -> Result<ChainHead> {
+        let head = chain_head(&self.audit)?;
+        *self.write_lock.lock().map_err(|_| StoreError::Backend("a writer panicked".into()))? = head.clone();
+        self.applied_seq.store(head.seq, Ordering::SeqCst);
+        self.writes.fetch_add(1, Ordering::SeqCst);
+        self.flush()?;
+        Ok(head)
+    }
+}
+
 /// Refuse symbolic links among the entries of `dir` (the state directory,
 /// sled's directory and its blobs): one planted there could send herald's
 /// writes anywhere its user may write, or show it another store.

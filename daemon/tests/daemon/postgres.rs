@@ -12,7 +12,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use herald::store::postgres::testing::fresh_database;
-use herald_sandbox::Fault;
+use herald_sandbox::{Fault, WebhookReceiver};
 
 use crate::helpers::*;
 use crate::recall::{ALL, JPEG, accounts, live, post, sandbox};
@@ -477,15 +477,29 @@ async fn check_connects_to_the_database_once_for_everything_it_reads() {
     assert_eq!(accepted.load(Ordering::SeqCst), 1, "connections made by one `herald check`:\n{said}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn store_copy_moves_a_sled_history_to_postgres_where_herald_runs_on() {
-    let Some(url) = blocking(fresh_database) else { return };
+/// What the copy tests start from: a fresh database, and the history they
+/// move, made on sled by a real daemon (still running).
+struct History {
+    url: String,
+    password: String,
+    printed: Printed,
+    dir: TestDir,
+    herald: Herald,
+    hook: WebhookReceiver,
+    refusing: WebhookReceiver,
+    sled_config: String,
+}
+
+/// The history the copy tests move, made by a real daemon on sled: one
+/// delivery delivered to `hook`, one failed by `refusing` (400 once), a
+/// pause holding a due delivery, a planned occurrence. `None`: no test
+/// server (said, as for every PostgreSQL test).
+async fn sled_history() -> Option<History> {
+    let url = blocking(fresh_database)?;
     let password = password_of(&url);
-    let env = [(URL_VAR, url.as_str())];
-    let mut printed = Printed::default();
+    let dir = TestDir::new();
     let (hook, refusing) = (receiver(None).await, receiver(None).await);
     refusing.fail_next(1, Fault::status_with_body(400, r#"{"error": "refused"}"#));
-    let dir = TestDir::new();
     let sled_config = daemon_section()
         + &webhook_account("hook", &hook.url())
         + &webhook_account("refusing", &refusing.url())
@@ -494,8 +508,6 @@ async fn store_copy_moves_a_sled_history_to_postgres_where_herald_runs_on() {
         + &post_at("held", "Held by a pause.", &["hook"], in_secs(4))
         + &post_at("planned", "Three hours ahead.", &["hook", "refusing"], in_secs(3 * 3600));
     dir.write_config(&sled_config);
-
-    // History on sled: delivered, failed, a pause holding a due delivery, a plan.
     let herald = dir.start().await;
     dir.ask_daemon_ok(&["pause", "--post", "held", "--reason", "wait for the copy"]);
     eventually("one delivered, one failed", Duration::from_secs(60), || {
@@ -503,6 +515,42 @@ async fn store_copy_moves_a_sled_history_to_postgres_where_herald_runs_on() {
         counts.get("delivered") == Some(&1) && counts.get("failed") == Some(&1)
     })
     .await;
+    Some(History { url, password, printed: Printed::default(), dir, herald, hook, refusing, sled_config })
+}
+
+/// The log of the daemon in `dir` begins with `copied`, record for record (every field).
+fn assert_log_begins_with(dir: &TestDir, copied: &[Record]) {
+    let same = |r: &Record| r.raw.to_string();
+    let log = dir.log_from_daemon(&[]);
+    let before: Vec<String> = copied.iter().map(same).collect();
+    let after: Vec<String> = log.iter().take(copied.len()).map(same).collect();
+    assert_eq!(after, before, "the copied log is the original's, record for record");
+}
+
+/// The daemon in `dir`, on a copied store, delivers its third delivery;
+/// its log, copied and new records, is gapless, longer than `more_than`
+/// and its chain intact. Then it stops (its stderr kept in `printed`).
+async fn delivers_on_the_copy(dir: &TestDir, herald: Herald, more_than: usize, printed: &mut Printed) {
+    eventually("three deliveries delivered", Duration::from_secs(60), || {
+        status_counts(&dir.ask_daemon_ok(&["status"])).get("delivered") == Some(&3)
+    })
+    .await;
+    let verified = dir.ask_daemon_ok(&["audit", "verify"]);
+    assert!(verified.contains("intact"), "{verified}");
+    let log = dir.log_from_daemon(&[]);
+    assert_gapless(&log);
+    assert!(log.len() > more_than, "new records follow the copied ones");
+    let stderr = herald.stop().await;
+    printed.0.push(("herald run on the copy".into(), stderr));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_copy_moves_a_sled_history_to_postgres_where_herald_runs_on() {
+    let Some(History { url, password, mut printed, dir, herald, hook, refusing, sled_config }) = sled_history().await
+    else {
+        return;
+    };
+    let env = [(URL_VAR, url.as_str())];
     // A config without [store] has nowhere to copy to; with it, a running
     // herald is refused (the state directory's lock) and nothing is written.
     let out = dir.cli(&["store", "copy", "--to", "postgres"]);
@@ -539,25 +587,11 @@ async fn store_copy_moves_a_sled_history_to_postgres_where_herald_runs_on() {
     let status = dir.ask_daemon_ok(&["status"]);
     assert_eq!(status_counts(&status), status_counts(&sled_status), "{status}");
     assert!(status.contains("PAUSED"), "the pause came along:\n{status}");
-    let copied_log = dir.log_from_daemon(&[]);
-    let same = |r: &Record| r.raw.to_string();
-    let before: Vec<String> = sled_log.iter().map(same).collect();
-    let after: Vec<String> = copied_log.iter().take(sled_log.len()).map(same).collect();
-    assert_eq!(after, before, "the copied log is the sled log, record for record");
+    assert_log_begins_with(&dir, &sled_log);
     dir.ask_daemon_ok(&["resume", "--post", "held", "--reason", "copied"]);
     let failed = dir.log_from_daemon(&["--event", "failed"]);
     dir.ask_daemon_ok(&["retry", &failed[0].delivery, "--reason", "fixed"]);
-    eventually("the held and the failed delivery are delivered", Duration::from_secs(60), || {
-        status_counts(&dir.ask_daemon_ok(&["status"])).get("delivered") == Some(&3)
-    })
-    .await;
-    let verified = dir.ask_daemon_ok(&["audit", "verify"]);
-    assert!(verified.contains("intact"), "{verified}");
-    let log = dir.log_from_daemon(&[]);
-    assert_gapless(&log);
-    assert!(log.len() > sled_log.len() + 3, "new records follow the copied ones");
-    let stderr = herald.stop().await;
-    printed.0.push(("herald run on the copy".into(), stderr));
+    delivers_on_the_copy(&dir, herald, sled_log.len() + 3, &mut printed).await;
     assert_eq!(hook.accepted().len(), 2);
     assert_eq!(refusing.accepted().len(), 1);
     printed.assert_never(&password);
@@ -695,4 +729,79 @@ async fn postgres_store_changes_through_a_standby_are_carried_out_by_the_leader(
     second.stop().await;
     first.stop().await;
     assert_eq!(accepted_keys(&hook.accepted()).len(), 3, "each sent post once");
+}
+
+/// The way back: a history made on sled, moved onto PostgreSQL, where a
+/// daemon writes on (its name in each record), then copied back into a new
+/// sled store with `herald store copy --to sled`, refused first while a
+/// daemon leads on the database, without `--state-dir`, and into the old
+/// state directory (which holds a store). herald runs on the copy: the same
+/// schedule, the same log record for record (the daemon's name kept), the
+/// chain intact, the pause kept, and the held delivery delivered on resume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_copy_to_sled_brings_a_postgres_history_back_where_herald_runs_on() {
+    let Some(History { url, password, mut printed, dir, herald, hook, refusing, sled_config }) = sled_history().await
+    else {
+        return;
+    };
+    let env = [(URL_VAR, url.as_str())];
+    let pg_config = sled_config.clone() + &store_section();
+    herald.stop().await;
+    dir.write_config(&pg_config);
+    cli_ok(&dir, &url, &mut printed, &["store", "copy", "--to", "postgres"]);
+
+    // On PostgreSQL a daemon retries the failed delivery, which is delivered.
+    let herald = dir.start_with(&env).await;
+    let failed = dir.log_from_daemon(&["--event", "failed"]);
+    dir.ask_daemon_ok(&["retry", &failed[0].delivery, "--reason", "fixed"]);
+    eventually("the retried delivery is delivered", Duration::from_secs(60), || {
+        status_counts(&dir.ask_daemon_ok(&["status"])).get("delivered") == Some(&2)
+    })
+    .await;
+    // Refused while the daemon leads on the database; nothing is created.
+    let back = dir.path().join("back");
+    let back_arg = back.to_str().unwrap();
+    let out = dir.cli_with(&["store", "copy", "--to", "sled", "--state-dir", back_arg], &env);
+    let said = printed.keep("herald store copy --to sled while a daemon leads", &out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains("a herald daemon leads on") && said.contains("stop every herald daemon"), "{said}");
+    assert!(!back.exists(), "nothing was written");
+    let stderr = herald.stop().await;
+    printed.0.push(("herald run on PostgreSQL".into(), stderr));
+    let pg_log = records(cli_ok(&dir, &url, &mut printed, &["log", "--format", "json"]).as_bytes());
+    let pg_status = cli_ok(&dir, &url, &mut printed, &["status"]);
+    assert!(pg_log.iter().any(|r| r.raw.get("daemon").is_some()), "the daemon names itself on PostgreSQL");
+
+    // Refused without --state-dir, and into the old state directory's store.
+    let out = dir.cli_with(&["store", "copy", "--to", "sled"], &env);
+    let said = printed.keep("herald store copy --to sled without --state-dir", &out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains("--to sled needs --state-dir DIR"), "{said}");
+    let old = dir.state_dir();
+    let out = dir.cli_with(&["store", "copy", "--to", "sled", "--state-dir", old.to_str().unwrap()], &env);
+    let said = printed.keep("herald store copy --to sled into a store", &out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains("holds a herald store already"), "{said}");
+
+    let copied = cli_ok(&dir, &url, &mut printed, &["store", "copy", "--to", "sled", "--state-dir", back_arg]);
+    assert!(copied.contains("PostgreSQL (source)") && copied.contains("sled (copy)"), "{copied}");
+    assert!(copied.contains("audit chain of the copy: intact"), "{copied}");
+    assert!(copied.contains("the copy is verified") && copied.contains("remove [store]"), "{copied}");
+    assert!(copied.contains(&format!("state_dir = \"{back_arg}\"")), "{copied}");
+    assert!(!copied.contains("DIFFERS"), "{copied}");
+
+    // herald runs on the copied sled store, as the copy told.
+    let back_config = sled_config.replace("state_dir = \"state\"", &format!("state_dir = \"{back_arg}\""));
+    assert_ne!(back_config, sled_config);
+    dir.write_config(&back_config);
+    let herald = dir.start().await;
+    let status = dir.ask_daemon_ok(&["status"]);
+    assert_eq!(status_counts(&status), status_counts(&pg_status), "{status}");
+    assert!(status.contains("PAUSED"), "the pause came back:\n{status}");
+    assert_log_begins_with(&dir, &pg_log);
+    dir.ask_daemon_ok(&["resume", "--post", "held", "--reason", "back on sled"]);
+    delivers_on_the_copy(&dir, herald, pg_log.len() + 1, &mut printed).await;
+    assert_eq!(hook.accepted().len(), 2);
+    assert_eq!(refusing.accepted().len(), 1);
+    printed.assert_never(&password);
 }

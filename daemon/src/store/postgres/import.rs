@@ -8,6 +8,7 @@ use super::pool::{self, CachedTx, Connection};
 use super::store::Fail;
 use crate::audit_chain::ChainHead;
 use crate::model::{AuditRecord, Content, Delivery};
+use crate::store::sled_store::Exported;
 use crate::store::{PostRecord, Result, StoreError, encode};
 
 /// One batch of rows to import; import in batches of a few thousand.
@@ -36,6 +37,54 @@ impl PostgresStore {
             )
             .map_err(|e| pool::error(self.target(), &e))?;
         Ok(row.get(0))
+    }
+
+    /// Up to `n` rows of one table after the key `after`, in key order, as
+    /// stored (the key's bytes, the record's bytes): what `herald store copy
+    /// --to sled` moves, a page at a time. [`Exported::Meta`] is herald's
+    /// metadata under the keys `Store::meta` reads (PostgreSQL keeps its
+    /// counts and chain head in tables of their own).
+    pub fn export_page(&self, what: Exported, after: Option<&[u8]>, n: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let n = i64::try_from(n).unwrap_or(i64::MAX);
+        // The first page, then each after the last key: a range scan of the
+        // primary key each time, however large the table.
+        let (first, next) = match what {
+            Exported::Deliveries => (
+                "SELECT id, record FROM deliveries ORDER BY id LIMIT $1",
+                "SELECT id, record FROM deliveries WHERE id > $2 ORDER BY id LIMIT $1",
+            ),
+            Exported::Posts => (
+                "SELECT id, record FROM posts ORDER BY id LIMIT $1",
+                "SELECT id, record FROM posts WHERE id > $2 ORDER BY id LIMIT $1",
+            ),
+            Exported::Contents => (
+                "SELECT hash, record FROM contents ORDER BY hash LIMIT $1",
+                "SELECT hash, record FROM contents WHERE hash > $2 ORDER BY hash LIMIT $1",
+            ),
+            Exported::Meta => (
+                "SELECT key, value FROM meta ORDER BY key LIMIT $1",
+                "SELECT key, value FROM meta WHERE key > $2 ORDER BY key LIMIT $1",
+            ),
+        };
+        let rows = match (after, what) {
+            (None, _) => self.query(first, &[&n])?,
+            (Some(id), Exported::Deliveries) => self.query(next, &[&n, &id])?,
+            (Some(key), _) => {
+                let key =
+                    std::str::from_utf8(key).map_err(|_| StoreError::Corrupt("a text key is not UTF-8".into()))?;
+                self.query(next, &[&n, &key])?
+            }
+        };
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let key = match what {
+                    Exported::Deliveries => r.get::<_, Vec<u8>>(0),
+                    _ => r.get::<_, String>(0).into_bytes(),
+                };
+                (key, r.get(1))
+            })
+            .collect())
     }
 
     /// Write one batch as it is, in one transaction (under the writers'

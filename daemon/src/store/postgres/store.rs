@@ -85,7 +85,7 @@ impl PostgresStore {
     /// A read on a pooled connection the server has closed since (a
     /// restart, a terminated backend) is run again, once, on a new one:
     /// reads change nothing, so running one twice is harmless.
-    fn query(&self, sql: &'static str, params: Params<'_>) -> Result<Vec<Row>> {
+    pub(super) fn query(&self, sql: &'static str, params: Params<'_>) -> Result<Vec<Row>> {
         let mut conn = self.pool.get()?;
         match run(&mut conn, sql, params) {
             Err(e) if pool::connection_lost(&e) => {
