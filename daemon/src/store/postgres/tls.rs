@@ -167,13 +167,17 @@ impl Settings {
             .map_err(|e| format!("TLS cannot be set up: {e}"))?;
         let verifier: Arc<dyn ServerCertVerifier> = match self.mode {
             Mode::Disable => unreachable!("returned above"),
-            Mode::Require => Arc::new(Unverified(provider.clone())),
+            Mode::Require => Arc::new(Lenient { chain: None, provider: provider.clone() }),
             Mode::VerifyCa | Mode::VerifyFull => {
                 let roots = Arc::new(self.root_store()?);
                 let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
                     .build()
                     .map_err(|e| format!("sslrootcert cannot be used: {e}"))?;
-                if self.mode == Mode::VerifyCa { Arc::new(ChainOnly(webpki)) } else { webpki }
+                if self.mode == Mode::VerifyCa {
+                    Arc::new(Lenient { chain: Some(webpki), provider: provider.clone() })
+                } else {
+                    webpki
+                }
             }
         };
         let builder = builder.dangerous().with_custom_certificate_verifier(verifier);
@@ -306,52 +310,18 @@ fn kv_tokens(s: &str) -> Vec<&str> {
     tokens
 }
 
-/// `require`: any certificate, but the handshake's signatures are still
-/// checked (the session is encrypted with the key of whoever answered).
+/// `require` (`chain` None: any certificate) and `verify-ca` (the chain
+/// verified, a host name the certificate does not name accepted: webpki
+/// checks the name after the chain). Either way the handshake's signatures
+/// are checked, so the session is encrypted with the key of whoever
+/// answered. (`verify-full` is rustls's own `WebPkiServerVerifier`.)
 #[derive(Debug)]
-struct Unverified(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for Unverified {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
+struct Lenient {
+    chain: Option<Arc<WebPkiServerVerifier>>,
+    provider: Arc<CryptoProvider>,
 }
 
-/// `verify-ca`: the chain is verified, a host name that the certificate
-/// does not name is accepted (webpki checks the name after the chain).
-#[derive(Debug)]
-struct ChainOnly(Arc<WebPkiServerVerifier>);
-
-impl ServerCertVerifier for ChainOnly {
+impl ServerCertVerifier for Lenient {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -360,7 +330,8 @@ impl ServerCertVerifier for ChainOnly {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self.0.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
+        let Some(chain) = &self.chain else { return Ok(ServerCertVerified::assertion()) };
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) => Ok(ServerCertVerified::assertion()),
@@ -374,7 +345,7 @@ impl ServerCertVerifier for ChainOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn verify_tls13_signature(
@@ -383,11 +354,11 @@ impl ServerCertVerifier for ChainOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
+        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }
 
