@@ -90,10 +90,10 @@ impl Leadership {
         use anyhow::Context;
         // Renewed beside the work: recovery and the first reconcile of a big
         // schedule can take longer than the lease.
-        let _renewing = self
-            .store
-            .is_shared()
-            .then(|| Renewing::start(Arc::clone(&self.store), fence.clone(), self.timing, Arc::clone(&self.role)));
+        let _renewing = self.store.is_shared().then(|| {
+            let notifier = Arc::clone(&self.notifier);
+            Renewing::start(Arc::clone(&self.store), fence.clone(), self.timing, Arc::clone(&self.role), notifier)
+        });
         let fenced: Arc<dyn Store> = Arc::new(crate::lease::FencedStore::new(Arc::clone(&self.store), fence.clone()));
         let config = Arc::clone(&self.config);
         let mut scheduler = Scheduler::new(Arc::clone(&fenced), Arc::clone(&config))
@@ -352,6 +352,13 @@ mod tests {
         }
     }
 
+    /// The WATCHDOG=1 messages waiting on `socket`.
+    fn pings(socket: &std::os::unix::net::UnixDatagram) -> usize {
+        socket.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 256];
+        std::iter::from_fn(|| socket.recv(&mut buf).ok().map(|n| buf[..n] == *b"WATCHDOG=1")).filter(|&w| w).count()
+    }
+
     /// A config with one post to one account, due in half an hour; and when.
     fn one_post_in_half_an_hour(dir: &std::path::Path) -> (Arc<Config>, chrono::DateTime<chrono::Utc>) {
         let now = crate::clock::now();
@@ -379,6 +386,12 @@ mod tests {
         let timing =
             Timing { length: std::time::Duration::from_millis(1_500), renew: std::time::Duration::from_millis(100) };
         lead.timing = timing;
+        // systemd's watchdog, as a standby taking over after READY=1 has it.
+        let systemd = std::os::unix::net::UnixDatagram::bind(dir.path().join("notify.sock")).unwrap();
+        // 2 s: pinged at most every 0.5 s, so the few pings of the 3 s wait
+        // fit the socket's queue, read only at the end.
+        let watchdog = std::time::Duration::from_secs(2);
+        lead.notifier = Arc::new(Notifier::to_socket(&dir.path().join("notify.sock"), Some(watchdog)));
         let fence = lead.try_lead().unwrap().expect("the only daemon takes the lease");
 
         // Another session holds the deliveries table for twice the lease: the
@@ -389,9 +402,13 @@ mod tests {
         let took = std::thread::scope(|s| {
             let taking = s.spawn(|| lead.take_over(fence.clone()));
             std::thread::sleep(timing.length * 2);
+            let pings = pings(&systemd);
             tx.commit().unwrap();
-            taking.join().unwrap()
+            (taking.join().unwrap(), pings)
         });
+        let (took, pings) = took;
+        // 3 s stuck behind the lock, a watchdog of 2 s: fed all along.
+        assert!(pings >= 3, "the watchdog was fed {pings} times while the takeover waited: systemd would kill it");
         let mut took = took.expect("the takeover outlived its lease: it must have been renewed meanwhile");
         assert_eq!(took.fence.epoch, 1);
         assert!(lead.role.is_leader());

@@ -55,14 +55,23 @@ impl Default for Timing {
 /// under it (a takeover: recovery and the first reconcile, which can take
 /// longer than the lease at a big schedule), until dropped. Each answer is
 /// recorded in `role`; a renewal that fails stops it, and the work's next
-/// fenced write is refused as for any lost lease.
+/// fenced write is refused as for any lost lease. Each renewal also feeds
+/// systemd's watchdog (`notifier`): a standby taking over a big schedule is
+/// working, not stuck, and must not be killed after `WatchdogSec` (each
+/// statement of the work is bounded by the connection's timeouts).
 pub struct Renewing {
     stop: Option<std::sync::mpsc::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Renewing {
-    pub fn start(store: Arc<dyn Store>, fence: Fence, timing: Timing, role: Arc<Role>) -> Renewing {
+    pub fn start(
+        store: Arc<dyn Store>,
+        fence: Fence,
+        timing: Timing,
+        role: Arc<Role>,
+        notifier: Arc<crate::notify::Notifier>,
+    ) -> Renewing {
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let thread = std::thread::Builder::new().name("herald-lease".into()).spawn(move || {
             // A disconnect (the guard dropped) ends the loop as a stop does.
@@ -74,6 +83,7 @@ impl Renewing {
                     tracing::warn!(epoch = fence.epoch, "the scheduler lease was lost while taking over");
                     return;
                 }
+                notifier.watchdog();
             }
         });
         match thread {

@@ -41,6 +41,18 @@ impl Notifier {
         Notifier { target: None, watchdog: None, last_ping: Mutex::new(None), last_status: Mutex::new(String::new()) }
     }
 
+    /// A notifier sending to the socket at `path`, with this watchdog
+    /// period (tests: the messages are read from a socket bound there).
+    #[cfg(test)]
+    pub fn to_socket(path: &std::path::Path, watchdog: Option<Duration>) -> Notifier {
+        Notifier {
+            target: Some((UnixDatagram::unbound().unwrap(), SocketAddr::from_pathname(path).unwrap())),
+            watchdog,
+            last_ping: Mutex::new(None),
+            last_status: Mutex::new(String::new()),
+        }
+    }
+
     fn send(&self, message: &str) {
         if let Some((socket, addr)) = &self.target
             && let Err(e) = socket.send_to_addr(message.as_bytes(), addr)
@@ -103,12 +115,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("notify.sock");
         let listener = UnixDatagram::bind(&path).unwrap();
-        let notifier = Notifier {
-            target: Some((UnixDatagram::unbound().unwrap(), SocketAddr::from_pathname(&path).unwrap())),
-            watchdog: Some(Duration::from_secs(20)),
-            last_ping: Mutex::new(None),
-            last_status: Mutex::new(String::new()),
-        };
+        let notifier = Notifier::to_socket(&path, Some(Duration::from_secs(20)));
         notifier.ready();
         notifier.status("3 pending");
         notifier.status("3 pending");
