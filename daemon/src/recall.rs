@@ -58,6 +58,11 @@ impl RecallOrder {
     fn names_account(&self, account: &str) -> bool {
         self.accounts.is_empty() || self.accounts.iter().any(|a| wildcard_match(a, account))
     }
+
+    /// How the order is named in reasons: "`herald recall`: <its reason>".
+    fn because(&self) -> String {
+        format!("`herald recall`: {}", self.reason.trim())
+    }
 }
 
 /// What became of one target.
@@ -100,6 +105,22 @@ pub struct TargetOutcome {
     pub url: Option<String>,
     /// Delete calls made (0 for cancelled deliveries).
     pub tries: u32,
+}
+
+impl TargetOutcome {
+    /// `d`'s line, after `tries` delete calls.
+    fn of(d: &Delivery, verdict: Verdict, detail: String, tries: u32) -> TargetOutcome {
+        TargetOutcome {
+            account: d.account.clone(),
+            platform: d.platform,
+            delivery: d.id.to_string(),
+            occurrence: from_millis(d.occurrence),
+            verdict,
+            detail,
+            url: d.url.clone(),
+            tries,
+        }
+    }
 }
 
 /// What `herald recall` answers.
@@ -162,18 +183,9 @@ impl Plan {
                     d.account
                 );
                 let mut record = AuditRecord::of(&d, Event::RecallFailed, now).by(order.actor.clone());
-                record.reason = Some(format!("{detail} (`herald recall`: {})", order.reason.trim()));
+                record.reason = Some(format!("{detail} ({})", order.because()));
                 self.notes.push(record);
-                self.settled.push(TargetOutcome {
-                    account: d.account.clone(),
-                    platform: d.platform,
-                    delivery: d.id.to_string(),
-                    occurrence: from_millis(d.occurrence),
-                    verdict: Verdict::NotPossible,
-                    detail,
-                    url: d.url.clone(),
-                    tries: 0,
-                });
+                self.settled.push(TargetOutcome::of(&d, Verdict::NotPossible, detail, 0));
             }
         }
     }
@@ -228,18 +240,9 @@ pub fn prepare(
     if order.reason.trim().is_empty() {
         return Err(RecallError::NoReason);
     }
-    let because = format!("`herald recall`: {}", order.reason.trim());
+    let because = order.because();
     let mut plan = Plan { targets: Vec::new(), settled: Vec::new(), notes: Vec::new(), policy: config.retry.clone() };
-    let outcome = |d: &Delivery, verdict, detail: String| TargetOutcome {
-        account: d.account.clone(),
-        platform: d.platform,
-        delivery: d.id.to_string(),
-        occurrence: from_millis(d.occurrence),
-        verdict,
-        detail,
-        url: d.url.clone(),
-        tries: 0,
-    };
+    let outcome = |d: &Delivery, verdict, detail: String| TargetOutcome::of(d, verdict, detail, 0);
 
     // Planned occurrences (no delivery yet): created cancelled.
     if let Some(planned) = store.post(&order.post)?.and_then(|r| r.planned) {
@@ -444,7 +447,7 @@ pub fn record(
     order: &RecallOrder,
     now: DateTime<Utc>,
 ) -> Result<RecallReport, StoreError> {
-    let because = format!("`herald recall`: {}", order.reason.trim());
+    let because = order.because();
     let mut report = RecallReport { targets: settled };
     let mut changes = Changes { notes, ..Changes::default() };
     for f in finished {
@@ -468,16 +471,7 @@ pub fn record(
         tracing::info!(delivery = %f.delivery.id, post = %f.delivery.post_id, account = %f.delivery.account,
             verdict = verdict.label(), tries = f.tries, "recall");
         changes.notes.push(record);
-        report.targets.push(TargetOutcome {
-            account: f.delivery.account.clone(),
-            platform: f.delivery.platform,
-            delivery: f.delivery.id.to_string(),
-            occurrence: from_millis(f.delivery.occurrence),
-            verdict,
-            detail,
-            url: f.delivery.url.clone(),
-            tries: f.tries,
-        });
+        report.targets.push(TargetOutcome::of(&f.delivery, verdict, detail, f.tries));
     }
     if !changes.notes.is_empty() {
         store.apply(changes)?;
