@@ -25,6 +25,7 @@
 //!
 //! A store one daemon owns (sled) has no queue: that daemon always leads.
 
+use std::convert::identity;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -291,35 +292,28 @@ pub async fn serve(store: Arc<dyn Store>, fence: Fence, control: mpsc::Sender<Co
 /// answer what the socket would answer.
 pub async fn carry_out(control: &mpsc::Sender<Control>, command: Command) -> Answer {
     match command {
-        Command::Retry { selection } => ask(control, |tx| Control::Retry(selection, tx)).await,
-        Command::Cancel { selection } => ask(control, |tx| Control::Cancel(selection, tx)).await,
-        Command::Pause { request } => ask(control, |tx| Control::Pause(request, tx)).await,
-        Command::Resume { request } => ask(control, |tx| Control::Resume(request, tx)).await,
-        Command::Approve { request, .. } => ask(control, |tx| Control::Approve(request, tx)).await,
-        Command::Recall { order } => {
-            let (tx, rx) = oneshot::channel();
-            if control.send(Control::Recall(order, tx)).await.is_err() {
-                return stopping();
-            }
-            match rx.await {
-                Ok(Ok(plan)) => ok(&plan.wire()),
-                Ok(Err(e)) => ApiError::from(e).into(),
-                Err(_) => stopping(),
-            }
-        }
+        Command::Retry { selection } => ask(control, |tx| Control::Retry(selection, tx), identity).await,
+        Command::Cancel { selection } => ask(control, |tx| Control::Cancel(selection, tx), identity).await,
+        Command::Pause { request } => ask(control, |tx| Control::Pause(request, tx), identity).await,
+        Command::Resume { request } => ask(control, |tx| Control::Resume(request, tx), identity).await,
+        Command::Approve { request, .. } => ask(control, |tx| Control::Approve(request, tx), identity).await,
+        // The copies by delivery id: the forwarding daemon takes them down with its own adapters.
+        Command::Recall { order } => ask(control, |tx| Control::Recall(order, tx), |plan| plan.wire()).await,
     }
 }
 
-async fn ask<T: Serialize, E: Into<ApiError>>(
+/// Send the message `make` builds to the scheduler; its answer, as `shown`.
+async fn ask<T, S: Serialize, E: Into<ApiError>>(
     control: &mpsc::Sender<Control>,
     make: impl FnOnce(oneshot::Sender<std::result::Result<T, E>>) -> Control,
+    shown: impl FnOnce(T) -> S,
 ) -> Answer {
     let (tx, rx) = oneshot::channel();
     if control.send(make(tx)).await.is_err() {
         return stopping();
     }
     match rx.await {
-        Ok(Ok(value)) => ok(&value),
+        Ok(Ok(value)) => ok(&shown(value)),
         Ok(Err(e)) => e.into().into(),
         Err(_) => stopping(),
     }
