@@ -56,13 +56,9 @@ impl CommandQueue for PostgresStore {
     }
 
     fn answer_of(&self, id: i64) -> Result<Option<(String, String)>> {
-        let target = self.target().to_string();
-        let mut conn = self.pool.get()?;
-        let row = conn
-            .client
-            .query_opt("SELECT answer, answered_by FROM commands WHERE id = $1 AND answer IS NOT NULL", &[&id])
-            .map_err(|e| pool::error(&target, &e))?;
-        Ok(row.map(|r| (r.get(0), r.get(1))))
+        let rows =
+            self.query("SELECT answer, answered_by FROM commands WHERE id = $1 AND answer IS NOT NULL", &[&id])?;
+        Ok(rows.first().map(|r| (r.get(0), r.get(1))))
     }
 
     fn withdraw(&self, id: i64) -> Result<Option<String>> {

@@ -99,13 +99,8 @@ impl PostgresStore {
 
     /// Who holds the lease `name` now (not expired), if anyone.
     pub fn live_holder(&self, name: &str) -> Result<Option<String>> {
-        let target = self.target().to_string();
-        let mut conn = self.pool.get()?;
-        let row = conn
-            .client
-            .query_opt("SELECT holder FROM leases WHERE name = $1 AND expires > now()", &[&name])
-            .map_err(|e| pool::error(&target, &e))?;
-        Ok(row.map(|r| r.get(0)))
+        let rows = self.query("SELECT holder FROM leases WHERE name = $1 AND expires > now()", &[&name])?;
+        Ok(rows.first().map(|r| r.get(0)))
     }
 
     /// A clean stop: the lease expires now, so a standby takes it at its next try.
